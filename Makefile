@@ -1,0 +1,39 @@
+# meshmig — see README.md. `make test` is what CI runs; `make demo` is the main job.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+MESHMIG := target/debug/meshmig
+
+.PHONY: help build test lint fmt generate check-generated demo plan
+
+help: ## List targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+build: ## Build every crate
+	$(CARGO) build --workspace --all-targets
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+lint: ## cargo fmt --check and clippy -D warnings
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+generate: ## Regenerate checked-in files (crds/, docs/findings.md)
+	$(CARGO) build -q -p meshmig
+	$(MESHMIG) crd > crds/meshmig.io_meshmigrations.yaml
+	$(MESHMIG) findings --markdown > docs/findings.md
+
+check-generated: generate ## Fail if generated files are stale
+	@if ! git diff --quiet -- crds docs/findings.md; then \
+	  echo "generated files are stale; run 'make generate' and commit:"; git --no-pager diff --stat -- crds docs/findings.md; exit 1; fi
+
+test: lint check-generated ## Run every test (what CI runs)
+	$(CARGO) test --workspace --all-targets
+
+demo: ## Main job on the embedded default (bookinfo)
+	$(CARGO) run -q -p meshmig -- plan
+
+plan: demo

@@ -1,0 +1,202 @@
+//! `meshmig plan`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use meshmig_api::{
+    BypassProtection, ControlPlaneMode, MeshMigrationSpec, Ordering, WaypointPolicy,
+};
+use meshmig_planner::plan::{injected_namespaces, plan};
+use meshmig_planner::report::{Style, render};
+use serde_json::Value;
+
+use crate::ColorChoice;
+use crate::load::load;
+
+/// Output format.
+#[derive(Clone, Copy, Debug, ValueEnum, Default, PartialEq, Eq)]
+pub enum Output {
+    /// A report grouped by step.
+    #[default]
+    Text,
+    /// The whole plan as JSON.
+    Json,
+    /// The generated manifests, in step order.
+    Yaml,
+}
+
+/// Arguments of `meshmig plan`.
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// YAML/JSON files or directories (`-` reads standard input); `kubectl get … -o yaml`
+    /// output works. Without paths the embedded bookinfo example is planned.
+    pub paths: Vec<PathBuf>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Output,
+    /// Namespaces to migrate (default: the MeshMigration in the input, else every injected
+    /// namespace).
+    #[arg(short = 'n', long = "namespace")]
+    pub namespaces: Vec<String>,
+    /// Name of the MeshMigration in the input to use, and the name generated objects are
+    /// labelled with.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Control plane mode when the input has no MeshMigration.
+    #[arg(long, value_enum)]
+    pub control_plane: Option<CpMode>,
+    /// Waypoint policy when the input has no MeshMigration.
+    #[arg(long, value_enum)]
+    pub waypoint: Option<WpPolicy>,
+    /// Bypass protection when the input has no MeshMigration.
+    #[arg(long, value_enum)]
+    pub bypass_protection: Option<Bypass>,
+    /// Order callers before the services they call.
+    #[arg(long)]
+    pub auto_order: bool,
+    /// Accept a finding (`id` or `id@Kind/namespace/name`); repeatable.
+    #[arg(long = "accept")]
+    pub accept: Vec<String>,
+    /// Also show informational findings and the full enforcement timeline.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Exit with code 3 when unaccepted blockers remain.
+    #[arg(long)]
+    pub fail_on_blockers: bool,
+    /// Colour.
+    #[arg(long, value_enum, default_value_t)]
+    pub color: ColorChoice,
+}
+
+/// Control plane mode.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CpMode {
+    /// Sail operator.
+    Sail,
+    /// Helm/istioctl.
+    External,
+}
+
+/// Waypoint policy.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum WpPolicy {
+    /// Where needed.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// Bypass protection timing.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Bypass {
+    /// In step 5.
+    Immediate,
+    /// Prepared only.
+    Deferred,
+}
+
+/// Runs `meshmig plan`.
+pub fn run(args: &PlanArgs) -> Result<ExitCode, String> {
+    let inv = load(&args.paths)?;
+    let found = match &args.name {
+        Some(name) => inv
+            .mesh_migrations
+            .iter()
+            .find(|m| m.metadata.name.as_deref() == Some(name)),
+        None if inv.mesh_migrations.len() == 1 => inv.mesh_migrations.first(),
+        None => None,
+    };
+    if found.is_none() && args.name.is_none() && inv.mesh_migrations.len() > 1 {
+        let names: Vec<&str> = inv
+            .mesh_migrations
+            .iter()
+            .filter_map(|m| m.metadata.name.as_deref())
+            .collect();
+        return Err(format!(
+            "the input holds {} MeshMigrations ({}); choose one with --name",
+            names.len(),
+            names.join(", ")
+        ));
+    }
+    let (name, mut spec) = match found {
+        Some(m) => (
+            m.metadata.name.clone().unwrap_or_else(|| "meshmig".into()),
+            m.spec.clone(),
+        ),
+        None => (
+            args.name.clone().unwrap_or_else(|| "meshmig".into()),
+            MeshMigrationSpec::default(),
+        ),
+    };
+    if !args.namespaces.is_empty() {
+        spec.namespaces = Some(args.namespaces.clone());
+        spec.namespace_selector = None;
+    } else if spec.namespaces.is_none() && spec.namespace_selector.is_none() {
+        let injected = injected_namespaces(&inv);
+        if injected.is_empty() {
+            return Err(
+                "no namespace has sidecar injection enabled; name the namespaces with --namespace"
+                    .into(),
+            );
+        }
+        spec.namespaces = Some(injected);
+    }
+    if let Some(m) = args.control_plane {
+        spec.control_plane.mode = match m {
+            CpMode::Sail => ControlPlaneMode::Sail,
+            CpMode::External => ControlPlaneMode::External,
+        };
+    }
+    if let Some(p) = args.waypoint {
+        spec.waypoint.policy = match p {
+            WpPolicy::Auto => WaypointPolicy::Auto,
+            WpPolicy::Always => WaypointPolicy::Always,
+            WpPolicy::Never => WaypointPolicy::Never,
+        };
+    }
+    if let Some(b) = args.bypass_protection {
+        spec.bypass_protection = Some(match b {
+            Bypass::Immediate => BypassProtection::Immediate,
+            Bypass::Deferred => BypassProtection::Deferred,
+        });
+    }
+    if args.auto_order {
+        spec.ordering = Some(Ordering::Auto);
+    }
+    spec.accepted_findings.extend(args.accept.iter().cloned());
+    let plan = plan(&inv, &spec, &name);
+    match args.output {
+        Output::Text => print!(
+            "{}",
+            render(
+                &plan,
+                Style {
+                    color: args.color.enabled()
+                },
+                args.verbose
+            )
+        ),
+        Output::Json => {
+            let s = serde_json::to_string_pretty(&plan).map_err(|e| e.to_string())?;
+            println!("{s}");
+        }
+        Output::Yaml => print!("{}", manifests_yaml(&plan.manifests)?),
+    }
+    if args.fail_on_blockers && plan.summary.blockers > 0 {
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The manifests as a multi-document YAML stream.
+pub fn manifests_yaml(manifests: &[Value]) -> Result<String, String> {
+    let mut out = String::new();
+    for m in manifests {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(m).map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,303 @@
+//! Cluster-level facts and step-1 prerequisites: Istio version, control plane mode, trust
+//! domain, multicluster, VMs, SPIRE, CNI, Gateway API CRDs.
+
+use meshmig_api::istio::PeerAuthentication;
+use meshmig_api::names::istio as n;
+use meshmig_api::{ControlPlaneMode, MeshMigrationSpec};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::findings::{self as f, Finding};
+use crate::inventory::{Inventory, label};
+use crate::object::ObjectRef;
+
+/// A parsed Istio version.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IstioVersion {
+    /// Major.
+    pub major: u32,
+    /// Minor.
+    pub minor: u32,
+    /// Patch.
+    pub patch: u32,
+}
+
+impl std::fmt::Display for IstioVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// Parses `v1.27.0`, `1.26.1`, `1.24-alpha.x`, an image tag such as
+/// `docker.io/istio/pilot:1.26.1-distroless`, or a Sail revision-style `v1.27-latest`.
+pub fn parse_version(s: &str) -> Option<IstioVersion> {
+    let tag = s.rsplit(':').next().unwrap_or(s);
+    let tag = tag.trim_start_matches('v');
+    let mut nums = tag
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<u32>().ok());
+    let major = nums.next()??;
+    let minor = nums.next()??;
+    let patch = nums.next().flatten().unwrap_or(0);
+    // Image tags such as `latest` or digests carry no version.
+    if !tag.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    Some(IstioVersion {
+        major,
+        minor,
+        patch,
+    })
+}
+
+/// Minimum Istio version for this migration.
+pub const MIN_VERSION: IstioVersion = IstioVersion {
+    major: 1,
+    minor: 24,
+    patch: 0,
+};
+
+/// What the planner knows about the control plane.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlaneFacts {
+    /// Sail or External.
+    pub mode: ControlPlaneMode,
+    /// Istio version, when found.
+    pub version: Option<String>,
+    /// Trust domain used for principals.
+    pub trust_domain: String,
+    /// Whether the control plane is already in ambient mode.
+    pub ambient: bool,
+    /// The Sail Istio resource or istiod Deployment that was found.
+    pub object: Option<ObjectRef>,
+    /// Mesh root namespace (where mesh-wide policies live).
+    pub root_namespace: String,
+}
+
+fn values_get<'a>(values: Option<&'a Value>, path: &[&str]) -> Option<&'a Value> {
+    let mut v = values?;
+    for p in path {
+        v = v.get(p)?;
+    }
+    Some(v)
+}
+
+/// Control plane facts and step-1 findings.
+pub fn analyze(inv: &Inventory, spec: &MeshMigrationSpec) -> (ControlPlaneFacts, Vec<Finding>) {
+    let cp = &spec.control_plane;
+    let mut findings = Vec::new();
+    let mut version = None;
+    let mut trust_domain = None;
+    let mut ambient = false;
+    let mut object = None;
+    let mut root_namespace = cp.istio_namespace.clone();
+    let mut multicluster = false;
+    match cp.mode {
+        ControlPlaneMode::Sail => {
+            if let Some(istio) = inv
+                .istios
+                .iter()
+                .find(|i| i.metadata.name.as_deref() == Some(&cp.istio))
+            {
+                object = Some(ObjectRef::new("Istio", None, &cp.istio));
+                version = istio.spec.version.clone();
+                let values = istio.spec.values.as_ref();
+                trust_domain = values_get(values, &["meshConfig", "trustDomain"])
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                if let Some(r) =
+                    values_get(values, &["meshConfig", "rootNamespace"]).and_then(Value::as_str)
+                {
+                    root_namespace = r.to_string();
+                }
+                ambient = istio.spec.profile.as_deref() == Some("ambient");
+                multicluster = values_get(values, &["global", "multiCluster", "enabled"])
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+            }
+        }
+        ControlPlaneMode::External => {
+            let istiod = inv.deployments.iter().find(|d| {
+                d.metadata.namespace.as_deref() == Some(&cp.istio_namespace)
+                    && d.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with("istiod"))
+            });
+            if let Some(d) = istiod {
+                object = Some(ObjectRef::from_meta("Deployment", &d.metadata));
+                let containers = d
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.template.spec.as_ref())
+                    .map(|s| s.containers.as_slice())
+                    .unwrap_or_default();
+                let discovery = containers
+                    .iter()
+                    .find(|c| c.name == "discovery")
+                    .or(containers.first());
+                version = discovery
+                    .and_then(|c| c.image.as_deref())
+                    .and_then(parse_version)
+                    .map(|v| v.to_string());
+                ambient = discovery.is_some_and(|c| {
+                    c.env.iter().flatten().any(|e| {
+                        e.name == n::PILOT_ENABLE_AMBIENT && e.value.as_deref() == Some("true")
+                    })
+                });
+            }
+        }
+    }
+    match (&object, &version) {
+        (None, _) => findings.push(Finding::new(
+            f::CONTROL_PLANE_NOT_FOUND,
+            match cp.mode {
+                ControlPlaneMode::Sail => ObjectRef::new("Istio", None, &cp.istio),
+                ControlPlaneMode::External => {
+                    ObjectRef::new("Deployment", Some(&cp.istio_namespace), "istiod")
+                }
+            },
+            "no matching control plane object in the inventory",
+        )),
+        (Some(obj), None) => findings.push(Finding::new(f::ISTIO_VERSION_UNKNOWN, obj.clone(), "")),
+        (Some(obj), Some(v)) => match parse_version(v) {
+            Some(parsed) if parsed < MIN_VERSION => findings.push(Finding::new(
+                f::ISTIO_VERSION_UNSUPPORTED,
+                obj.clone(),
+                format!("version {v}"),
+            )),
+            Some(_) => {}
+            None => findings.push(Finding::new(
+                f::ISTIO_VERSION_UNKNOWN,
+                obj.clone(),
+                format!("cannot parse version `{v}`"),
+            )),
+        },
+    }
+    for s in &inv.multicluster_secrets {
+        findings.push(Finding::new(
+            f::MULTICLUSTER,
+            ObjectRef::from_meta("Secret", s),
+            "remote-cluster secret",
+        ));
+    }
+    if multicluster {
+        findings.push(Finding::new(
+            f::MULTICLUSTER,
+            ObjectRef::new("Istio", None, &cp.istio),
+            "values.global.multiCluster.enabled is true",
+        ));
+    }
+    for we in &inv.workload_entries {
+        findings.push(Finding::new(
+            f::VM_WORKLOADS,
+            ObjectRef::from_meta("WorkloadEntry", &we.metadata),
+            "",
+        ));
+    }
+    for wg in &inv.workload_groups {
+        findings.push(Finding::new(
+            f::VM_WORKLOADS,
+            ObjectRef::from_meta("WorkloadGroup", &wg.metadata),
+            "",
+        ));
+    }
+    for cm in &inv.config_maps {
+        if cm.metadata.name.as_deref() == Some("cilium-config") {
+            let data = cm.data.as_ref();
+            let get = |k: &str| data.and_then(|d| d.get(k)).map(String::as_str);
+            let obj = ObjectRef::from_meta("ConfigMap", &cm.metadata);
+            if get("cni-exclusive") == Some("true") {
+                findings.push(Finding::new(f::CNI_CILIUM_EXCLUSIVE, obj.clone(), ""));
+            }
+            if get("enable-bpf-masquerade") == Some("true") {
+                findings.push(Finding::new(f::CNI_CILIUM_BPF_MASQUERADE, obj, ""));
+            }
+        }
+    }
+    match &inv.crds {
+        None => findings.push(Finding::new(
+            f::CRDS_NOT_INSPECTED,
+            ObjectRef::new(
+                "CustomResourceDefinition",
+                None,
+                "gateways.gateway.networking.k8s.io",
+            ),
+            "",
+        )),
+        Some(crds) => {
+            for name in [
+                "gateways.gateway.networking.k8s.io",
+                "httproutes.gateway.networking.k8s.io",
+            ] {
+                if !crds.contains_key(name) {
+                    findings.push(Finding::new(
+                        f::GATEWAY_API_CRDS_MISSING,
+                        ObjectRef::new("CustomResourceDefinition", None, name),
+                        format!("CRD {name} is not installed"),
+                    ));
+                }
+            }
+        }
+    }
+    let facts = ControlPlaneFacts {
+        mode: cp.mode,
+        version,
+        trust_domain: cp
+            .trust_domain
+            .clone()
+            .or(trust_domain)
+            .unwrap_or_else(|| "cluster.local".into()),
+        ambient,
+        object,
+        root_namespace,
+    };
+    (facts, findings)
+}
+
+/// SPIRE-managed pods and PeerAuthentication checks for one namespace are in the namespace
+/// analysis; this helper reports whether a pod uses SPIRE.
+pub fn spire_managed(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+    label(meta, n::SPIRE_IDENTITY).is_some()
+}
+
+/// Whether a PeerAuthentication in the root namespace without selector is mesh-wide.
+pub fn mesh_wide(pa: &PeerAuthentication, root: &str) -> bool {
+    pa.metadata.namespace.as_deref() == Some(root)
+        && pa
+            .spec
+            .selector
+            .as_ref()
+            .and_then(|s| s.match_labels.as_ref())
+            .is_none_or(|m| m.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        let v = |s| parse_version(s);
+        assert_eq!(
+            v("v1.27.0"),
+            Some(IstioVersion {
+                major: 1,
+                minor: 27,
+                patch: 0
+            })
+        );
+        assert_eq!(
+            v("docker.io/istio/pilot:1.26.1-distroless")
+                .map(|v| v.to_string())
+                .as_deref(),
+            Some("1.26.1")
+        );
+        assert_eq!(v("1.24-alpha.abc").map(|v| v.minor), Some(24));
+        assert_eq!(v("istio/pilot:latest"), None);
+        assert!(v("1.23.4").unwrap() < MIN_VERSION);
+        assert!(v("1.24.0").unwrap() >= MIN_VERSION);
+    }
+}

@@ -1,0 +1,531 @@
+//! The Inventory: a typed snapshot of everything the planner looks at.
+//!
+//! The offline CLI fills it from YAML files; the operator fills it from reflector stores. The
+//! planner never sees a client. Secrets are reduced to their metadata on entry, so secret data
+//! can never reach a plan, a log or a snapshot.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use meshmig_api::MeshMigration;
+use meshmig_api::gateway::{Gateway, HTTPRoute};
+use meshmig_api::istio::{
+    AuthorizationPolicy, DestinationRule, EnvoyFilter, PeerAuthentication, RequestAuthentication,
+    ServiceEntry, Sidecar, Telemetry, VirtualService, WasmPlugin, WorkloadEntry, WorkloadGroup,
+};
+use meshmig_api::names::istio as n;
+use meshmig_api::sail::{Istio, IstioCni, ZTunnel};
+use serde_json::Value;
+use thiserror::Error;
+
+/// What the planner needs of a Pod. Built from a full Pod (offline) or from its metadata only
+/// (the operator watches Pods metadata-only): everything that decides a plan or a check is in
+/// labels and annotations, and spec-derived fields are `None` when unknown.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodInfo {
+    /// Metadata (labels, annotations, owner references).
+    pub metadata: ObjectMeta,
+    /// `spec.hostNetwork`, when known.
+    pub host_network: Option<bool>,
+    /// Container names, when known.
+    pub containers: Option<Vec<String>>,
+    /// Whether the `istio-proxy` sidecar speaks HBONE (from `PROXY_CONFIG`), when known.
+    pub proxy_hbone: Option<bool>,
+    /// `status.phase`, when known.
+    pub phase: Option<String>,
+}
+
+impl PodInfo {
+    /// From a full Pod.
+    pub fn from_pod(pod: &Pod) -> Self {
+        let spec = pod.spec.as_ref();
+        let proxy = spec.and_then(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+                .find(|c| c.name == n::PROXY_CONTAINER)
+        });
+        Self {
+            metadata: pod.metadata.clone(),
+            host_network: spec.map(|s| s.host_network.unwrap_or(false)),
+            containers: spec.map(|s| s.containers.iter().map(|c| c.name.clone()).collect()),
+            proxy_hbone: proxy.map(|c| {
+                c.env.iter().flatten().any(|e| {
+                    (e.name == n::PROXY_CONFIG_ENV
+                        && e.value.as_deref().is_some_and(proxy_config_enables_hbone))
+                        || (e.name == n::ENABLE_HBONE && e.value.as_deref() == Some("true"))
+                })
+            }),
+            phase: pod.status.as_ref().and_then(|s| s.phase.clone()),
+        }
+    }
+
+    /// From metadata only.
+    pub fn from_meta(metadata: ObjectMeta) -> Self {
+        Self {
+            metadata,
+            ..Default::default()
+        }
+    }
+
+    /// Whether the pod runs an injected sidecar.
+    pub fn has_sidecar(&self) -> bool {
+        annotation(&self.metadata, n::SIDECAR_STATUS).is_some()
+            || self
+                .containers
+                .as_ref()
+                .is_some_and(|c| c.iter().any(|c| c == n::PROXY_CONTAINER))
+    }
+
+    /// Whether the sidecar speaks HBONE: the injector's tunnel label or the proxy config.
+    pub fn sidecar_hbone(&self) -> bool {
+        label(&self.metadata, n::TUNNEL) == Some("http") || self.proxy_hbone == Some(true)
+    }
+}
+
+/// Whether a `PROXY_CONFIG` value (JSON, or YAML) sets `ISTIO_META_ENABLE_HBONE` to true.
+pub fn proxy_config_enables_hbone(config: &str) -> bool {
+    let parsed: Option<Value> = serde_json::from_str(config)
+        .ok()
+        .or_else(|| serde_saphyr::from_str(config).ok());
+    parsed
+        .as_ref()
+        .and_then(|v| v.get("proxyMetadata"))
+        .and_then(|m| m.get(n::ENABLE_HBONE))
+        .is_some_and(|v| v.as_str() == Some("true") || v.as_bool() == Some(true))
+}
+
+/// A label value.
+pub fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.labels.as_ref()?.get(key).map(String::as_str)
+}
+
+/// An annotation value.
+pub fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+/// A CRD the inventory saw (name and Gateway API channel annotation).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CrdInfo {
+    /// `gateway.networking.k8s.io/channel` annotation, if any.
+    pub channel: Option<String>,
+}
+
+/// A typed snapshot of the cluster objects the planner reasons about.
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    /// Namespaces by name.
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// Services.
+    pub services: Vec<Service>,
+    /// Pods (see [`PodInfo`]).
+    pub pods: Vec<PodInfo>,
+    /// Deployments.
+    pub deployments: Vec<Deployment>,
+    /// StatefulSets.
+    pub stateful_sets: Vec<StatefulSet>,
+    /// DaemonSets.
+    pub daemon_sets: Vec<DaemonSet>,
+    /// ReplicaSets (to attribute Pods to Deployments).
+    pub replica_sets: Vec<ReplicaSet>,
+    /// AuthorizationPolicies.
+    pub authorization_policies: Vec<AuthorizationPolicy>,
+    /// PeerAuthentications.
+    pub peer_authentications: Vec<PeerAuthentication>,
+    /// RequestAuthentications.
+    pub request_authentications: Vec<RequestAuthentication>,
+    /// VirtualServices.
+    pub virtual_services: Vec<VirtualService>,
+    /// DestinationRules.
+    pub destination_rules: Vec<DestinationRule>,
+    /// Sidecar resources.
+    pub sidecars: Vec<Sidecar>,
+    /// EnvoyFilters.
+    pub envoy_filters: Vec<EnvoyFilter>,
+    /// Telemetry resources.
+    pub telemetries: Vec<Telemetry>,
+    /// WasmPlugins.
+    pub wasm_plugins: Vec<WasmPlugin>,
+    /// WorkloadEntries.
+    pub workload_entries: Vec<WorkloadEntry>,
+    /// WorkloadGroups.
+    pub workload_groups: Vec<WorkloadGroup>,
+    /// ServiceEntries.
+    pub service_entries: Vec<ServiceEntry>,
+    /// Gateway API Gateways (waypoints included).
+    pub gateways: Vec<Gateway>,
+    /// Gateway API HTTPRoutes.
+    pub http_routes: Vec<HTTPRoute>,
+    /// Sail Istio resources.
+    pub istios: Vec<Istio>,
+    /// Sail IstioCNI resources.
+    pub istio_cnis: Vec<IstioCni>,
+    /// Sail ZTunnel resources.
+    pub ztunnels: Vec<ZTunnel>,
+    /// ConfigMaps that matter to the plan (Cilium and Istio configuration).
+    pub config_maps: Vec<ConfigMap>,
+    /// Metadata of Secrets labelled `istio/multiCluster=true` (data is dropped on entry).
+    pub multicluster_secrets: Vec<ObjectMeta>,
+    /// CRDs by name, when CRDs were part of the input.
+    pub crds: Option<BTreeMap<String, CrdInfo>>,
+    /// MeshMigration objects found in the input.
+    pub mesh_migrations: Vec<MeshMigration>,
+    /// Kinds that were skipped, with counts (`group/Kind`).
+    pub skipped: BTreeMap<String, usize>,
+}
+
+/// Why an input could not be loaded.
+#[derive(Debug, Error, PartialEq)]
+pub enum LoadError {
+    /// The text is not valid YAML.
+    #[error("{source_name}:{line}: invalid YAML: {message}")]
+    Yaml {
+        /// File or stream name.
+        source_name: String,
+        /// 1-based line, 0 when unknown.
+        line: u64,
+        /// Parser message.
+        message: String,
+    },
+    /// A document is not a Kubernetes object.
+    #[error("{source_name}: document {document} is not a Kubernetes object: {message}")]
+    NotKubernetes {
+        /// File or stream name.
+        source_name: String,
+        /// 1-based document index.
+        document: usize,
+        /// What is missing.
+        message: String,
+    },
+    /// A Kubernetes object has fields of the wrong type.
+    #[error("{source_name}: {object}: {message}")]
+    Invalid {
+        /// File or stream name.
+        source_name: String,
+        /// `Kind/namespace/name`.
+        object: String,
+        /// Decoder message.
+        message: String,
+    },
+}
+
+impl Inventory {
+    /// Loads every Kubernetes object of a (multi-document) YAML or JSON text. `kind: List`
+    /// and `*List` documents (`kubectl get … -o yaml`) are expanded; kinds the planner does not
+    /// use are counted in [`Inventory::skipped`].
+    pub fn load_str(&mut self, text: &str, source_name: &str) -> Result<usize, LoadError> {
+        let options = serde_saphyr::options! {
+            budget: serde_saphyr::budget! {
+                max_events: 200_000_000,
+                max_nodes: 200_000_000,
+                max_total_scalar_bytes: 4_000_000_000,
+                max_documents: 10_000_000,
+            },
+        };
+        let docs: Vec<Value> =
+            serde_saphyr::from_multiple_with_options(text, options).map_err(|e| {
+                let line = e.location().map(|l| l.line()).unwrap_or(0);
+                let message = e.to_string();
+                let message = message.lines().next().unwrap_or_default().to_string();
+                LoadError::Yaml {
+                    source_name: source_name.to_string(),
+                    line,
+                    message,
+                }
+            })?;
+        let mut count = 0;
+        for (i, doc) in docs.into_iter().enumerate() {
+            if doc.is_null() {
+                continue;
+            }
+            count += self.add_document(doc, source_name, i + 1)?;
+        }
+        Ok(count)
+    }
+
+    fn add_document(
+        &mut self,
+        doc: Value,
+        source_name: &str,
+        document: usize,
+    ) -> Result<usize, LoadError> {
+        let not_k8s = |message: &str| LoadError::NotKubernetes {
+            source_name: source_name.to_string(),
+            document,
+            message: message.to_string(),
+        };
+        let Value::Object(map) = &doc else {
+            return Err(not_k8s("expected a mapping with apiVersion and kind"));
+        };
+        let kind = map.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let api_version = map
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if kind.is_empty() || api_version.is_empty() {
+            return Err(not_k8s("apiVersion and kind are required"));
+        }
+        if kind.ends_with("List")
+            && let Some(Value::Array(items)) = map.get("items")
+        {
+            let mut count = 0;
+            for item in items.clone() {
+                count += self.add_document(item, source_name, document)?;
+            }
+            return Ok(count);
+        }
+        self.add_object(doc, source_name).map(|()| 1)
+    }
+
+    /// Adds one object given as JSON.
+    pub fn add_object(&mut self, obj: Value, source_name: &str) -> Result<(), LoadError> {
+        let kind = obj
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let api_version = obj
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+        let meta = |o: &Value, f: &str| -> String {
+            o.get("metadata")
+                .and_then(|m| m.get(f))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let object = format!("{kind}/{}/{}", meta(&obj, "namespace"), meta(&obj, "name"));
+        let invalid = |e: serde_json::Error| LoadError::Invalid {
+            source_name: source_name.to_string(),
+            object: object.clone(),
+            message: e.to_string(),
+        };
+        macro_rules! push {
+            ($vec:expr) => {
+                $vec.push(serde_json::from_value(obj).map_err(invalid)?)
+            };
+        }
+        match (group, kind.as_str()) {
+            ("", "Namespace") => {
+                let ns: Namespace = serde_json::from_value(obj).map_err(invalid)?;
+                let name = ns.metadata.name.clone().unwrap_or_default();
+                self.namespaces.insert(name, ns);
+            }
+            ("", "Service") => push!(self.services),
+            ("", "Pod") => {
+                let pod: Pod = serde_json::from_value(obj).map_err(invalid)?;
+                self.pods.push(PodInfo::from_pod(&pod));
+            }
+            ("", "ConfigMap") => push!(self.config_maps),
+            ("", "Secret") => {
+                // Only the metadata of remote-cluster secrets is kept; data never enters.
+                let meta: ObjectMeta = obj
+                    .get("metadata")
+                    .cloned()
+                    .map(serde_json::from_value)
+                    .transpose()
+                    .map_err(invalid)?
+                    .unwrap_or_default();
+                if label(&meta, n::MULTICLUSTER_SECRET) == Some("true") {
+                    self.multicluster_secrets.push(ObjectMeta {
+                        name: meta.name,
+                        namespace: meta.namespace,
+                        labels: meta.labels,
+                        ..Default::default()
+                    });
+                } else {
+                    *self.skipped.entry("Secret".into()).or_default() += 1;
+                }
+            }
+            ("apps", "Deployment") => push!(self.deployments),
+            ("apps", "StatefulSet") => push!(self.stateful_sets),
+            ("apps", "DaemonSet") => push!(self.daemon_sets),
+            ("apps", "ReplicaSet") => push!(self.replica_sets),
+            ("security.istio.io", "AuthorizationPolicy") => push!(self.authorization_policies),
+            ("security.istio.io", "PeerAuthentication") => push!(self.peer_authentications),
+            ("security.istio.io", "RequestAuthentication") => push!(self.request_authentications),
+            ("networking.istio.io", "VirtualService") => push!(self.virtual_services),
+            ("networking.istio.io", "DestinationRule") => push!(self.destination_rules),
+            ("networking.istio.io", "Sidecar") => push!(self.sidecars),
+            ("networking.istio.io", "EnvoyFilter") => push!(self.envoy_filters),
+            ("networking.istio.io", "ServiceEntry") => push!(self.service_entries),
+            ("networking.istio.io", "WorkloadEntry") => push!(self.workload_entries),
+            ("networking.istio.io", "WorkloadGroup") => push!(self.workload_groups),
+            ("telemetry.istio.io", "Telemetry") => push!(self.telemetries),
+            ("extensions.istio.io", "WasmPlugin") => push!(self.wasm_plugins),
+            ("gateway.networking.k8s.io", "Gateway") => push!(self.gateways),
+            ("gateway.networking.k8s.io", "HTTPRoute") => push!(self.http_routes),
+            ("sailoperator.io", "Istio") => push!(self.istios),
+            ("sailoperator.io", "IstioCNI") => push!(self.istio_cnis),
+            ("sailoperator.io", "ZTunnel") => push!(self.ztunnels),
+            ("meshmig.io", "MeshMigration") => push!(self.mesh_migrations),
+            ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+                let name = meta(&obj, "name");
+                let channel = obj
+                    .get("metadata")
+                    .and_then(|m| m.get("annotations"))
+                    .and_then(|a| a.get("gateway.networking.k8s.io/channel"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                self.crds
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(name, CrdInfo { channel });
+            }
+            _ => {
+                let key = if group.is_empty() {
+                    kind
+                } else {
+                    format!("{group}/{kind}")
+                };
+                *self.skipped.entry(key).or_default() += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of objects held (skipped kinds excluded).
+    pub fn len(&self) -> usize {
+        self.namespaces.len()
+            + self.services.len()
+            + self.pods.len()
+            + self.deployments.len()
+            + self.stateful_sets.len()
+            + self.daemon_sets.len()
+            + self.replica_sets.len()
+            + self.authorization_policies.len()
+            + self.peer_authentications.len()
+            + self.request_authentications.len()
+            + self.virtual_services.len()
+            + self.destination_rules.len()
+            + self.sidecars.len()
+            + self.envoy_filters.len()
+            + self.telemetries.len()
+            + self.wasm_plugins.len()
+            + self.workload_entries.len()
+            + self.workload_groups.len()
+            + self.service_entries.len()
+            + self.gateways.len()
+            + self.http_routes.len()
+            + self.istios.len()
+            + self.istio_cnis.len()
+            + self.ztunnels.len()
+            + self.config_maps.len()
+            + self.multicluster_secrets.len()
+            + self.crds.as_ref().map_or(0, BTreeMap::len)
+            + self.mesh_migrations.len()
+    }
+
+    /// Whether nothing was loaded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_multi_document_and_lists() {
+        let mut inv = Inventory::default();
+        let text = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: a}
+---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: s, namespace: a}
+  spec: {selector: {app: s}, ports: [{port: 80}]}
+- apiVersion: example.com/v1
+  kind: Widget
+  metadata: {name: w}
+---
+"#;
+        assert_eq!(inv.load_str(text, "t.yaml"), Ok(3));
+        assert_eq!(inv.namespaces.len(), 1);
+        assert_eq!(inv.services.len(), 1);
+        assert_eq!(inv.skipped.get("example.com/Widget"), Some(&1));
+    }
+
+    #[test]
+    fn malformed_yaml_names_file_and_line() {
+        let mut inv = Inventory::default();
+        let err = inv
+            .load_str(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {name: [\n",
+                "bad.yaml",
+            )
+            .unwrap_err();
+        match err {
+            LoadError::Yaml {
+                source_name, line, ..
+            } => {
+                assert_eq!(source_name, "bad.yaml");
+                assert!(line >= 3, "line {line}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn non_kubernetes_yaml_is_an_error() {
+        let mut inv = Inventory::default();
+        let err = inv.load_str("name: x\nvalue: 3\n", "cfg.yaml").unwrap_err();
+        assert!(matches!(err, LoadError::NotKubernetes { .. }), "{err}");
+        assert!(err.to_string().contains("cfg.yaml"));
+    }
+
+    #[test]
+    fn wrong_types_name_the_object() {
+        let mut inv = Inventory::default();
+        let err = inv
+            .load_str(
+                "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: ns1}\nspec: {ports: 3}\n",
+                "svc.yaml",
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("Service/ns1/s"), "{err}");
+    }
+
+    #[test]
+    fn secrets_keep_no_data() {
+        let mut inv = Inventory::default();
+        let text = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: remote, namespace: istio-system, labels: {istio/multiCluster: "true"}}
+data: {token: c2VjcmV0}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: other, namespace: x}
+data: {password: c2VjcmV0}
+"#;
+        inv.load_str(text, "s.yaml").unwrap();
+        assert_eq!(inv.multicluster_secrets.len(), 1);
+        assert_eq!(inv.skipped.get("Secret"), Some(&1));
+        assert!(!format!("{inv:?}").contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn hbone_from_proxy_config() {
+        assert!(proxy_config_enables_hbone(
+            r#"{"proxyMetadata":{"ISTIO_META_ENABLE_HBONE":"true"}}"#
+        ));
+        assert!(proxy_config_enables_hbone(
+            "proxyMetadata:\n  ISTIO_META_ENABLE_HBONE: \"true\"\n"
+        ));
+        assert!(!proxy_config_enables_hbone(r#"{"proxyMetadata":{}}"#));
+        assert!(!proxy_config_enables_hbone("not json"));
+    }
+}

@@ -1,0 +1,549 @@
+//! Derived view of an [`Inventory`]: workloads, what selects what, and injection state,
+//! computed once and indexed by namespace so analysis never scans the whole inventory per
+//! object.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::{Namespace, PodTemplateSpec, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use meshmig_api::names::istio as n;
+
+use crate::inventory::{Inventory, PodInfo, annotation, label};
+use crate::object::ObjectRef;
+
+/// Empty label map used where an object has none.
+static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+
+/// Labels of an object (empty when absent).
+pub fn labels(meta: &ObjectMeta) -> &BTreeMap<String, String> {
+    meta.labels.as_ref().unwrap_or(&EMPTY)
+}
+
+/// Whether every `selector` entry is in `labels` (an empty selector matches everything).
+pub fn selector_matches(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Whether a Kubernetes LabelSelector matches `labels`.
+pub fn label_selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    if let Some(m) = &sel.match_labels
+        && !selector_matches(m, labels)
+    {
+        return false;
+    }
+    for e in sel.match_expressions.iter().flatten() {
+        let value = labels.get(&e.key);
+        let values = e.values.as_deref().unwrap_or_default();
+        let ok = match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// Namespace-level injection setting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamespaceInjection {
+    /// `istio-injection=enabled`.
+    Enabled,
+    /// `istio.io/rev=<rev>` (and no `istio-injection` label).
+    Revision(String),
+    /// `istio-injection=disabled`, or no injection label.
+    Off,
+}
+
+/// Injection setting of a namespace (`istio-injection` wins over `istio.io/rev`).
+pub fn namespace_injection(ns: Option<&Namespace>) -> NamespaceInjection {
+    let Some(meta) = ns.map(|n| &n.metadata) else {
+        return NamespaceInjection::Off;
+    };
+    match label(meta, n::INJECTION) {
+        Some("enabled") => NamespaceInjection::Enabled,
+        Some(_) => NamespaceInjection::Off,
+        None => match label(meta, n::REV) {
+            Some(rev) if !rev.is_empty() => NamespaceInjection::Revision(rev.to_string()),
+            _ => NamespaceInjection::Off,
+        },
+    }
+}
+
+/// Kind of workload controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WorkloadKind {
+    /// apps/v1 Deployment.
+    Deployment,
+    /// apps/v1 StatefulSet.
+    StatefulSet,
+    /// apps/v1 DaemonSet.
+    DaemonSet,
+    /// A Pod no known controller owns.
+    Pod,
+}
+
+impl WorkloadKind {
+    /// Kubernetes kind name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+            WorkloadKind::Pod => "Pod",
+        }
+    }
+}
+
+/// A workload: a controller's pod template (or a bare Pod) and its observed Pods.
+#[derive(Clone, Debug)]
+pub struct Workload<'a> {
+    /// Controller kind.
+    pub kind: WorkloadKind,
+    /// Namespace.
+    pub namespace: &'a str,
+    /// Name.
+    pub name: &'a str,
+    /// Labels of the pods it creates.
+    pub pod_labels: &'a BTreeMap<String, String>,
+    /// Annotations of the pods it creates.
+    pub pod_annotations: &'a BTreeMap<String, String>,
+    /// `hostNetwork` of its pods.
+    pub host_network: bool,
+    /// Service account of its pods.
+    pub service_account: &'a str,
+    /// Observed pods.
+    pub pods: Vec<&'a PodInfo>,
+}
+
+impl Workload<'_> {
+    /// Reference to the workload object.
+    pub fn object(&self) -> ObjectRef {
+        ObjectRef::new(self.kind.as_str(), Some(self.namespace), self.name)
+    }
+
+    /// Whether its pods opt out of injection or ambient capture.
+    pub fn opted_out(&self) -> bool {
+        let get = |k: &str| {
+            self.pod_labels
+                .get(k)
+                .or_else(|| self.pod_annotations.get(k))
+                .map(String::as_str)
+        };
+        get(n::SIDECAR_INJECT) == Some("false") || get(n::DATAPLANE_MODE) == Some("none")
+    }
+
+    /// Whether its pods run (or, with no pods observed, will get) a sidecar.
+    pub fn has_sidecar(&self, ns: &NamespaceInjection) -> bool {
+        if !self.pods.is_empty() {
+            return self.pods.iter().any(|p| p.has_sidecar());
+        }
+        if self.opted_out() || self.host_network {
+            return false;
+        }
+        let forced = self
+            .pod_labels
+            .get(n::SIDECAR_INJECT)
+            .is_some_and(|v| v == "true");
+        forced || *ns != NamespaceInjection::Off || self.pod_labels.contains_key(n::REV)
+    }
+
+    /// Whether the pod template forces injection with a label that must go in step 9.
+    pub fn template_forces_injection(&self) -> bool {
+        self.pod_labels
+            .get(n::SIDECAR_INJECT)
+            .is_some_and(|v| v == "true")
+            || self.pod_labels.contains_key(n::REV)
+    }
+
+    /// Whether workloads address these pods by IP (StatefulSets).
+    pub fn pod_addressed(&self) -> bool {
+        self.kind == WorkloadKind::StatefulSet
+    }
+
+    /// SPIFFE principal of its pods.
+    pub fn principal(&self, trust_domain: &str) -> String {
+        format!(
+            "{trust_domain}/ns/{}/sa/{}",
+            self.namespace, self.service_account
+        )
+    }
+}
+
+fn template_parts(
+    t: &PodTemplateSpec,
+) -> (
+    &BTreeMap<String, String>,
+    &BTreeMap<String, String>,
+    bool,
+    &str,
+) {
+    let meta = t.metadata.as_ref();
+    let spec = t.spec.as_ref();
+    (
+        meta.and_then(|m| m.labels.as_ref()).unwrap_or(&EMPTY),
+        meta.and_then(|m| m.annotations.as_ref()).unwrap_or(&EMPTY),
+        spec.and_then(|s| s.host_network).unwrap_or(false),
+        spec.and_then(|s| s.service_account_name.as_deref())
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default"),
+    )
+}
+
+/// Everything the analysis looks up, indexed by namespace.
+pub struct Model<'a> {
+    /// The inventory.
+    pub inv: &'a Inventory,
+    /// Workloads by namespace.
+    pub workloads: HashMap<&'a str, Vec<Workload<'a>>>,
+    /// Services by namespace.
+    pub services: HashMap<&'a str, Vec<&'a Service>>,
+}
+
+impl<'a> Model<'a> {
+    /// Builds the model.
+    pub fn new(inv: &'a Inventory) -> Self {
+        let mut workloads: HashMap<&'a str, Vec<Workload<'a>>> = HashMap::new();
+        let mut add = |kind, meta: &'a ObjectMeta, t: &'a PodTemplateSpec| {
+            let (pod_labels, pod_annotations, host_network, service_account) = template_parts(t);
+            let namespace = meta.namespace.as_deref().unwrap_or("default");
+            workloads.entry(namespace).or_default().push(Workload {
+                kind,
+                namespace,
+                name: meta.name.as_deref().unwrap_or_default(),
+                pod_labels,
+                pod_annotations,
+                host_network,
+                service_account,
+                pods: Vec::new(),
+            });
+        };
+        for d in &inv.deployments {
+            if let Some(s) = &d.spec {
+                add(WorkloadKind::Deployment, &d.metadata, &s.template);
+            }
+        }
+        for d in &inv.stateful_sets {
+            if let Some(s) = &d.spec {
+                add(WorkloadKind::StatefulSet, &d.metadata, &s.template);
+            }
+        }
+        for d in &inv.daemon_sets {
+            if let Some(s) = &d.spec {
+                add(WorkloadKind::DaemonSet, &d.metadata, &s.template);
+            }
+        }
+        // ReplicaSet -> Deployment, to attribute pods by owner reference.
+        let rs_owner: HashMap<(&str, &str), &str> = inv
+            .replica_sets
+            .iter()
+            .filter_map(|rs| {
+                let owner = rs
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .find(|o| o.kind == "Deployment")?;
+                Some((
+                    (
+                        rs.metadata.namespace.as_deref().unwrap_or("default"),
+                        rs.metadata.name.as_deref().unwrap_or_default(),
+                    ),
+                    owner.name.as_str(),
+                ))
+            })
+            .collect();
+        let selectors: HashMap<(&str, WorkloadKind, &str), &LabelSelector> = inv
+            .deployments
+            .iter()
+            .filter_map(|d| {
+                Some((
+                    (&d.metadata, WorkloadKind::Deployment),
+                    &d.spec.as_ref()?.selector,
+                ))
+            })
+            .chain(inv.stateful_sets.iter().filter_map(|d| {
+                Some((
+                    (&d.metadata, WorkloadKind::StatefulSet),
+                    &d.spec.as_ref()?.selector,
+                ))
+            }))
+            .chain(inv.daemon_sets.iter().filter_map(|d| {
+                Some((
+                    (&d.metadata, WorkloadKind::DaemonSet),
+                    &d.spec.as_ref()?.selector,
+                ))
+            }))
+            .map(|((m, k), s)| {
+                (
+                    (
+                        m.namespace.as_deref().unwrap_or("default"),
+                        k,
+                        m.name.as_deref().unwrap_or_default(),
+                    ),
+                    s,
+                )
+            })
+            .collect();
+        for pod in &inv.pods {
+            let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+            let owner = pod
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.controller == Some(true));
+            let owner_key = owner.and_then(|o| match o.kind.as_str() {
+                "ReplicaSet" => rs_owner
+                    .get(&(ns, o.name.as_str()))
+                    .map(|d| (WorkloadKind::Deployment, *d)),
+                "StatefulSet" => Some((WorkloadKind::StatefulSet, o.name.as_str())),
+                "DaemonSet" => Some((WorkloadKind::DaemonSet, o.name.as_str())),
+                _ => None,
+            });
+            let list = workloads.entry(ns).or_default();
+            let pod_labels = labels(&pod.metadata);
+            let found = list.iter_mut().find(|w| match owner_key {
+                Some((k, name)) => w.kind == k && w.name == name,
+                None => {
+                    w.kind != WorkloadKind::Pod
+                        && selectors.get(&(ns, w.kind, w.name)).is_some_and(|s| {
+                            (s.match_labels.is_some() || s.match_expressions.is_some())
+                                && label_selector_matches(s, pod_labels)
+                        })
+                }
+            });
+            match found {
+                Some(w) => w.pods.push(pod),
+                None => list.push(Workload {
+                    kind: WorkloadKind::Pod,
+                    namespace: ns,
+                    name: pod.metadata.name.as_deref().unwrap_or_default(),
+                    pod_labels,
+                    pod_annotations: pod.metadata.annotations.as_ref().unwrap_or(&EMPTY),
+                    host_network: pod.host_network.unwrap_or(false),
+                    service_account: "default",
+                    pods: vec![pod],
+                }),
+            }
+        }
+        let mut services: HashMap<&'a str, Vec<&'a Service>> = HashMap::new();
+        for s in &inv.services {
+            services
+                .entry(s.metadata.namespace.as_deref().unwrap_or("default"))
+                .or_default()
+                .push(s);
+        }
+        for list in workloads.values_mut() {
+            list.sort_by(|a, b| (a.kind, a.name).cmp(&(b.kind, b.name)));
+        }
+        for list in services.values_mut() {
+            list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        }
+        Self {
+            inv,
+            workloads,
+            services,
+        }
+    }
+
+    /// Workloads of a namespace.
+    pub fn workloads_in(&self, ns: &str) -> &[Workload<'a>] {
+        self.workloads
+            .get(ns)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    /// Services of a namespace.
+    pub fn services_in(&self, ns: &str) -> &[&'a Service] {
+        self.services.get(ns).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// A Service by namespace and name.
+    pub fn service(&self, ns: &str, name: &str) -> Option<&'a Service> {
+        self.services_in(ns)
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+            .copied()
+    }
+
+    /// Workloads a Service selects.
+    pub fn service_workloads(&self, svc: &Service) -> Vec<&Workload<'a>> {
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        match service_selector(svc) {
+            Some(sel) => self
+                .workloads_in(ns)
+                .iter()
+                .filter(|w| selector_matches(sel, w.pod_labels))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Services that select a workload.
+    pub fn workload_services(&self, w: &Workload<'_>) -> Vec<&'a Service> {
+        self.services_in(w.namespace)
+            .iter()
+            .filter(|s| service_selector(s).is_some_and(|sel| selector_matches(sel, w.pod_labels)))
+            .copied()
+            .collect()
+    }
+
+    /// Workloads a `matchLabels` selector picks in a namespace (`None`: all of them).
+    pub fn selected_workloads(
+        &self,
+        ns: &str,
+        selector: Option<&BTreeMap<String, String>>,
+    ) -> Vec<&Workload<'a>> {
+        self.workloads_in(ns)
+            .iter()
+            .filter(|w| selector.is_none_or(|s| selector_matches(s, w.pod_labels)))
+            .collect()
+    }
+
+    /// The Namespace object.
+    pub fn namespace(&self, name: &str) -> Option<&'a Namespace> {
+        self.inv.namespaces.get(name)
+    }
+}
+
+/// A Service's pod selector; `None` when it selects nothing (no selector or empty).
+pub fn service_selector(svc: &Service) -> Option<&BTreeMap<String, String>> {
+    svc.spec
+        .as_ref()?
+        .selector
+        .as_ref()
+        .filter(|s| !s.is_empty())
+}
+
+/// Whether a Service is headless.
+pub fn is_headless(svc: &Service) -> bool {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.as_deref())
+        .is_some_and(|ip| ip == "None")
+}
+
+/// Whether a pod or workload annotation/label value is set.
+pub fn meta_flag<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    label(meta, key).or_else(|| annotation(meta, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inv(yaml: &str) -> Inventory {
+        let mut i = Inventory::default();
+        i.load_str(yaml, "t").unwrap();
+        i
+    }
+
+    const BASE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: a, labels: {istio-injection: enabled}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: a}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web, version: v1}}
+    spec: {serviceAccountName: web-sa, containers: [{name: c, image: x}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: a}
+spec: {selector: {app: web}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-abc, namespace: a, labels: {app: web, version: v1}, annotations: {sidecar.istio.io/status: "{}"}}
+spec: {containers: [{name: c, image: x}, {name: istio-proxy, image: p}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: lonely, namespace: a, labels: {run: lonely}}
+spec: {hostNetwork: true, containers: [{name: c, image: x}]}
+"#;
+
+    #[test]
+    fn pods_are_attributed_to_workloads() {
+        let i = inv(BASE);
+        let m = Model::new(&i);
+        let ws = m.workloads_in("a");
+        assert_eq!(ws.len(), 2);
+        let web = ws.iter().find(|w| w.name == "web").unwrap();
+        assert_eq!(web.pods.len(), 1);
+        assert_eq!(web.service_account, "web-sa");
+        assert!(web.has_sidecar(&NamespaceInjection::Enabled));
+        assert_eq!(
+            web.principal("cluster.local"),
+            "cluster.local/ns/a/sa/web-sa"
+        );
+        let lonely = ws.iter().find(|w| w.name == "lonely").unwrap();
+        assert_eq!(lonely.kind, WorkloadKind::Pod);
+        assert!(lonely.host_network);
+        let svc = m.service("a", "web").unwrap();
+        assert_eq!(m.service_workloads(svc).len(), 1);
+        assert_eq!(m.workload_services(web).len(), 1);
+    }
+
+    #[test]
+    fn injection_labels() {
+        let i = inv(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, labels: {istio-injection: enabled, istio.io/rev: canary}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: b, labels: {istio.io/rev: canary}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: c, labels: {istio-injection: disabled, istio.io/rev: canary}}\n",
+        );
+        assert_eq!(
+            namespace_injection(i.namespaces.get("a")),
+            NamespaceInjection::Enabled
+        );
+        assert_eq!(
+            namespace_injection(i.namespaces.get("b")),
+            NamespaceInjection::Revision("canary".into())
+        );
+        assert_eq!(
+            namespace_injection(i.namespaces.get("c")),
+            NamespaceInjection::Off
+        );
+        assert_eq!(namespace_injection(None), NamespaceInjection::Off);
+    }
+
+    #[test]
+    fn label_selector_expressions() {
+        let sel: LabelSelector = serde_json::from_value(serde_json::json!({
+            "matchLabels": {"team": "x"},
+            "matchExpressions": [{"key": "env", "operator": "In", "values": ["prod"]},
+                                 {"key": "skip", "operator": "DoesNotExist"}]
+        }))
+        .unwrap();
+        let l = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(label_selector_matches(
+            &sel,
+            &l(&[("team", "x"), ("env", "prod")])
+        ));
+        assert!(!label_selector_matches(
+            &sel,
+            &l(&[("team", "x"), ("env", "dev")])
+        ));
+        assert!(!label_selector_matches(
+            &sel,
+            &l(&[("team", "x"), ("env", "prod"), ("skip", "1")])
+        ));
+    }
+}

@@ -1,0 +1,2469 @@
+//! The plan: findings, per-namespace steps and actions, generated manifests and the
+//! enforcement timeline. `plan()` is the only entry point; it is pure.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use meshmig_api::gateway::{Gateway, GatewayListeners, GatewaySpec};
+use meshmig_api::istio::{
+    AuthorizationPolicy, DestinationRule, DestinationRuleSpec, PolicyTargetReference,
+    RequestAuthentication, Telemetry, VirtualService, WasmPlugin,
+};
+use meshmig_api::names::{self as mn, istio as n};
+use meshmig_api::{
+    BypassProtection, ControlPlaneMode, MeshMigrationSpec, StepNumber, WaypointPolicy, step_name,
+};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::authz::{self, Action as AuthzAction, PolicyClass};
+use crate::classify;
+use crate::cluster::{self, ControlPlaneFacts};
+use crate::findings::{self as f, Finding, Severity};
+use crate::inventory::{Inventory, label};
+use crate::model::{
+    Model, NamespaceInjection, Workload, is_headless, labels, namespace_injection,
+    selector_matches, service_selector,
+};
+use crate::object::{ObjectRef, dns_subdomain};
+use crate::routes::{self, ConvertOptions, HostTarget, is_mesh, resolve_host};
+
+/// What an action does.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Op {
+    /// Read-only check.
+    Verify,
+    /// Merge-patch a Sail resource's spec (`patch`).
+    Patch,
+    /// Create a generated object (`manifest`).
+    Create,
+    /// Write a generated object that is only prepared, not applied, in this step.
+    Prepare,
+    /// Apply a generated object prepared earlier (`manifest`).
+    Apply,
+    /// Set a label (`key`=`value`) on the object.
+    Label,
+    /// Remove a label (`key`) from the object.
+    Unlabel,
+    /// Remove a label (`key`) from a workload's pod template.
+    UnlabelTemplate,
+    /// Rollout-restart a workload.
+    Restart,
+    /// Delete the object (snapshotted first).
+    Delete,
+    /// Remove `mesh` from a VirtualService's gateways (it also serves gateways).
+    RemoveMeshGateway,
+}
+
+/// One action of a step.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Action {
+    /// What to do.
+    pub op: Op,
+    /// The object acted on.
+    pub object: ObjectRef,
+    /// Why, in words.
+    pub detail: String,
+    /// Label key (label/unlabel ops).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Label value (label op).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Index into [`Plan::manifests`] (create/prepare/apply ops).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<usize>,
+    /// Merge patch (patch op).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<Value>,
+    /// Only once the workloads the object concerns run without sidecars (step 9).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub after_rollout: bool,
+}
+
+impl Action {
+    fn new(op: Op, object: ObjectRef, detail: impl Into<String>) -> Self {
+        Self {
+            op,
+            object,
+            detail: detail.into(),
+            key: None,
+            value: None,
+            manifest: None,
+            patch: None,
+            after_rollout: false,
+        }
+    }
+
+    fn label(object: ObjectRef, key: &str, value: &str, detail: impl Into<String>) -> Self {
+        Self {
+            key: Some(key.into()),
+            value: Some(value.into()),
+            ..Self::new(Op::Label, object, detail)
+        }
+    }
+
+    fn unlabel(op: Op, object: ObjectRef, key: &str, detail: impl Into<String>) -> Self {
+        Self {
+            key: Some(key.into()),
+            ..Self::new(op, object, detail)
+        }
+    }
+}
+
+/// One step of one namespace.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StepPlan {
+    /// 1..9.
+    pub number: StepNumber,
+    /// Step name.
+    pub name: &'static str,
+    /// Actions, in order.
+    pub actions: Vec<Action>,
+    /// Names of the checkpoint's checks.
+    pub checks: Vec<&'static str>,
+}
+
+/// Why a Service needs the waypoint.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Reason {
+    /// Finding id.
+    pub id: &'static str,
+    /// Object responsible.
+    pub object: ObjectRef,
+}
+
+/// Plan for one Service.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePlan {
+    /// Service name.
+    pub name: String,
+    /// Whether its own features need a waypoint.
+    pub needs_waypoint: bool,
+    /// Whether it will be served by the namespace waypoint (step 7).
+    pub served_by_waypoint: bool,
+    /// Why it needs one.
+    pub reasons: Vec<Reason>,
+    /// Whether bypass protection guards its workloads.
+    pub bypass_protection: bool,
+}
+
+/// The namespace waypoint.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WaypointPlan {
+    /// Whether the namespace gets (or has) a waypoint.
+    pub needed: bool,
+    /// Gateway name.
+    pub name: String,
+    /// `istio.io/waypoint-for`.
+    #[serde(rename = "for")]
+    pub for_: String,
+    /// Whether it already exists.
+    pub exists: bool,
+    /// Its SPIFFE principal.
+    pub principal: String,
+}
+
+/// One workload's migration.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadPlan {
+    /// Kind.
+    pub kind: &'static str,
+    /// Name.
+    pub name: String,
+    /// Has (or will get) a sidecar.
+    pub sidecar: bool,
+    /// Its sidecars speak HBONE already.
+    pub hbone: bool,
+    /// Opted out of the mesh.
+    pub opted_out: bool,
+}
+
+/// A window in which enforcement differs from before the migration.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Window {
+    /// First step (state after it is applied).
+    pub from_step: StepNumber,
+    /// Last step.
+    pub to_step: StepNumber,
+    /// `fail-open` or `fail-closed`.
+    pub kind: &'static str,
+    /// Which callers and why.
+    pub reason: String,
+}
+
+/// Who enforces a policy after a step.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StepEnforcement {
+    /// Step.
+    pub step: StepNumber,
+    /// Proxies enforcing it (`sidecar`, `ztunnel`, `waypoint`).
+    pub enforced_by: Vec<&'static str>,
+}
+
+/// Timeline of one policy on one Service.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Enforcement {
+    /// Service name.
+    pub service: String,
+    /// The policy.
+    pub policy: ObjectRef,
+    /// Whether it moves to the waypoint.
+    pub moves_to_waypoint: bool,
+    /// Who enforces it after each step.
+    pub by_step: Vec<StepEnforcement>,
+    /// Fail-open and fail-closed windows.
+    pub windows: Vec<Window>,
+}
+
+/// Plan for one namespace.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespacePlan {
+    /// Namespace.
+    pub name: String,
+    /// Whether it exists in the inventory.
+    pub exists: bool,
+    /// Waypoint.
+    pub waypoint: WaypointPlan,
+    /// Services.
+    pub services: Vec<ServicePlan>,
+    /// Workloads.
+    pub workloads: Vec<WorkloadPlan>,
+    /// Steps 1..9.
+    pub steps: Vec<StepPlan>,
+    /// Enforcement timeline.
+    pub enforcement: Vec<Enforcement>,
+}
+
+/// Counts.
+#[derive(Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    /// Blockers not accepted.
+    pub blockers: usize,
+    /// Blockers accepted by the spec.
+    pub accepted_blockers: usize,
+    /// Warnings.
+    pub warnings: usize,
+    /// Informational findings.
+    pub infos: usize,
+    /// Objects in the inventory.
+    pub inventory_objects: usize,
+    /// Skipped kinds.
+    pub skipped: BTreeMap<String, usize>,
+}
+
+/// The whole plan.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    /// Name of the MeshMigration (labels of generated objects).
+    pub migration: String,
+    /// Findings, most severe first.
+    pub findings: Vec<Finding>,
+    /// Control plane facts.
+    pub control_plane: ControlPlaneFacts,
+    /// Cluster-level actions of step 2 (also listed in each namespace's step 2).
+    pub control_plane_actions: Vec<Action>,
+    /// Commands the user runs for an External control plane.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub control_plane_commands: Vec<String>,
+    /// Order in which namespaces go through the restart steps.
+    pub namespace_order: Vec<String>,
+    /// Per-namespace plans, in `namespace_order`.
+    pub namespaces: Vec<NamespacePlan>,
+    /// Generated objects, in step order.
+    pub manifests: Vec<Value>,
+    /// Step each manifest belongs to (parallel to `manifests`).
+    #[serde(skip)]
+    pub manifest_steps: Vec<StepNumber>,
+    /// Counts.
+    pub summary: Summary,
+}
+
+impl Plan {
+    /// Unaccepted blockers.
+    pub fn blockers(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| f.is_blocking())
+    }
+
+    /// A namespace's plan.
+    pub fn namespace(&self, name: &str) -> Option<&NamespacePlan> {
+        self.namespaces.iter().find(|n| n.name == name)
+    }
+}
+
+/// Checks of each step's checkpoint (see the operator for their evaluation).
+pub fn step_checks(step: StepNumber) -> Vec<&'static str> {
+    match step {
+        1 => vec![
+            "istio-version",
+            "no-blockers",
+            "gateway-api-crds",
+            "cni-compatible",
+        ],
+        2 => vec!["control-plane-ambient", "istio-cni-ready", "ztunnel-ready"],
+        3 => vec!["rollouts-complete", "sidecars-hbone", "probes"],
+        4 => vec!["waypoint-programmed", "waypoint-ready", "waypoint-unused"],
+        5 => vec!["objects-exist", "objects-accepted", "probes"],
+        6 => vec!["namespace-enrolled", "sidecars-still-injected", "probes"],
+        7 => vec![
+            "waypoint-programmed",
+            "services-bound",
+            "routes-accepted",
+            "probes",
+        ],
+        8 => vec!["objects-removed", "migrated-objects-present", "probes"],
+        9 => vec![
+            "rollouts-complete",
+            "no-sidecars",
+            "pods-redirected",
+            "probes",
+        ],
+        _ => vec![],
+    }
+}
+
+// ------------------------------------------------------------------ manifests
+
+struct Manifests {
+    migration: String,
+    items: Vec<(StepNumber, ObjectRef, Value)>,
+}
+
+impl Manifests {
+    /// Adds a generated object with meshmig's labels; returns its (pre-sort) index.
+    fn add(
+        &mut self,
+        step: StepNumber,
+        role: &str,
+        source: Option<&ObjectRef>,
+        mut v: Value,
+    ) -> (usize, ObjectRef) {
+        if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            let labels = meta
+                .entry("labels")
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .map(|l| {
+                    l.insert(mn::LABEL_MANAGED_BY.into(), mn::MANAGED_BY.into());
+                    l.insert(mn::LABEL_MIGRATION.into(), self.migration.clone().into());
+                    l.insert(mn::LABEL_STEP.into(), step.to_string().into());
+                    l.insert(mn::LABEL_ROLE.into(), role.into());
+                });
+            let _ = labels;
+            if let Some(src) = source
+                && let Some(a) = meta
+                    .entry("annotations")
+                    .or_insert_with(|| json!({}))
+                    .as_object_mut()
+            {
+                a.insert(mn::ANNOTATION_SOURCE.into(), src.to_string().into());
+            }
+        }
+        let kind = v
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let meta = v.get("metadata");
+        let get = |k: &str| {
+            meta.and_then(|m| m.get(k))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        let obj = ObjectRef {
+            kind,
+            namespace: get("namespace"),
+            name: get("name").unwrap_or_default(),
+        };
+        self.items.push((step, obj.clone(), v));
+        (self.items.len() - 1, obj)
+    }
+}
+
+// ------------------------------------------------------------------ analysis
+
+/// A non-authorization object that gets waypoint copies: reference, object, selector, finding id.
+type ExtraCopy = (
+    ObjectRef,
+    Value,
+    Option<BTreeMap<String, String>>,
+    &'static str,
+);
+
+/// Per-namespace working state.
+struct NsWork {
+    name: String,
+    exists: bool,
+    services: BTreeMap<String, ServicePlan>,
+    workloads: Vec<WorkloadPlan>,
+    steps: BTreeMap<StepNumber, Vec<Action>>,
+    enforcement: Vec<Enforcement>,
+    waypoint: WaypointPlan,
+    /// Workloads that restart in steps 3 and 9.
+    restart: Vec<ObjectRef>,
+    restart_hbone: Vec<ObjectRef>,
+}
+
+impl NsWork {
+    fn reason(&mut self, svc: &str, id: &'static str, object: &ObjectRef) {
+        let sp = self
+            .services
+            .entry(svc.to_string())
+            .or_insert_with(|| ServicePlan {
+                name: svc.to_string(),
+                needs_waypoint: false,
+                served_by_waypoint: false,
+                reasons: Vec::new(),
+                bypass_protection: false,
+            });
+        sp.needs_waypoint = true;
+        let r = Reason {
+            id,
+            object: object.clone(),
+        };
+        if !sp.reasons.contains(&r) {
+            sp.reasons.push(r);
+        }
+    }
+
+    fn act(&mut self, step: StepNumber, a: Action) {
+        let list = self.steps.entry(step).or_default();
+        if !list.contains(&a) {
+            list.push(a);
+        }
+    }
+}
+
+fn svc_name(s: &Service) -> &str {
+    s.metadata.name.as_deref().unwrap_or_default()
+}
+
+fn policy_selector(p: &AuthorizationPolicy) -> Option<&BTreeMap<String, String>> {
+    p.spec
+        .selector
+        .as_ref()
+        .and_then(|s| s.match_labels.as_ref())
+        .filter(|m| !m.is_empty())
+}
+
+/// Target namespaces from the spec, in spec order (selector: sorted by name).
+pub fn target_namespaces(inv: &Inventory, spec: &MeshMigrationSpec) -> Vec<String> {
+    const SYSTEM: [&str; 4] = [
+        "kube-system",
+        "kube-public",
+        "kube-node-lease",
+        "istio-system",
+    ];
+    if let Some(list) = &spec.namespaces {
+        let mut seen = BTreeSet::new();
+        return list
+            .iter()
+            .filter(|n| seen.insert(n.as_str()))
+            .cloned()
+            .collect();
+    }
+    if let Some(sel) = &spec.namespace_selector {
+        return inv
+            .namespaces
+            .iter()
+            .filter(|(name, _)| {
+                !SYSTEM.contains(&name.as_str())
+                    && *name != &spec.control_plane.istio_namespace
+                    && *name != &spec.control_plane.ztunnel_namespace
+            })
+            .filter(|(_, ns)| crate::model::label_selector_matches(sel, labels(&ns.metadata)))
+            .map(|(name, _)| name.clone())
+            .collect();
+    }
+    Vec::new()
+}
+
+/// Namespaces with sidecar injection on (the default targets of an offline plan).
+pub fn injected_namespaces(inv: &Inventory) -> Vec<String> {
+    inv.namespaces
+        .iter()
+        .filter(|(name, ns)| {
+            name.as_str() != "istio-system"
+                && namespace_injection(Some(ns)) != NamespaceInjection::Off
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// Ingress gateway principals (Istio gateway deployments).
+fn ingress_principals(model: &Model<'_>, td: &str) -> Vec<String> {
+    let mut out: Vec<String> = model
+        .workloads
+        .values()
+        .flatten()
+        .filter(|w| {
+            w.pod_labels
+                .get("istio")
+                .is_some_and(|v| v.contains("ingressgateway"))
+                || w.pod_labels
+                    .contains_key("gateway.networking.k8s.io/gateway-name")
+                    && w.pod_labels
+                        .get("gateway.istio.io/managed")
+                        .is_some_and(|v| v != "istio.io-mesh-controller")
+        })
+        .map(|w| w.principal(td))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Caller identities an ALLOW policy admits, when they can be listed.
+#[derive(Default, Clone, Debug)]
+struct Callers {
+    principals: BTreeSet<String>,
+    namespaces: BTreeSet<String>,
+    /// Some rule admits callers that cannot be listed (no source constraint, negative
+    /// forms, IP blocks).
+    any: bool,
+    /// Every rule is a single positive principals-or-namespaces source, nothing else:
+    /// bypass protection reproduces it exactly.
+    exact: bool,
+}
+
+fn allow_callers(
+    p: &AuthorizationPolicy,
+    class: &PolicyClass,
+    td: &str,
+    policy_ns: &str,
+) -> Callers {
+    let mut c = Callers {
+        exact: true,
+        ..Default::default()
+    };
+    let rules = p.spec.rules.as_deref().unwrap_or_default();
+    if rules.is_empty() {
+        // An ALLOW policy without rules admits nobody.
+        return c;
+    }
+    for (rule, rc) in rules.iter().zip(&class.rules) {
+        let froms = rule.from.as_deref().unwrap_or_default();
+        let simple = froms.len() == 1
+            && rule.to.is_none()
+            && rule.when.is_none()
+            && rc.identity_only()
+            && froms[0].source.as_ref().is_some_and(|s| {
+                (s.principals.is_some() as u8 + s.namespaces.is_some() as u8) == 1
+                    && s.not_principals.is_none()
+                    && s.not_namespaces.is_none()
+                    && s.service_accounts.is_none()
+                    && s.not_service_accounts.is_none()
+            });
+        if !simple {
+            c.exact = false;
+        }
+        if froms.is_empty() {
+            c.any = true;
+            continue;
+        }
+        for from in froms {
+            let Some(s) = &from.source else {
+                c.any = true;
+                continue;
+            };
+            let mut listed = false;
+            for pr in s.principals.iter().flatten() {
+                if pr.contains('*') {
+                    c.any = true;
+                } else {
+                    c.principals.insert(pr.clone());
+                }
+                listed = true;
+            }
+            for ns in s.namespaces.iter().flatten() {
+                if ns.contains('*') {
+                    c.any = true;
+                } else {
+                    c.namespaces.insert(ns.clone());
+                }
+                listed = true;
+            }
+            for sa in s.service_accounts.iter().flatten() {
+                let principal = match sa.split_once('/') {
+                    Some((ns, sa)) => format!("{td}/ns/{ns}/sa/{sa}"),
+                    None => format!("{td}/ns/{policy_ns}/sa/{sa}"),
+                };
+                c.principals.insert(principal);
+                listed = true;
+            }
+            if !listed {
+                c.any = true;
+            }
+        }
+    }
+    c
+}
+
+/// Namespace of a principal `<td>/ns/<ns>/sa/<sa>`.
+fn principal_namespace(p: &str) -> Option<&str> {
+    let mut it = p.split('/');
+    while let Some(part) = it.next() {
+        if part == "ns" {
+            return it.next();
+        }
+    }
+    None
+}
+
+/// The plan for a MeshMigration spec over an inventory. `migration` names the
+/// MeshMigration (it labels every generated object).
+pub fn plan(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str) -> Plan {
+    let model = Model::new(inv);
+    let (facts, mut findings) = cluster::analyze(inv, spec);
+    let td = facts.trust_domain.clone();
+    let targets = target_namespaces(inv, spec);
+    let target_set: BTreeSet<String> = targets.iter().cloned().collect();
+    let mut manifests = Manifests {
+        migration: migration.to_string(),
+        items: Vec::new(),
+    };
+    let experimental = inv
+        .crds
+        .as_ref()
+        .and_then(|c| c.get("httproutes.gateway.networking.k8s.io"))
+        .and_then(|c| c.channel.as_deref())
+        == Some("experimental");
+    let ingress = ingress_principals(&model, &td);
+    let root = facts.root_namespace.clone();
+
+    // ---- control plane actions (step 2)
+    let (cp_actions, cp_commands) = control_plane_actions(spec, &facts);
+
+    // ---- VirtualService conversions, assigned to the namespace of their first target parent
+    let mut conversions: Vec<(VirtualService, routes::Conversion, String)> = Vec::new();
+    for vs in &inv.virtual_services {
+        let vs_ns = vs.metadata.namespace.clone().unwrap_or_default();
+        let vs_ref = ObjectRef::from_meta("VirtualService", &vs.metadata);
+        let in_target = vs
+            .spec
+            .hosts
+            .iter()
+            .flatten()
+            .any(|h| match resolve_host(h, &vs_ns) {
+                HostTarget::Service(ns, _) => target_set.contains(&ns),
+                _ => false,
+            })
+            || target_set.contains(&vs_ns);
+        if !in_target {
+            continue;
+        }
+        if !is_mesh(vs) {
+            findings.push(Finding::new(f::VS_GATEWAY_ONLY, vs_ref, ""));
+            continue;
+        }
+        let conv = routes::convert(
+            &model,
+            vs,
+            &inv.destination_rules,
+            ConvertOptions {
+                experimental_channel: experimental,
+            },
+        );
+        if conv.keeps_gateways {
+            findings.push(Finding::new(f::VS_MESH_AND_GATEWAY, vs_ref.clone(), ""));
+        }
+        let owner_ns = conv
+            .parents
+            .iter()
+            .map(|(ns, _)| ns)
+            .find(|ns| target_set.contains(*ns))
+            .cloned()
+            .unwrap_or(vs_ns);
+        conversions.push((vs.clone(), conv, owner_ns));
+    }
+
+    let mut works: Vec<NsWork> = Vec::new();
+    for ns in &targets {
+        let w = analyze_namespace(
+            &model,
+            spec,
+            &facts,
+            ns,
+            &target_set,
+            &conversions,
+            &ingress,
+            &root,
+            &mut manifests,
+            &mut findings,
+        );
+        works.push(w);
+    }
+
+    // Step 2 actions are cluster-wide; listed in every namespace so each one's step 2 is
+    // self-contained.
+    for w in &mut works {
+        for a in &cp_actions {
+            w.act(2, a.clone());
+        }
+    }
+
+    let order = namespace_order(spec, inv, &targets, &td);
+    // Windows that depend on the order of step 9 across namespaces.
+    order_windows(&mut works, &order, inv, &td, &mut findings);
+
+    // ---- finalize findings: dedup, acceptance, sort
+    findings.sort();
+    findings.dedup();
+    for fi in &mut findings {
+        fi.accepted = spec
+            .accepted_findings
+            .iter()
+            .any(|e| fi.matches_acceptance(e));
+    }
+    findings.sort_by(|a, b| (a.severity, &a.object, a.id).cmp(&(b.severity, &b.object, b.id)));
+
+    // ---- manifests in step order, with action indexes remapped
+    let mut idx: Vec<usize> = (0..manifests.items.len()).collect();
+    idx.sort_by_key(|i| manifests.items[*i].0);
+    let remap: HashMap<usize, usize> = idx
+        .iter()
+        .enumerate()
+        .map(|(new, old)| (*old, new))
+        .collect();
+    let manifest_steps = idx.iter().map(|i| manifests.items[*i].0).collect();
+    let manifest_values: Vec<Value> = idx.iter().map(|i| manifests.items[*i].2.clone()).collect();
+
+    let mut namespaces: Vec<NamespacePlan> = Vec::new();
+    let by_name: HashMap<String, NsWork> = works.into_iter().map(|w| (w.name.clone(), w)).collect();
+    let mut by_name = by_name;
+    for ns in &order {
+        let Some(mut w) = by_name.remove(ns) else {
+            continue;
+        };
+        let steps = (1..=9)
+            .map(|s| {
+                let mut actions = w.steps.remove(&s).unwrap_or_default();
+                for a in &mut actions {
+                    a.manifest = a.manifest.and_then(|m| remap.get(&m).copied());
+                }
+                StepPlan {
+                    number: s,
+                    name: step_name(s),
+                    actions,
+                    checks: step_checks(s),
+                }
+            })
+            .collect();
+        namespaces.push(NamespacePlan {
+            name: w.name,
+            exists: w.exists,
+            waypoint: w.waypoint,
+            services: w.services.into_values().collect(),
+            workloads: w.workloads,
+            steps,
+            enforcement: w.enforcement,
+        });
+    }
+
+    let summary = Summary {
+        blockers: findings.iter().filter(|f| f.is_blocking()).count(),
+        accepted_blockers: findings
+            .iter()
+            .filter(|f| f.severity == Severity::Blocker && f.accepted)
+            .count(),
+        warnings: findings
+            .iter()
+            .filter(|f| f.severity == Severity::Warning)
+            .count(),
+        infos: findings
+            .iter()
+            .filter(|f| f.severity == Severity::Info)
+            .count(),
+        inventory_objects: inv.len(),
+        skipped: inv.skipped.clone(),
+    };
+    Plan {
+        migration: migration.to_string(),
+        findings,
+        control_plane: facts,
+        control_plane_actions: cp_actions,
+        control_plane_commands: cp_commands,
+        namespace_order: order,
+        namespaces,
+        manifests: manifest_values,
+        manifest_steps,
+        summary,
+    }
+}
+
+fn control_plane_actions(
+    spec: &MeshMigrationSpec,
+    facts: &ControlPlaneFacts,
+) -> (Vec<Action>, Vec<String>) {
+    let cp = &spec.control_plane;
+    match cp.mode {
+        ControlPlaneMode::Sail => {
+            let mut actions = vec![
+                Action {
+                    patch: Some(
+                        json!({"spec": {"profile": "ambient", "values": {"pilot": {"trustedZtunnelNamespace": cp.ztunnel_namespace}}}}),
+                    ),
+                    ..Action::new(
+                        Op::Patch,
+                        ObjectRef::new("Istio", None, &cp.istio),
+                        "switch the control plane to the ambient profile and trust ztunnel's namespace",
+                    )
+                },
+                Action {
+                    patch: Some(json!({"spec": {"profile": "ambient"}})),
+                    ..Action::new(
+                        Op::Patch,
+                        ObjectRef::new("IstioCNI", None, &cp.istio_cni),
+                        "switch istio-cni to the ambient profile",
+                    )
+                },
+            ];
+            let ztunnel = json!({
+                "apiVersion": "sailoperator.io/v1",
+                "kind": "ZTunnel",
+                "metadata": {"name": cp.ztunnel},
+                "spec": {
+                    "namespace": cp.ztunnel_namespace,
+                    "version": facts.version,
+                    "profile": "ambient",
+                },
+            });
+            actions.push(Action {
+                patch: Some(ztunnel),
+                ..Action::new(
+                    Op::Create,
+                    ObjectRef::new("ZTunnel", None, &cp.ztunnel),
+                    format!("deploy ztunnel in namespace {}", cp.ztunnel_namespace),
+                )
+            });
+            (actions, Vec::new())
+        }
+        ControlPlaneMode::External => {
+            let commands = vec![
+                format!(
+                    "helm upgrade istio-cni istio/cni -n {} --set profile=ambient --wait",
+                    cp.cni_namespace
+                ),
+                format!(
+                    "helm upgrade istiod istio/istiod -n {} --set profile=ambient --set pilot.trustedZtunnelNamespace={} --wait",
+                    cp.istio_namespace, cp.ztunnel_namespace
+                ),
+                format!(
+                    "helm install ztunnel istio/ztunnel -n {} --create-namespace --wait",
+                    cp.ztunnel_namespace
+                ),
+            ];
+            let actions = vec![Action::new(
+                Op::Verify,
+                ObjectRef::new("Deployment", Some(&cp.istio_namespace), "istiod"),
+                "control plane is managed outside meshmig: run the commands shown, meshmig waits for PILOT_ENABLE_AMBIENT=true and a ready ztunnel",
+            )];
+            (actions, commands)
+        }
+    }
+}
+
+/// Order of namespaces for restart steps: the spec's order, or callers before callees.
+fn namespace_order(
+    spec: &MeshMigrationSpec,
+    inv: &Inventory,
+    targets: &[String],
+    td: &str,
+) -> Vec<String> {
+    if spec.ordering != Some(meshmig_api::Ordering::Auto) {
+        return targets.to_vec();
+    }
+    // Edges caller -> callee from ALLOW policies naming caller namespaces.
+    let set: BTreeSet<&str> = targets.iter().map(String::as_str).collect();
+    let mut callers_of: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for p in &inv.authorization_policies {
+        let ns = p.metadata.namespace.as_deref().unwrap_or_default();
+        if !set.contains(ns) {
+            continue;
+        }
+        let class = authz::classify(p);
+        if class.action != AuthzAction::Allow {
+            continue;
+        }
+        let c = allow_callers(p, &class, td, ns);
+        let entry = callers_of.entry(ns).or_default();
+        for pr in &c.principals {
+            if let Some(cns) = principal_namespace(pr) {
+                entry.insert(cns.to_string());
+            }
+        }
+        entry.extend(c.namespaces.iter().cloned());
+    }
+    // Kahn's algorithm, stable by spec order; cycles fall back to spec order.
+    let mut done: Vec<String> = Vec::new();
+    let mut remaining: Vec<&String> = targets.iter().collect();
+    while !remaining.is_empty() {
+        let pick = remaining
+            .iter()
+            .position(|ns| {
+                // Every in-migration caller of ns (other than ns) already placed.
+                callers_of.get(ns.as_str()).is_none_or(|cs| {
+                    cs.iter()
+                        .filter(|c| c.as_str() != ns.as_str() && set.contains(c.as_str()))
+                        .all(|c| done.contains(c))
+                })
+            })
+            .unwrap_or(0);
+        done.push(remaining.remove(pick).clone());
+    }
+    done
+}
+
+/// Fail-open windows created by serving a namespace before its in-migration callers.
+fn order_windows(
+    works: &mut [NsWork],
+    order: &[String],
+    inv: &Inventory,
+    td: &str,
+    findings: &mut Vec<Finding>,
+) {
+    let pos: HashMap<&str, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    for w in works.iter_mut() {
+        let my = pos.get(w.name.as_str()).copied().unwrap_or(0);
+        for e in &mut w.enforcement {
+            if !e.moves_to_waypoint {
+                continue;
+            }
+            let Some(p) = inv
+                .authorization_policies
+                .iter()
+                .find(|p| ObjectRef::from_meta("AuthorizationPolicy", &p.metadata) == e.policy)
+            else {
+                continue;
+            };
+            let class = authz::classify(p);
+            if class.action != AuthzAction::Allow || class.rules.iter().all(|r| r.identity_only()) {
+                continue;
+            }
+            let c = allow_callers(p, &class, td, &w.name);
+            let mut later: BTreeSet<&str> = c
+                .principals
+                .iter()
+                .filter_map(|p| principal_namespace(p))
+                .chain(c.namespaces.iter().map(String::as_str))
+                .filter(|ns| pos.get(ns).is_some_and(|i| *i > my))
+                .collect();
+            if c.any {
+                later.extend(order.iter().skip(my + 1).map(String::as_str));
+            }
+            if later.is_empty() {
+                continue;
+            }
+            let list = later.into_iter().collect::<Vec<_>>().join(", ");
+            let reason = format!(
+                "sidecar callers in {list} (step 9 after {}) skip the waypoint copy until they run without sidecars; use ordering: Auto or list callers first",
+                w.name
+            );
+            if !e.windows.iter().any(|x| x.reason == reason) {
+                e.windows.push(Window {
+                    from_step: 9,
+                    to_step: 9,
+                    kind: "fail-open",
+                    reason: reason.clone(),
+                });
+                findings.push(Finding::new(
+                    f::ENFORCEMENT_FAIL_OPEN,
+                    e.policy.clone(),
+                    format!("Service {}: {reason}", e.service),
+                ));
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn analyze_namespace(
+    model: &Model<'_>,
+    spec: &MeshMigrationSpec,
+    facts: &ControlPlaneFacts,
+    ns: &str,
+    targets: &BTreeSet<String>,
+    conversions: &[(VirtualService, routes::Conversion, String)],
+    ingress: &[String],
+    root: &str,
+    manifests: &mut Manifests,
+    findings: &mut Vec<Finding>,
+) -> NsWork {
+    let inv = model.inv;
+    let td = &facts.trust_domain;
+    let ns_obj = model.namespace(ns);
+    let ns_ref = ObjectRef::namespace(ns);
+    let injection = namespace_injection(ns_obj);
+    let wp_name = spec.waypoint.name.clone();
+    let mut w = NsWork {
+        name: ns.to_string(),
+        exists: ns_obj.is_some(),
+        services: BTreeMap::new(),
+        workloads: Vec::new(),
+        steps: BTreeMap::new(),
+        enforcement: Vec::new(),
+        waypoint: WaypointPlan {
+            needed: false,
+            name: wp_name.clone(),
+            for_: "service".into(),
+            exists: false,
+            principal: format!("{td}/ns/{ns}/sa/{wp_name}"),
+        },
+        restart: Vec::new(),
+        restart_hbone: Vec::new(),
+    };
+    for (i, check) in step_checks(1).into_iter().enumerate() {
+        let _ = i;
+        w.act(1, Action::new(Op::Verify, ns_ref.clone(), check));
+    }
+    if ns_obj.is_none() {
+        findings.push(Finding::new(
+            f::NAMESPACE_NOT_FOUND,
+            ns_ref,
+            format!("namespace {ns}"),
+        ));
+        return w;
+    }
+    let ns_meta = ns_obj.map(|n| &n.metadata);
+    for svc in model.services_in(ns) {
+        w.services.insert(
+            svc_name(svc).to_string(),
+            ServicePlan {
+                name: svc_name(svc).to_string(),
+                needs_waypoint: false,
+                served_by_waypoint: false,
+                reasons: Vec::new(),
+                bypass_protection: false,
+            },
+        );
+    }
+
+    // ---- workloads
+    let workloads = model.workloads_in(ns);
+    let mut injected: Vec<&Workload<'_>> = Vec::new();
+    for wl in workloads {
+        let sidecar = wl.has_sidecar(&injection);
+        let hbone = !wl.pods.is_empty()
+            && wl
+                .pods
+                .iter()
+                .all(|p| !p.has_sidecar() || p.sidecar_hbone());
+        let opted_out = wl.opted_out();
+        if opted_out {
+            findings.push(Finding::new(f::WORKLOAD_OPTED_OUT, wl.object(), ""));
+        }
+        if wl.host_network {
+            findings.push(Finding::new(f::HOSTNETWORK_POD, wl.object(), ""));
+        }
+        if wl.pods.iter().any(|p| cluster::spire_managed(&p.metadata))
+            || wl.pod_labels.contains_key(n::SPIRE_IDENTITY)
+        {
+            findings.push(Finding::new(f::SPIRE, wl.object(), ""));
+        }
+        if sidecar {
+            injected.push(wl);
+            if wl.kind != crate::model::WorkloadKind::Pod {
+                w.restart.push(wl.object());
+                if !hbone || !facts.ambient {
+                    w.restart_hbone.push(wl.object());
+                }
+            }
+        }
+        w.workloads.push(WorkloadPlan {
+            kind: wl.kind.as_str(),
+            name: wl.name.to_string(),
+            sidecar,
+            hbone,
+            opted_out,
+        });
+    }
+    if injected.is_empty() {
+        findings.push(Finding::new(
+            f::NAMESPACE_NO_SIDECARS,
+            ObjectRef::namespace(ns),
+            "",
+        ));
+    }
+    if let NamespaceInjection::Revision(rev) = &injection {
+        findings.push(Finding::new(
+            f::REVISION_LABEL_REMOVED,
+            ObjectRef::namespace(ns),
+            format!("istio.io/rev={rev}"),
+        ));
+    }
+    let already_ambient =
+        ns_meta.and_then(|m| label(m, n::DATAPLANE_MODE)) == Some(n::DATAPLANE_AMBIENT);
+    if already_ambient {
+        findings.push(Finding::new(
+            f::NAMESPACE_ALREADY_AMBIENT,
+            ObjectRef::namespace(ns),
+            "",
+        ));
+    }
+    let svc_of = |wl: &Workload<'_>| -> Vec<String> {
+        model
+            .workload_services(wl)
+            .iter()
+            .map(|s| svc_name(s).to_string())
+            .collect()
+    };
+
+    // ---- authorization policies
+    let policies: Vec<(&AuthorizationPolicy, PolicyClass)> = inv
+        .authorization_policies
+        .iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
+        .map(|p| (p, authz::classify(p)))
+        .collect();
+    let pod_addressed_workloads: BTreeSet<&str> = {
+        let mut set = BTreeSet::new();
+        for svc in model.services_in(ns) {
+            if is_headless(svc) {
+                for wl in model.service_workloads(svc) {
+                    set.insert(wl.name);
+                }
+            }
+        }
+        for wl in workloads.iter().filter(|w| w.pod_addressed()) {
+            set.insert(wl.name);
+        }
+        set
+    };
+    for (p, class) in &policies {
+        let pref = ObjectRef::from_meta("AuthorizationPolicy", &p.metadata);
+        if class.targeted {
+            findings.push(Finding::new(f::AUTHZ_TARGETED_EXISTING, pref, ""));
+            continue;
+        }
+        let tds = class.paths_of(authz::AttrKind::TrustDomain);
+        if !tds.is_empty() {
+            findings.push(Finding::new(
+                f::AUTHZ_TRUST_DOMAINS,
+                pref.clone(),
+                tds.join(", "),
+            ));
+        }
+        let unknown = class.paths_of(authz::AttrKind::Unknown);
+        if !unknown.is_empty() {
+            findings.push(Finding::new(
+                f::AUTHZ_UNKNOWN_FIELD,
+                pref.clone(),
+                unknown.join(", "),
+            ));
+        }
+        let selected: Vec<&Workload<'_>> = model
+            .selected_workloads(ns, policy_selector(p))
+            .into_iter()
+            .filter(|wl| {
+                injected
+                    .iter()
+                    .any(|i| i.name == wl.name && i.kind == wl.kind)
+            })
+            .collect();
+        if class.needs_waypoint() {
+            let id = if matches!(class.action, AuthzAction::Allow | AuthzAction::Deny) {
+                findings.push(Finding::new(
+                    f::AUTHZ_L7,
+                    pref.clone(),
+                    class.l7_paths().join(", "),
+                ));
+                f::AUTHZ_L7.id
+            } else {
+                findings.push(Finding::new(
+                    f::AUTHZ_ACTION_NEEDS_WAYPOINT,
+                    pref.clone(),
+                    format!("action {:?}", class.action),
+                ));
+                f::AUTHZ_ACTION_NEEDS_WAYPOINT.id
+            };
+            for wl in &selected {
+                let svcs = svc_of(wl);
+                if svcs.is_empty() {
+                    findings.push(Finding::new(
+                        f::AUTHZ_NO_SERVICE,
+                        pref.clone(),
+                        format!(
+                            "{} {} is selected but no Service selects it",
+                            wl.kind.as_str(),
+                            wl.name
+                        ),
+                    ));
+                }
+                if pod_addressed_workloads.contains(wl.name) {
+                    findings.push(Finding::new(
+                        f::AUTHZ_WORKLOAD_ADDRESSED,
+                        pref.clone(),
+                        format!("{} {} is reached by pod IP", wl.kind.as_str(), wl.name),
+                    ));
+                }
+                for s in svcs {
+                    w.reason(&s, id, &pref);
+                }
+            }
+        }
+    }
+    // Mesh-wide policies (root namespace) that apply to workloads here.
+    for p in inv
+        .authorization_policies
+        .iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some(root) && root != ns)
+    {
+        let class = authz::classify(p);
+        if class.targeted {
+            continue;
+        }
+        let applies = model
+            .selected_workloads(ns, policy_selector(p))
+            .iter()
+            .any(|wl| injected.iter().any(|i| i.name == wl.name));
+        if applies && (class.needs_waypoint() || class.source_dependent()) {
+            findings.push(Finding::new(
+                f::AUTHZ_MESH_WIDE,
+                ObjectRef::from_meta("AuthorizationPolicy", &p.metadata),
+                format!("applies to workloads in {ns}"),
+            ));
+        }
+    }
+
+    // ---- PeerAuthentication
+    for pa in &inv.peer_authentications {
+        let pa_ns = pa.metadata.namespace.as_deref().unwrap_or_default();
+        if pa_ns != ns && !cluster::mesh_wide(pa, root) {
+            continue;
+        }
+        let pref = ObjectRef::from_meta("PeerAuthentication", &pa.metadata);
+        for (port, mode) in classify::peer_authn_modes(pa) {
+            let where_ = port
+                .map(|p| format!("port {p}"))
+                .unwrap_or_else(|| "workload-wide".into());
+            match mode.as_str() {
+                "DISABLE" => findings.push(Finding::new(
+                    f::PEER_AUTHN_DISABLE,
+                    pref.clone(),
+                    format!("{where_} mode DISABLE"),
+                )),
+                "PERMISSIVE" => {
+                    findings.push(Finding::new(f::PEER_AUTHN_PERMISSIVE, pref.clone(), where_))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // ---- RequestAuthentication, Telemetry, WasmPlugin: need waypoint + copy
+    let mut extra_copies: Vec<ExtraCopy> = Vec::new();
+    macro_rules! l7_kind {
+        ($list:expr, $kind:literal, $finding:expr) => {
+            for o in $list
+                .iter()
+                .filter(|o| o.metadata.namespace.as_deref() == Some(ns))
+            {
+                let targeted = o.spec.target_ref.is_some()
+                    || o.spec.target_refs.as_ref().is_some_and(|t| !t.is_empty());
+                if targeted {
+                    continue;
+                }
+                let oref = ObjectRef::from_meta($kind, &o.metadata);
+                findings.push(Finding::new($finding, oref.clone(), ""));
+                let sel = o
+                    .spec
+                    .selector
+                    .as_ref()
+                    .and_then(|s| s.match_labels.clone())
+                    .filter(|m| !m.is_empty());
+                for wl in model.selected_workloads(ns, sel.as_ref()) {
+                    if !injected.iter().any(|i| i.name == wl.name) {
+                        continue;
+                    }
+                    for s in svc_of(wl) {
+                        w.reason(&s, $finding.id, &oref);
+                    }
+                }
+                let value = serde_json::to_value(o).unwrap_or(Value::Null);
+                extra_copies.push((oref, value, sel, $finding.id));
+            }
+        };
+    }
+    l7_kind!(
+        inv.request_authentications,
+        "RequestAuthentication",
+        f::REQUEST_AUTHN
+    );
+    l7_kind!(inv.telemetries, "Telemetry", f::TELEMETRY);
+    l7_kind!(inv.wasm_plugins, "WasmPlugin", f::WASM_PLUGIN);
+
+    // ---- EnvoyFilter, Sidecar
+    for ef in &inv.envoy_filters {
+        let ef_ns = ef.metadata.namespace.as_deref().unwrap_or_default();
+        let sel = ef
+            .spec
+            .workload_selector
+            .as_ref()
+            .and_then(|s| s.labels.clone());
+        let applies = if ef_ns == ns {
+            true
+        } else if ef_ns == root {
+            model
+                .selected_workloads(ns, sel.as_ref().filter(|m| !m.is_empty()))
+                .iter()
+                .any(|wl| injected.iter().any(|i| i.name == wl.name))
+        } else {
+            false
+        };
+        if applies {
+            findings.push(Finding::new(
+                f::ENVOYFILTER,
+                ObjectRef::from_meta("EnvoyFilter", &ef.metadata),
+                format!("patches proxies in {ns}"),
+            ));
+        }
+    }
+    for sc in &inv.sidecars {
+        let sc_ns = sc.metadata.namespace.as_deref().unwrap_or_default();
+        if sc_ns == ns || sc_ns == root {
+            findings.push(Finding::new(
+                f::SIDECAR_RESOURCE_IGNORED,
+                ObjectRef::from_meta("Sidecar", &sc.metadata),
+                "",
+            ));
+        }
+    }
+
+    // ---- DestinationRules for Services here
+    for dr in &inv.destination_rules {
+        let dr_ns = dr.metadata.namespace.as_deref().unwrap_or_default();
+        let dref = ObjectRef::from_meta("DestinationRule", &dr.metadata);
+        let (hns, hname) = match resolve_host(&dr.spec.host, dr_ns) {
+            HostTarget::Service(a, b) => (a, b),
+            _ => continue,
+        };
+        if hns != ns {
+            continue;
+        }
+        if model.service(&hns, &hname).is_none() {
+            findings.push(Finding::new(
+                f::DR_HOST_UNRESOLVED,
+                dref,
+                format!("host `{}`", dr.spec.host),
+            ));
+            continue;
+        }
+        let c = classify::classify_dr(dr);
+        if c.needs_waypoint() {
+            findings.push(Finding::new(
+                f::DR_TRAFFIC_POLICY,
+                dref.clone(),
+                c.traffic_policy.join(", "),
+            ));
+            w.reason(&hname, f::DR_TRAFFIC_POLICY.id, &dref);
+        }
+        if c.tls_istio_mutual_only {
+            findings.push(Finding::new(f::DR_TLS_ISTIO_MUTUAL, dref.clone(), ""));
+        }
+        if c.subset_policy {
+            findings.push(Finding::new(f::DR_SUBSET_TRAFFIC_POLICY, dref.clone(), ""));
+        }
+        if c.subsets_only() {
+            findings.push(Finding::new(f::DR_SUBSETS_ONLY, dref.clone(), ""));
+        }
+    }
+
+    // ---- routes
+    let mine: Vec<&(VirtualService, routes::Conversion, String)> = conversions
+        .iter()
+        .filter(|(_, _, owner)| owner == ns)
+        .collect();
+    for (vs, conv, _) in conversions {
+        let vref = ObjectRef::from_meta("VirtualService", &vs.metadata);
+        for (pns, psvc) in &conv.parents {
+            if pns == ns {
+                w.reason(psvc, f::VS_MESH_ROUTE.id, &vref);
+                // An existing HTTPRoute on the same Service would be mixed with ours.
+                for hr in &inv.http_routes {
+                    let hns = hr.metadata.namespace.as_deref().unwrap_or_default();
+                    let managed = hr
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(mn::LABEL_MANAGED_BY))
+                        .is_some_and(|v| v == mn::MANAGED_BY);
+                    let on_same = hr.spec.parent_refs.iter().flatten().any(|r| {
+                        r.kind.as_deref() == Some("Service")
+                            && r.name == *psvc
+                            && r.namespace.as_deref().unwrap_or(hns) == pns
+                    });
+                    if on_same && !managed {
+                        findings.push(Finding::new(
+                            f::HTTPROUTE_EXISTS,
+                            ObjectRef::from_meta("HTTPRoute", &hr.metadata),
+                            format!("Service {pns}/{psvc} is also routed by {vref}"),
+                        ));
+                    }
+                }
+            }
+        }
+        if mine.iter().any(|(v, _, _)| std::ptr::eq(v, vs)) {
+            findings.extend(conv.findings.iter().cloned());
+            if !conv.parents.is_empty() {
+                findings.push(Finding::new(f::VS_MESH_ROUTE, vref.clone(), ""));
+            }
+        }
+    }
+
+    // ---- waypoint decision
+    let any_need = w.services.values().any(|s| s.needs_waypoint);
+    let existing_wp = inv.gateways.iter().find(|g| {
+        g.metadata.namespace.as_deref() == Some(ns)
+            && g.spec.gateway_class_name == n::WAYPOINT_CLASS
+    });
+    match spec.waypoint.policy {
+        WaypointPolicy::Never => {
+            if any_need {
+                let needing: Vec<&str> = w
+                    .services
+                    .values()
+                    .filter(|s| s.needs_waypoint)
+                    .map(|s| s.name.as_str())
+                    .collect();
+                findings.push(Finding::new(
+                    f::WAYPOINT_DISABLED,
+                    ObjectRef::namespace(ns),
+                    format!("Services needing one: {}", needing.join(", ")),
+                ));
+            }
+        }
+        WaypointPolicy::Always => w.waypoint.needed = true,
+        WaypointPolicy::Auto => w.waypoint.needed = any_need,
+    }
+    if let Some(g) = existing_wp {
+        let name = g.metadata.name.clone().unwrap_or_default();
+        findings.push(Finding::new(
+            f::WAYPOINT_EXISTS,
+            ObjectRef::from_meta("Gateway", &g.metadata),
+            "",
+        ));
+        w.waypoint.exists = true;
+        w.waypoint.name = name.clone();
+        let sa = g
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(n::GATEWAY_SERVICE_ACCOUNT))
+            .cloned()
+            .unwrap_or(name);
+        w.waypoint.principal = format!("{td}/ns/{ns}/sa/{sa}");
+        if spec.waypoint.policy != WaypointPolicy::Never {
+            w.waypoint.needed = true;
+        }
+    }
+    // waypoint-for: headless Services / StatefulSets need workload-addressed traffic.
+    let mut for_workload = false;
+    let mut for_service = false;
+    for svc in model.services_in(ns) {
+        let needs = w
+            .services
+            .get(svc_name(svc))
+            .is_some_and(|s| s.needs_waypoint);
+        if !needs {
+            continue;
+        }
+        let wls = model.service_workloads(svc);
+        if is_headless(svc) || wls.iter().any(|wl| wl.pod_addressed()) {
+            for_workload = true;
+            findings.push(Finding::new(
+                f::WAYPOINT_FOR_WORKLOAD,
+                ObjectRef::from_meta("Service", &svc.metadata),
+                "",
+            ));
+        }
+        if !is_headless(svc) {
+            for_service = true;
+        }
+    }
+    w.waypoint.for_ = match (for_service, for_workload) {
+        (true, true) => "all",
+        (false, true) => "workload",
+        _ => "service",
+    }
+    .into();
+
+    // ---- which Services the waypoint will serve
+    let waypoint_on = w.waypoint.needed;
+    let mut served: BTreeSet<String> = BTreeSet::new();
+    if waypoint_on {
+        for svc in model.services_in(ns) {
+            let opt_out = svc
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(n::USE_WAYPOINT))
+                .is_some_and(|v| v == "none");
+            if !opt_out {
+                served.insert(svc_name(svc).to_string());
+                if let Some(sp) = w.services.get_mut(svc_name(svc)) {
+                    sp.served_by_waypoint = true;
+                }
+            }
+        }
+    }
+
+    // ---- step 3: HBONE restarts
+    for obj in w.restart_hbone.clone() {
+        w.act(
+            3,
+            Action::new(
+                Op::Restart,
+                obj,
+                "restart so the sidecar is re-injected with HBONE support",
+            ),
+        );
+    }
+
+    // ---- step 4: waypoint
+    if waypoint_on && !w.waypoint.exists {
+        let mut labels = BTreeMap::new();
+        labels.insert(n::WAYPOINT_FOR.to_string(), w.waypoint.for_.clone());
+        let gw = Gateway {
+            metadata: ObjectMeta {
+                name: Some(w.waypoint.name.clone()),
+                namespace: Some(ns.to_string()),
+                labels: Some(labels),
+                ..Default::default()
+            },
+            spec: GatewaySpec {
+                gateway_class_name: n::WAYPOINT_CLASS.into(),
+                listeners: vec![GatewayListeners {
+                    name: "mesh".into(),
+                    port: 15008,
+                    protocol: "HBONE".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            status: None,
+        };
+        let v = routes::to_object(&gw, "gateway.networking.k8s.io/v1", "Gateway");
+        let (i, obj) = manifests.add(4, "waypoint", None, v);
+        w.act(
+            4,
+            Action {
+                manifest: Some(i),
+                ..Action::new(
+                    Op::Create,
+                    obj,
+                    format!("waypoint for {} traffic", w.waypoint.for_),
+                )
+            },
+        );
+    }
+
+    // ---- step 5: per-version Services (+ DestinationRules), grants, routes prepared
+    let mut route_manifests: Vec<(usize, ObjectRef, ObjectRef, bool)> = Vec::new();
+    for (vs, conv, _) in &mine {
+        let vref = ObjectRef::from_meta("VirtualService", &vs.metadata);
+        for pv in conv
+            .per_version
+            .iter()
+            .filter(|pv| pv.namespace == *ns || !targets.contains(&pv.namespace))
+        {
+            add_per_version(model, pv, manifests, &mut w, findings);
+        }
+        for g in &conv.grants {
+            let (i, obj) = manifests.add(5, "reference-grant", Some(&vref), g.clone());
+            w.act(
+                5,
+                Action {
+                    manifest: Some(i),
+                    ..Action::new(
+                        Op::Create,
+                        obj,
+                        "allow the converted route to reach a backend in another namespace",
+                    )
+                },
+            );
+        }
+        for r in &conv.routes {
+            let (i, obj) = manifests.add(7, "httproute", Some(&vref), r.clone());
+            w.act(
+                5,
+                Action {
+                    manifest: Some(i),
+                    ..Action::new(
+                        Op::Prepare,
+                        obj.clone(),
+                        format!("converted from {vref}; applied in step 7"),
+                    )
+                },
+            );
+            route_manifests.push((i, obj, vref.clone(), conv.keeps_gateways));
+        }
+    }
+
+    // ---- policy migration
+    policy_migration(
+        model,
+        spec,
+        facts,
+        ns,
+        &w.waypoint.principal.clone(),
+        &served,
+        &policies,
+        &injected,
+        targets,
+        ingress,
+        root,
+        &extra_copies,
+        manifests,
+        &mut w,
+        findings,
+    );
+
+    // ---- step 6
+    if !already_ambient {
+        w.act(
+            6,
+            Action::label(
+                ObjectRef::namespace(ns),
+                n::DATAPLANE_MODE,
+                n::DATAPLANE_AMBIENT,
+                "enroll the namespace in ambient (sidecars still win while injected)",
+            ),
+        );
+    }
+
+    // ---- step 7
+    if waypoint_on {
+        w.act(7, Action::label(ObjectRef::namespace(ns), n::USE_WAYPOINT, &w.waypoint.name.clone(), "send the namespace's Service traffic through the waypoint (guarded: only once it is Programmed)"));
+        let bypassed: Vec<String> = w
+            .services
+            .values()
+            .filter(|s| s.bypass_protection)
+            .map(|s| s.name.clone())
+            .collect();
+        for s in bypassed {
+            w.act(
+                7,
+                Action::label(
+                    ObjectRef::new("Service", Some(ns), &s),
+                    n::INGRESS_USE_WAYPOINT,
+                    "true",
+                    "ingress gateway traffic goes through the waypoint so its policy copies apply",
+                ),
+            );
+            findings.push(Finding::new(
+                f::INGRESS_SKIPS_WAYPOINT,
+                ObjectRef::new("Service", Some(ns), &s),
+                "",
+            ));
+        }
+    }
+    for (i, obj, vref, _) in &route_manifests {
+        w.act(
+            7,
+            Action {
+                manifest: Some(*i),
+                ..Action::new(Op::Apply, obj.clone(), format!("replaces {vref}"))
+            },
+        );
+    }
+    let mut swapped: BTreeSet<ObjectRef> = BTreeSet::new();
+    for (_, _, vref, keeps) in &route_manifests {
+        if !swapped.insert(vref.clone()) {
+            continue;
+        }
+        if *keeps {
+            w.act(
+                7,
+                Action::new(
+                    Op::RemoveMeshGateway,
+                    vref.clone(),
+                    "it also serves gateways: only `mesh` is removed from spec.gateways",
+                ),
+            );
+        } else {
+            w.act(
+                7,
+                Action::new(
+                    Op::Delete,
+                    vref.clone(),
+                    "replaced by the HTTPRoute (VirtualService and HTTPRoute must not overlap)",
+                ),
+            );
+        }
+    }
+
+    // ---- step 8: subsets-only DestinationRules whose subsets only swapped routes used
+    for dr in &inv.destination_rules {
+        let dr_ns = dr.metadata.namespace.as_deref().unwrap_or_default();
+        let HostTarget::Service(hns, hname) = resolve_host(&dr.spec.host, dr_ns) else {
+            continue;
+        };
+        if hns != ns || model.service(&hns, &hname).is_none() {
+            continue;
+        }
+        if !classify::classify_dr(dr).subsets_only() {
+            continue;
+        }
+        let dref = ObjectRef::from_meta("DestinationRule", &dr.metadata);
+        if dr_still_used(inv, dr, &hns, &hname, &swapped) {
+            continue;
+        }
+        w.act(
+            8,
+            Action::new(
+                Op::Delete,
+                dref,
+                "only defined subsets; routes now use per-version Services",
+            ),
+        );
+    }
+
+    // ---- step 9
+    if injection == NamespaceInjection::Enabled
+        || ns_meta.is_some_and(|m| label(m, n::INJECTION).is_some())
+    {
+        w.act(
+            9,
+            Action::unlabel(
+                Op::Unlabel,
+                ObjectRef::namespace(ns),
+                n::INJECTION,
+                "stop sidecar injection",
+            ),
+        );
+    }
+    if ns_meta.is_some_and(|m| label(m, n::REV).is_some()) {
+        w.act(
+            9,
+            Action::unlabel(
+                Op::Unlabel,
+                ObjectRef::namespace(ns),
+                n::REV,
+                "stop revision-based sidecar injection",
+            ),
+        );
+    }
+    for wl in &injected {
+        if wl.kind == crate::model::WorkloadKind::Pod {
+            continue;
+        }
+        if wl
+            .pod_labels
+            .get(n::SIDECAR_INJECT)
+            .is_some_and(|v| v == "true")
+        {
+            w.act(
+                9,
+                Action::unlabel(
+                    Op::UnlabelTemplate,
+                    wl.object(),
+                    n::SIDECAR_INJECT,
+                    "the pod template forces injection",
+                ),
+            );
+        }
+        if wl.pod_labels.contains_key(n::REV) {
+            w.act(
+                9,
+                Action::unlabel(
+                    Op::UnlabelTemplate,
+                    wl.object(),
+                    n::REV,
+                    "the pod template selects an injection revision",
+                ),
+            );
+        }
+    }
+    for obj in w.restart.clone() {
+        w.act(
+            9,
+            Action::new(
+                Op::Restart,
+                obj,
+                "restart without a sidecar; ztunnel captures the new pods",
+            ),
+        );
+    }
+    // Deletions and deferred objects of step 9 go after the restarts.
+    if let Some(list) = w.steps.get_mut(&9) {
+        list.sort_by_key(|a| a.after_rollout);
+    }
+    w
+}
+
+fn dr_still_used(
+    inv: &Inventory,
+    dr: &DestinationRule,
+    hns: &str,
+    hname: &str,
+    swapped: &BTreeSet<ObjectRef>,
+) -> bool {
+    let subsets: BTreeSet<&str> = dr
+        .spec
+        .subsets
+        .iter()
+        .flatten()
+        .map(|s| s.name.as_str())
+        .collect();
+    inv.virtual_services.iter().any(|vs| {
+        if swapped.contains(&ObjectRef::from_meta("VirtualService", &vs.metadata))
+            && !routes::has_gateways(vs)
+        {
+            return false;
+        }
+        let vs_ns = vs.metadata.namespace.as_deref().unwrap_or_default();
+        vs.spec
+            .http
+            .iter()
+            .flatten()
+            .flat_map(|r| r.route.iter().flatten())
+            .any(|d| {
+                d.destination
+                    .subset
+                    .as_deref()
+                    .is_some_and(|s| subsets.contains(s))
+                    && resolve_host(&d.destination.host, vs_ns)
+                        == HostTarget::Service(hns.into(), hname.into())
+            })
+    })
+}
+
+fn add_per_version(
+    model: &Model<'_>,
+    pv: &routes::PerVersion,
+    manifests: &mut Manifests,
+    w: &mut NsWork,
+    findings: &mut Vec<Finding>,
+) {
+    let Some(parent) = model.service(&pv.namespace, &pv.service) else {
+        return;
+    };
+    if let Some(existing) = model.service(&pv.namespace, &pv.name) {
+        let managed = existing
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(mn::LABEL_MANAGED_BY))
+            .is_some_and(|v| v == mn::MANAGED_BY);
+        if !managed {
+            findings.push(Finding::new(
+                f::PER_VERSION_SERVICE_CONFLICT,
+                ObjectRef::from_meta("Service", &existing.metadata),
+                format!("needed for subset {} of {}", pv.subset, pv.service),
+            ));
+            return;
+        }
+    }
+    let mut selector = service_selector(parent).cloned().unwrap_or_default();
+    selector.extend(pv.labels.clone());
+    let ports: Vec<ServicePort> = parent
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| ServicePort {
+            name: p.name,
+            port: p.port,
+            target_port: p.target_port,
+            protocol: p.protocol,
+            app_protocol: p.app_protocol,
+            node_port: None,
+        })
+        .collect();
+    let svc = Service {
+        metadata: ObjectMeta {
+            name: Some(pv.name.clone()),
+            namespace: Some(pv.namespace.clone()),
+            labels: parent.metadata.labels.clone().map(|mut l| {
+                l.remove(n::USE_WAYPOINT);
+                l
+            }),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(ports),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let mut v = serde_json::to_value(&svc).unwrap_or(Value::Null);
+    if let Some(m) = v.as_object_mut() {
+        m.insert("apiVersion".into(), "v1".into());
+        m.insert("kind".into(), "Service".into());
+    }
+    let (i, obj) = manifests.add(5, "per-version-service", Some(&pv.destination_rule), v);
+    w.act(
+        5,
+        Action {
+            manifest: Some(i),
+            ..Action::new(
+                Op::Create,
+                obj,
+                format!(
+                    "subset {} of {} ({})",
+                    pv.subset, pv.service, pv.destination_rule
+                ),
+            )
+        },
+    );
+    if let Some(tp) = &pv.traffic_policy {
+        let dr = DestinationRule::new(
+            &pv.name,
+            DestinationRuleSpec {
+                host: format!("{}.{}.svc.cluster.local", pv.name, pv.namespace),
+                traffic_policy: Some(tp.clone()),
+                ..Default::default()
+            },
+        );
+        let mut v = serde_json::to_value(&dr).unwrap_or(Value::Null);
+        if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("namespace".into(), pv.namespace.clone().into());
+        }
+        let (i, obj) = manifests.add(5, "destination-rule", Some(&pv.destination_rule), v);
+        w.act(
+            5,
+            Action {
+                manifest: Some(i),
+                ..Action::new(
+                    Op::Create,
+                    obj,
+                    format!("traffic policy of subset {}", pv.subset),
+                )
+            },
+        );
+    }
+}
+
+/// Copies of selector policies for the waypoint, bypass protection, deletions of originals
+/// and the enforcement timeline of one namespace.
+#[allow(clippy::too_many_arguments)]
+fn policy_migration(
+    model: &Model<'_>,
+    spec: &MeshMigrationSpec,
+    facts: &ControlPlaneFacts,
+    ns: &str,
+    waypoint_principal: &str,
+    served: &BTreeSet<String>,
+    policies: &[(&AuthorizationPolicy, PolicyClass)],
+    injected: &[&Workload<'_>],
+    targets: &BTreeSet<String>,
+    ingress: &[String],
+    root: &str,
+    extra: &[ExtraCopy],
+    manifests: &mut Manifests,
+    w: &mut NsWork,
+    findings: &mut Vec<Finding>,
+) {
+    let td = &facts.trust_domain;
+    let deferred = spec.bypass_protection == Some(BypassProtection::Deferred);
+    // Policies that apply to each injected workload (namespace-wide or selecting it).
+    let applies = |p: &AuthorizationPolicy, wl: &Workload<'_>| {
+        policy_selector(p).is_none_or(|s| selector_matches(s, wl.pod_labels))
+    };
+    let mesh_wide_allow = |wl: &Workload<'_>| {
+        model.inv.authorization_policies.iter().any(|p| {
+            p.metadata.namespace.as_deref() == Some(root)
+                && root != ns
+                && authz::Action::parse(p.spec.action.as_deref()) == AuthzAction::Allow
+                && policy_selector(p).is_none_or(|s| selector_matches(s, wl.pod_labels))
+        })
+    };
+
+    // policy index -> services it is copied for
+    let mut moved: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
+    // service -> workload names with moved policies
+    let mut guarded: BTreeMap<String, Vec<&Workload<'_>>> = BTreeMap::new();
+    for wl in injected {
+        let svcs: Vec<String> = model
+            .workload_services(wl)
+            .iter()
+            .map(|s| svc_name(s).to_string())
+            .filter(|s| served.contains(s))
+            .collect();
+        if svcs.is_empty() {
+            continue;
+        }
+        let on_wl: Vec<usize> = policies
+            .iter()
+            .enumerate()
+            .filter(|(_, (p, c))| !c.targeted && applies(p, wl))
+            .map(|(i, _)| i)
+            .collect();
+        let mut moving: BTreeSet<usize> = on_wl
+            .iter()
+            .copied()
+            .filter(|i| {
+                let c = &policies[*i].1;
+                c.needs_waypoint() || c.source_dependent()
+            })
+            .collect();
+        // ALLOW policies form a union: copying some but not all would deny at the
+        // waypoint what the rest allowed.
+        if moving
+            .iter()
+            .any(|i| policies[*i].1.action == AuthzAction::Allow)
+        {
+            moving.extend(
+                on_wl
+                    .iter()
+                    .copied()
+                    .filter(|i| policies[*i].1.action == AuthzAction::Allow),
+            );
+        }
+        for i in &moving {
+            let c = &policies[*i].1;
+            let pref = ObjectRef::from_meta("AuthorizationPolicy", &policies[*i].0.metadata);
+            if !c.needs_waypoint() && c.source_dependent() {
+                findings.push(Finding::new(
+                    f::AUTHZ_IDENTITY_THROUGH_WAYPOINT,
+                    pref.clone(),
+                    "",
+                ));
+            }
+            for s in &svcs {
+                moved.entry(*i).or_default().insert(s.clone());
+            }
+        }
+        if !moving.is_empty() {
+            for s in &svcs {
+                guarded.entry(s.clone()).or_default().push(wl);
+            }
+        }
+    }
+
+    // ---- copies (step 5)
+    for (i, svcs) in &moved {
+        let (p, _) = &policies[*i];
+        let pref = ObjectRef::from_meta("AuthorizationPolicy", &p.metadata);
+        for s in svcs {
+            let mut spec_v = serde_json::to_value(&p.spec).unwrap_or(Value::Null);
+            if let Some(m) = spec_v.as_object_mut() {
+                m.remove("selector");
+                m.remove("targetRef");
+                m.insert(
+                    "targetRefs".into(),
+                    serde_json::to_value(vec![PolicyTargetReference::service(s)])
+                        .unwrap_or(Value::Null),
+                );
+            }
+            let name = dns_subdomain(&[
+                p.metadata.name.as_deref().unwrap_or_default(),
+                s,
+                "waypoint",
+            ]);
+            let v = json!({
+                "apiVersion": "security.istio.io/v1",
+                "kind": "AuthorizationPolicy",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": spec_v,
+            });
+            let (mi, obj) = manifests.add(5, "policy-copy", Some(&pref), v);
+            w.act(
+                5,
+                Action {
+                    manifest: Some(mi),
+                    ..Action::new(
+                        Op::Create,
+                        obj,
+                        format!("waypoint copy of {pref} for Service {s}"),
+                    )
+                },
+            );
+        }
+    }
+    for (oref, value, sel, _) in extra {
+        let kind = oref.kind.as_str();
+        let wls = model.selected_workloads(ns, sel.as_ref());
+        let mut svcs: BTreeSet<String> = BTreeSet::new();
+        for wl in wls {
+            if injected.iter().any(|i| i.name == wl.name) {
+                for s in model.workload_services(wl) {
+                    if served.contains(svc_name(s)) {
+                        svcs.insert(svc_name(s).to_string());
+                    }
+                }
+            }
+        }
+        for s in svcs {
+            let mut spec_v = value.get("spec").cloned().unwrap_or(Value::Null);
+            if let Some(m) = spec_v.as_object_mut() {
+                m.remove("selector");
+                m.remove("targetRef");
+                m.insert(
+                    "targetRefs".into(),
+                    serde_json::to_value(vec![PolicyTargetReference::service(&s)])
+                        .unwrap_or(Value::Null),
+                );
+            }
+            let api_version = match kind {
+                "RequestAuthentication" => {
+                    format!(
+                        "{}/{}",
+                        RequestAuthentication::GROUP,
+                        RequestAuthentication::VERSION
+                    )
+                }
+                "Telemetry" => format!("{}/{}", Telemetry::GROUP, Telemetry::VERSION),
+                _ => format!("{}/{}", WasmPlugin::GROUP, WasmPlugin::VERSION),
+            };
+            let v = json!({
+                "apiVersion": api_version,
+                "kind": kind,
+                "metadata": {"name": dns_subdomain(&[&oref.name, &s, "waypoint"]), "namespace": ns},
+                "spec": spec_v,
+            });
+            let (mi, obj) = manifests.add(5, "policy-copy", Some(oref), v);
+            w.act(
+                5,
+                Action {
+                    manifest: Some(mi),
+                    ..Action::new(
+                        Op::Create,
+                        obj,
+                        format!("waypoint copy of {oref} for Service {s}"),
+                    )
+                },
+            );
+        }
+    }
+
+    // ---- bypass protection, per guarded Service
+    let mut enumerable_by_svc: BTreeMap<String, bool> = BTreeMap::new();
+    let mut unknown_callers_by_svc: BTreeMap<String, bool> = BTreeMap::new();
+    for (s, wls) in &guarded {
+        let Some(svc) = model.service(ns, s) else {
+            continue;
+        };
+        let Some(selector) = service_selector(svc).cloned() else {
+            continue;
+        };
+        let mut callers = Callers::default();
+        let mut exact_all = true;
+        let mut has_allow = false;
+        for wl in wls {
+            let allows: Vec<&(&AuthorizationPolicy, PolicyClass)> = policies
+                .iter()
+                .filter(|(p, c)| !c.targeted && c.action == AuthzAction::Allow && applies(p, wl))
+                .collect();
+            if allows.is_empty() {
+                // No ALLOW policy: every source is admitted.
+                callers.any = true;
+                exact_all = false;
+            }
+            for (p, c) in allows {
+                has_allow = true;
+                let cs = allow_callers(p, c, td, ns);
+                callers.principals.extend(cs.principals);
+                callers.namespaces.extend(cs.namespaces);
+                callers.any |= cs.any;
+                exact_all &= cs.exact;
+            }
+            if mesh_wide_allow(wl) {
+                has_allow = true;
+            }
+        }
+        let mut principals: BTreeSet<String> = callers.principals.clone();
+        principals.insert(waypoint_principal.to_string());
+        principals.extend(ingress.iter().cloned());
+        let mut namespaces: BTreeSet<String> = callers.namespaces.clone();
+        if callers.any {
+            // Transitional sidecar callers inside the migration are known even when the
+            // policies cannot list them.
+            namespaces.extend(targets.iter().cloned());
+            findings.push(Finding::new(
+                f::BYPASS_CALLERS_UNENUMERABLE,
+                ObjectRef::new("Service", Some(ns), s),
+                format!(
+                    "bypass protection admits the waypoint, ingress gateways and the migration's namespaces ({}) only",
+                    targets.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        enumerable_by_svc.insert(s.clone(), !callers.any && exact_all);
+        unknown_callers_by_svc.insert(s.clone(), callers.any);
+        let mut source = serde_json::Map::new();
+        source.insert("notPrincipals".into(), json!(principals));
+        if !namespaces.is_empty() {
+            source.insert("notNamespaces".into(), json!(namespaces));
+        }
+        let deny = json!({
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": dns_subdomain(&["meshmig-bypass", s]), "namespace": ns},
+            "spec": {
+                "selector": {"matchLabels": selector},
+                "action": "DENY",
+                "rules": [{"from": [{"source": Value::Object(source)}]}],
+            },
+        });
+        let src = ObjectRef::new("Service", Some(ns), s);
+        let defer_this = deferred && callers.any;
+        let (step, op, detail) = if defer_this {
+            (
+                9,
+                Op::Prepare,
+                "bypass protection, prepared only (bypassProtection: Deferred): apply it once every sidecar caller has migrated",
+            )
+        } else {
+            (
+                5,
+                Op::Create,
+                "bypass protection: only the waypoint and known transitional callers may reach these workloads directly",
+            )
+        };
+        let (mi, obj) = manifests.add(step, "bypass-protection", Some(&src), deny);
+        w.act(
+            step,
+            Action {
+                manifest: Some(mi),
+                after_rollout: step == 9,
+                ..Action::new(op, obj, detail)
+            },
+        );
+        if has_allow {
+            let allow = json!({
+                "apiVersion": "security.istio.io/v1",
+                "kind": "AuthorizationPolicy",
+                "metadata": {"name": dns_subdomain(&["meshmig-allow-waypoint", s]), "namespace": ns},
+                "spec": {
+                    "selector": {"matchLabels": selector},
+                    "action": "ALLOW",
+                    "rules": [{"from": [{"source": {"principals": [waypoint_principal]}}]}],
+                },
+            });
+            let (mi, obj) = manifests.add(5, "bypass-protection", Some(&src), allow);
+            w.act(5, Action {
+                manifest: Some(mi),
+                ..Action::new(Op::Create, obj, "admit the waypoint, which enforces the copies, past the remaining ALLOW policies")
+            });
+        }
+        if let Some(sp) = w.services.get_mut(s) {
+            sp.bypass_protection = true;
+        }
+    }
+
+    // ---- deletions of originals and the timeline
+    for (i, svcs) in &moved {
+        let (p, c) = &policies[*i];
+        let pref = ObjectRef::from_meta("AuthorizationPolicy", &p.metadata);
+        let exact_everywhere = svcs
+            .iter()
+            .all(|s| enumerable_by_svc.get(s).copied().unwrap_or(false));
+        let identity_only_allow = c.action == AuthzAction::Allow
+            && !c.needs_waypoint()
+            && allow_callers(p, c, td, ns).exact;
+        let delete_step: StepNumber = if identity_only_allow && exact_everywhere && !deferred {
+            8
+        } else {
+            9
+        };
+        let detail = if delete_step == 8 {
+            "identity-only ALLOW reproduced exactly by bypass protection and enforced by its waypoint copies".to_string()
+        } else {
+            "selector original: ztunnel would drop its L7 rules or see the waypoint's identity; its waypoint copies enforce it".to_string()
+        };
+        w.act(
+            delete_step,
+            Action {
+                after_rollout: delete_step == 9,
+                ..Action::new(Op::Delete, pref.clone(), detail)
+            },
+        );
+        for s in svcs {
+            let mut windows = Vec::new();
+            let callers = if c.action == AuthzAction::Allow {
+                Some(allow_callers(p, c, td, ns))
+            } else {
+                None
+            };
+            let any_source = unknown_callers_by_svc.get(s).copied().unwrap_or(false);
+            if any_source && !deferred {
+                windows.push(Window {
+                    from_step: 5,
+                    to_step: 9,
+                    kind: "fail-closed",
+                    reason: "sidecar callers outside this migration that the policies do not name are denied by bypass protection until they migrate".into(),
+                });
+            }
+            if any_source && deferred {
+                windows.push(Window {
+                    from_step: 9,
+                    to_step: 9,
+                    kind: "fail-open",
+                    reason: "bypass protection is only prepared (Deferred): sidecar callers skip the waypoint copy until it is applied".into(),
+                });
+            }
+            if let Some(cs) = &callers {
+                let outside: BTreeSet<&str> = cs
+                    .principals
+                    .iter()
+                    .filter_map(|p| principal_namespace(p))
+                    .chain(cs.namespaces.iter().map(String::as_str))
+                    .filter(|n| !targets.contains(*n))
+                    .collect();
+                let constrains_more_than_identity = !c.rules.iter().all(|r| r.identity_only());
+                if !outside.is_empty() && constrains_more_than_identity {
+                    windows.push(Window {
+                        from_step: 9,
+                        to_step: 9,
+                        kind: "fail-open",
+                        reason: format!(
+                            "sidecar callers from {} (outside this migration) are admitted by bypass protection and skip the waypoint copy's other conditions until they migrate",
+                            outside.into_iter().collect::<Vec<_>>().join(", ")
+                        ),
+                    });
+                }
+            }
+            if c.action == AuthzAction::Allow && c.needs_waypoint() {
+                windows.push(Window {
+                    from_step: 9,
+                    to_step: 9,
+                    kind: "fail-closed",
+                    reason: "during the step-9 rollout, callers still running sidecars reach pods without sidecars directly, where ztunnel drops this policy's L7 rules until it is removed".into(),
+                });
+            }
+            if c.ztunnel.contains(&authz::ZtunnelEffect::DenyBroadened) {
+                windows.push(Window {
+                    from_step: 9,
+                    to_step: 9,
+                    kind: "fail-closed",
+                    reason: "during the step-9 rollout ztunnel enforces this DENY without its L7 conditions until it is removed".into(),
+                });
+            }
+            for win in &windows {
+                let kind = if win.kind == "fail-open" {
+                    f::ENFORCEMENT_FAIL_OPEN
+                } else {
+                    f::ENFORCEMENT_FAIL_CLOSED
+                };
+                findings.push(Finding::new(
+                    kind,
+                    pref.clone(),
+                    format!(
+                        "Service {s}, steps {}-{}: {}",
+                        win.from_step, win.to_step, win.reason
+                    ),
+                ));
+            }
+            let by_step = (1..=9u8)
+                .map(|k| StepEnforcement {
+                    step: k,
+                    enforced_by: match k {
+                        1..=6 => vec!["sidecar"],
+                        7 | 8 => vec!["sidecar", "waypoint"],
+                        _ => vec!["waypoint"],
+                    },
+                })
+                .collect();
+            w.enforcement.push(Enforcement {
+                service: s.clone(),
+                policy: pref.clone(),
+                moves_to_waypoint: true,
+                by_step,
+                windows,
+            });
+        }
+    }
+    // Policies that stay with ztunnel.
+    for (i, (p, c)) in policies.iter().enumerate() {
+        if moved.contains_key(&i) || c.targeted {
+            continue;
+        }
+        let pref = ObjectRef::from_meta("AuthorizationPolicy", &p.metadata);
+        let mut svcs: BTreeSet<String> = BTreeSet::new();
+        for wl in injected
+            .iter()
+            .filter(|wl| policy_selector(p).is_none_or(|s| selector_matches(s, wl.pod_labels)))
+        {
+            for s in model.workload_services(wl) {
+                svcs.insert(svc_name(s).to_string());
+            }
+        }
+        for s in svcs {
+            let mut windows = Vec::new();
+            if c.needs_waypoint() {
+                // Only reachable when no waypoint serves the Service (policy Never, or the
+                // Service opted out): ztunnel cannot enforce it as written.
+                let open = c.ztunnel.iter().any(|e| {
+                    matches!(
+                        e,
+                        authz::ZtunnelEffect::DenyIgnored | authz::ZtunnelEffect::NotEnforced
+                    )
+                });
+                let win = Window {
+                    from_step: 9,
+                    to_step: 9,
+                    kind: if open { "fail-open" } else { "fail-closed" },
+                    reason: "no waypoint serves this Service, and ztunnel cannot enforce the policy's L7 parts".into(),
+                };
+                findings.push(Finding::new(
+                    if open {
+                        f::ENFORCEMENT_FAIL_OPEN
+                    } else {
+                        f::ENFORCEMENT_FAIL_CLOSED
+                    },
+                    pref.clone(),
+                    format!("Service {s}, step 9: {}", win.reason),
+                ));
+                windows.push(win);
+            }
+            w.enforcement.push(Enforcement {
+                service: s,
+                policy: pref.clone(),
+                moves_to_waypoint: false,
+                by_step: (1..=9u8)
+                    .map(|k| StepEnforcement {
+                        step: k,
+                        enforced_by: if k < 9 {
+                            vec!["sidecar"]
+                        } else {
+                            vec!["ztunnel"]
+                        },
+                    })
+                    .collect(),
+                windows,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn principal_namespaces() {
+        assert_eq!(
+            principal_namespace("cluster.local/ns/front/sa/web"),
+            Some("front")
+        );
+        assert_eq!(principal_namespace("spiffe://x"), None);
+    }
+
+    #[test]
+    fn every_step_has_checks() {
+        for s in 1..=9 {
+            assert!(!step_checks(s).is_empty());
+        }
+        assert!(step_checks(10).is_empty());
+    }
+}
