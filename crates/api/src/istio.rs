@@ -583,12 +583,20 @@ pub struct HttpMirrorPolicy {
 }
 
 /// A percentage, 0..100.
+impl Percent {
+    /// The value as a float.
+    pub fn as_f64(&self) -> Option<f64> {
+        self.value.as_ref().and_then(serde_json::Number::as_f64)
+    }
+}
+
+/// A percentage, 0..100.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Percent {
-    /// Value.
+    /// Value, kept as written (an integer stays an integer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<f64>,
+    pub value: Option<serde_json::Number>,
     /// Other fields.
     #[serde(flatten)]
     pub extra: Extra,

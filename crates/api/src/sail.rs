@@ -50,3 +50,59 @@ partial_view!(
 pub fn sail_state(status: Option<&Value>) -> Option<&str> {
     status?.get("state")?.as_str()
 }
+
+/// CustomResourceDefinitions for the Sail kinds, generated from these views: the fields
+/// meshmig uses are typed, everything else is preserved. Test environments install them
+/// when no published Sail CRD is available.
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    [("Istio", "istios"), ("IstioCNI", "istiocnis"), ("ZTunnel", "ztunnels")]
+        .into_iter()
+        .filter_map(|(kind, plural)| {
+            let crd = serde_json::json!({
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {"name": format!("{plural}.sailoperator.io")},
+                "spec": {
+                    "group": "sailoperator.io",
+                    "scope": "Cluster",
+                    "names": {
+                        "kind": kind,
+                        "listKind": format!("{kind}List"),
+                        "plural": plural,
+                        "singular": kind.to_lowercase(),
+                    },
+                    "versions": [{
+                        "name": "v1",
+                        "served": true,
+                        "storage": true,
+                        "subresources": {"status": {}},
+                        "additionalPrinterColumns": [
+                            {"name": "Profile", "type": "string", "jsonPath": ".spec.profile"},
+                            {"name": "Version", "type": "string", "jsonPath": ".spec.version"},
+                            {"name": "Status", "type": "string", "jsonPath": ".status.state"},
+                        ],
+                        "schema": {"openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "x-kubernetes-preserve-unknown-fields": true,
+                                    "properties": {
+                                        "version": {"type": "string"},
+                                        "namespace": {"type": "string"},
+                                        "profile": {"type": "string"},
+                                        "values": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                                    },
+                                },
+                                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                            },
+                        }},
+                    }],
+                },
+            });
+            serde_json::from_value(crd).ok()
+        })
+        .collect()
+}

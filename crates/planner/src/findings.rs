@@ -102,6 +102,9 @@ catalogue! {
     HOSTNETWORK_POD = "hostnetwork-pod", Warning,
         "A workload uses hostNetwork and is never captured by ztunnel",
         "hostNetwork pods keep no sidecar after step 9 and are not captured in ambient: their traffic is plaintext and unenforced. Move them out of the namespace or accept the finding.";
+    UNMANAGED_POD = "unmanaged-pod", Warning,
+        "A Pod with a sidecar has no controller meshmig can restart",
+        "meshmig restarts Deployments, StatefulSets and DaemonSets. Recreate this Pod yourself after step 9 so it runs without a sidecar; the step-9 checkpoint reports it until then.";
     WORKLOAD_OPTED_OUT = "workload-opted-out", Info,
         "A workload opted out of the mesh and is left alone",
         "Pods with sidecar.istio.io/inject=\"false\" or istio.io/dataplane-mode=none are respected; policies that select them are not enforced in ambient either.";
@@ -262,7 +265,7 @@ catalogue! {
     ENFORCEMENT_FAIL_CLOSED = "enforcement-fail-closed", Warning,
         "A policy over-denies some callers during the migration",
         "The timeline shows which callers and steps; expect refused requests from them in that window.";
-    INGRESS_SKIPS_WAYPOINT = "ingress-skips-waypoint", Info,
+    INGRESS_USE_WAYPOINT = "ingress-use-waypoint", Info,
         "Ingress traffic is sent through the waypoint",
         "Services whose policies move to the waypoint get istio.io/ingress-use-waypoint=true in step 7 so ingress gateway traffic is checked by the waypoint copies.";
 }

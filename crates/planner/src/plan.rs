@@ -612,6 +612,41 @@ fn allow_callers(
     c
 }
 
+/// Whether a DENY policy's source conditions could match traffic that arrives from the
+/// waypoint (negative identity forms that do not exclude it, or IP conditions).
+fn deny_matches_waypoint(
+    p: &AuthorizationPolicy,
+    waypoint_principal: &str,
+    waypoint_ns: &str,
+) -> bool {
+    p.spec.rules.iter().flatten().any(|r| {
+        r.from
+            .iter()
+            .flatten()
+            .filter_map(|f| f.source.as_ref())
+            .any(|s| {
+                let excludes_principal = s
+                    .not_principals
+                    .as_ref()
+                    .is_some_and(|l| l.iter().any(|x| x == waypoint_principal || x == "*"));
+                let excludes_ns = s
+                    .not_namespaces
+                    .as_ref()
+                    .is_some_and(|l| l.iter().any(|x| x == waypoint_ns || x == "*"));
+                (s.not_principals.is_some() && !excludes_principal)
+                    || (s.not_namespaces.is_some() && !excludes_ns)
+                    || s.not_service_accounts.is_some()
+                    || s.ip_blocks.is_some()
+                    || s.not_ip_blocks.is_some()
+            })
+            || r.when.iter().flatten().any(|c| {
+                c.key == "source.ip"
+                    || (c.not_values.is_some()
+                        && matches!(c.key.as_str(), "source.principal" | "source.namespace"))
+            })
+    })
+}
+
 /// Namespace of a principal `<td>/ns/<ns>/sa/<sa>`.
 fn principal_namespace(p: &str) -> Option<&str> {
     let mut it = p.split('/');
@@ -709,7 +744,7 @@ pub fn plan(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str) -> Plan 
 
     // Step 2 actions are cluster-wide; listed in every namespace so each one's step 2 is
     // self-contained.
-    for w in &mut works {
+    for w in works.iter_mut().filter(|w| w.exists) {
         for a in &cp_actions {
             w.act(2, a.clone());
         }
@@ -986,7 +1021,7 @@ fn order_windows(
                 findings.push(Finding::new(
                     f::ENFORCEMENT_FAIL_OPEN,
                     e.policy.clone(),
-                    format!("Service {}: {reason}", e.service),
+                    format!("Service {}, steps 9-9: {reason}", e.service),
                 ));
             }
         }
@@ -1076,6 +1111,9 @@ fn analyze_namespace(
             || wl.pod_labels.contains_key(n::SPIRE_IDENTITY)
         {
             findings.push(Finding::new(f::SPIRE, wl.object(), ""));
+        }
+        if sidecar && wl.kind == crate::model::WorkloadKind::Pod {
+            findings.push(Finding::new(f::UNMANAGED_POD, wl.object(), ""));
         }
         if sidecar {
             injected.push(wl);
@@ -1576,15 +1614,40 @@ fn analyze_namespace(
 
     // ---- step 5: per-version Services (+ DestinationRules), grants, routes prepared
     let mut route_manifests: Vec<(usize, ObjectRef, ObjectRef, bool)> = Vec::new();
+    // Every subset of a routed Service becomes a per-version Service, not only the ones the
+    // routes use today: the subsets-only DestinationRule is removed in step 8 and its
+    // versions must stay addressable.
+    let mut per_version: Vec<routes::PerVersion> = Vec::new();
+    for (_, conv, _) in &mine {
+        let routed: BTreeSet<(String, String)> = conv
+            .parents
+            .iter()
+            .cloned()
+            .chain(
+                conv.per_version
+                    .iter()
+                    .map(|pv| (pv.namespace.clone(), pv.service.clone())),
+            )
+            .collect();
+        for (pns, psvc) in routed {
+            if pns != *ns && targets.contains(&pns) {
+                continue;
+            }
+            for pv in routes::all_subsets(&inv.destination_rules, &pns, &psvc) {
+                if !per_version
+                    .iter()
+                    .any(|x| x.namespace == pv.namespace && x.name == pv.name)
+                {
+                    per_version.push(pv);
+                }
+            }
+        }
+    }
+    for pv in &per_version {
+        add_per_version(model, pv, manifests, &mut w, findings);
+    }
     for (vs, conv, _) in &mine {
         let vref = ObjectRef::from_meta("VirtualService", &vs.metadata);
-        for pv in conv
-            .per_version
-            .iter()
-            .filter(|pv| pv.namespace == *ns || !targets.contains(&pv.namespace))
-        {
-            add_per_version(model, pv, manifests, &mut w, findings);
-        }
         for g in &conv.grants {
             let (i, obj) = manifests.add(5, "reference-grant", Some(&vref), g.clone());
             w.act(
@@ -1668,7 +1731,7 @@ fn analyze_namespace(
                 ),
             );
             findings.push(Finding::new(
-                f::INGRESS_SKIPS_WAYPOINT,
+                f::INGRESS_USE_WAYPOINT,
                 ObjectRef::new("Service", Some(ns), &s),
                 "",
             ));
@@ -2339,6 +2402,14 @@ fn policy_migration(
                     to_step: 9,
                     kind: "fail-closed",
                     reason: "during the step-9 rollout, callers still running sidecars reach pods without sidecars directly, where ztunnel drops this policy's L7 rules until it is removed".into(),
+                });
+            }
+            if c.action == AuthzAction::Deny && deny_matches_waypoint(p, waypoint_principal, ns) {
+                windows.push(Window {
+                    from_step: 7,
+                    to_step: 9,
+                    kind: "fail-closed",
+                    reason: "traffic through the waypoint carries the waypoint's identity and IP, which this DENY's source conditions match, until the original is removed after the step-9 rollout".into(),
                 });
             }
             if c.ztunnel.contains(&authz::ZtunnelEffect::DenyBroadened) {

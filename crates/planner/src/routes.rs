@@ -188,6 +188,11 @@ pub fn convert(
             "spec.tcp/spec.tls routes are not converted".into(),
         );
     }
+    if vs.spec.http.as_ref().is_none_or(|h| h.is_empty()) {
+        // Nothing to convert: the VirtualService stays (its TCP/TLS routes are reported).
+        ctx.out.parents.clear();
+        return ctx.out;
+    }
     for (ns, names) in parents_by_ns {
         ctx.route_ns = ns.clone();
         let route = build_route(&mut ctx, &names, destination_rules, opts);
@@ -560,6 +565,37 @@ fn find_subset<'d>(
     candidates.into_iter().next()
 }
 
+/// Per-version Services for every subset of every DestinationRule of a Service, in
+/// DestinationRule order.
+pub fn all_subsets(drs: &[DestinationRule], svc_ns: &str, svc: &str) -> Vec<PerVersion> {
+    let mut out: Vec<PerVersion> = Vec::new();
+    for dr in drs {
+        let dr_ns = dr.metadata.namespace.as_deref().unwrap_or("default");
+        if resolve_host(&dr.spec.host, dr_ns) != HostTarget::Service(svc_ns.into(), svc.into()) {
+            continue;
+        }
+        for s in dr.spec.subsets.iter().flatten() {
+            let name = dns_label(&[svc, &s.name]);
+            if out.iter().any(|p| p.name == name) {
+                continue;
+            }
+            out.push(PerVersion {
+                namespace: svc_ns.to_string(),
+                service: svc.to_string(),
+                subset: s.name.clone(),
+                name,
+                labels: s.labels.clone().unwrap_or_default(),
+                traffic_policy: effective_policy(
+                    dr.spec.traffic_policy.as_ref(),
+                    s.traffic_policy.as_ref(),
+                ),
+                destination_rule: ObjectRef::from_meta("DestinationRule", &dr.metadata),
+            });
+        }
+    }
+    out
+}
+
 /// Merge of the top-level and subset traffic policies, keeping only what matters in
 /// ambient (ISTIO_MUTUAL TLS is implied by HBONE).
 pub fn effective_policy(
@@ -803,12 +839,15 @@ fn convert_rule(
         let pct = r
             .mirror_percentage
             .as_ref()
-            .and_then(|p| p.value)
+            .and_then(|p| p.as_f64())
             .or_else(|| r.mirror_percent.as_ref().and_then(Value::as_f64));
         mirrors.push((m, pct));
     }
     for m in r.mirrors.iter().flatten() {
-        mirrors.push((&m.destination, m.percentage.as_ref().and_then(|p| p.value)));
+        mirrors.push((
+            &m.destination,
+            m.percentage.as_ref().and_then(|p| p.as_f64()),
+        ));
     }
     for (d, pct) in mirrors {
         if let Some(b) = resolve_backend(ctx, d, drs, &format!("{where_}.mirror")) {
@@ -872,6 +911,10 @@ fn convert_rule(
     let mut backend_refs: Vec<HttpRouteRulesBackendRefs> = Vec::new();
     let dests: Vec<&HttpRouteDestination> = r.route.iter().flatten().collect();
     let any_positive = dests.iter().any(|d| d.weight.unwrap_or(0) > 0);
+    let kept = dests
+        .iter()
+        .filter(|d| !(dests.len() > 1 && any_positive && d.weight.unwrap_or(0) == 0))
+        .count();
     for (j, d) in dests.iter().enumerate() {
         if dests.len() > 1 && any_positive && d.weight.unwrap_or(0) == 0 {
             // A zero-weight entry next to weighted ones receives no traffic; omitted.
@@ -881,7 +924,7 @@ fn convert_rule(
         else {
             continue;
         };
-        let weight = if dests.len() == 1 {
+        let weight = if kept == 1 {
             None
         } else {
             d.weight.filter(|w| *w > 0).or(Some(1))
@@ -952,6 +995,7 @@ fn convert_rule(
             notes.push("retryOn conditions other than status codes are lost");
         }
         if opts.experimental_channel {
+            notes.push("retries become the experimental retry field (attempts and status codes)");
             let mut obj = serde_json::Map::new();
             if let Some(a) = rt.attempts {
                 obj.insert("attempts".into(), a.into());
@@ -1173,7 +1217,12 @@ fn check_precedence(ctx: &mut Ctx<'_, '_>) {
         }
     }
     if !problems.is_empty() {
-        ctx.finding(f::VS_RULE_PRECEDENCE, problems.join("; "));
+        let more = problems.len().saturating_sub(3);
+        let mut shown = problems.into_iter().take(3).collect::<Vec<_>>().join("; ");
+        if more > 0 {
+            shown.push_str(&format!("; and {more} more"));
+        }
+        ctx.finding(f::VS_RULE_PRECEDENCE, shown);
     }
 }
 
