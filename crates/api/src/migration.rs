@@ -476,6 +476,43 @@ pub struct MeshMigrationStatus {
     /// Findings of the last plan that are neither accepted nor informational.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub open_findings: Vec<FindingRef>,
+    /// Where the frozen plan this migration executes is stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanRef>,
+    /// The rollback in progress or last completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackStatus>,
+}
+
+/// The frozen plan: computed when the migration starts and executed step by step, so later
+/// cluster changes (made by the migration itself) do not change what it does.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanRef {
+    /// Namespace of the ConfigMap holding the plan (the operator's namespace).
+    pub namespace: String,
+    /// Name of the first ConfigMap of the plan.
+    pub config_map: String,
+    /// Hash of the spec fields the plan depends on; a change after step 1 stalls the
+    /// migration until it is rolled back.
+    pub spec_hash: String,
+    /// Generation the plan was computed for.
+    pub generation: i64,
+}
+
+/// A rollback.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackStatus {
+    /// Lowest step undone (1 = everything).
+    pub target: StepNumber,
+    /// `annotation`, `onFailure` or `onDelete`.
+    pub requested_by: String,
+    /// Whether it finished.
+    pub completed: bool,
+    /// Why it was started (the failing check, for onFailure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Overall phase of a migration.
@@ -522,6 +559,9 @@ pub struct NamespaceStatus {
     /// Human-readable summary of what the namespace waits for or why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When the current step's checkpoint started (its timeout counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_started_at: Option<Time>,
 }
 
 /// Phase of a namespace within its current step.

@@ -425,6 +425,101 @@ impl Inventory {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Every object as a Kubernetes object, such that loading them back
+    /// ([`Inventory::add_object`]) gives an inventory that plans identically. Used to freeze
+    /// the inventory a migration was planned from.
+    pub fn to_objects(&self) -> Vec<Value> {
+        fn with_type<T: serde::Serialize>(o: &T, api_version: &str, kind: &str) -> Value {
+            let mut v = serde_json::to_value(o).unwrap_or(Value::Null);
+            if let Some(m) = v.as_object_mut() {
+                let missing = |m: &serde_json::Map<String, Value>, k: &str| {
+                    m.get(k).and_then(Value::as_str).is_none_or(str::is_empty)
+                };
+                if missing(m, "apiVersion") {
+                    m.insert("apiVersion".into(), api_version.into());
+                }
+                if missing(m, "kind") {
+                    m.insert("kind".into(), kind.into());
+                }
+            }
+            v
+        }
+        let mut out = Vec::with_capacity(self.len());
+        out.extend(self.namespaces.values().map(|o| with_type(o, "v1", "Namespace")));
+        out.extend(self.services.iter().map(|o| with_type(o, "v1", "Service")));
+        for p in &self.pods {
+            let mut containers: Vec<Value> = p
+                .containers
+                .iter()
+                .flatten()
+                .map(|c| serde_json::json!({"name": c}))
+                .collect();
+            if p.proxy_hbone == Some(true) {
+                let proxy = serde_json::json!({"name": n::PROXY_CONTAINER, "env": [{
+                    "name": n::PROXY_CONFIG_ENV,
+                    "value": serde_json::json!({"proxyMetadata": {n::ENABLE_HBONE: "true"}}).to_string(),
+                }]});
+                containers.retain(|c| c["name"] != n::PROXY_CONTAINER);
+                containers.push(proxy);
+            }
+            let mut pod = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": serde_json::to_value(&p.metadata).unwrap_or(Value::Null),
+            });
+            if p.containers.is_some() || p.host_network.is_some() {
+                pod["spec"] = serde_json::json!({"hostNetwork": p.host_network.unwrap_or(false), "containers": containers});
+            }
+            if let Some(phase) = &p.phase {
+                pod["status"] = serde_json::json!({"phase": phase});
+            }
+            out.push(pod);
+        }
+        out.extend(self.deployments.iter().map(|o| with_type(o, "apps/v1", "Deployment")));
+        out.extend(self.stateful_sets.iter().map(|o| with_type(o, "apps/v1", "StatefulSet")));
+        out.extend(self.daemon_sets.iter().map(|o| with_type(o, "apps/v1", "DaemonSet")));
+        out.extend(self.replica_sets.iter().map(|o| with_type(o, "apps/v1", "ReplicaSet")));
+        macro_rules! views {
+            ($($vec:ident: $t:ty),*) => {
+                $(out.extend(self.$vec.iter().map(|o| {
+                    with_type(o, &format!("{}/{}", <$t>::GROUP, <$t>::VERSION), <$t>::KIND)
+                }));)*
+            };
+        }
+        views!(
+            authorization_policies: AuthorizationPolicy,
+            peer_authentications: PeerAuthentication,
+            request_authentications: RequestAuthentication,
+            virtual_services: VirtualService,
+            destination_rules: DestinationRule,
+            sidecars: Sidecar,
+            envoy_filters: EnvoyFilter,
+            telemetries: Telemetry,
+            wasm_plugins: WasmPlugin,
+            workload_entries: WorkloadEntry,
+            workload_groups: WorkloadGroup,
+            service_entries: ServiceEntry,
+            istios: Istio,
+            istio_cnis: IstioCni,
+            ztunnels: ZTunnel
+        );
+        out.extend(self.gateways.iter().map(|o| with_type(o, "gateway.networking.k8s.io/v1", "Gateway")));
+        out.extend(self.http_routes.iter().map(|o| with_type(o, "gateway.networking.k8s.io/v1", "HTTPRoute")));
+        out.extend(self.config_maps.iter().map(|o| with_type(o, "v1", "ConfigMap")));
+        out.extend(self.multicluster_secrets.iter().map(|m| {
+            serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": serde_json::to_value(m).unwrap_or(Value::Null)})
+        }));
+        for (name, info) in self.crds.iter().flatten() {
+            let mut meta = serde_json::json!({"name": name});
+            if let Some(c) = &info.channel {
+                meta["annotations"] = serde_json::json!({"gateway.networking.k8s.io/channel": c});
+            }
+            out.push(serde_json::json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": meta}));
+        }
+        out.extend(self.mesh_migrations.iter().map(|o| with_type(o, "meshmig.io/v1alpha1", "MeshMigration")));
+        out
+    }
 }
 
 #[cfg(test)]
@@ -515,6 +610,31 @@ data: {password: c2VjcmV0}
         assert_eq!(inv.multicluster_secrets.len(), 1);
         assert_eq!(inv.skipped.get("Secret"), Some(&1));
         assert!(!format!("{inv:?}").contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn objects_round_trip() {
+        let mut inv = Inventory::default();
+        for f in ["00-control-plane.yaml", "10-bookinfo.yaml", "20-istio.yaml"] {
+            let path = format!("{}/../../examples/bookinfo/{f}", env!("CARGO_MANIFEST_DIR"));
+            inv.load_str(&std::fs::read_to_string(path).unwrap(), f).unwrap();
+        }
+        inv.pods.push(PodInfo {
+            metadata: ObjectMeta { name: Some("p".into()), namespace: Some("bookinfo".into()), ..Default::default() },
+            host_network: Some(false),
+            containers: Some(vec!["app".into(), "istio-proxy".into()]),
+            proxy_hbone: Some(true),
+            phase: Some("Running".into()),
+        });
+        let mut back = Inventory::default();
+        for o in inv.to_objects() {
+            back.add_object(o, "frozen").unwrap();
+        }
+        assert_eq!(back.len(), inv.len());
+        assert_eq!(back.pods, inv.pods);
+        assert_eq!(back.authorization_policies, inv.authorization_policies);
+        assert_eq!(back.istios, inv.istios);
+        assert_eq!(back.deployments, inv.deployments);
     }
 
     #[test]

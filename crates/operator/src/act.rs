@@ -1,0 +1,509 @@
+//! The only module that changes the cluster. Every operation is idempotent: re-running any
+//! of them after a crash converges to the same state.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::{Client, Resource, ResourceExt};
+use meshmig_api::names as mn;
+use meshmig_api::{MeshMigration, StepNumber};
+use meshmig_planner::ObjectRef;
+use meshmig_planner::plan::{Action, Op, Plan};
+use serde_json::{Value, json};
+use tracing::{debug, info};
+
+use crate::decide::{Scope, Work};
+use crate::error::Error;
+use crate::snapshot::{self, Entry, Snapshot};
+
+/// What the act layer needs.
+#[derive(Clone)]
+pub struct Actor {
+    /// API client.
+    pub client: Client,
+    /// The operator's namespace.
+    pub operator_namespace: String,
+}
+
+/// Group, version, plural and scope of a kind meshmig acts on.
+pub fn resource_of(kind: &str) -> Option<(ApiResource, bool)> {
+    let (group, version, plural, namespaced) = match kind {
+        "Namespace" => ("", "v1", "namespaces", false),
+        "Service" => ("", "v1", "services", true),
+        "ConfigMap" => ("", "v1", "configmaps", true),
+        "Pod" => ("", "v1", "pods", true),
+        "Deployment" => ("apps", "v1", "deployments", true),
+        "StatefulSet" => ("apps", "v1", "statefulsets", true),
+        "DaemonSet" => ("apps", "v1", "daemonsets", true),
+        "AuthorizationPolicy" => ("security.istio.io", "v1", "authorizationpolicies", true),
+        "RequestAuthentication" => ("security.istio.io", "v1", "requestauthentications", true),
+        "PeerAuthentication" => ("security.istio.io", "v1", "peerauthentications", true),
+        "VirtualService" => ("networking.istio.io", "v1", "virtualservices", true),
+        "DestinationRule" => ("networking.istio.io", "v1", "destinationrules", true),
+        "Telemetry" => ("telemetry.istio.io", "v1", "telemetries", true),
+        "WasmPlugin" => ("extensions.istio.io", "v1alpha1", "wasmplugins", true),
+        "Gateway" => ("gateway.networking.k8s.io", "v1", "gateways", true),
+        "HTTPRoute" => ("gateway.networking.k8s.io", "v1", "httproutes", true),
+        "ReferenceGrant" => ("gateway.networking.k8s.io", "v1beta1", "referencegrants", true),
+        "Istio" => ("sailoperator.io", "v1", "istios", false),
+        "IstioCNI" => ("sailoperator.io", "v1", "istiocnis", false),
+        "ZTunnel" => ("sailoperator.io", "v1", "ztunnels", false),
+        _ => return None,
+    };
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    Some((ApiResource::from_gvk_with_plural(&gvk, plural), namespaced))
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+impl Actor {
+    fn api(&self, o: &ObjectRef) -> Result<Api<DynamicObject>, Error> {
+        let (ar, namespaced) = resource_of(&o.kind).ok_or_else(|| Error::Unsupported(o.to_string()))?;
+        Ok(if namespaced {
+            Api::namespaced_with(self.client.clone(), o.ns(), &ar)
+        } else {
+            Api::all_with(self.client.clone(), &ar)
+        })
+    }
+
+    async fn get(&self, o: &ObjectRef) -> Result<Option<DynamicObject>, Error> {
+        match self.api(o)?.get(&o.name).await {
+            Ok(obj) => Ok(Some(obj)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(Error::kube(format!("get {o}"), e)),
+        }
+    }
+
+    async fn merge_patch(&self, o: &ObjectRef, patch: Value) -> Result<(), Error> {
+        let pp = PatchParams {
+            field_manager: Some(mn::FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        self.api(o)?
+            .patch(&o.name, &pp, &Patch::Merge(patch))
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::kube(format!("patch {o}"), e))
+    }
+
+    /// Server-side apply of a generated object with our field manager, never forced: a field
+    /// owned by someone else surfaces as a conflict.
+    async fn apply(&self, manifest: &Value) -> Result<(), Error> {
+        let o = object_ref(manifest);
+        let pp = PatchParams::apply(mn::FIELD_MANAGER);
+        self.api(&o)?
+            .patch(&o.name, &pp, &Patch::Apply(manifest))
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::kube(format!("apply {o}"), e))
+    }
+
+    async fn delete(&self, o: &ObjectRef) -> Result<(), Error> {
+        match self.api(o)?.delete(&o.name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(Error::kube(format!("delete {o}"), e)),
+        }
+    }
+
+    async fn create(&self, manifest: &Value) -> Result<(), Error> {
+        let o = object_ref(manifest);
+        let obj: DynamicObject = serde_json::from_value(manifest.clone()).map_err(|e| Error::Invalid(format!("{o}: {e}")))?;
+        match self.api(&o)?.create(&PostParams::default(), &obj).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_conflict(&e) => Ok(()),
+            Err(e) => Err(Error::kube(format!("create {o}"), e)),
+        }
+    }
+
+    /// Carries out one work item.
+    pub async fn run(&self, mm: &MeshMigration, plan: &Plan, w: &Work) -> Result<(), Error> {
+        match w {
+            Work::Snapshot { scope, step, actions } => self.snapshot(mm, plan, scope, *step, actions).await,
+            Work::Execute { actions, .. } => {
+                for a in actions {
+                    self.execute(plan, a).await?;
+                }
+                Ok(())
+            }
+            Work::StartProbe(pod) => {
+                let ns = pod.metadata.namespace.clone().unwrap_or_default();
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+                match api.create(&PostParams::default(), pod).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if is_conflict(&e) => Ok(()),
+                    Err(e) => Err(Error::kube(format!("create probe Pod {ns}/{}", pod.name_any()), e)),
+                }
+            }
+            Work::CleanupProbes { namespace, step } => self.cleanup_probes(mm, namespace, *step).await,
+            Work::Undo { scope, step } => self.undo(mm, scope, *step).await,
+            Work::DeleteSnapshots { scope, step } => {
+                let ns = scope.namespace().unwrap_or(&self.operator_namespace).to_string();
+                let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
+                let selector = format!(
+                    "{}={},{}={step},{}=true",
+                    mn::LABEL_MIGRATION,
+                    mm.name_any(),
+                    mn::LABEL_STEP,
+                    mn::LABEL_SNAPSHOT
+                );
+                match api.list(&ListParams::default().labels(&selector)).await {
+                    Ok(list) => {
+                        for cm in list {
+                            let o = ObjectRef::new("ConfigMap", Some(&ns), &cm.name_any());
+                            self.delete(&o).await?;
+                        }
+                        Ok(())
+                    }
+                    Err(e) if is_not_found(&e) => Ok(()),
+                    Err(e) => Err(Error::kube(format!("list snapshots in {ns}"), e)),
+                }
+            }
+            Work::DeletePlan => {
+                let name = crate::frozen::config_map_name(&mm.name_any());
+                let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.operator_namespace);
+                let heads = api
+                    .list(&ListParams::default().labels(&format!("{}={}", mn::LABEL_MIGRATION, mm.name_any())))
+                    .await
+                    .map_err(|e| Error::kube("list plan ConfigMaps", e))?;
+                for cm in heads.into_iter().filter(|c| c.name_any().starts_with(&name)) {
+                    self.delete(&ObjectRef::new("ConfigMap", Some(&self.operator_namespace), &cm.name_any())).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn cleanup_probes(&self, mm: &MeshMigration, validated: &str, step: StepNumber) -> Result<(), Error> {
+        let mut namespaces: Vec<&str> = mm.spec.checkpoints.probes.iter().map(|p| p.from_namespace.as_str()).collect();
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        let selector = format!("{}={},{}={step}", mn::LABEL_MIGRATION, mm.name_any(), mn::LABEL_STEP);
+        for ns in namespaces {
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+            let pods = match api.list(&ListParams::default().labels(&selector)).await {
+                Ok(p) => p,
+                Err(e) if is_not_found(&e) => continue,
+                Err(e) => return Err(Error::kube(format!("list probe Pods in {ns}"), e)),
+            };
+            let marker = format!("{validated}/step{step}");
+            for p in pods.into_iter().filter(|p| p.annotations().get("meshmig.io/validates") == Some(&marker)) {
+                self.delete(&ObjectRef::new("Pod", Some(ns), &p.name_any())).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn execute(&self, plan: &Plan, a: &Action) -> Result<(), Error> {
+        let o = &a.object;
+        debug!(op = ?a.op, object = %o, "execute");
+        match a.op {
+            Op::Verify | Op::Prepare => Ok(()),
+            Op::Patch => self.merge_patch(o, a.patch.clone().unwrap_or(Value::Null)).await,
+            Op::Create | Op::Apply => {
+                let manifest = match (a.manifest, &a.patch) {
+                    (Some(i), _) => plan.manifests.get(i).cloned(),
+                    (None, Some(p)) => Some(p.clone()),
+                    _ => None,
+                };
+                let mut manifest = manifest.ok_or_else(|| Error::Invalid(format!("no manifest for {o}")))?;
+                if o.kind == "ZTunnel" {
+                    add_labels(&mut manifest, &plan.migration);
+                }
+                self.apply(&manifest).await
+            }
+            Op::Label => {
+                let key = a.key.clone().unwrap_or_default();
+                self.merge_patch(o, json!({"metadata": {"labels": {key: a.value}}})).await
+            }
+            Op::Unlabel => {
+                let key = a.key.clone().unwrap_or_default();
+                match self.merge_patch(o, json!({"metadata": {"labels": {key: null}}})).await {
+                    Err(Error::Kube { source, .. }) if is_not_found(source.as_ref()) => Ok(()),
+                    r => r,
+                }
+            }
+            Op::UnlabelTemplate => {
+                let key = a.key.clone().unwrap_or_default();
+                self.merge_patch(o, json!({"spec": {"template": {"metadata": {"labels": {key: null}}}}})).await
+            }
+            Op::Restart => {
+                // The token is derived from the plan and step, so re-running is a no-op.
+                let token = a.value.clone().unwrap_or_default();
+                self.merge_patch(o, json!({"spec": {"template": {"metadata": {"annotations": {mn::ANNOTATION_RESTARTED_AT: token}}}}}))
+                    .await
+            }
+            Op::Delete => self.delete(o).await,
+            Op::RemoveMeshGateway => {
+                let Some(vs) = self.get(o).await? else { return Ok(()) };
+                let gateways: Vec<Value> = vs
+                    .data
+                    .pointer("/spec/gateways")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                if !gateways.iter().any(|g| g == "mesh") {
+                    return Ok(());
+                }
+                let kept: Vec<Value> = gateways.into_iter().filter(|g| g != "mesh").collect();
+                self.merge_patch(o, json!({"spec": {"gateways": kept}})).await
+            }
+        }
+    }
+
+    async fn snapshot(&self, mm: &MeshMigration, plan: &Plan, scope: &Scope, step: StepNumber, actions: &[Action]) -> Result<(), Error> {
+        let ns = scope.namespace().unwrap_or(&self.operator_namespace).to_string();
+        let head = snapshot::config_map_name(&mm.name_any(), step);
+        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
+        match cms.get_opt(&head).await {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => {}
+            Err(e) => return Err(Error::kube(format!("get snapshot {ns}/{head}"), e)),
+        }
+        let mut entries = Vec::new();
+        for a in actions {
+            let o = a.object.clone();
+            let current = match a.op {
+                Op::Verify | Op::Prepare => continue,
+                _ => self.get(&o).await?,
+            };
+            let data = current.as_ref().map(|c| serde_json::to_value(c).unwrap_or(Value::Null));
+            let label = |d: &Option<Value>, path: &str, key: &str| -> Option<String> {
+                d.as_ref()?.pointer(path)?.get(key)?.as_str().map(str::to_string)
+            };
+            let entry = match a.op {
+                Op::Patch => Entry::SailSpec {
+                    object: o,
+                    profile: data.as_ref().and_then(|d| d.pointer("/spec/profile")).cloned(),
+                    values: data.as_ref().and_then(|d| d.pointer("/spec/values")).cloned(),
+                },
+                Op::Create | Op::Apply => {
+                    let manifest = a.manifest.and_then(|i| plan.manifests.get(i)).or(a.patch.as_ref());
+                    Entry::Create {
+                        api_version: manifest.and_then(|m| m.get("apiVersion")).and_then(Value::as_str).unwrap_or_default().to_string(),
+                        object: o,
+                        existed: current.is_some(),
+                    }
+                }
+                Op::Label | Op::Unlabel => Entry::Label {
+                    key: a.key.clone().unwrap_or_default(),
+                    previous: label(&data, "/metadata/labels", a.key.as_deref().unwrap_or_default()),
+                    object: o,
+                },
+                Op::UnlabelTemplate => Entry::TemplateLabel {
+                    key: a.key.clone().unwrap_or_default(),
+                    previous: label(&data, "/spec/template/metadata/labels", a.key.as_deref().unwrap_or_default()),
+                    object: o,
+                },
+                Op::Restart => Entry::Restart {
+                    previous: label(&data, "/spec/template/metadata/annotations", mn::ANNOTATION_RESTARTED_AT),
+                    object: o,
+                },
+                Op::Delete => match data {
+                    Some(d) => Entry::Delete { object: o, manifest: snapshot::strip_server_fields(d) },
+                    None => continue,
+                },
+                Op::RemoveMeshGateway => Entry::Gateways {
+                    previous: data
+                        .as_ref()
+                        .and_then(|d| d.pointer("/spec/gateways"))
+                        .and_then(|g| serde_json::from_value(g.clone()).ok()),
+                    object: o,
+                },
+                Op::Verify | Op::Prepare => continue,
+            };
+            entries.push(entry);
+        }
+        let snap = Snapshot {
+            migration: mm.name_any(),
+            step,
+            namespace: scope.namespace().map(str::to_string),
+            entries,
+        };
+        let owner = owner_ref(mm);
+        let parts = snapshot::encode(&snap, &ns, owner).map_err(|e| Error::Invalid(e.to_string()))?;
+        // Parts first, head last: the head's existence marks a complete snapshot.
+        for cm in parts.iter().skip(1).chain(parts.first()) {
+            match cms.create(&PostParams::default(), cm).await {
+                Ok(_) => {}
+                Err(e) if is_conflict(&e) => {}
+                Err(e) => return Err(Error::kube(format!("create snapshot {ns}/{}", cm.name_any()), e)),
+            }
+        }
+        info!(migration = %mm.name_any(), step, namespace = %ns, entries = snap.entries.len(), "snapshot taken");
+        Ok(())
+    }
+
+    /// Reads a snapshot; `None` when its head does not exist.
+    pub async fn read_snapshot(&self, mm: &MeshMigration, scope: &Scope, step: StepNumber) -> Result<Option<Snapshot>, Error> {
+        let ns = scope.namespace().unwrap_or(&self.operator_namespace).to_string();
+        let head_name = snapshot::config_map_name(&mm.name_any(), step);
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
+        let Some(head) = api.get_opt(&head_name).await.map_err(|e| Error::kube(format!("get snapshot {ns}/{head_name}"), e))? else {
+            return Ok(None);
+        };
+        let count = snapshot::parts_of(&head);
+        let mut parts = vec![Some(head)];
+        for i in 1..count {
+            let name = snapshot::part_name(&head_name, i);
+            parts.push(api.get_opt(&name).await.map_err(|e| Error::kube(format!("get snapshot {ns}/{name}"), e))?);
+        }
+        snapshot::decode(&parts).map(Some).map_err(|e| Error::Snapshot(e.to_string()))
+    }
+
+    async fn undo(&self, mm: &MeshMigration, scope: &Scope, step: StepNumber) -> Result<(), Error> {
+        let Some(snap) = self.read_snapshot(mm, scope, step).await? else {
+            // No snapshot: the step never started changing anything.
+            debug!(step, ?scope, "nothing to undo");
+            return Ok(());
+        };
+        info!(migration = %mm.name_any(), step, ?scope, entries = snap.entries.len(), "undoing step");
+        for e in snap.entries.iter().rev() {
+            self.undo_entry(mm, e).await?;
+        }
+        Ok(())
+    }
+
+    async fn undo_entry(&self, mm: &MeshMigration, e: &Entry) -> Result<(), Error> {
+        match e {
+            Entry::Create { object, existed, .. } => {
+                if *existed {
+                    return Ok(());
+                }
+                // Only delete what meshmig created for this migration.
+                if let Some(obj) = self.get(object).await? {
+                    let labels = obj.labels();
+                    if labels.get(mn::LABEL_MANAGED_BY).map(String::as_str) == Some(mn::MANAGED_BY)
+                        && labels.get(mn::LABEL_MIGRATION) == Some(&mm.name_any())
+                    {
+                        self.delete(object).await?;
+                    }
+                }
+                Ok(())
+            }
+            Entry::Label { object, key, previous } => {
+                if self.get(object).await?.is_none() {
+                    return Ok(());
+                }
+                self.merge_patch(object, json!({"metadata": {"labels": {key: previous}}})).await
+            }
+            Entry::TemplateLabel { object, key, previous } => {
+                if self.get(object).await?.is_none() {
+                    return Ok(());
+                }
+                self.merge_patch(object, json!({"spec": {"template": {"metadata": {"labels": {key: previous}}}}})).await
+            }
+            Entry::Restart { object, previous } => {
+                if self.get(object).await?.is_none() {
+                    return Ok(());
+                }
+                self.merge_patch(object, json!({"spec": {"template": {"metadata": {"annotations": {mn::ANNOTATION_RESTARTED_AT: previous}}}}}))
+                    .await
+            }
+            Entry::Delete { object, manifest } => {
+                if self.get(object).await?.is_some() {
+                    return Ok(());
+                }
+                self.create(manifest).await
+            }
+            Entry::SailSpec { object, profile, values } => {
+                let Some(current) = self.get(object).await? else { return Ok(()) };
+                let mut ops = Vec::new();
+                for (path, prev) in [("/spec/profile", profile), ("/spec/values", values)] {
+                    let exists = current.data.pointer(path).is_some();
+                    match prev {
+                        Some(v) => ops.push(json!({"op": "add", "path": path, "value": v})),
+                        None if exists => ops.push(json!({"op": "remove", "path": path})),
+                        None => {}
+                    }
+                }
+                if ops.is_empty() {
+                    return Ok(());
+                }
+                let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops)).map_err(|e| Error::Invalid(e.to_string()))?;
+                let pp = PatchParams {
+                    field_manager: Some(mn::FIELD_MANAGER.into()),
+                    ..Default::default()
+                };
+                self.api(object)?
+                    .patch(&object.name, &pp, &Patch::<()>::Json(patch))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Error::kube(format!("restore {object}"), e))
+            }
+            Entry::Gateways { object, previous } => {
+                if self.get(object).await?.is_none() {
+                    return Ok(());
+                }
+                self.merge_patch(object, json!({"spec": {"gateways": previous}})).await
+            }
+        }
+    }
+}
+
+
+fn add_labels(manifest: &mut Value, migration: &str) {
+    if let Some(meta) = manifest.get_mut("metadata").and_then(Value::as_object_mut) {
+        let labels = meta.entry("labels").or_insert_with(|| json!({}));
+        if let Some(l) = labels.as_object_mut() {
+            l.insert(mn::LABEL_MANAGED_BY.into(), mn::MANAGED_BY.into());
+            l.insert(mn::LABEL_MIGRATION.into(), migration.into());
+        }
+    }
+}
+
+/// Reference of a manifest.
+pub fn object_ref(v: &Value) -> ObjectRef {
+    let get = |p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_string);
+    ObjectRef {
+        kind: get("/kind").unwrap_or_default(),
+        namespace: get("/metadata/namespace"),
+        name: get("/metadata/name").unwrap_or_default(),
+    }
+}
+
+/// Owner reference to the MeshMigration, so its snapshots go when it goes.
+pub fn owner_ref(mm: &MeshMigration) -> Option<OwnerReference> {
+    Some(OwnerReference {
+        api_version: MeshMigration::api_version(&()).to_string(),
+        kind: MeshMigration::kind(&()).to_string(),
+        name: mm.metadata.name.clone()?,
+        uid: mm.metadata.uid.clone()?,
+        controller: Some(true),
+        block_owner_deletion: None,
+    })
+}
+
+/// Labels every object meshmig creates carries (for code outside the planner).
+pub fn managed_labels(migration: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (mn::LABEL_MANAGED_BY.to_string(), mn::MANAGED_BY.to_string()),
+        (mn::LABEL_MIGRATION.to_string(), migration.to_string()),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_the_planner_acts_on_is_known() {
+        for k in [
+            "Namespace", "Service", "Deployment", "StatefulSet", "DaemonSet", "AuthorizationPolicy",
+            "RequestAuthentication", "Telemetry", "WasmPlugin", "VirtualService", "DestinationRule",
+            "Gateway", "HTTPRoute", "ReferenceGrant", "Istio", "IstioCNI", "ZTunnel",
+        ] {
+            assert!(resource_of(k).is_some(), "{k}");
+        }
+        assert!(resource_of("Secret").is_none(), "meshmig never touches Secrets");
+    }
+}

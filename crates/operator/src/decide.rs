@@ -1,0 +1,865 @@
+//! The pure state machine: from the MeshMigration, its frozen plan and the live cluster
+//! view, decide what to do next and what the status becomes once that succeeded.
+//!
+//! Per namespace: `Waiting` (for gates) → `Applying` (snapshot, then act) → `Validating`
+//! (checkpoint) → next step's `Waiting` … → `Completed`; `Failed` on a failing or timed-out
+//! checkpoint; `RollingBack` → `RolledBack` when a rollback is requested.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use meshmig_api::names::{self as mn, istio as n};
+use meshmig_api::{
+    step_name, CheckResult, CheckStatus, FindingRef, MeshMigration, MeshMigrationStatus, MigrationPhase,
+    NamespacePhase, NamespaceStatus, OnFailure, Ordering, RollbackStatus, StepNumber, StepRecord,
+};
+use meshmig_planner::plan::{Action, NamespacePlan, Op, Plan};
+use meshmig_planner::{Inventory, Severity};
+
+use crate::checks::{self, CheckInput, Outcome};
+use crate::conditions::{self, Desired};
+use crate::probes;
+
+/// Where a step's changes live.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// Cluster-scoped objects (step 2); snapshot in the operator's namespace.
+    Cluster,
+    /// One target namespace.
+    Namespace(String),
+}
+
+impl Scope {
+    /// Namespace for `Scope::Namespace`.
+    pub fn namespace(&self) -> Option<&str> {
+        match self {
+            Scope::Cluster => None,
+            Scope::Namespace(n) => Some(n),
+        }
+    }
+}
+
+/// A side effect for the act layer, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Work {
+    /// Record the prior state of everything `actions` touch, unless a snapshot of this scope
+    /// and step already exists (it is never overwritten: a re-run after a crash must not
+    /// snapshot its own changes).
+    Snapshot {
+        /// Scope.
+        scope: Scope,
+        /// Step.
+        step: StepNumber,
+        /// Actions about to run.
+        actions: Vec<Action>,
+    },
+    /// Carry out actions (idempotent).
+    Execute {
+        /// Scope.
+        scope: Scope,
+        /// Step.
+        step: StepNumber,
+        /// Actions.
+        actions: Vec<Action>,
+    },
+    /// Create a probe Pod (idempotent).
+    StartProbe(Box<Pod>),
+    /// Delete the probe Pods of a checkpoint.
+    CleanupProbes {
+        /// Validated namespace.
+        namespace: String,
+        /// Step.
+        step: StepNumber,
+    },
+    /// Undo one step from its snapshot (idempotent).
+    Undo {
+        /// Scope.
+        scope: Scope,
+        /// Step.
+        step: StepNumber,
+    },
+    /// Delete the snapshots of undone steps.
+    DeleteSnapshots {
+        /// Scope.
+        scope: Scope,
+        /// Step.
+        step: StepNumber,
+    },
+    /// Delete the frozen plan (after a full rollback).
+    DeletePlan,
+}
+
+/// An Event to publish on the MeshMigration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventNote {
+    /// Warning (true) or Normal.
+    pub warning: bool,
+    /// CamelCase reason.
+    pub reason: &'static str,
+    /// Note.
+    pub note: String,
+}
+
+/// Output of [`decide`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// Status to write once every work item succeeded.
+    pub status: MeshMigrationStatus,
+    /// Work, in order.
+    pub work: Vec<Work>,
+    /// Events to publish.
+    pub events: Vec<EventNote>,
+    /// Whether more progress is possible right away (requeue immediately) or only after a
+    /// change (the watches wake the controller; a slow safety-net requeue still applies).
+    pub more: bool,
+    /// Whether a checkpoint is waiting on something time-based (a timeout).
+    pub waiting_on_time: bool,
+}
+
+/// Inputs of [`decide`].
+pub struct Input<'a> {
+    /// The MeshMigration.
+    pub mm: &'a MeshMigration,
+    /// Its frozen plan.
+    pub plan: &'a Plan,
+    /// The live cluster view.
+    pub live: &'a Inventory,
+    /// Probe Pods of this migration.
+    pub probe_pods: &'a [Pod],
+    /// Now.
+    pub now: Timestamp,
+    /// Token identifying this migration run (restart annotation values derive from it).
+    pub run_token: &'a str,
+    /// The MeshMigration is being deleted with `onDelete: Rollback`.
+    pub deleting_with_rollback: bool,
+    /// The operator's namespace (cluster-scoped snapshots and the plan live there).
+    pub operator_namespace: &'a str,
+}
+
+/// Pod-template annotation value meshmig sets when restarting in `step`.
+pub fn restart_token(run_token: &str, step: StepNumber) -> String {
+    format!("{run_token}.step{step}")
+}
+
+fn annotation<'a>(mm: &'a MeshMigration, key: &str) -> Option<&'a str> {
+    mm.metadata.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+/// Parses a duration such as `10m`, `1h30m`, `45s`, `500ms`.
+pub fn parse_duration(s: &str) -> Option<SignedDuration> {
+    let mut total_ms: i64 = 0;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let unit = if c == 'm' && chars.peek() == Some(&'s') {
+            chars.next();
+            1.0
+        } else {
+            match c {
+                'h' => 3_600_000.0,
+                'm' => 60_000.0,
+                's' => 1000.0,
+                _ => return None,
+            }
+        };
+        let v: f64 = num.parse().ok()?;
+        total_ms += (v * unit) as i64;
+        num.clear();
+        any = true;
+    }
+    (any && num.is_empty()).then(|| SignedDuration::from_millis(total_ms))
+}
+
+fn time(ts: Timestamp) -> Time {
+    Time(ts)
+}
+
+/// Highest step whose changes may be present in a namespace.
+fn applied_top(s: &NamespaceStatus) -> StepNumber {
+    match s.phase {
+        NamespacePhase::Completed => 9,
+        NamespacePhase::Applying | NamespacePhase::Validating | NamespacePhase::Failed | NamespacePhase::RollingBack => s.step,
+        NamespacePhase::Waiting | NamespacePhase::RolledBack => s.step.saturating_sub(1),
+    }
+}
+
+fn done_with(s: &NamespaceStatus, step: StepNumber) -> bool {
+    s.phase == NamespacePhase::Completed || (s.step > step && s.phase != NamespacePhase::RolledBack)
+}
+
+fn step_actions(ns: &NamespacePlan, step: StepNumber) -> Vec<Action> {
+    ns.steps
+        .iter()
+        .find(|s| s.number == step)
+        .map(|s| s.actions.iter().filter(|a| a.op != Op::Verify).cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Scope of a step's changes.
+pub fn scope_of(step: StepNumber, ns: &str) -> Scope {
+    if step == 2 {
+        Scope::Cluster
+    } else {
+        Scope::Namespace(ns.to_string())
+    }
+}
+
+fn record_start(s: &mut NamespaceStatus, step: StepNumber, now: Timestamp) {
+    s.history.retain(|h| h.step != step);
+    s.history.push(StepRecord {
+        step,
+        started_at: time(now),
+        completed_at: None,
+    });
+}
+
+fn record_done(s: &mut NamespaceStatus, step: StepNumber, now: Timestamp) {
+    if let Some(h) = s.history.iter_mut().find(|h| h.step == step) {
+        h.completed_at = Some(time(now));
+    }
+}
+
+fn checks_status(old: &[CheckStatus], outcomes: &[Outcome], now: Timestamp) -> Vec<CheckStatus> {
+    outcomes
+        .iter()
+        .map(|o| {
+            let prev = old.iter().find(|c| c.name == o.name);
+            let last = match prev {
+                Some(p) if p.result == o.result => p.last_transition_time.clone(),
+                _ => Some(time(now)),
+            };
+            CheckStatus {
+                name: o.name.clone(),
+                result: o.result,
+                message: o.message.clone(),
+                last_transition_time: last,
+            }
+        })
+        .collect()
+}
+
+/// Unaccepted fail-open windows that entering `step` would open in a namespace.
+fn fail_open_guard(inp: &Input<'_>, ns: &NamespacePlan, step: StepNumber) -> Option<String> {
+    let accepted = &inp.mm.spec.accepted_findings;
+    for e in &ns.enforcement {
+        for w in e.windows.iter().filter(|w| w.kind == "fail-open") {
+            if w.from_step <= step && step <= w.to_step {
+                let f = meshmig_planner::Finding::new(meshmig_planner::findings::ENFORCEMENT_FAIL_OPEN, e.policy.clone(), "");
+                if !accepted.iter().any(|a| f.matches_acceptance(a)) {
+                    return Some(format!(
+                        "step {step} would open a fail-open window for {} on Service {} ({}); accept `enforcement-fail-open@{}` in spec.acceptedFindings or change the plan",
+                        e.policy, e.service, w.reason, e.policy
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
+fn waypoint_programmed(live: &Inventory, ns: &NamespacePlan) -> Result<(), String> {
+    if !ns.waypoint.needed {
+        return Ok(());
+    }
+    let gw = live.gateways.iter().find(|g| {
+        g.metadata.namespace.as_deref() == Some(&ns.name) && g.metadata.name.as_deref() == Some(&ns.waypoint.name)
+    });
+    let programmed = gw
+        .and_then(|g| g.status.as_ref())
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Programmed" && c.status == "True"));
+    if programmed {
+        Ok(())
+    } else {
+        Err(format!(
+            "guard: Gateway {}/{} is not Programmed; {} is set only on a ready waypoint",
+            ns.name, ns.waypoint.name, n::USE_WAYPOINT
+        ))
+    }
+}
+
+/// Why a namespace may not start `step` yet, if anything holds it.
+fn gate(inp: &Input<'_>, statuses: &[NamespaceStatus], ns: &NamespacePlan, step: StepNumber) -> Option<(String, bool)> {
+    let mm = inp.mm;
+    let name = mm.metadata.name.as_deref().unwrap_or_default();
+    if annotation(mm, mn::ANNOTATION_PAUSED) == Some("true") {
+        return Some((format!("paused by the {} annotation; remove it to resume", mn::ANNOTATION_PAUSED), true));
+    }
+    if mm.spec.pause_before.contains(&step) && annotation(mm, mn::ANNOTATION_APPROVE) != Some(&step.to_string()) {
+        return Some((
+            format!(
+                "step {step} ({}) waits for approval: kubectl annotate meshmigration {name} {}={step} --overwrite",
+                step_name(step),
+                mn::ANNOTATION_APPROVE
+            ),
+            true,
+        ));
+    }
+    let barrier = match step {
+        7 => Some(6),
+        9 => Some(8),
+        _ => None,
+    };
+    if let Some(b) = barrier {
+        let behind: Vec<&str> = statuses.iter().filter(|s| !done_with(s, b)).map(|s| s.name.as_str()).collect();
+        if !behind.is_empty() {
+            return Some((format!("barrier: step {step} starts when every namespace finished step {b}; waiting for {}", behind.join(", ")), false));
+        }
+    }
+    if matches!(step, 3 | 9) && mm.spec.ordering.unwrap_or_default() == Ordering::Listed {
+        let pos = inp.plan.namespace_order.iter().position(|n| *n == ns.name).unwrap_or(0);
+        let before: Vec<&str> = inp.plan.namespace_order[..pos]
+            .iter()
+            .filter(|n| statuses.iter().any(|s| s.name == **n && !done_with(s, step)))
+            .map(String::as_str)
+            .collect();
+        if !before.is_empty() {
+            return Some((format!("ordering: step {step} runs one namespace at a time; waiting for {}", before.join(", ")), false));
+        }
+    }
+    if step == 7
+        && let Err(m) = waypoint_programmed(inp.live, ns) {
+            return Some((m, false));
+        }
+    fail_open_guard(inp, ns, step).map(|m| (m, false))
+}
+
+/// The probes of a checkpoint: outcomes, and Pods to start.
+fn probe_outcomes(inp: &Input<'_>, ns: &str, step: StepNumber, attempt: &str) -> (Vec<(String, CheckResult, String)>, Vec<Pod>) {
+    let name = inp.mm.metadata.name.as_deref().unwrap_or_default();
+    let mut outcomes = Vec::new();
+    let mut start = Vec::new();
+    for p in &inp.mm.spec.checkpoints.probes {
+        if !probes::applies(p, step, ns, &inp.plan.namespace_order) {
+            continue;
+        }
+        let pod_name = probes::pod_name(name, &p.name, ns, step, attempt);
+        let observed = checks::probe_pod(inp.probe_pods, &pod_name, &p.from_namespace);
+        if observed.is_none() {
+            start.push(probes::pod(name, p, ns, step, attempt));
+        }
+        let (r, m) = probes::outcome(observed, &p.name);
+        outcomes.push((p.name.clone(), r, m));
+    }
+    (outcomes, start)
+}
+
+fn init_statuses(old: &MeshMigrationStatus, plan: &Plan) -> Vec<NamespaceStatus> {
+    plan.namespace_order
+        .iter()
+        .map(|ns| {
+            old.namespaces.iter().find(|s| s.name == *ns).cloned().unwrap_or(NamespaceStatus {
+                name: ns.clone(),
+                step: 1,
+                phase: NamespacePhase::Waiting,
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+/// Requested rollback target from the annotation (`all` = 1).
+pub fn rollback_annotation(mm: &MeshMigration) -> Option<StepNumber> {
+    match annotation(mm, mn::ANNOTATION_ROLLBACK)?.trim() {
+        "all" => Some(1),
+        s => s.parse::<StepNumber>().ok().filter(|s| (1..=9).contains(s)),
+    }
+}
+
+/// The decision.
+pub fn decide(inp: &Input<'_>) -> Decision {
+    let mm = inp.mm;
+    let old = mm.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+    status.observed_generation = mm.metadata.generation;
+    let mut statuses = init_statuses(&old, inp.plan);
+    let mut work = Vec::new();
+    let mut events = Vec::new();
+    let mut more = false;
+    let mut waiting_on_time = false;
+
+    // ---- rollback requests
+    let requested = if inp.deleting_with_rollback {
+        Some((1, "onDelete".to_string(), None))
+    } else if let Some(t) = rollback_annotation(mm) {
+        Some((t, "annotation".to_string(), None))
+    } else {
+        old.rollback
+            .as_ref()
+            .filter(|r| !r.completed && r.requested_by != "annotation")
+            .map(|r| (r.target, r.requested_by.clone(), r.reason.clone()))
+    };
+    let resumed_partial = rollback_annotation(mm).is_none()
+        && old.rollback.as_ref().is_some_and(|r| r.completed && r.target > 1 && r.requested_by == "annotation");
+    if resumed_partial {
+        for s in statuses.iter_mut().filter(|s| s.phase == NamespacePhase::RolledBack) {
+            s.phase = NamespacePhase::Waiting;
+            s.message = None;
+        }
+        status.rollback = None;
+        events.push(EventNote { warning: false, reason: "Resumed", note: "rollback annotation removed: resuming".into() });
+        more = true;
+    } else if let Some((target, by, reason)) = requested {
+        let already_done = old.rollback.as_ref().is_some_and(|r| r.completed && r.target <= target);
+        if !already_done {
+            return rollback(inp, old, statuses, target, by, reason);
+        }
+    }
+    let terminal_rollback = status.rollback.as_ref().is_some_and(|r| r.completed && r.target <= 1);
+
+    // ---- forward
+    let plan = inp.plan;
+    if !terminal_rollback {
+        let mut busy: BTreeSet<String> = BTreeSet::new();
+        for _round in 0..20 {
+            let mut changed = false;
+            for i in 0..statuses.len() {
+                let ns_name = statuses[i].name.clone();
+                if busy.contains(&ns_name) {
+                    continue;
+                }
+                let Some(nsp) = plan.namespace(&ns_name) else { continue };
+                let step = statuses[i].step;
+                match statuses[i].phase {
+                    NamespacePhase::Completed | NamespacePhase::RolledBack | NamespacePhase::RollingBack => {}
+                    NamespacePhase::Failed => {
+                        if annotation(mm, mn::ANNOTATION_APPROVE) == Some(&step.to_string()) {
+                            let s = &mut statuses[i];
+                            s.phase = NamespacePhase::Applying;
+                            s.message = Some(format!("retrying step {step} (approved)"));
+                            record_start(s, step, inp.now);
+                            events.push(EventNote { warning: false, reason: "StepRetried", note: format!("{ns_name}: step {step} ({}) retried", step_name(step)) });
+                            changed = true;
+                        } else if mm.spec.on_failure == Some(OnFailure::Rollback) {
+                            let reason = statuses[i].message.clone();
+                            return rollback(inp, old, statuses, 1, "onFailure".into(), reason);
+                        }
+                    }
+                    NamespacePhase::Waiting => {
+                        if step == 1 && !nsp.exists {
+                            let s = &mut statuses[i];
+                            s.phase = NamespacePhase::Failed;
+                            s.message = Some(format!("Namespace {ns_name} does not exist; create it or remove it from spec.namespaces"));
+                            events.push(EventNote { warning: true, reason: "StepFailed", note: format!("{ns_name}: namespace does not exist") });
+                            changed = true;
+                            continue;
+                        }
+                        match gate(inp, &statuses, nsp, step) {
+                            Some((msg, _)) => {
+                                if statuses[i].message.as_deref() != Some(&msg) {
+                                    statuses[i].message = Some(msg);
+                                }
+                            }
+                            None => {
+                                let s = &mut statuses[i];
+                                s.phase = NamespacePhase::Applying;
+                                s.message = Some(format!("applying step {step} ({})", step_name(step)));
+                                s.checks.clear();
+                                record_start(s, step, inp.now);
+                                events.push(EventNote { warning: false, reason: "StepStarted", note: format!("{ns_name}: step {step} ({}) started", step_name(step)) });
+                                changed = true;
+                            }
+                        }
+                    }
+                    NamespacePhase::Applying => {
+                        let token = restart_token(inp.run_token, step);
+                        let actions: Vec<Action> = step_actions(nsp, step)
+                            .into_iter()
+                            .filter(|a| !a.after_rollout)
+                            .map(|mut a| {
+                                if a.op == Op::Restart {
+                                    a.value = Some(token.clone());
+                                }
+                                a
+                            })
+                            .collect();
+                        let all_actions = step_actions(nsp, step);
+                        let scope = scope_of(step, &ns_name);
+                        if !all_actions.is_empty() {
+                            work.push(Work::Snapshot { scope: scope.clone(), step, actions: all_actions });
+                            if !actions.is_empty() {
+                                work.push(Work::Execute { scope: scope.clone(), step, actions });
+                            }
+                            let cm = crate::snapshot::config_map_name(mm.metadata.name.as_deref().unwrap_or_default(), step);
+                            let snap_ns = scope.namespace().unwrap_or("").to_string();
+                            let s = &mut statuses[i];
+                            if !s.snapshots.iter().any(|r| r.step == step) {
+                                s.snapshots.push(meshmig_api::SnapshotRef {
+                                    step,
+                                    namespace: if snap_ns.is_empty() { inp.operator_namespace.to_string() } else { snap_ns },
+                                    config_map: cm,
+                                    parts: 1,
+                                });
+                            }
+                        }
+                        let s = &mut statuses[i];
+                        s.phase = NamespacePhase::Validating;
+                        s.checkpoint_started_at = Some(time(inp.now));
+                        s.message = Some(format!("validating step {step} ({})", step_name(step)));
+                        busy.insert(ns_name);
+                        changed = true;
+                    }
+                    NamespacePhase::Validating => {
+                        let attempt = statuses[i]
+                            .checkpoint_started_at
+                            .as_ref()
+                            .map(|t| t.0.as_second().to_string())
+                            .unwrap_or_default();
+                        let (probe_results, to_start) = probe_outcomes(inp, &ns_name, step, &attempt);
+                        for p in to_start {
+                            work.push(Work::StartProbe(Box::new(p)));
+                        }
+                        let token = restart_token(inp.run_token, step);
+                        let mut input = CheckInput {
+                            spec: &mm.spec,
+                            plan,
+                            ns: nsp,
+                            live: inp.live,
+                            restart_token: &token,
+                            probes: probe_results,
+                            after_rollout_done: false,
+                        };
+                        let mut outcomes = checks::evaluate(step, &input);
+                        if step == 9 && checks::rollout_done(&outcomes) {
+                            let after: Vec<Action> = step_actions(nsp, 9).into_iter().filter(|a| a.after_rollout).collect();
+                            if !after.is_empty() {
+                                work.push(Work::Execute { scope: scope_of(9, &ns_name), step: 9, actions: after });
+                            }
+                            input.after_rollout_done = true;
+                            outcomes = checks::evaluate(step, &input);
+                        }
+                        let new_checks = checks_status(&statuses[i].checks, &outcomes, inp.now);
+                        let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.result == CheckResult::Fail).collect();
+                        let pending: Vec<&Outcome> = outcomes.iter().filter(|o| o.result == CheckResult::Pending).collect();
+                        let timeout = parse_duration(&mm.spec.checkpoints.timeout).unwrap_or(SignedDuration::from_mins(10));
+                        let elapsed = statuses[i]
+                            .checkpoint_started_at
+                            .as_ref()
+                            .map(|t| inp.now.duration_since(t.0))
+                            .unwrap_or(SignedDuration::ZERO);
+                        let s = &mut statuses[i];
+                        s.checks = new_checks;
+                        if !failed.is_empty() {
+                            let msg = failed.iter().map(|o| format!("{}: {}", o.name, o.message)).collect::<Vec<_>>().join("; ");
+                            s.phase = NamespacePhase::Failed;
+                            s.message = Some(format!("step {step} ({}) failed: {msg}", step_name(step)));
+                            events.push(EventNote { warning: true, reason: "StepFailed", note: format!("{ns_name}: step {step} ({}) failed: {msg}", step_name(step)) });
+                            changed = true;
+                        } else if !pending.is_empty() {
+                            if elapsed > timeout {
+                                let msg = pending.iter().map(|o| format!("{}: {}", o.name, o.message)).collect::<Vec<_>>().join("; ");
+                                for c in s.checks.iter_mut().filter(|c| c.result == CheckResult::Pending) {
+                                    c.result = CheckResult::Fail;
+                                    c.message = format!("still pending after {}: {}", mm.spec.checkpoints.timeout, c.message);
+                                    c.last_transition_time = Some(time(inp.now));
+                                }
+                                s.phase = NamespacePhase::Failed;
+                                s.message = Some(format!("step {step} ({}) timed out after {}: {msg}", step_name(step), mm.spec.checkpoints.timeout));
+                                events.push(EventNote { warning: true, reason: "StepFailed", note: format!("{ns_name}: step {step} ({}) timed out: {msg}", step_name(step)) });
+                                changed = true;
+                            } else {
+                                waiting_on_time = true;
+                                let msg = pending.iter().map(|o| format!("{}: {}", o.name, o.message)).collect::<Vec<_>>().join("; ");
+                                s.message = Some(format!("validating step {step} ({}): {msg}", step_name(step)));
+                            }
+                        } else {
+                            record_done(s, step, inp.now);
+                            events.push(EventNote { warning: false, reason: "StepPassed", note: format!("{ns_name}: step {step} ({}) passed", step_name(step)) });
+                            work.push(Work::CleanupProbes { namespace: ns_name.clone(), step });
+                            s.checkpoint_started_at = None;
+                            if step >= 9 {
+                                s.phase = NamespacePhase::Completed;
+                                s.message = Some("migrated to ambient".into());
+                            } else {
+                                s.step = step + 1;
+                                s.phase = NamespacePhase::Waiting;
+                                s.message = None;
+                            }
+                            changed = true;
+                        }
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+            more = true;
+        }
+        // Namespaces that moved to Validating in this round need the act layer first.
+        if !busy.is_empty() {
+            more = true;
+        }
+    }
+    status.namespaces = statuses;
+    finish(inp, &old, status, work, events, more, waiting_on_time)
+}
+
+fn open_findings(inp: &Input<'_>) -> Vec<FindingRef> {
+    inp.plan
+        .findings
+        .iter()
+        .filter(|f| f.severity != Severity::Info)
+        .filter(|f| !inp.mm.spec.accepted_findings.iter().any(|e| f.matches_acceptance(e)))
+        .take(50)
+        .map(|f| FindingRef {
+            id: f.id.to_string(),
+            severity: f.severity.as_str().to_string(),
+            object: f.object.to_string(),
+            message: f.message.clone(),
+        })
+        .collect()
+}
+
+/// Overall phase, conditions and summary fields.
+fn finish(
+    inp: &Input<'_>,
+    old: &MeshMigrationStatus,
+    mut status: MeshMigrationStatus,
+    work: Vec<Work>,
+    events: Vec<EventNote>,
+    more: bool,
+    waiting_on_time: bool,
+) -> Decision {
+    let mm = inp.mm;
+    let ns = &status.namespaces;
+    let total = ns.len();
+    let done = ns.iter().filter(|s| s.phase == NamespacePhase::Completed).count();
+    status.progress = Some(format!("{done}/{total}"));
+    status.current_step = ns
+        .iter()
+        .filter(|s| s.phase != NamespacePhase::Completed)
+        .map(|s| s.step)
+        .min()
+        .or_else(|| (total > 0).then_some(9));
+    status.open_findings = open_findings(inp);
+    let failed: Vec<&NamespaceStatus> = ns.iter().filter(|s| s.phase == NamespacePhase::Failed).collect();
+    let rolling = ns.iter().any(|s| s.phase == NamespacePhase::RollingBack);
+    let rolled = status.rollback.as_ref().is_some_and(|r| r.completed);
+    let paused_annotation = annotation(mm, mn::ANNOTATION_PAUSED) == Some("true");
+    let awaiting: Vec<&NamespaceStatus> = ns
+        .iter()
+        .filter(|s| s.phase == NamespacePhase::Waiting && s.message.as_deref().is_some_and(|m| m.contains("waits for approval") || m.starts_with("paused")))
+        .collect();
+    let all_done = total > 0 && done == total;
+    let started = ns.iter().any(|s| s.step > 1 || s.phase != NamespacePhase::Waiting);
+    let phase = if all_done {
+        MigrationPhase::Completed
+    } else if rolling {
+        MigrationPhase::RollingBack
+    } else if rolled {
+        MigrationPhase::RolledBack
+    } else if !failed.is_empty() {
+        MigrationPhase::Failed
+    } else if paused_annotation || (!awaiting.is_empty() && ns.iter().all(|s| s.phase == NamespacePhase::Waiting || s.phase == NamespacePhase::Completed)) {
+        MigrationPhase::Paused
+    } else if started {
+        MigrationPhase::Progressing
+    } else {
+        MigrationPhase::Pending
+    };
+    status.phase = Some(phase);
+    let summary = |s: &NamespaceStatus| format!("{}: step {} {:?}{}", s.name, s.step, s.phase, s.message.as_ref().map(|m| format!(" — {m}")).unwrap_or_default());
+    let mut desired = Vec::new();
+    let stalled_msg = failed.iter().map(|s| summary(s)).collect::<Vec<_>>().join("; ");
+    match phase {
+        MigrationPhase::Completed => {
+            desired.push(Desired::new(mn::CONDITION_READY, true, "Completed", format!("{total} namespace(s) migrated to ambient")));
+            desired.push(Desired::new(mn::CONDITION_RECONCILING, false, "Completed", "nothing left to do"));
+            desired.push(Desired::new(mn::CONDITION_STALLED, false, "Completed", "nothing left to do"));
+        }
+        MigrationPhase::Failed => {
+            desired.push(Desired::new(mn::CONDITION_READY, false, "CheckpointFailed", stalled_msg.clone()));
+            desired.push(Desired::new(mn::CONDITION_RECONCILING, false, "CheckpointFailed", "waiting for the user: fix, then approve the step again, or roll back"));
+            desired.push(Desired::new(
+                mn::CONDITION_STALLED,
+                true,
+                "CheckpointFailed",
+                format!("{stalled_msg}. Fix the cause and retry with `{}: \"<step>\"`, or roll back with `{}: all`", mn::ANNOTATION_APPROVE, mn::ANNOTATION_ROLLBACK),
+            ));
+        }
+        MigrationPhase::RolledBack => {
+            let target = status.rollback.as_ref().map(|r| r.target).unwrap_or(1);
+            desired.push(Desired::new(mn::CONDITION_READY, false, "RolledBack", format!("rolled back to before step {target}")));
+            desired.push(Desired::new(mn::CONDITION_RECONCILING, false, "RolledBack", "rollback complete"));
+            desired.push(Desired::new(mn::CONDITION_STALLED, false, "RolledBack", "rollback complete"));
+        }
+        MigrationPhase::RollingBack => {
+            desired.push(Desired::new(mn::CONDITION_READY, false, "RollingBack", "undoing steps"));
+            desired.push(Desired::new(mn::CONDITION_RECONCILING, true, "RollingBack", ns.iter().map(summary).collect::<Vec<_>>().join("; ")));
+            desired.push(Desired::new(mn::CONDITION_STALLED, false, "RollingBack", "undoing steps"));
+        }
+        MigrationPhase::Paused => {
+            desired.push(Desired::new(mn::CONDITION_READY, false, "Paused", "paused"));
+            desired.push(Desired::new(mn::CONDITION_RECONCILING, false, "Paused", "paused"));
+            desired.push(Desired::new(mn::CONDITION_STALLED, false, "Paused", "paused"));
+        }
+        _ => {
+            desired.push(Desired::new(mn::CONDITION_READY, false, "Progressing", format!("{done}/{total} namespace(s) migrated")));
+            desired.push(Desired::new(mn::CONDITION_RECONCILING, true, "Progressing", ns.iter().map(summary).collect::<Vec<_>>().join("; ")));
+            desired.push(Desired::new(mn::CONDITION_STALLED, false, "Progressing", "progressing"));
+        }
+    }
+    let paused_msg = if paused_annotation {
+        Some(format!("{} is \"true\"", mn::ANNOTATION_PAUSED))
+    } else if !awaiting.is_empty() {
+        awaiting.first().and_then(|s| s.message.clone())
+    } else {
+        None
+    };
+    desired.push(match paused_msg {
+        Some(m) => Desired::new(mn::CONDITION_PAUSED, true, if paused_annotation { "PausedByAnnotation" } else { "AwaitingApproval" }, m),
+        None => Desired::new(mn::CONDITION_PAUSED, false, "NotPaused", "not paused"),
+    });
+    desired.push(match status.rollback.as_ref().filter(|r| r.completed) {
+        Some(r) => Desired::new(
+            mn::CONDITION_ROLLED_BACK,
+            true,
+            "RolledBack",
+            format!("rolled back to before step {} ({}){}", r.target, r.requested_by, r.reason.as_ref().map(|x| format!(": {x}")).unwrap_or_default()),
+        ),
+        None => Desired::new(mn::CONDITION_ROLLED_BACK, false, "NotRolledBack", "no rollback"),
+    });
+    let now = time(inp.now);
+    status.conditions = conditions::merge(&old.conditions, &desired, mm.metadata.generation, &now);
+    Decision {
+        status,
+        work,
+        events,
+        more,
+        waiting_on_time,
+    }
+}
+
+/// Undoes steps, highest first across namespaces, down to `target`.
+fn rollback(
+    inp: &Input<'_>,
+    old: MeshMigrationStatus,
+    mut statuses: Vec<NamespaceStatus>,
+    target: StepNumber,
+    by: String,
+    reason: Option<String>,
+) -> Decision {
+    let mut status = old.clone();
+    status.observed_generation = inp.mm.metadata.generation;
+    let mut work = Vec::new();
+    let mut events = Vec::new();
+    let fresh = old.rollback.as_ref().is_none_or(|r| r.completed || r.target != target);
+    if fresh {
+        events.push(EventNote {
+            warning: true,
+            reason: "RollbackStarted",
+            note: format!("rolling back to before step {target} ({by}){}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()),
+        });
+    }
+    status.rollback = Some(RollbackStatus {
+        target,
+        requested_by: by.clone(),
+        completed: false,
+        reason: reason.clone(),
+    });
+    for s in statuses.iter_mut() {
+        if s.phase != NamespacePhase::RollingBack {
+            let top = applied_top(s);
+            s.step = top;
+            s.phase = NamespacePhase::RollingBack;
+            s.checks.clear();
+            s.checkpoint_started_at = None;
+        }
+    }
+    let lowest = target.max(2);
+    let top = statuses.iter().map(|s| s.step).max().unwrap_or(0);
+    let mut more = true;
+    if top < lowest {
+        // Done.
+        for s in statuses.iter_mut() {
+            s.phase = NamespacePhase::RolledBack;
+            s.step = target.max(1);
+            s.message = Some(format!("rolled back to before step {}", target.max(1)));
+            s.snapshots.retain(|r| r.step < target);
+        }
+        for st in (target.max(2)..=9).rev() {
+            if st == 2 {
+                work.push(Work::DeleteSnapshots { scope: Scope::Cluster, step: 2 });
+            } else {
+                for s in &statuses {
+                    work.push(Work::DeleteSnapshots { scope: Scope::Namespace(s.name.clone()), step: st });
+                }
+            }
+        }
+        if target <= 2 {
+            work.push(Work::DeletePlan);
+            status.plan = None;
+        }
+        status.rollback = Some(RollbackStatus { target, requested_by: by, completed: true, reason });
+        events.push(EventNote { warning: false, reason: "RolledBack", note: format!("rolled back to before step {target}") });
+        more = false;
+    } else if top == 2 {
+        work.push(Work::Undo { scope: Scope::Cluster, step: 2 });
+        for s in statuses.iter_mut().filter(|s| s.step == 2) {
+            s.step = 1;
+            s.message = Some("undid step 2 (Control plane)".into());
+        }
+    } else {
+        // Undo step `top` in every namespace that has it, in reverse order. Undoing step 9
+        // restarts workloads to bring their sidecars back; step 8 is undone only once those
+        // rollouts finished, so waypoint-era objects are not removed under ambient pods.
+        let order: Vec<String> = inp.plan.namespace_order.iter().rev().cloned().collect();
+        let mut waiting = Vec::new();
+        for ns in order {
+            let Some(s) = statuses.iter_mut().find(|s| s.name == ns && s.step == top) else { continue };
+            if top == 8
+                && let Err(m) = crate::checks::namespace_settled(inp.live, &ns) {
+                    s.message = Some(format!("waiting for rollouts before undoing step {top}: {m}"));
+                    waiting.push(ns.clone());
+                    continue;
+                }
+            work.push(Work::Undo { scope: Scope::Namespace(ns.clone()), step: top });
+            work.push(Work::CleanupProbes { namespace: ns.clone(), step: top });
+            s.step = top - 1;
+            s.message = Some(format!("undid step {top} ({})", step_name(top)));
+            events.push(EventNote { warning: false, reason: "StepUndone", note: format!("{ns}: step {top} ({}) undone", step_name(top)) });
+        }
+        if !waiting.is_empty() && work.is_empty() {
+            more = false;
+        }
+    }
+    status.namespaces = statuses;
+    let mut d = finish(inp, &old, status, work, events, more, false);
+    if !more {
+        d.waiting_on_time = false;
+    }
+    d
+}
+
+/// Existing snapshot steps per scope, from status (for tests and the act layer).
+pub fn snapshot_steps(status: &MeshMigrationStatus) -> BTreeMap<String, BTreeSet<StepNumber>> {
+    let mut out: BTreeMap<String, BTreeSet<StepNumber>> = BTreeMap::new();
+    for ns in &status.namespaces {
+        for s in &ns.snapshots {
+            out.entry(ns.name.clone()).or_default().insert(s.step);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10m"), Some(SignedDuration::from_mins(10)));
+        assert_eq!(parse_duration("1h30m"), Some(SignedDuration::from_mins(90)));
+        assert_eq!(parse_duration("500ms"), Some(SignedDuration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Some(SignedDuration::from_millis(1500)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("x"), None);
+    }
+}

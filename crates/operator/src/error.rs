@@ -1,0 +1,59 @@
+//! Operator errors. Each variant maps to a metric label.
+
+use thiserror::Error;
+
+/// An error of a reconcile.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("{context}: {source}")]
+    Kube {
+        /// What was being done.
+        context: String,
+        /// The API error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// An object meshmig cannot act on.
+    #[error("unsupported object {0}")]
+    Unsupported(String),
+    /// Invalid data (a manifest or patch that does not decode).
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// A snapshot is missing or corrupt.
+    #[error("{0}")]
+    Snapshot(String),
+    /// The frozen inventory is missing or corrupt.
+    #[error("frozen plan: {0}")]
+    Plan(String),
+}
+
+impl Error {
+    /// Wraps a kube error with context.
+    pub fn kube(context: impl Into<String>, source: kube::Error) -> Self {
+        Error::Kube {
+            context: context.into(),
+            source: Box::new(source),
+        }
+    }
+
+    /// Metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube { source, .. } if matches!(**source, kube::Error::Api(ref s) if s.code == 409) => "conflict",
+            Error::Kube { source, .. } if matches!(**source, kube::Error::Api(ref s) if s.code == 403) => "forbidden",
+            Error::Kube { source, .. } if matches!(**source, kube::Error::Api(ref s) if s.code == 429) => "throttled",
+            Error::Kube { source, .. } if matches!(**source, kube::Error::Api(ref s) if s.code >= 500) => "server",
+            Error::Kube { .. } => "api",
+            Error::Unsupported(_) => "unsupported",
+            Error::Invalid(_) => "invalid",
+            Error::Snapshot(_) => "snapshot",
+            Error::Plan(_) => "plan",
+        }
+    }
+
+    /// Whether retrying without a change can help.
+    pub fn transient(&self) -> bool {
+        !matches!(self.reason(), "unsupported" | "invalid" | "forbidden" | "conflict" | "snapshot")
+    }
+}

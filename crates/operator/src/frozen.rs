@@ -1,0 +1,136 @@
+//! The frozen inventory: the cluster objects a migration was planned from, stored when the
+//! first namespace leaves step 1. Re-planning it with the same spec gives the same plan, so
+//! the operator executes exactly what `meshmig plan` showed even as the migration changes the
+//! cluster. Encoding is pure; the act layer stores it.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use meshmig_api::MeshMigrationSpec;
+use meshmig_api::names as mn;
+use meshmig_planner::Inventory;
+use meshmig_planner::object::dns_subdomain;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const KEY: &str = "inventory.json.gz";
+const PART: usize = 900 * 1024;
+const PARTS_ANNOTATION: &str = "meshmig.io/parts";
+const HASH_ANNOTATION: &str = "meshmig.io/spec-hash";
+
+/// Name of the head ConfigMap.
+pub fn config_map_name(migration: &str) -> String {
+    dns_subdomain(&["meshmig", migration, "plan"])
+}
+
+/// Hash of the spec fields the plan depends on.
+pub fn spec_hash(spec: &MeshMigrationSpec) -> String {
+    let relevant = serde_json::json!({
+        "namespaces": spec.namespaces,
+        "namespaceSelector": spec.namespace_selector,
+        "ordering": spec.ordering,
+        "controlPlane": spec.control_plane,
+        "waypoint": spec.waypoint,
+        "bypassProtection": spec.bypass_protection,
+    });
+    let digest = Sha256::digest(relevant.to_string().as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Encodes the inventory into ConfigMaps (head first; write parts before the head).
+pub fn encode(inv: &Inventory, migration: &str, namespace: &str, hash: &str, owner: Option<OwnerReference>) -> std::io::Result<Vec<ConfigMap>> {
+    let json = serde_json::to_vec(&inv.to_objects())?;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(&json)?;
+    let gz = enc.finish()?;
+    let chunks: Vec<&[u8]> = if gz.is_empty() { vec![&gz[..]] } else { gz.chunks(PART).collect() };
+    let head = config_map_name(migration);
+    let count = chunks.len();
+    Ok(chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut annotations = BTreeMap::from([(HASH_ANNOTATION.to_string(), hash.to_string())]);
+            if i == 0 {
+                annotations.insert(PARTS_ANNOTATION.to_string(), count.to_string());
+            }
+            ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some(if i == 0 { head.clone() } else { format!("{head}-p{i}") }),
+                    namespace: Some(namespace.to_string()),
+                    labels: Some(BTreeMap::from([
+                        (mn::LABEL_MANAGED_BY.to_string(), mn::MANAGED_BY.to_string()),
+                        (mn::LABEL_MIGRATION.to_string(), migration.to_string()),
+                    ])),
+                    annotations: Some(annotations),
+                    owner_references: owner.clone().map(|o| vec![o]),
+                    ..Default::default()
+                },
+                binary_data: Some(BTreeMap::from([(KEY.to_string(), ByteString(c.to_vec()))])),
+                ..Default::default()
+            }
+        })
+        .collect())
+}
+
+/// Number of parts of a head ConfigMap.
+pub fn parts_of(head: &ConfigMap) -> usize {
+    head.metadata.annotations.as_ref().and_then(|a| a.get(PARTS_ANNOTATION)).and_then(|p| p.parse().ok()).unwrap_or(1)
+}
+
+/// Decodes the inventory from head and parts.
+pub fn decode(parts: &[ConfigMap]) -> Result<Inventory, String> {
+    let mut gz = Vec::new();
+    for p in parts {
+        let b = p.binary_data.as_ref().and_then(|d| d.get(KEY)).ok_or("a part holds no data")?;
+        gz.extend_from_slice(&b.0);
+    }
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut json).map_err(|e| e.to_string())?;
+    let objects: Vec<Value> = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
+    let mut inv = Inventory::default();
+    for o in objects {
+        inv.add_object(o, "frozen inventory").map_err(|e| e.to_string())?;
+    }
+    Ok(inv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frozen_inventory_plans_like_the_original() {
+        let mut inv = Inventory::default();
+        for f in ["00-control-plane.yaml", "10-bookinfo.yaml", "20-istio.yaml", "30-migration.yaml"] {
+            let path = format!("{}/../../examples/bookinfo/{f}", env!("CARGO_MANIFEST_DIR"));
+            inv.load_str(&std::fs::read_to_string(path).unwrap(), f).unwrap();
+        }
+        let spec = inv.mesh_migrations[0].spec.clone();
+        let cms = encode(&inv, "bookinfo", "meshmig-system", &spec_hash(&spec), None).unwrap();
+        let back = decode(&cms).unwrap();
+        let a = meshmig_planner::plan(&inv, &spec, "bookinfo");
+        let b = meshmig_planner::plan(&back, &spec, "bookinfo");
+        let (mut a, mut b) = (serde_json::to_value(&a).unwrap(), serde_json::to_value(&b).unwrap());
+        // Counts of skipped kinds are not objects and are not frozen.
+        a["summary"]["skipped"] = serde_json::Value::Null;
+        b["summary"]["skipped"] = serde_json::Value::Null;
+        for key in a.as_object().unwrap().keys() {
+            pretty_assertions::assert_eq!(a[key], b[key], "plan field {key} differs");
+        }
+    }
+
+    #[test]
+    fn spec_hash_ignores_fields_that_do_not_change_the_plan() {
+        let mut s = MeshMigrationSpec { namespaces: Some(vec!["a".into()]), ..Default::default() };
+        let h = spec_hash(&s);
+        s.accepted_findings.push("x".into());
+        s.pause_before.push(7);
+        assert_eq!(spec_hash(&s), h);
+        s.namespaces = Some(vec!["b".into()]);
+        assert_ne!(spec_hash(&s), h);
+    }
+}

@@ -1,0 +1,84 @@
+//! `meshmig-operator`.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use meshmig_operator::run::{Settings, run};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Runs MeshMigrations: Istio sidecar to ambient, step by step.
+#[derive(Parser, Debug)]
+#[command(name = "meshmig-operator", version)]
+struct Args {
+    /// Namespace of the operator (cluster-scoped snapshots and frozen plans live here).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "meshmig-system")]
+    namespace: String,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "MESHMIG_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Log format; the level comes from RUST_LOG (default info).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Instance name reported on Events (defaults to the Pod name).
+    #[arg(long, env = "POD_NAME", default_value = "meshmig-operator")]
+    instance: String,
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match args.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+    }
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("meshmig-operator: cannot reach the Kubernetes API ({e}); set KUBECONFIG or run in a cluster");
+            return ExitCode::from(2);
+        }
+    };
+    let settings = Settings {
+        namespace: args.namespace,
+        http_addr: args.http_addr,
+        instance: args.instance,
+    };
+    match run(client, settings, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshmig-operator: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

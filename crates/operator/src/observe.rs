@@ -1,0 +1,359 @@
+//! Observe: reflector stores for everything the steps wait for, and the Inventory built from
+//! them. Pods, ReplicaSets and CRDs are watched as metadata only.
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::stream::BoxStream;
+use futures::{StreamExt, future};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use meshmig_api::gateway::{Gateway, HTTPRoute};
+use meshmig_api::istio::{
+    AuthorizationPolicy, DestinationRule, EnvoyFilter, PeerAuthentication, RequestAuthentication, ServiceEntry, Sidecar,
+    Telemetry, VirtualService, WasmPlugin, WorkloadEntry, WorkloadGroup,
+};
+use meshmig_api::names as mn;
+use meshmig_api::sail::{Istio, IstioCni, ZTunnel};
+use meshmig_api::MeshMigrationSpec;
+use meshmig_planner::inventory::{CrdInfo, PodInfo};
+use meshmig_planner::model::label_selector_matches;
+use meshmig_planner::Inventory;
+use serde::de::DeserializeOwned;
+use tracing::warn;
+
+/// A change notification from any watch.
+pub type Trigger = BoxStream<'static, ()>;
+
+fn watch<K>(api: Api<K>, cfg: watcher::Config, triggers: &mut Vec<Trigger>) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    let kind = K::kind(&Default::default()).to_string();
+    let stream = reflector::reflector(writer, watcher(api, cfg).default_backoff())
+        .touched_objects()
+        .filter_map(move |r| {
+            future::ready(match r {
+                Ok(_) => Some(()),
+                Err(e) => {
+                    warn!(kind = %kind, error = %e, "watch error");
+                    None
+                }
+            })
+        })
+        .boxed();
+    triggers.push(stream);
+    reader
+}
+
+fn watch_meta<K>(client: &Client, cfg: watcher::Config, triggers: &mut Vec<Trigger>) -> Store<PartialObjectMeta<K>>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+    PartialObjectMeta<K>: Resource<DynamicType = K::DynamicType> + Clone + DeserializeOwned + Debug + Send + Sync,
+{
+    // An Api over PartialObjectMeta makes metadata-only list/watch requests.
+    watch(Api::<PartialObjectMeta<K>>::all(client.clone()), cfg, triggers)
+}
+
+/// Which optional CRDs are installed (kinds whose CRD is missing are not watched).
+#[derive(Clone, Debug, Default)]
+pub struct Installed {
+    /// `plural.group` of every installed CRD at start.
+    pub crds: BTreeSet<String>,
+}
+
+impl Installed {
+    fn has(&self, plural_group: &str) -> bool {
+        self.crds.contains(plural_group)
+    }
+}
+
+/// Reflector stores.
+#[derive(Clone)]
+pub struct Stores {
+    /// Namespaces.
+    pub namespaces: Store<Namespace>,
+    /// Services.
+    pub services: Store<Service>,
+    /// Pods, metadata only.
+    pub pods: Store<PartialObjectMeta<Pod>>,
+    /// Probe Pods (full, label-selected).
+    pub probe_pods: Store<Pod>,
+    /// Deployments.
+    pub deployments: Store<Deployment>,
+    /// StatefulSets.
+    pub stateful_sets: Store<StatefulSet>,
+    /// DaemonSets.
+    pub daemon_sets: Store<DaemonSet>,
+    /// ReplicaSets, metadata only.
+    pub replica_sets: Store<PartialObjectMeta<ReplicaSet>>,
+    /// CRDs, metadata only.
+    pub crds: Store<PartialObjectMeta<CustomResourceDefinition>>,
+    /// Snapshot ConfigMaps and cilium-config.
+    pub config_maps: Store<ConfigMap>,
+    /// Optional kinds (None when their CRD is not installed).
+    pub authorization_policies: Option<Store<AuthorizationPolicy>>,
+    /// PeerAuthentications.
+    pub peer_authentications: Option<Store<PeerAuthentication>>,
+    /// RequestAuthentications.
+    pub request_authentications: Option<Store<RequestAuthentication>>,
+    /// VirtualServices.
+    pub virtual_services: Option<Store<VirtualService>>,
+    /// DestinationRules.
+    pub destination_rules: Option<Store<DestinationRule>>,
+    /// Sidecars.
+    pub sidecars: Option<Store<Sidecar>>,
+    /// EnvoyFilters.
+    pub envoy_filters: Option<Store<EnvoyFilter>>,
+    /// Telemetries.
+    pub telemetries: Option<Store<Telemetry>>,
+    /// WasmPlugins.
+    pub wasm_plugins: Option<Store<WasmPlugin>>,
+    /// WorkloadEntries.
+    pub workload_entries: Option<Store<WorkloadEntry>>,
+    /// WorkloadGroups.
+    pub workload_groups: Option<Store<WorkloadGroup>>,
+    /// ServiceEntries.
+    pub service_entries: Option<Store<ServiceEntry>>,
+    /// Gateways.
+    pub gateways: Option<Store<Gateway>>,
+    /// HTTPRoutes.
+    pub http_routes: Option<Store<HTTPRoute>>,
+    /// Sail Istio.
+    pub istios: Option<Store<Istio>>,
+    /// Sail IstioCNI.
+    pub istio_cnis: Option<Store<IstioCni>>,
+    /// Sail ZTunnel.
+    pub ztunnels: Option<Store<ZTunnel>>,
+    ready: Arc<AtomicBool>,
+}
+
+impl Stores {
+    /// Starts the watches; returns the stores and the merged change stream (which must be
+    /// polled for the stores to fill: the controller does).
+    pub fn start(client: &Client, installed: &Installed) -> (Self, Trigger) {
+        let mut t: Vec<Trigger> = Vec::new();
+        let c = client;
+        let all = watcher::Config::default();
+        macro_rules! opt {
+            ($ty:ty, $crd:literal) => {
+                installed.has($crd).then(|| watch(Api::<$ty>::all(c.clone()), all.clone(), &mut t))
+            };
+        }
+        let snapshot_cms = watcher::Config::default().labels(&format!("{}={}", mn::LABEL_MANAGED_BY, mn::MANAGED_BY));
+        let stores = Stores {
+            namespaces: watch(Api::<Namespace>::all(c.clone()), all.clone(), &mut t),
+            services: watch(Api::<Service>::all(c.clone()), all.clone(), &mut t),
+            pods: watch_meta::<Pod>(c, all.clone(), &mut t),
+            probe_pods: watch(Api::<Pod>::all(c.clone()), watcher::Config::default().labels(mn::LABEL_PROBE), &mut t),
+            deployments: watch(Api::<Deployment>::all(c.clone()), all.clone(), &mut t),
+            stateful_sets: watch(Api::<StatefulSet>::all(c.clone()), all.clone(), &mut t),
+            daemon_sets: watch(Api::<DaemonSet>::all(c.clone()), all.clone(), &mut t),
+            replica_sets: watch_meta::<ReplicaSet>(c, all.clone(), &mut t),
+            crds: watch_meta::<CustomResourceDefinition>(c, all.clone(), &mut t),
+            config_maps: watch(Api::<ConfigMap>::all(c.clone()), snapshot_cms, &mut t),
+            authorization_policies: opt!(AuthorizationPolicy, "authorizationpolicies.security.istio.io"),
+            peer_authentications: opt!(PeerAuthentication, "peerauthentications.security.istio.io"),
+            request_authentications: opt!(RequestAuthentication, "requestauthentications.security.istio.io"),
+            virtual_services: opt!(VirtualService, "virtualservices.networking.istio.io"),
+            destination_rules: opt!(DestinationRule, "destinationrules.networking.istio.io"),
+            sidecars: opt!(Sidecar, "sidecars.networking.istio.io"),
+            envoy_filters: opt!(EnvoyFilter, "envoyfilters.networking.istio.io"),
+            telemetries: opt!(Telemetry, "telemetries.telemetry.istio.io"),
+            wasm_plugins: opt!(WasmPlugin, "wasmplugins.extensions.istio.io"),
+            workload_entries: opt!(WorkloadEntry, "workloadentries.networking.istio.io"),
+            workload_groups: opt!(WorkloadGroup, "workloadgroups.networking.istio.io"),
+            service_entries: opt!(ServiceEntry, "serviceentries.networking.istio.io"),
+            gateways: opt!(Gateway, "gateways.gateway.networking.k8s.io"),
+            http_routes: opt!(HTTPRoute, "httproutes.gateway.networking.k8s.io"),
+            istios: opt!(Istio, "istios.sailoperator.io"),
+            istio_cnis: opt!(IstioCni, "istiocnis.sailoperator.io"),
+            ztunnels: opt!(ZTunnel, "ztunnels.sailoperator.io"),
+            ready: Arc::new(AtomicBool::new(false)),
+        };
+        (stores, futures::stream::select_all(t).boxed())
+    }
+
+    /// Resolves when every store has its initial list; then [`Stores::ready`] is true.
+    pub async fn wait_ready(&self) {
+        macro_rules! wait {
+            ($($s:expr),*) => {
+                $( let _ = $s.wait_until_ready().await; )*
+            };
+        }
+        macro_rules! wait_opt {
+            ($($s:expr),*) => {
+                $( if let Some(s) = &$s { let _ = s.wait_until_ready().await; } )*
+            };
+        }
+        wait!(
+            self.namespaces, self.services, self.pods, self.probe_pods, self.deployments,
+            self.stateful_sets, self.daemon_sets, self.replica_sets, self.crds, self.config_maps
+        );
+        wait_opt!(
+            self.authorization_policies, self.peer_authentications, self.request_authentications, self.virtual_services,
+            self.destination_rules, self.sidecars, self.envoy_filters, self.telemetries, self.wasm_plugins,
+            self.workload_entries, self.workload_groups, self.service_entries, self.gateways, self.http_routes,
+            self.istios, self.istio_cnis, self.ztunnels
+        );
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the caches are synced.
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Target namespaces of a spec.
+    pub fn targets(&self, spec: &MeshMigrationSpec, operator_namespace: &str) -> Vec<String> {
+        if let Some(list) = &spec.namespaces {
+            return list.clone();
+        }
+        let Some(sel) = &spec.namespace_selector else { return Vec::new() };
+        let mut out: Vec<String> = self
+            .namespaces
+            .state()
+            .iter()
+            .filter_map(|n| {
+                let name = n.metadata.name.clone()?;
+                let labels = n.metadata.labels.clone().unwrap_or_default();
+                let system = ["kube-system", "kube-public", "kube-node-lease"].contains(&name.as_str())
+                    || name == operator_namespace
+                    || name == spec.control_plane.istio_namespace
+                    || name == spec.control_plane.ztunnel_namespace
+                    || name == spec.control_plane.cni_namespace;
+                (!system && label_selector_matches(sel, &labels)).then_some(name)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The Inventory for a migration: its target namespaces plus the control-plane, root and
+    /// kube-system namespaces; routing objects from every namespace (they can point into the
+    /// targets); ingress gateway workloads from every namespace (bypass protection admits
+    /// them).
+    pub fn inventory(&self, spec: &MeshMigrationSpec, targets: &[String]) -> Inventory {
+        let cp = &spec.control_plane;
+        let mut relevant: BTreeSet<&str> = targets.iter().map(String::as_str).collect();
+        relevant.extend([
+            cp.istio_namespace.as_str(),
+            cp.ztunnel_namespace.as_str(),
+            cp.cni_namespace.as_str(),
+            "kube-system",
+        ]);
+        let ns_of = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| m.namespace.clone().unwrap_or_default();
+        let keep = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| relevant.contains(ns_of(m).as_str());
+        let mut inv = Inventory::default();
+        for n in self.namespaces.state() {
+            if let Some(name) = n.metadata.name.clone() {
+                inv.namespaces.insert(name, (*n).clone());
+            }
+        }
+        inv.services = self.services.state().iter().filter(|s| keep(&s.metadata)).map(|s| (**s).clone()).collect();
+        inv.pods = self
+            .pods
+            .state()
+            .iter()
+            .filter(|p| keep(&p.metadata))
+            .map(|p| PodInfo::from_meta(p.metadata.clone()))
+            .collect();
+        let ingress = |d: &Deployment| {
+            d.spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.labels.as_ref())
+                .is_some_and(|l| l.get("istio").is_some_and(|v| v.contains("ingressgateway")) || l.contains_key("gateway.networking.k8s.io/gateway-name"))
+        };
+        inv.deployments = self
+            .deployments
+            .state()
+            .iter()
+            .filter(|d| keep(&d.metadata) || ingress(d))
+            .map(|d| (**d).clone())
+            .collect();
+        inv.stateful_sets = self.stateful_sets.state().iter().filter(|d| keep(&d.metadata)).map(|d| (**d).clone()).collect();
+        inv.daemon_sets = self.daemon_sets.state().iter().filter(|d| keep(&d.metadata)).map(|d| (**d).clone()).collect();
+        inv.replica_sets = self
+            .replica_sets
+            .state()
+            .iter()
+            .filter(|r| keep(&r.metadata))
+            .map(|r| ReplicaSet {
+                metadata: r.metadata.clone(),
+                ..Default::default()
+            })
+            .collect();
+        let mut crds = std::collections::BTreeMap::new();
+        for c in self.crds.state() {
+            if let Some(name) = c.metadata.name.clone() {
+                let channel = c
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("gateway.networking.k8s.io/channel"))
+                    .cloned();
+                crds.insert(name, CrdInfo { channel });
+            }
+        }
+        inv.crds = Some(crds);
+        inv.config_maps = self
+            .config_maps
+            .state()
+            .iter()
+            .filter(|c| c.metadata.name.as_deref() == Some("cilium-config"))
+            .map(|c| (**c).clone())
+            .collect();
+        macro_rules! copy {
+            ($field:ident, all) => {
+                if let Some(s) = &self.$field {
+                    inv.$field = s.state().iter().map(|o| (**o).clone()).collect();
+                }
+            };
+            ($field:ident) => {
+                if let Some(s) = &self.$field {
+                    inv.$field = s.state().iter().filter(|o| keep(&o.metadata)).map(|o| (**o).clone()).collect();
+                }
+            };
+        }
+        copy!(authorization_policies);
+        copy!(peer_authentications);
+        copy!(request_authentications);
+        copy!(virtual_services, all);
+        copy!(destination_rules, all);
+        copy!(sidecars);
+        copy!(envoy_filters);
+        copy!(telemetries);
+        copy!(wasm_plugins);
+        copy!(workload_entries);
+        copy!(workload_groups);
+        copy!(service_entries);
+        copy!(gateways);
+        copy!(http_routes);
+        copy!(istios, all);
+        copy!(istio_cnis, all);
+        copy!(ztunnels, all);
+        inv
+    }
+
+    /// Probe Pods of a migration.
+    pub fn probe_pods_of(&self, migration: &str) -> Vec<Pod> {
+        self.probe_pods
+            .state()
+            .iter()
+            .filter(|p| p.metadata.labels.as_ref().and_then(|l| l.get(mn::LABEL_MIGRATION)).map(String::as_str) == Some(migration))
+            .map(|p| (**p).clone())
+            .collect()
+    }
+}

@@ -1,0 +1,338 @@
+//! One reconcile: observe (stores → Inventory) → decide (pure) → act → write status.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
+use kube::{Resource, ResourceExt};
+use meshmig_api::names as mn;
+use meshmig_api::{MeshMigration, MeshMigrationStatus, MigrationPhase, OnDelete, PlanRef};
+use meshmig_planner::{Inventory, Plan};
+use tracing::{info, warn};
+
+use crate::act::{Actor, owner_ref};
+use crate::conditions::{self, Desired};
+use crate::decide::{self, Decision, Input};
+use crate::error::Error;
+use crate::frozen;
+use crate::metrics::Metrics;
+use crate::observe::Stores;
+use crate::validate;
+
+/// Shared state of the controller.
+pub struct Ctx {
+    /// Act layer.
+    pub actor: Actor,
+    /// Reflector stores.
+    pub stores: Stores,
+    /// MeshMigrations (the controller's own store).
+    pub migrations: Store<MeshMigration>,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Frozen inventories by (uid, resourceVersion of the head ConfigMap).
+    pub frozen: Mutex<HashMap<String, (String, Arc<Inventory>)>>,
+    /// Consecutive errors per object, for backoff.
+    pub errors: Mutex<HashMap<String, u32>>,
+}
+
+fn now() -> Timestamp {
+    Timestamp::now()
+}
+
+impl Ctx {
+    async fn write_status(&self, mm: &MeshMigration, status: &MeshMigrationStatus) -> Result<(), Error> {
+        if mm.status.as_ref() == Some(status) {
+            return Ok(());
+        }
+        let api: Api<MeshMigration> = Api::all(self.actor.client.clone());
+        let patch = serde_json::json!({
+            "apiVersion": MeshMigration::api_version(&()),
+            "kind": MeshMigration::kind(&()),
+            "status": status,
+        });
+        api.patch_status(&mm.name_any(), &PatchParams::apply(mn::FIELD_MANAGER), &Patch::Apply(&patch))
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::kube(format!("write status of MeshMigration {}", mm.name_any()), e))
+    }
+
+    async fn publish(&self, mm: &MeshMigration, events: &[decide::EventNote]) {
+        let reference = mm.object_ref(&());
+        for e in events {
+            let ev = Event {
+                type_: if e.warning { EventType::Warning } else { EventType::Normal },
+                reason: e.reason.into(),
+                note: Some(e.note.chars().take(1000).collect()),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            if let Err(err) = self.recorder.publish(&ev, &reference).await {
+                warn!(error = %err, "could not publish event");
+            }
+        }
+    }
+
+    /// A status that reports a spec or environment problem without touching anything else.
+    fn stalled(mm: &MeshMigration, reason: &'static str, message: String) -> MeshMigrationStatus {
+        let old = mm.status.clone().unwrap_or_default();
+        let mut s = old.clone();
+        s.observed_generation = mm.metadata.generation;
+        s.phase = Some(MigrationPhase::Stalled);
+        let desired = [
+            Desired::new(mn::CONDITION_READY, false, reason, message.clone()),
+            Desired::new(mn::CONDITION_RECONCILING, false, reason, "waiting for a change to the spec or the cluster"),
+            Desired::new(mn::CONDITION_STALLED, true, reason, message),
+            Desired::new(mn::CONDITION_PAUSED, false, "NotPaused", "not paused"),
+            Desired::new(mn::CONDITION_ROLLED_BACK, false, "NotRolledBack", "no rollback"),
+        ];
+        s.conditions = conditions::merge(&old.conditions, &desired, mm.metadata.generation, &Time(now()));
+        s
+    }
+
+    async fn load_frozen(&self, mm: &MeshMigration, plan_ref: &PlanRef) -> Result<Arc<Inventory>, Error> {
+        let api: Api<ConfigMap> = Api::namespaced(self.actor.client.clone(), &plan_ref.namespace);
+        let head = api
+            .get_opt(&plan_ref.config_map)
+            .await
+            .map_err(|e| Error::kube(format!("get {}", plan_ref.config_map), e))?
+            .ok_or_else(|| {
+                Error::Plan(format!(
+                    "ConfigMap {}/{} holding the frozen plan is missing; roll back with {}: all, or delete and recreate the MeshMigration",
+                    plan_ref.namespace, plan_ref.config_map, mn::ANNOTATION_ROLLBACK
+                ))
+            })?;
+        let uid = mm.uid().unwrap_or_default();
+        let rv = head.resource_version().unwrap_or_default();
+        if let Ok(cache) = self.frozen.lock()
+            && let Some((cached_rv, inv)) = cache.get(&uid)
+                && *cached_rv == rv {
+                    return Ok(inv.clone());
+                }
+        let count = frozen::parts_of(&head);
+        let mut parts = vec![head];
+        for i in 1..count {
+            let name = format!("{}-p{i}", plan_ref.config_map);
+            let part = api
+                .get_opt(&name)
+                .await
+                .map_err(|e| Error::kube(format!("get {name}"), e))?
+                .ok_or_else(|| Error::Plan(format!("part {name} of the frozen plan is missing")))?;
+            parts.push(part);
+        }
+        let inv = Arc::new(frozen::decode(&parts).map_err(Error::Plan)?);
+        if let Ok(mut cache) = self.frozen.lock() {
+            cache.insert(uid, (rv, inv.clone()));
+        }
+        Ok(inv)
+    }
+
+    async fn store_frozen(&self, mm: &MeshMigration, inv: &Inventory, hash: &str) -> Result<PlanRef, Error> {
+        let ns = &self.actor.operator_namespace;
+        let cms = frozen::encode(inv, &mm.name_any(), ns, hash, owner_ref(mm)).map_err(|e| Error::Plan(e.to_string()))?;
+        let api: Api<ConfigMap> = Api::namespaced(self.actor.client.clone(), ns);
+        for cm in cms.iter().skip(1).chain(cms.first()) {
+            let name = cm.name_any();
+            // A leftover from an earlier run of the same name is replaced.
+            let _ = api.delete(&name, &Default::default()).await;
+            api.create(&PostParams::default(), cm)
+                .await
+                .map_err(|e| Error::kube(format!("store frozen plan {ns}/{name}"), e))?;
+        }
+        Ok(PlanRef {
+            namespace: ns.clone(),
+            config_map: frozen::config_map_name(&mm.name_any()),
+            spec_hash: hash.to_string(),
+            generation: mm.metadata.generation.unwrap_or(0),
+        })
+    }
+
+    async fn ensure_finalizer(&self, mm: &MeshMigration) -> Result<(), Error> {
+        if mm.finalizers().iter().any(|f| f == mn::FINALIZER) {
+            return Ok(());
+        }
+        let mut finalizers = mm.finalizers().to_vec();
+        finalizers.push(mn::FINALIZER.into());
+        let api: Api<MeshMigration> = Api::all(self.actor.client.clone());
+        let patch = serde_json::json!({"metadata": {"resourceVersion": mm.resource_version(), "finalizers": finalizers}});
+        api.patch(&mm.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::kube("add finalizer", e))
+    }
+
+    async fn remove_finalizer(&self, mm: &MeshMigration) -> Result<(), Error> {
+        let finalizers: Vec<String> = mm.finalizers().iter().filter(|f| *f != mn::FINALIZER).cloned().collect();
+        let api: Api<MeshMigration> = Api::all(self.actor.client.clone());
+        let patch = serde_json::json!({"metadata": {"resourceVersion": mm.resource_version(), "finalizers": finalizers}});
+        match api.patch(&mm.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(Error::kube("remove finalizer", e)),
+        }
+    }
+}
+
+/// Reconciles one MeshMigration.
+pub async fn reconcile(mm: Arc<MeshMigration>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(&mm, &ctx).await;
+    ctx.metrics.reconciled(&result, started.elapsed());
+    let key = mm.uid().unwrap_or_default();
+    match &result {
+        Ok(_) => {
+            if let Ok(mut e) = ctx.errors.lock() {
+                e.remove(&key);
+            }
+        }
+        Err(err) => {
+            warn!(migration = %mm.name_any(), error = %err, "reconcile failed");
+            // Make the failure visible in status, without changing progress.
+            let old = mm.status.clone().unwrap_or_default();
+            let mut s = old.clone();
+            let message = format!("{err}");
+            let stalled = !err.transient();
+            let at = Time(now());
+            conditions::set(&mut s.conditions, Desired::new(mn::CONDITION_RECONCILING, !stalled, "Error", message.clone()), mm.metadata.generation, &at);
+            conditions::set(
+                &mut s.conditions,
+                Desired::new(mn::CONDITION_STALLED, stalled, if stalled { "Error" } else { "Retrying" }, message),
+                mm.metadata.generation,
+                &at,
+            );
+            let _ = ctx.write_status(&mm, &s).await;
+        }
+    }
+    result
+}
+
+async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error> {
+    if !ctx.stores.ready() {
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
+    let name = mm.name_any();
+    let op_ns = ctx.actor.operator_namespace.clone();
+    let deleting = mm.meta().deletion_timestamp.is_some();
+    if deleting {
+        if mm.spec.on_delete.unwrap_or_default() == OnDelete::Retain || mm.status.as_ref().and_then(|s| s.plan.as_ref()).is_none() {
+            ctx.remove_finalizer(mm).await?;
+            return Ok(Action::await_change());
+        }
+    } else {
+        ctx.ensure_finalizer(mm).await?;
+    }
+
+    // ---- validate
+    let targets = ctx.stores.targets(&mm.spec, &op_ns);
+    if let Some(p) = validate::validate(mm, &targets, &op_ns) {
+        let status = Ctx::stalled(mm, p.reason, p.message);
+        ctx.write_status(mm, &status).await?;
+        return Ok(Action::await_change());
+    }
+    let others: Vec<(MeshMigration, Vec<String>)> = ctx
+        .migrations
+        .state()
+        .iter()
+        .map(|o| ((**o).clone(), ctx.stores.targets(&o.spec, &op_ns)))
+        .collect();
+    let started = mm.status.as_ref().and_then(|s| s.plan.as_ref()).is_some();
+    if !started
+        && let Some(msg) = validate::claimed_by(mm, &others, &targets) {
+            let status = Ctx::stalled(mm, "NamespaceClaimed", msg);
+            ctx.write_status(mm, &status).await?;
+            return Ok(Action::requeue(Duration::from_secs(30)));
+        }
+
+    // ---- plan: frozen once the migration left step 1, live before
+    let hash = frozen::spec_hash(&mm.spec);
+    let live = ctx.stores.inventory(&mm.spec, &targets);
+    let plan_ref = mm.status.as_ref().and_then(|s| s.plan.clone());
+    let plan: Plan = match &plan_ref {
+        Some(pr) => {
+            let rollback_requested = decide::rollback_annotation(mm).is_some() || deleting;
+            if pr.spec_hash != hash && !rollback_requested {
+                let status = Ctx::stalled(
+                    mm,
+                    "SpecChanged",
+                    format!(
+                        "spec.namespaces, namespaceSelector, ordering, controlPlane, waypoint or bypassProtection changed after the migration started; restore them, or roll back with {}: all to start over with the new spec",
+                        mn::ANNOTATION_ROLLBACK
+                    ),
+                );
+                ctx.write_status(mm, &status).await?;
+                return Ok(Action::await_change());
+            }
+            let frozen_inv = ctx.load_frozen(mm, pr).await?;
+            meshmig_planner::plan(&frozen_inv, &mm.spec, &name)
+        }
+        None => meshmig_planner::plan(&live, &mm.spec, &name),
+    };
+    let probe_pods = ctx.stores.probe_pods_of(&name);
+    let run_token = format!("{}-{}", mm.uid().unwrap_or_default().chars().take(8).collect::<String>(), hash);
+    let input = Input {
+        mm,
+        plan: &plan,
+        live: &live,
+        probe_pods: &probe_pods,
+        now: now(),
+        run_token: &run_token,
+        deleting_with_rollback: deleting,
+        operator_namespace: &op_ns,
+    };
+    let mut decision: Decision = decide::decide(&input);
+
+    // Freeze the inventory before the first change.
+    if plan_ref.is_none() && decision.status.namespaces.iter().any(|s| s.step >= 2) && decision.status.rollback.is_none() {
+        let pr = ctx.store_frozen(mm, &live, &hash).await?;
+        info!(migration = %name, config_map = %pr.config_map, "plan frozen");
+        decision.status.plan = Some(pr);
+    }
+
+    for w in &decision.work {
+        ctx.actor.run(mm, &plan, w).await?;
+    }
+    ctx.write_status(mm, &decision.status).await?;
+    ctx.publish(mm, &decision.events).await;
+    ctx.metrics.observe_status(&name, &decision.status);
+
+    if deleting {
+        if decision.status.rollback.as_ref().is_some_and(|r| r.completed) {
+            ctx.remove_finalizer(mm).await?;
+            return Ok(Action::await_change());
+        }
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
+    Ok(if decision.more {
+        Action::requeue(Duration::from_millis(100))
+    } else if decision.waiting_on_time {
+        Action::requeue(Duration::from_secs(5))
+    } else {
+        // Safety net only: every step waits on watched objects.
+        Action::requeue(Duration::from_secs(300))
+    })
+}
+
+/// Backoff on errors: 1s, 2s, 4s … capped at 2 minutes.
+pub fn error_policy(mm: Arc<MeshMigration>, err: &Error, ctx: Arc<Ctx>) -> Action {
+    let key = mm.uid().unwrap_or_default();
+    let attempts = ctx
+        .errors
+        .lock()
+        .map(|mut e| {
+            let n = e.entry(key).or_insert(0);
+            *n += 1;
+            *n
+        })
+        .unwrap_or(1);
+    let secs = 1u64 << attempts.min(7);
+    let _ = err;
+    Action::requeue(Duration::from_secs(secs.min(120)))
+}

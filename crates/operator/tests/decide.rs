@@ -1,0 +1,307 @@
+//! The state machine, driven with synthetic cluster views (no API server: `decide` is pure).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use meshmig_api::names as mn;
+use meshmig_api::{CheckResult, MeshMigration, MigrationPhase, NamespacePhase, OnFailure};
+use meshmig_operator::conditions::is_true;
+use meshmig_operator::decide::{decide, Decision, Input, Scope, Work};
+use meshmig_planner::{plan, Inventory, Plan};
+
+fn bookinfo() -> (Inventory, MeshMigration) {
+    let mut inv = Inventory::default();
+    for f in ["00-control-plane.yaml", "10-bookinfo.yaml", "20-istio.yaml", "30-migration.yaml"] {
+        let path = format!("{}/../../examples/bookinfo/{f}", env!("CARGO_MANIFEST_DIR"));
+        inv.load_str(&std::fs::read_to_string(path).unwrap(), f).unwrap();
+    }
+    inv.load_str(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: gateways.gateway.networking.k8s.io}\n---\napiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: httproutes.gateway.networking.k8s.io}\n",
+        "crds",
+    )
+    .unwrap();
+    let mut mm = inv.mesh_migrations[0].clone();
+    mm.metadata.uid = Some("uid-1".into());
+    mm.metadata.generation = Some(1);
+    mm.spec.checkpoints.probes.clear();
+    (inv, mm)
+}
+
+struct World {
+    live: Inventory,
+    mm: MeshMigration,
+    plan: Plan,
+    now: Timestamp,
+}
+
+impl World {
+    fn new() -> Self {
+        let (live, mm) = bookinfo();
+        let plan = plan(&live, &mm.spec, "bookinfo");
+        Self {
+            live,
+            mm,
+            plan,
+            now: Timestamp::from_second(1_800_000_000).unwrap(),
+        }
+    }
+
+    fn decide(&self) -> Decision {
+        decide(&Input {
+            mm: &self.mm,
+            plan: &self.plan,
+            live: &self.live,
+            probe_pods: &[],
+            now: self.now,
+            run_token: "run",
+            deleting_with_rollback: false,
+            operator_namespace: "meshmig-system",
+        })
+    }
+
+    /// Decides and adopts the resulting status, as a successful reconcile would.
+    fn step(&mut self) -> Decision {
+        let d = self.decide();
+        self.mm.status = Some(d.status.clone());
+        self.now = self.now.checked_add(SignedDuration::from_secs(1)).unwrap();
+        d
+    }
+
+    fn ns(&self) -> meshmig_api::NamespaceStatus {
+        self.mm.status.as_ref().unwrap().namespaces[0].clone()
+    }
+
+    fn annotate(&mut self, k: &str, v: &str) {
+        self.mm.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(k.into(), v.into());
+    }
+}
+
+#[test]
+fn step_one_passes_and_step_two_snapshots_before_acting() {
+    let mut w = World::new();
+    let d = w.step();
+    // Waiting -> Applying (no actions in step 1) -> Validating, in one decision.
+    assert_eq!(w.ns().phase, NamespacePhase::Validating, "{:?}", w.ns());
+    assert!(d.work.is_empty(), "step 1 changes nothing: {:?}", d.work);
+    let d = w.step();
+    // Step 1 passed; step 2 applied: snapshot first, then the actions.
+    assert_eq!(w.ns().step, 2);
+    assert_eq!(w.ns().phase, NamespacePhase::Validating);
+    let kinds: Vec<&str> = d
+        .work
+        .iter()
+        .map(|x| match x {
+            Work::Snapshot { .. } => "snapshot",
+            Work::Execute { .. } => "execute",
+            Work::CleanupProbes { .. } => "cleanup",
+            _ => "other",
+        })
+        .collect();
+    let snap = kinds.iter().position(|k| *k == "snapshot").unwrap();
+    let exec = kinds.iter().position(|k| *k == "execute").unwrap();
+    assert!(snap < exec, "{kinds:?}");
+    match &d.work[snap] {
+        Work::Snapshot { scope, step, .. } => {
+            assert_eq!(*scope, Scope::Cluster);
+            assert_eq!(*step, 2);
+        }
+        _ => unreachable!(),
+    }
+    assert!(d.events.iter().any(|e| e.reason == "StepPassed"));
+    assert!(d.events.iter().any(|e| e.reason == "StepStarted" && e.note.contains("step 2")));
+    let status = w.mm.status.as_ref().unwrap();
+    assert!(is_true(&status.conditions, mn::CONDITION_RECONCILING));
+    assert!(!is_true(&status.conditions, mn::CONDITION_READY));
+}
+
+#[test]
+fn pending_checks_stay_pending_then_time_out() {
+    let mut w = World::new();
+    w.step();
+    w.step();
+    // Step 2 waits for Sail to report Healthy: nothing in the synthetic world does.
+    let d = w.step();
+    let ns = w.ns();
+    assert_eq!(ns.phase, NamespacePhase::Validating);
+    assert!(ns.checks.iter().any(|c| c.result == CheckResult::Pending && c.message.contains("Istio default")), "{:?}", ns.checks);
+    assert!(d.waiting_on_time);
+    // Same input again: the check's transition time does not move.
+    let before = ns.checks.clone();
+    w.step();
+    assert_eq!(w.ns().checks[0].last_transition_time, before[0].last_transition_time);
+    // Past the timeout (5m in the bookinfo spec): Failed, with a Stalled condition.
+    w.now = w.now.checked_add(SignedDuration::from_mins(6)).unwrap();
+    let d = w.step();
+    let ns = w.ns();
+    assert_eq!(ns.phase, NamespacePhase::Failed);
+    assert!(ns.message.as_deref().unwrap().contains("timed out"));
+    assert!(ns.checks.iter().any(|c| c.result == CheckResult::Fail));
+    assert!(d.events.iter().any(|e| e.reason == "StepFailed" && e.warning));
+    let status = w.mm.status.as_ref().unwrap();
+    assert_eq!(status.phase, Some(MigrationPhase::Failed));
+    assert!(is_true(&status.conditions, mn::CONDITION_STALLED));
+}
+
+fn make_sail_healthy(w: &mut World) {
+    for i in &mut w.live.istios {
+        i.spec.profile = Some("ambient".into());
+        i.status = Some(serde_json::json!({"state": "Healthy"}));
+    }
+    for i in &mut w.live.istio_cnis {
+        i.spec.profile = Some("ambient".into());
+        i.status = Some(serde_json::json!({"state": "Healthy"}));
+    }
+    w.live
+        .load_str(
+            "apiVersion: sailoperator.io/v1\nkind: ZTunnel\nmetadata: {name: default}\nspec: {namespace: ztunnel}\nstatus: {state: Healthy}\n---\napiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: ztunnel, namespace: ztunnel, generation: 1}\nspec: {selector: {matchLabels: {a: b}}, template: {metadata: {labels: {a: b}}}}\nstatus: {desiredNumberScheduled: 2, numberReady: 2, numberAvailable: 2, updatedNumberScheduled: 2, currentNumberScheduled: 2, numberMisscheduled: 0, observedGeneration: 1}\n",
+            "ztunnel",
+        )
+        .unwrap();
+}
+
+#[test]
+fn on_failure_rollback_undoes_the_started_steps() {
+    let mut w = World::new();
+    w.mm.spec.on_failure = Some(OnFailure::Rollback);
+    w.step();
+    w.step();
+    w.now = w.now.checked_add(SignedDuration::from_mins(6)).unwrap();
+    // Step 2 times out: Failed, and with onFailure: Rollback the rollback starts at once.
+    let d = w.step();
+    assert!(d.work.contains(&Work::Undo { scope: Scope::Cluster, step: 2 }), "{:?}", d.work);
+    assert!(d.events.iter().any(|e| e.reason == "RollbackStarted"));
+    let d = w.step();
+    assert!(d.work.contains(&Work::DeletePlan));
+    assert!(d.work.contains(&Work::DeleteSnapshots { scope: Scope::Cluster, step: 2 }));
+    let status = w.mm.status.as_ref().unwrap();
+    assert_eq!(status.phase, Some(MigrationPhase::RolledBack));
+    assert!(is_true(&status.conditions, mn::CONDITION_ROLLED_BACK));
+    let rb = status.rollback.as_ref().unwrap();
+    assert_eq!(rb.requested_by, "onFailure");
+    assert!(rb.reason.as_deref().unwrap().contains("timed out"), "{rb:?}");
+    // Terminal: nothing more happens.
+    let d = w.step();
+    assert!(d.work.is_empty(), "{:?}", d.work);
+}
+
+#[test]
+fn pause_before_holds_a_step_until_approved_and_paused_holds() {
+    let mut w = World::new();
+    w.mm.spec.pause_before = vec![2];
+    w.step();
+    w.step();
+    let ns = w.ns();
+    assert_eq!((ns.step, ns.phase), (2, NamespacePhase::Waiting));
+    assert!(ns.message.unwrap().contains("meshmig.io/approve=2"));
+    let status = w.mm.status.as_ref().unwrap();
+    assert!(is_true(&status.conditions, mn::CONDITION_PAUSED));
+    assert_eq!(status.phase, Some(MigrationPhase::Paused));
+    // The paused annotation holds too, even once approved.
+    w.annotate(mn::ANNOTATION_APPROVE, "2");
+    w.annotate(mn::ANNOTATION_PAUSED, "true");
+    w.step();
+    assert_eq!(w.ns().phase, NamespacePhase::Waiting);
+    assert!(w.ns().message.unwrap().contains("paused"));
+    // Removing it resumes.
+    w.mm.metadata.annotations.as_mut().unwrap().remove(mn::ANNOTATION_PAUSED);
+    w.step();
+    assert_eq!((w.ns().step, w.ns().phase), (2, NamespacePhase::Validating));
+}
+
+#[test]
+fn full_run_with_a_cooperative_cluster_then_rollback_all_undoes_every_step_in_reverse() {
+    let mut w = World::new();
+    make_sail_healthy(&mut w);
+    // Run until a checkpoint needs something the synthetic world lacks.
+    for _ in 0..10 {
+        w.step();
+    }
+    let reached = w.ns().step;
+    assert!(reached >= 3, "reached step {reached}: {:?}", w.ns());
+    // Roll everything back: steps are undone highest first, step 2 (cluster) last.
+    w.annotate(mn::ANNOTATION_ROLLBACK, "all");
+    let mut undone = Vec::new();
+    for _ in 0..20 {
+        let d = w.step();
+        for x in &d.work {
+            if let Work::Undo { step, .. } = x {
+                undone.push(*step);
+            }
+        }
+        if w.mm.status.as_ref().unwrap().phase == Some(MigrationPhase::RolledBack) {
+            break;
+        }
+    }
+    let expected: Vec<u8> = (2..=reached).rev().collect();
+    assert_eq!(undone, expected);
+    let status = w.mm.status.as_ref().unwrap();
+    assert!(is_true(&status.conditions, mn::CONDITION_ROLLED_BACK));
+    assert_eq!(w.ns().phase, NamespacePhase::RolledBack);
+    assert!(status.plan.is_none());
+}
+
+#[test]
+fn barrier_holds_step_seven_until_every_namespace_finished_six() {
+    let mut w = World::new();
+    let mut status = meshmig_api::MeshMigrationStatus::default();
+    status.namespaces = vec![
+        meshmig_api::NamespaceStatus { name: "bookinfo".into(), step: 7, phase: NamespacePhase::Waiting, ..Default::default() },
+        meshmig_api::NamespaceStatus { name: "other".into(), step: 6, phase: NamespacePhase::Validating, ..Default::default() },
+    ];
+    w.plan.namespace_order.push("other".into());
+    let mut other = w.plan.namespaces[0].clone();
+    other.name = "other".into();
+    w.plan.namespaces.push(other);
+    w.mm.status = Some(status);
+    let d = w.decide();
+    let ns = &d.status.namespaces[0];
+    assert_eq!(ns.phase, NamespacePhase::Waiting);
+    assert!(ns.message.as_deref().unwrap().contains("barrier"), "{:?}", ns.message);
+}
+
+#[test]
+fn step_seven_is_guarded_by_a_programmed_waypoint() {
+    let mut w = World::new();
+    w.mm.status = Some(meshmig_api::MeshMigrationStatus {
+        namespaces: vec![meshmig_api::NamespaceStatus { name: "bookinfo".into(), step: 7, phase: NamespacePhase::Waiting, ..Default::default() }],
+        ..Default::default()
+    });
+    let d = w.decide();
+    assert_eq!(d.status.namespaces[0].phase, NamespacePhase::Waiting);
+    assert!(d.status.namespaces[0].message.as_deref().unwrap().contains("not Programmed"));
+    assert!(d.work.is_empty());
+}
+
+#[test]
+fn an_unaccepted_fail_open_window_holds_the_step_it_opens() {
+    let mut w = World::new();
+    w.plan.namespaces[0].enforcement[0].windows.push(meshmig_planner::plan::Window {
+        from_step: 9,
+        to_step: 9,
+        kind: "fail-open",
+        reason: "test window".into(),
+    });
+    w.mm.status = Some(meshmig_api::MeshMigrationStatus {
+        namespaces: vec![meshmig_api::NamespaceStatus { name: "bookinfo".into(), step: 9, phase: NamespacePhase::Waiting, ..Default::default() }],
+        ..Default::default()
+    });
+    let d = w.decide();
+    assert!(d.status.namespaces[0].message.as_deref().unwrap().contains("fail-open"), "{:?}", d.status.namespaces[0].message);
+    let policy = w.plan.namespaces[0].enforcement[0].policy.to_string();
+    w.mm.spec.accepted_findings.push(format!("enforcement-fail-open@{policy}"));
+    let d = w.decide();
+    assert_eq!(d.status.namespaces[0].phase, NamespacePhase::Validating);
+}
+
+#[test]
+fn missing_namespace_fails_step_one_with_a_message() {
+    let mut w = World::new();
+    w.live.namespaces.clear();
+    w.plan = plan(&w.live, &w.mm.spec, "bookinfo");
+    w.step();
+    let ns = w.ns();
+    assert_eq!(ns.phase, NamespacePhase::Failed);
+    assert!(ns.message.unwrap().contains("does not exist"));
+}
