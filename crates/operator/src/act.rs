@@ -47,7 +47,12 @@ pub fn resource_of(kind: &str) -> Option<(ApiResource, bool)> {
         "WasmPlugin" => ("extensions.istio.io", "v1alpha1", "wasmplugins", true),
         "Gateway" => ("gateway.networking.k8s.io", "v1", "gateways", true),
         "HTTPRoute" => ("gateway.networking.k8s.io", "v1", "httproutes", true),
-        "ReferenceGrant" => ("gateway.networking.k8s.io", "v1beta1", "referencegrants", true),
+        "ReferenceGrant" => (
+            "gateway.networking.k8s.io",
+            "v1beta1",
+            "referencegrants",
+            true,
+        ),
         "Istio" => ("sailoperator.io", "v1", "istios", false),
         "IstioCNI" => ("sailoperator.io", "v1", "istiocnis", false),
         "ZTunnel" => ("sailoperator.io", "v1", "ztunnels", false),
@@ -67,7 +72,8 @@ fn is_conflict(e: &kube::Error) -> bool {
 
 impl Actor {
     fn api(&self, o: &ObjectRef) -> Result<Api<DynamicObject>, Error> {
-        let (ar, namespaced) = resource_of(&o.kind).ok_or_else(|| Error::Unsupported(o.to_string()))?;
+        let (ar, namespaced) =
+            resource_of(&o.kind).ok_or_else(|| Error::Unsupported(o.to_string()))?;
         Ok(if namespaced {
             Api::namespaced_with(self.client.clone(), o.ns(), &ar)
         } else {
@@ -117,7 +123,8 @@ impl Actor {
 
     async fn create(&self, manifest: &Value) -> Result<(), Error> {
         let o = object_ref(manifest);
-        let obj: DynamicObject = serde_json::from_value(manifest.clone()).map_err(|e| Error::Invalid(format!("{o}: {e}")))?;
+        let obj: DynamicObject = serde_json::from_value(manifest.clone())
+            .map_err(|e| Error::Invalid(format!("{o}: {e}")))?;
         match self.api(&o)?.create(&PostParams::default(), &obj).await {
             Ok(_) => Ok(()),
             Err(e) if is_conflict(&e) => Ok(()),
@@ -128,7 +135,11 @@ impl Actor {
     /// Carries out one work item.
     pub async fn run(&self, mm: &MeshMigration, plan: &Plan, w: &Work) -> Result<(), Error> {
         match w {
-            Work::Snapshot { scope, step, actions } => self.snapshot(mm, plan, scope, *step, actions).await,
+            Work::Snapshot {
+                scope,
+                step,
+                actions,
+            } => self.snapshot(mm, plan, scope, *step, actions).await,
             Work::Execute { actions, .. } => {
                 for a in actions {
                     self.execute(plan, a).await?;
@@ -141,13 +152,21 @@ impl Actor {
                 match api.create(&PostParams::default(), pod).await {
                     Ok(_) => Ok(()),
                     Err(e) if is_conflict(&e) => Ok(()),
-                    Err(e) => Err(Error::kube(format!("create probe Pod {ns}/{}", pod.name_any()), e)),
+                    Err(e) => Err(Error::kube(
+                        format!("create probe Pod {ns}/{}", pod.name_any()),
+                        e,
+                    )),
                 }
             }
-            Work::CleanupProbes { namespace, step } => self.cleanup_probes(mm, namespace, *step).await,
+            Work::CleanupProbes { namespace, step } => {
+                self.cleanup_probes(mm, namespace, *step).await
+            }
             Work::Undo { scope, step } => self.undo(mm, scope, *step).await,
             Work::DeleteSnapshots { scope, step } => {
-                let ns = scope.namespace().unwrap_or(&self.operator_namespace).to_string();
+                let ns = scope
+                    .namespace()
+                    .unwrap_or(&self.operator_namespace)
+                    .to_string();
                 let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
                 let selector = format!(
                     "{}={},{}={step},{}=true",
@@ -170,24 +189,53 @@ impl Actor {
             }
             Work::DeletePlan => {
                 let name = crate::frozen::config_map_name(&mm.name_any());
-                let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.operator_namespace);
+                let api: Api<ConfigMap> =
+                    Api::namespaced(self.client.clone(), &self.operator_namespace);
                 let heads = api
-                    .list(&ListParams::default().labels(&format!("{}={}", mn::LABEL_MIGRATION, mm.name_any())))
+                    .list(&ListParams::default().labels(&format!(
+                        "{}={}",
+                        mn::LABEL_MIGRATION,
+                        mm.name_any()
+                    )))
                     .await
                     .map_err(|e| Error::kube("list plan ConfigMaps", e))?;
-                for cm in heads.into_iter().filter(|c| c.name_any().starts_with(&name)) {
-                    self.delete(&ObjectRef::new("ConfigMap", Some(&self.operator_namespace), &cm.name_any())).await?;
+                for cm in heads
+                    .into_iter()
+                    .filter(|c| c.name_any().starts_with(&name))
+                {
+                    self.delete(&ObjectRef::new(
+                        "ConfigMap",
+                        Some(&self.operator_namespace),
+                        &cm.name_any(),
+                    ))
+                    .await?;
                 }
                 Ok(())
             }
         }
     }
 
-    async fn cleanup_probes(&self, mm: &MeshMigration, validated: &str, step: StepNumber) -> Result<(), Error> {
-        let mut namespaces: Vec<&str> = mm.spec.checkpoints.probes.iter().map(|p| p.from_namespace.as_str()).collect();
+    async fn cleanup_probes(
+        &self,
+        mm: &MeshMigration,
+        validated: &str,
+        step: StepNumber,
+    ) -> Result<(), Error> {
+        let mut namespaces: Vec<&str> = mm
+            .spec
+            .checkpoints
+            .probes
+            .iter()
+            .map(|p| p.from_namespace.as_str())
+            .collect();
         namespaces.sort_unstable();
         namespaces.dedup();
-        let selector = format!("{}={},{}={step}", mn::LABEL_MIGRATION, mm.name_any(), mn::LABEL_STEP);
+        let selector = format!(
+            "{}={},{}={step}",
+            mn::LABEL_MIGRATION,
+            mm.name_any(),
+            mn::LABEL_STEP
+        );
         for ns in namespaces {
             let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
             let pods = match api.list(&ListParams::default().labels(&selector)).await {
@@ -196,8 +244,12 @@ impl Actor {
                 Err(e) => return Err(Error::kube(format!("list probe Pods in {ns}"), e)),
             };
             let marker = format!("{validated}/step{step}");
-            for p in pods.into_iter().filter(|p| p.annotations().get("meshmig.io/validates") == Some(&marker)) {
-                self.delete(&ObjectRef::new("Pod", Some(ns), &p.name_any())).await?;
+            for p in pods
+                .into_iter()
+                .filter(|p| p.annotations().get("meshmig.io/validates") == Some(&marker))
+            {
+                self.delete(&ObjectRef::new("Pod", Some(ns), &p.name_any()))
+                    .await?;
             }
         }
         Ok(())
@@ -208,14 +260,18 @@ impl Actor {
         debug!(op = ?a.op, object = %o, "execute");
         match a.op {
             Op::Verify | Op::Prepare => Ok(()),
-            Op::Patch => self.merge_patch(o, a.patch.clone().unwrap_or(Value::Null)).await,
+            Op::Patch => {
+                self.merge_patch(o, a.patch.clone().unwrap_or(Value::Null))
+                    .await
+            }
             Op::Create | Op::Apply => {
                 let manifest = match (a.manifest, &a.patch) {
                     (Some(i), _) => plan.manifests.get(i).cloned(),
                     (None, Some(p)) => Some(p.clone()),
                     _ => None,
                 };
-                let mut manifest = manifest.ok_or_else(|| Error::Invalid(format!("no manifest for {o}")))?;
+                let mut manifest =
+                    manifest.ok_or_else(|| Error::Invalid(format!("no manifest for {o}")))?;
                 if o.kind == "ZTunnel" {
                     add_labels(&mut manifest, &plan.migration);
                 }
@@ -223,18 +279,26 @@ impl Actor {
             }
             Op::Label => {
                 let key = a.key.clone().unwrap_or_default();
-                self.merge_patch(o, json!({"metadata": {"labels": {key: a.value}}})).await
+                self.merge_patch(o, json!({"metadata": {"labels": {key: a.value}}}))
+                    .await
             }
             Op::Unlabel => {
                 let key = a.key.clone().unwrap_or_default();
-                match self.merge_patch(o, json!({"metadata": {"labels": {key: null}}})).await {
+                match self
+                    .merge_patch(o, json!({"metadata": {"labels": {key: null}}}))
+                    .await
+                {
                     Err(Error::Kube { source, .. }) if is_not_found(source.as_ref()) => Ok(()),
                     r => r,
                 }
             }
             Op::UnlabelTemplate => {
                 let key = a.key.clone().unwrap_or_default();
-                self.merge_patch(o, json!({"spec": {"template": {"metadata": {"labels": {key: null}}}}})).await
+                self.merge_patch(
+                    o,
+                    json!({"spec": {"template": {"metadata": {"labels": {key: null}}}}}),
+                )
+                .await
             }
             Op::Restart => {
                 // The token is derived from the plan and step, so re-running is a no-op.
@@ -244,7 +308,9 @@ impl Actor {
             }
             Op::Delete => self.delete(o).await,
             Op::RemoveMeshGateway => {
-                let Some(vs) = self.get(o).await? else { return Ok(()) };
+                let Some(vs) = self.get(o).await? else {
+                    return Ok(());
+                };
                 let gateways: Vec<Value> = vs
                     .data
                     .pointer("/spec/gateways")
@@ -255,13 +321,24 @@ impl Actor {
                     return Ok(());
                 }
                 let kept: Vec<Value> = gateways.into_iter().filter(|g| g != "mesh").collect();
-                self.merge_patch(o, json!({"spec": {"gateways": kept}})).await
+                self.merge_patch(o, json!({"spec": {"gateways": kept}}))
+                    .await
             }
         }
     }
 
-    async fn snapshot(&self, mm: &MeshMigration, plan: &Plan, scope: &Scope, step: StepNumber, actions: &[Action]) -> Result<(), Error> {
-        let ns = scope.namespace().unwrap_or(&self.operator_namespace).to_string();
+    async fn snapshot(
+        &self,
+        mm: &MeshMigration,
+        plan: &Plan,
+        scope: &Scope,
+        step: StepNumber,
+        actions: &[Action],
+    ) -> Result<(), Error> {
+        let ns = scope
+            .namespace()
+            .unwrap_or(&self.operator_namespace)
+            .to_string();
         let head = snapshot::config_map_name(&mm.name_any(), step);
         let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
         match cms.get_opt(&head).await {
@@ -276,40 +353,74 @@ impl Actor {
                 Op::Verify | Op::Prepare => continue,
                 _ => self.get(&o).await?,
             };
-            let data = current.as_ref().map(|c| serde_json::to_value(c).unwrap_or(Value::Null));
+            let data = current
+                .as_ref()
+                .map(|c| serde_json::to_value(c).unwrap_or(Value::Null));
             let label = |d: &Option<Value>, path: &str, key: &str| -> Option<String> {
-                d.as_ref()?.pointer(path)?.get(key)?.as_str().map(str::to_string)
+                d.as_ref()?
+                    .pointer(path)?
+                    .get(key)?
+                    .as_str()
+                    .map(str::to_string)
             };
             let entry = match a.op {
                 Op::Patch => Entry::SailSpec {
                     object: o,
-                    profile: data.as_ref().and_then(|d| d.pointer("/spec/profile")).cloned(),
-                    values: data.as_ref().and_then(|d| d.pointer("/spec/values")).cloned(),
+                    profile: data
+                        .as_ref()
+                        .and_then(|d| d.pointer("/spec/profile"))
+                        .cloned(),
+                    values: data
+                        .as_ref()
+                        .and_then(|d| d.pointer("/spec/values"))
+                        .cloned(),
                 },
                 Op::Create | Op::Apply => {
-                    let manifest = a.manifest.and_then(|i| plan.manifests.get(i)).or(a.patch.as_ref());
+                    let manifest = a
+                        .manifest
+                        .and_then(|i| plan.manifests.get(i))
+                        .or(a.patch.as_ref());
                     Entry::Create {
-                        api_version: manifest.and_then(|m| m.get("apiVersion")).and_then(Value::as_str).unwrap_or_default().to_string(),
+                        api_version: manifest
+                            .and_then(|m| m.get("apiVersion"))
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
                         object: o,
                         existed: current.is_some(),
                     }
                 }
                 Op::Label | Op::Unlabel => Entry::Label {
                     key: a.key.clone().unwrap_or_default(),
-                    previous: label(&data, "/metadata/labels", a.key.as_deref().unwrap_or_default()),
+                    previous: label(
+                        &data,
+                        "/metadata/labels",
+                        a.key.as_deref().unwrap_or_default(),
+                    ),
                     object: o,
                 },
                 Op::UnlabelTemplate => Entry::TemplateLabel {
                     key: a.key.clone().unwrap_or_default(),
-                    previous: label(&data, "/spec/template/metadata/labels", a.key.as_deref().unwrap_or_default()),
+                    previous: label(
+                        &data,
+                        "/spec/template/metadata/labels",
+                        a.key.as_deref().unwrap_or_default(),
+                    ),
                     object: o,
                 },
                 Op::Restart => Entry::Restart {
-                    previous: label(&data, "/spec/template/metadata/annotations", mn::ANNOTATION_RESTARTED_AT),
+                    previous: label(
+                        &data,
+                        "/spec/template/metadata/annotations",
+                        mn::ANNOTATION_RESTARTED_AT,
+                    ),
                     object: o,
                 },
                 Op::Delete => match data {
-                    Some(d) => Entry::Delete { object: o, manifest: snapshot::strip_server_fields(d) },
+                    Some(d) => Entry::Delete {
+                        object: o,
+                        manifest: snapshot::strip_server_fields(d),
+                    },
                     None => continue,
                 },
                 Op::RemoveMeshGateway => Entry::Gateways {
@@ -330,13 +441,19 @@ impl Actor {
             entries,
         };
         let owner = owner_ref(mm);
-        let parts = snapshot::encode(&snap, &ns, owner).map_err(|e| Error::Invalid(e.to_string()))?;
+        let parts =
+            snapshot::encode(&snap, &ns, owner).map_err(|e| Error::Invalid(e.to_string()))?;
         // Parts first, head last: the head's existence marks a complete snapshot.
         for cm in parts.iter().skip(1).chain(parts.first()) {
             match cms.create(&PostParams::default(), cm).await {
                 Ok(_) => {}
                 Err(e) if is_conflict(&e) => {}
-                Err(e) => return Err(Error::kube(format!("create snapshot {ns}/{}", cm.name_any()), e)),
+                Err(e) => {
+                    return Err(Error::kube(
+                        format!("create snapshot {ns}/{}", cm.name_any()),
+                        e,
+                    ));
+                }
             }
         }
         info!(migration = %mm.name_any(), step, namespace = %ns, entries = snap.entries.len(), "snapshot taken");
@@ -344,20 +461,38 @@ impl Actor {
     }
 
     /// Reads a snapshot; `None` when its head does not exist.
-    pub async fn read_snapshot(&self, mm: &MeshMigration, scope: &Scope, step: StepNumber) -> Result<Option<Snapshot>, Error> {
-        let ns = scope.namespace().unwrap_or(&self.operator_namespace).to_string();
+    pub async fn read_snapshot(
+        &self,
+        mm: &MeshMigration,
+        scope: &Scope,
+        step: StepNumber,
+    ) -> Result<Option<Snapshot>, Error> {
+        let ns = scope
+            .namespace()
+            .unwrap_or(&self.operator_namespace)
+            .to_string();
         let head_name = snapshot::config_map_name(&mm.name_any(), step);
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
-        let Some(head) = api.get_opt(&head_name).await.map_err(|e| Error::kube(format!("get snapshot {ns}/{head_name}"), e))? else {
+        let Some(head) = api
+            .get_opt(&head_name)
+            .await
+            .map_err(|e| Error::kube(format!("get snapshot {ns}/{head_name}"), e))?
+        else {
             return Ok(None);
         };
         let count = snapshot::parts_of(&head);
         let mut parts = vec![Some(head)];
         for i in 1..count {
             let name = snapshot::part_name(&head_name, i);
-            parts.push(api.get_opt(&name).await.map_err(|e| Error::kube(format!("get snapshot {ns}/{name}"), e))?);
+            parts.push(
+                api.get_opt(&name)
+                    .await
+                    .map_err(|e| Error::kube(format!("get snapshot {ns}/{name}"), e))?,
+            );
         }
-        snapshot::decode(&parts).map(Some).map_err(|e| Error::Snapshot(e.to_string()))
+        snapshot::decode(&parts)
+            .map(Some)
+            .map_err(|e| Error::Snapshot(e.to_string()))
     }
 
     async fn undo(&self, mm: &MeshMigration, scope: &Scope, step: StepNumber) -> Result<(), Error> {
@@ -375,7 +510,9 @@ impl Actor {
 
     async fn undo_entry(&self, mm: &MeshMigration, e: &Entry) -> Result<(), Error> {
         match e {
-            Entry::Create { object, existed, .. } => {
+            Entry::Create {
+                object, existed, ..
+            } => {
                 if *existed {
                     return Ok(());
                 }
@@ -390,17 +527,30 @@ impl Actor {
                 }
                 Ok(())
             }
-            Entry::Label { object, key, previous } => {
+            Entry::Label {
+                object,
+                key,
+                previous,
+            } => {
                 if self.get(object).await?.is_none() {
                     return Ok(());
                 }
-                self.merge_patch(object, json!({"metadata": {"labels": {key: previous}}})).await
+                self.merge_patch(object, json!({"metadata": {"labels": {key: previous}}}))
+                    .await
             }
-            Entry::TemplateLabel { object, key, previous } => {
+            Entry::TemplateLabel {
+                object,
+                key,
+                previous,
+            } => {
                 if self.get(object).await?.is_none() {
                     return Ok(());
                 }
-                self.merge_patch(object, json!({"spec": {"template": {"metadata": {"labels": {key: previous}}}}})).await
+                self.merge_patch(
+                    object,
+                    json!({"spec": {"template": {"metadata": {"labels": {key: previous}}}}}),
+                )
+                .await
             }
             Entry::Restart { object, previous } => {
                 if self.get(object).await?.is_none() {
@@ -415,8 +565,14 @@ impl Actor {
                 }
                 self.create(manifest).await
             }
-            Entry::SailSpec { object, profile, values } => {
-                let Some(current) = self.get(object).await? else { return Ok(()) };
+            Entry::SailSpec {
+                object,
+                profile,
+                values,
+            } => {
+                let Some(current) = self.get(object).await? else {
+                    return Ok(());
+                };
                 let mut ops = Vec::new();
                 for (path, prev) in [("/spec/profile", profile), ("/spec/values", values)] {
                     let exists = current.data.pointer(path).is_some();
@@ -429,7 +585,8 @@ impl Actor {
                 if ops.is_empty() {
                     return Ok(());
                 }
-                let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops)).map_err(|e| Error::Invalid(e.to_string()))?;
+                let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))
+                    .map_err(|e| Error::Invalid(e.to_string()))?;
                 let pp = PatchParams {
                     field_manager: Some(mn::FIELD_MANAGER.into()),
                     ..Default::default()
@@ -444,12 +601,12 @@ impl Actor {
                 if self.get(object).await?.is_none() {
                     return Ok(());
                 }
-                self.merge_patch(object, json!({"spec": {"gateways": previous}})).await
+                self.merge_patch(object, json!({"spec": {"gateways": previous}}))
+                    .await
             }
         }
     }
 }
-
 
 fn add_labels(manifest: &mut Value, migration: &str) {
     if let Some(meta) = manifest.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -498,12 +655,29 @@ mod tests {
     #[test]
     fn every_kind_the_planner_acts_on_is_known() {
         for k in [
-            "Namespace", "Service", "Deployment", "StatefulSet", "DaemonSet", "AuthorizationPolicy",
-            "RequestAuthentication", "Telemetry", "WasmPlugin", "VirtualService", "DestinationRule",
-            "Gateway", "HTTPRoute", "ReferenceGrant", "Istio", "IstioCNI", "ZTunnel",
+            "Namespace",
+            "Service",
+            "Deployment",
+            "StatefulSet",
+            "DaemonSet",
+            "AuthorizationPolicy",
+            "RequestAuthentication",
+            "Telemetry",
+            "WasmPlugin",
+            "VirtualService",
+            "DestinationRule",
+            "Gateway",
+            "HTTPRoute",
+            "ReferenceGrant",
+            "Istio",
+            "IstioCNI",
+            "ZTunnel",
         ] {
             assert!(resource_of(k).is_some(), "{k}");
         }
-        assert!(resource_of("Secret").is_none(), "meshmig never touches Secrets");
+        assert!(
+            resource_of("Secret").is_none(),
+            "meshmig never touches Secrets"
+        );
     }
 }

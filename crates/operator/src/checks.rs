@@ -60,7 +60,11 @@ pub struct CheckInput<'a> {
 }
 
 /// The step's actions of an op.
-fn actions(ns: &NamespacePlan, step: StepNumber, op: Op) -> impl Iterator<Item = &meshmig_planner::plan::Action> {
+fn actions(
+    ns: &NamespacePlan,
+    step: StepNumber,
+    op: Op,
+) -> impl Iterator<Item = &meshmig_planner::plan::Action> {
     ns.steps
         .iter()
         .filter(move |s| s.number == step)
@@ -70,7 +74,8 @@ fn actions(ns: &NamespacePlan, step: StepNumber, op: Op) -> impl Iterator<Item =
 
 fn find_deployment<'a>(live: &'a Inventory, o: &ObjectRef) -> Option<&'a Deployment> {
     live.deployments.iter().find(|d| {
-        d.metadata.namespace.as_deref() == o.namespace.as_deref() && d.metadata.name.as_deref() == Some(&o.name)
+        d.metadata.namespace.as_deref() == o.namespace.as_deref()
+            && d.metadata.name.as_deref() == Some(&o.name)
     })
 }
 
@@ -112,7 +117,10 @@ pub fn rollout_complete(live: &Inventory, o: &ObjectRef, token: &str) -> Result<
             let s: &StatefulSet = live
                 .stateful_sets
                 .iter()
-                .find(|d| d.metadata.namespace == o.namespace && d.metadata.name.as_deref() == Some(&o.name))
+                .find(|d| {
+                    d.metadata.namespace == o.namespace
+                        && d.metadata.name.as_deref() == Some(&o.name)
+                })
                 .ok_or_else(|| format!("{o} not found"))?;
             let spec = s.spec.as_ref().ok_or_else(|| format!("{o} has no spec"))?;
             if template_annotation(Some(&spec.template)) != Some(token) {
@@ -124,7 +132,10 @@ pub fn rollout_complete(live: &Inventory, o: &ObjectRef, token: &str) -> Result<
                 || st.update_revision != st.current_revision
                 || st.ready_replicas.unwrap_or(0) < want
             {
-                return Err(format!("{o}: {}/{want} ready on the new revision", st.ready_replicas.unwrap_or(0)));
+                return Err(format!(
+                    "{o}: {}/{want} ready on the new revision",
+                    st.ready_replicas.unwrap_or(0)
+                ));
             }
             Ok(())
         }
@@ -132,7 +143,10 @@ pub fn rollout_complete(live: &Inventory, o: &ObjectRef, token: &str) -> Result<
             let s: &DaemonSet = live
                 .daemon_sets
                 .iter()
-                .find(|d| d.metadata.namespace == o.namespace && d.metadata.name.as_deref() == Some(&o.name))
+                .find(|d| {
+                    d.metadata.namespace == o.namespace
+                        && d.metadata.name.as_deref() == Some(&o.name)
+                })
                 .ok_or_else(|| format!("{o} not found"))?;
             let spec = s.spec.as_ref().ok_or_else(|| format!("{o} has no spec"))?;
             if template_annotation(Some(&spec.template)) != Some(token) {
@@ -148,7 +162,11 @@ pub fn rollout_complete(live: &Inventory, o: &ObjectRef, token: &str) -> Result<
 /// out (no old or unavailable replicas).
 pub fn namespace_settled(live: &Inventory, ns: &str) -> Result<(), String> {
     let mut busy = Vec::new();
-    for d in live.deployments.iter().filter(|d| d.metadata.namespace.as_deref() == Some(ns)) {
+    for d in live
+        .deployments
+        .iter()
+        .filter(|d| d.metadata.namespace.as_deref() == Some(ns))
+    {
         let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let st = d.status.clone().unwrap_or_default();
         if st.observed_generation.unwrap_or(0) < d.metadata.generation.unwrap_or(0)
@@ -156,22 +174,43 @@ pub fn namespace_settled(live: &Inventory, ns: &str) -> Result<(), String> {
             || st.available_replicas.unwrap_or(0) < want
             || st.replicas.unwrap_or(0) > want
         {
-            busy.push(format!("Deployment {ns}/{}", d.metadata.name.as_deref().unwrap_or_default()));
+            busy.push(format!(
+                "Deployment {ns}/{}",
+                d.metadata.name.as_deref().unwrap_or_default()
+            ));
         }
     }
-    for s in live.stateful_sets.iter().filter(|d| d.metadata.namespace.as_deref() == Some(ns)) {
+    for s in live
+        .stateful_sets
+        .iter()
+        .filter(|d| d.metadata.namespace.as_deref() == Some(ns))
+    {
         let want = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let st = s.status.clone().unwrap_or_default();
         if st.observed_generation.unwrap_or(0) < s.metadata.generation.unwrap_or(0)
             || st.update_revision != st.current_revision
             || st.ready_replicas.unwrap_or(0) < want
         {
-            busy.push(format!("StatefulSet {ns}/{}", s.metadata.name.as_deref().unwrap_or_default()));
+            busy.push(format!(
+                "StatefulSet {ns}/{}",
+                s.metadata.name.as_deref().unwrap_or_default()
+            ));
         }
     }
-    for d in live.daemon_sets.iter().filter(|d| d.metadata.namespace.as_deref() == Some(ns)) {
-        if daemonset_ready(d).is_err() && d.status.as_ref().is_some_and(|s| s.desired_number_scheduled > 0) {
-            busy.push(format!("DaemonSet {ns}/{}", d.metadata.name.as_deref().unwrap_or_default()));
+    for d in live
+        .daemon_sets
+        .iter()
+        .filter(|d| d.metadata.namespace.as_deref() == Some(ns))
+    {
+        if daemonset_ready(d).is_err()
+            && d.status
+                .as_ref()
+                .is_some_and(|s| s.desired_number_scheduled > 0)
+        {
+            busy.push(format!(
+                "DaemonSet {ns}/{}",
+                d.metadata.name.as_deref().unwrap_or_default()
+            ));
         }
     }
     if busy.is_empty() {
@@ -193,29 +232,62 @@ fn daemonset_ready(s: &DaemonSet) -> Result<(), String> {
     let updated = st.updated_number_scheduled.unwrap_or(0);
     let available = st.number_available.unwrap_or(0);
     if updated < desired || available < desired || st.number_ready < desired {
-        return Err(format!("{}/{desired} nodes ready", st.number_ready.min(available)));
+        return Err(format!(
+            "{}/{desired} nodes ready",
+            st.number_ready.min(available)
+        ));
     }
     Ok(())
 }
 
-fn sail<'a>(live: &'a Inventory, kind: &str, name: &str) -> Option<(&'a Option<String>, Option<&'a Value>)> {
+fn sail<'a>(
+    live: &'a Inventory,
+    kind: &str,
+    name: &str,
+) -> Option<(&'a Option<String>, Option<&'a Value>)> {
     match kind {
-        "Istio" => live.istios.iter().find(|i| i.metadata.name.as_deref() == Some(name)).map(|i| (&i.spec.profile, i.status.as_ref())),
-        "IstioCNI" => live.istio_cnis.iter().find(|i| i.metadata.name.as_deref() == Some(name)).map(|i| (&i.spec.profile, i.status.as_ref())),
-        _ => live.ztunnels.iter().find(|i| i.metadata.name.as_deref() == Some(name)).map(|i| (&i.spec.profile, i.status.as_ref())),
+        "Istio" => live
+            .istios
+            .iter()
+            .find(|i| i.metadata.name.as_deref() == Some(name))
+            .map(|i| (&i.spec.profile, i.status.as_ref())),
+        "IstioCNI" => live
+            .istio_cnis
+            .iter()
+            .find(|i| i.metadata.name.as_deref() == Some(name))
+            .map(|i| (&i.spec.profile, i.status.as_ref())),
+        _ => live
+            .ztunnels
+            .iter()
+            .find(|i| i.metadata.name.as_deref() == Some(name))
+            .map(|i| (&i.spec.profile, i.status.as_ref())),
     }
 }
 
-fn sail_check(live: &Inventory, check: &str, kind: &str, name: &str, want_ambient: bool) -> Outcome {
+fn sail_check(
+    live: &Inventory,
+    check: &str,
+    kind: &str,
+    name: &str,
+    want_ambient: bool,
+) -> Outcome {
     match sail(live, kind, name) {
         None => Outcome::pending(check, format!("{kind} {name} not found yet")),
         Some((profile, status)) => {
             if want_ambient && profile.as_deref() != Some("ambient") {
-                return Outcome::pending(check, format!("{kind} {name}: spec.profile is {:?}, waiting for ambient", profile.as_deref().unwrap_or("")));
+                return Outcome::pending(
+                    check,
+                    format!(
+                        "{kind} {name}: spec.profile is {:?}, waiting for ambient",
+                        profile.as_deref().unwrap_or("")
+                    ),
+                );
             }
             match sail_state(status) {
                 Some("Healthy") => Outcome::pass(check, format!("{kind} {name} is Healthy")),
-                Some(other) => Outcome::pending(check, format!("{kind} {name}: status.state is {other}")),
+                Some(other) => {
+                    Outcome::pending(check, format!("{kind} {name}: status.state is {other}"))
+                }
                 None => Outcome::pending(check, format!("{kind} {name}: no status yet")),
             }
         }
@@ -223,11 +295,9 @@ fn sail_check(live: &Inventory, check: &str, kind: &str, name: &str, want_ambien
 }
 
 fn daemonset_check(live: &Inventory, check: &str, ns: &str, name: &str) -> Outcome {
-    match live
-        .daemon_sets
-        .iter()
-        .find(|d| d.metadata.namespace.as_deref() == Some(ns) && d.metadata.name.as_deref() == Some(name))
-    {
+    match live.daemon_sets.iter().find(|d| {
+        d.metadata.namespace.as_deref() == Some(ns) && d.metadata.name.as_deref() == Some(name)
+    }) {
         None => Outcome::pending(check, format!("DaemonSet {ns}/{name} not found yet")),
         Some(d) => match daemonset_ready(d) {
             Ok(()) => Outcome::pass(check, format!("DaemonSet {ns}/{name} ready on every node")),
@@ -256,17 +326,30 @@ fn waypoint_checks(inp: &CheckInput<'_>, out: &mut Vec<Outcome>, programmed_name
         g.metadata.namespace.as_deref() == Some(ns) && g.metadata.name.as_deref() == Some(&wp.name)
     });
     match gw {
-        None => out.push(Outcome::pending(programmed_name, format!("Gateway {ns}/{} not found yet", wp.name))),
+        None => out.push(Outcome::pending(
+            programmed_name,
+            format!("Gateway {ns}/{} not found yet", wp.name),
+        )),
         Some(g) => {
             let status = serde_json::to_value(&g.status).ok();
             let programmed = condition_true(status.as_ref(), "Programmed") == Some(true);
-            let addresses = g.status.as_ref().and_then(|s| s.addresses.as_ref()).is_some_and(|a| !a.is_empty());
+            let addresses = g
+                .status
+                .as_ref()
+                .and_then(|s| s.addresses.as_ref())
+                .is_some_and(|a| !a.is_empty());
             if programmed && addresses {
-                out.push(Outcome::pass(programmed_name, format!("Gateway {ns}/{} is Programmed with an address", wp.name)));
+                out.push(Outcome::pass(
+                    programmed_name,
+                    format!("Gateway {ns}/{} is Programmed with an address", wp.name),
+                ));
             } else {
                 out.push(Outcome::pending(
                     programmed_name,
-                    format!("Gateway {ns}/{}: Programmed={programmed}, addresses set={addresses}", wp.name),
+                    format!(
+                        "Gateway {ns}/{}: Programmed={programmed}, addresses set={addresses}",
+                        wp.name
+                    ),
                 ));
             }
         }
@@ -278,18 +361,46 @@ fn probes(inp: &CheckInput<'_>, out: &mut Vec<Outcome>) {
         out.push(Outcome::pass("probes", "no probes for this checkpoint"));
         return;
     }
-    let failed: Vec<&(String, CheckResult, String)> = inp.probes.iter().filter(|p| p.1 == CheckResult::Fail).collect();
-    let pending: Vec<&(String, CheckResult, String)> = inp.probes.iter().filter(|p| p.1 == CheckResult::Pending).collect();
+    let failed: Vec<&(String, CheckResult, String)> = inp
+        .probes
+        .iter()
+        .filter(|p| p.1 == CheckResult::Fail)
+        .collect();
+    let pending: Vec<&(String, CheckResult, String)> = inp
+        .probes
+        .iter()
+        .filter(|p| p.1 == CheckResult::Pending)
+        .collect();
     if !failed.is_empty() {
-        out.push(Outcome::fail("probes", failed.iter().map(|p| p.2.as_str()).collect::<Vec<_>>().join("; ")));
+        out.push(Outcome::fail(
+            "probes",
+            failed
+                .iter()
+                .map(|p| p.2.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ));
     } else if !pending.is_empty() {
-        out.push(Outcome::pending("probes", pending.iter().map(|p| p.2.as_str()).collect::<Vec<_>>().join("; ")));
+        out.push(Outcome::pending(
+            "probes",
+            pending
+                .iter()
+                .map(|p| p.2.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ));
     } else {
-        out.push(Outcome::pass("probes", format!("{} probe(s) passed", inp.probes.len())));
+        out.push(Outcome::pass(
+            "probes",
+            format!("{} probe(s) passed", inp.probes.len()),
+        ));
     }
 }
 
-fn pods_in<'a>(live: &'a Inventory, ns: &'a str) -> impl Iterator<Item = &'a meshmig_planner::PodInfo> {
+fn pods_in<'a>(
+    live: &'a Inventory,
+    ns: &'a str,
+) -> impl Iterator<Item = &'a meshmig_planner::PodInfo> {
     live.pods.iter().filter(move |p| {
         p.metadata.namespace.as_deref() == Some(ns)
             && p.metadata.deletion_timestamp.is_none()
@@ -304,10 +415,16 @@ fn exists(live: &Inventory, o: &ObjectRef) -> bool {
     };
     match o.kind.as_str() {
         "Service" => live.services.iter().any(|x| same(&x.metadata)),
-        "AuthorizationPolicy" => live.authorization_policies.iter().any(|x| same(&x.metadata)),
+        "AuthorizationPolicy" => live
+            .authorization_policies
+            .iter()
+            .any(|x| same(&x.metadata)),
         "DestinationRule" => live.destination_rules.iter().any(|x| same(&x.metadata)),
         "VirtualService" => live.virtual_services.iter().any(|x| same(&x.metadata)),
-        "RequestAuthentication" => live.request_authentications.iter().any(|x| same(&x.metadata)),
+        "RequestAuthentication" => live
+            .request_authentications
+            .iter()
+            .any(|x| same(&x.metadata)),
         "Telemetry" => live.telemetries.iter().any(|x| same(&x.metadata)),
         "WasmPlugin" => live.wasm_plugins.iter().any(|x| same(&x.metadata)),
         "Gateway" => live.gateways.iter().any(|x| same(&x.metadata)),
@@ -326,28 +443,50 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
     if ns_obj.is_none() {
         out.push(Outcome::fail(
             "namespace-exists",
-            format!("Namespace {ns} does not exist (deleted?); recreate it or roll the migration back"),
+            format!(
+                "Namespace {ns} does not exist (deleted?); recreate it or roll the migration back"
+            ),
         ));
         return out;
     }
     match step {
         1 => {
             let (facts, findings) = meshmig_planner::cluster::analyze(live, inp.spec);
-            match facts.version.as_deref().and_then(meshmig_planner::cluster::parse_version) {
-                Some(v) if v >= meshmig_planner::cluster::MIN_VERSION => out.push(Outcome::pass("istio-version", format!("Istio {v}"))),
-                Some(v) => out.push(Outcome::fail("istio-version", format!("Istio {v} is older than 1.24; upgrade first"))),
-                None => out.push(Outcome::fail("istio-version", "the Istio version could not be determined from the control plane")),
+            match facts
+                .version
+                .as_deref()
+                .and_then(meshmig_planner::cluster::parse_version)
+            {
+                Some(v) if v >= meshmig_planner::cluster::MIN_VERSION => {
+                    out.push(Outcome::pass("istio-version", format!("Istio {v}")))
+                }
+                Some(v) => out.push(Outcome::fail(
+                    "istio-version",
+                    format!("Istio {v} is older than 1.24; upgrade first"),
+                )),
+                None => out.push(Outcome::fail(
+                    "istio-version",
+                    "the Istio version could not be determined from the control plane",
+                )),
             }
             let blockers: Vec<String> = inp
                 .plan
                 .findings
                 .iter()
                 .filter(|f| f.severity == meshmig_planner::Severity::Blocker)
-                .filter(|f| !inp.spec.accepted_findings.iter().any(|e| f.matches_acceptance(e)))
+                .filter(|f| {
+                    !inp.spec
+                        .accepted_findings
+                        .iter()
+                        .any(|e| f.matches_acceptance(e))
+                })
                 .map(|f| format!("{} on {}", f.id, f.object))
                 .collect();
             if blockers.is_empty() {
-                out.push(Outcome::pass("no-blockers", "no unaccepted blocker findings"));
+                out.push(Outcome::pass(
+                    "no-blockers",
+                    "no unaccepted blocker findings",
+                ));
             } else {
                 let shown: Vec<&str> = blockers.iter().take(5).map(String::as_str).collect();
                 out.push(Outcome::fail(
@@ -361,14 +500,26 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
                 ));
             }
             let crds = live.crds.as_ref();
-            let missing: Vec<&str> = ["gateways.gateway.networking.k8s.io", "httproutes.gateway.networking.k8s.io"]
-                .into_iter()
-                .filter(|c| !crds.is_some_and(|m| m.contains_key(*c)))
-                .collect();
+            let missing: Vec<&str> = [
+                "gateways.gateway.networking.k8s.io",
+                "httproutes.gateway.networking.k8s.io",
+            ]
+            .into_iter()
+            .filter(|c| !crds.is_some_and(|m| m.contains_key(*c)))
+            .collect();
             if missing.is_empty() {
-                out.push(Outcome::pass("gateway-api-crds", "Gateway API CRDs are installed"));
+                out.push(Outcome::pass(
+                    "gateway-api-crds",
+                    "Gateway API CRDs are installed",
+                ));
             } else {
-                out.push(Outcome::fail("gateway-api-crds", format!("CRDs not installed: {}; install the Gateway API standard channel", missing.join(", "))));
+                out.push(Outcome::fail(
+                    "gateway-api-crds",
+                    format!(
+                        "CRDs not installed: {}; install the Gateway API standard channel",
+                        missing.join(", ")
+                    ),
+                ));
             }
             let cni: Vec<String> = findings
                 .iter()
@@ -376,7 +527,10 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
                 .map(|f| format!("{} ({})", f.id, f.object))
                 .collect();
             if cni.is_empty() {
-                out.push(Outcome::pass("cni-compatible", "no incompatible CNI settings found"));
+                out.push(Outcome::pass(
+                    "cni-compatible",
+                    "no incompatible CNI settings found",
+                ));
             } else {
                 out.push(Outcome::fail("cni-compatible", cni.join(", ")));
             }
@@ -385,11 +539,28 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
             let cp = &inp.spec.control_plane;
             match cp.mode {
                 ControlPlaneMode::Sail => {
-                    out.push(sail_check(live, "control-plane-ambient", "Istio", &cp.istio, true));
-                    out.push(sail_check(live, "istio-cni-ready", "IstioCNI", &cp.istio_cni, true));
+                    out.push(sail_check(
+                        live,
+                        "control-plane-ambient",
+                        "Istio",
+                        &cp.istio,
+                        true,
+                    ));
+                    out.push(sail_check(
+                        live,
+                        "istio-cni-ready",
+                        "IstioCNI",
+                        &cp.istio_cni,
+                        true,
+                    ));
                     let z = sail_check(live, "ztunnel-ready", "ZTunnel", &cp.ztunnel, false);
                     if z.result == CheckResult::Pass {
-                        out.push(daemonset_check(live, "ztunnel-ready", &cp.ztunnel_namespace, "ztunnel"));
+                        out.push(daemonset_check(
+                            live,
+                            "ztunnel-ready",
+                            &cp.ztunnel_namespace,
+                            "ztunnel",
+                        ));
                     } else {
                         out.push(z);
                     }
@@ -398,25 +569,47 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
                     let commands = inp.plan.control_plane_commands.join("; ");
                     let istiod = live.deployments.iter().find(|d| {
                         d.metadata.namespace.as_deref() == Some(cp.istio_namespace.as_str())
-                            && d.metadata.name.as_deref().is_some_and(|n| n.starts_with("istiod"))
+                            && d.metadata
+                                .name
+                                .as_deref()
+                                .is_some_and(|n| n.starts_with("istiod"))
                     });
                     let ambient = istiod.is_some_and(|d| {
-                        d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).is_some_and(|s| {
-                            s.containers.iter().any(|c| {
-                                c.env.iter().flatten().any(|e| e.name == n::PILOT_ENABLE_AMBIENT && e.value.as_deref() == Some("true"))
+                        d.spec
+                            .as_ref()
+                            .and_then(|s| s.template.spec.as_ref())
+                            .is_some_and(|s| {
+                                s.containers.iter().any(|c| {
+                                    c.env.iter().flatten().any(|e| {
+                                        e.name == n::PILOT_ENABLE_AMBIENT
+                                            && e.value.as_deref() == Some("true")
+                                    })
+                                })
                             })
-                        })
                     });
                     if ambient {
-                        out.push(Outcome::pass("control-plane-ambient", "istiod runs with PILOT_ENABLE_AMBIENT=true"));
+                        out.push(Outcome::pass(
+                            "control-plane-ambient",
+                            "istiod runs with PILOT_ENABLE_AMBIENT=true",
+                        ));
                     } else {
                         out.push(Outcome::pending(
                             "control-plane-ambient",
                             format!("istiod in {} lacks PILOT_ENABLE_AMBIENT=true; the control plane is managed outside meshmig — run: {commands}", cp.istio_namespace),
                         ));
                     }
-                    out.push(daemonset_check(live, "istio-cni-ready", &cp.cni_namespace, "istio-cni-node"));
-                    out.push(daemonset_check(live, "ztunnel-ready", &cp.ztunnel_namespace, "ztunnel"));
+                    out.push(daemonset_check(
+                        live,
+                        "istio-cni-ready",
+                        &cp.cni_namespace,
+                        "istio-cni-node",
+                    ));
+                    out.push(daemonset_check(
+                        live,
+                        "ztunnel-ready",
+                        &cp.ztunnel_namespace,
+                        "ztunnel",
+                    ));
                 }
             }
         }
@@ -428,24 +621,43 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
                 }
             }
             if waiting.is_empty() {
-                out.push(Outcome::pass("rollouts-complete", "every restarted workload finished its rollout"));
+                out.push(Outcome::pass(
+                    "rollouts-complete",
+                    "every restarted workload finished its rollout",
+                ));
             } else {
                 out.push(Outcome::pending("rollouts-complete", waiting.join("; ")));
             }
             if step == 3 {
                 let lacking: Vec<String> = pods_in(live, ns)
                     .filter(|p| p.has_sidecar() && !p.sidecar_hbone())
-                    .map(|p| format!("Pod {ns}/{}", p.metadata.name.as_deref().unwrap_or_default()))
+                    .map(|p| {
+                        format!(
+                            "Pod {ns}/{}",
+                            p.metadata.name.as_deref().unwrap_or_default()
+                        )
+                    })
                     .collect();
                 if lacking.is_empty() {
-                    out.push(Outcome::pass("sidecars-hbone", "every sidecar is HBONE-capable"));
+                    out.push(Outcome::pass(
+                        "sidecars-hbone",
+                        "every sidecar is HBONE-capable",
+                    ));
                 } else {
-                    out.push(Outcome::pending("sidecars-hbone", format!("sidecars without HBONE: {}", lacking.join(", "))));
+                    out.push(Outcome::pending(
+                        "sidecars-hbone",
+                        format!("sidecars without HBONE: {}", lacking.join(", ")),
+                    ));
                 }
             } else {
                 let with_sidecar: Vec<String> = pods_in(live, ns)
                     .filter(|p| p.has_sidecar())
-                    .map(|p| format!("Pod {ns}/{}", p.metadata.name.as_deref().unwrap_or_default()))
+                    .map(|p| {
+                        format!(
+                            "Pod {ns}/{}",
+                            p.metadata.name.as_deref().unwrap_or_default()
+                        )
+                    })
                     .collect();
                 if with_sidecar.is_empty() {
                     out.push(Outcome::pass("no-sidecars", "no pod runs istio-proxy"));
@@ -459,21 +671,50 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
                     .filter(|p| !p.has_sidecar() && p.host_network != Some(true))
                     .filter(|p| label(&p.metadata, n::DATAPLANE_MODE) != Some("none"))
                     .filter(|p| annotation(&p.metadata, n::REDIRECTION) != Some("enabled"))
-                    .map(|p| format!("Pod {ns}/{}", p.metadata.name.as_deref().unwrap_or_default()))
+                    .map(|p| {
+                        format!(
+                            "Pod {ns}/{}",
+                            p.metadata.name.as_deref().unwrap_or_default()
+                        )
+                    })
                     .collect();
                 if unredirected.is_empty() {
-                    out.push(Outcome::pass("pods-redirected", "every pod is captured by ztunnel"));
+                    out.push(Outcome::pass(
+                        "pods-redirected",
+                        "every pod is captured by ztunnel",
+                    ));
                 } else {
-                    out.push(Outcome::pending("pods-redirected", format!("not yet captured by ztunnel ({}: enabled missing): {}", n::REDIRECTION, unredirected.join(", "))));
+                    out.push(Outcome::pending(
+                        "pods-redirected",
+                        format!(
+                            "not yet captured by ztunnel ({}: enabled missing): {}",
+                            n::REDIRECTION,
+                            unredirected.join(", ")
+                        ),
+                    ));
                 }
-                let removals: Vec<&ObjectRef> = actions(inp.ns, 9, Op::Delete).map(|a| &a.object).collect();
-                let remaining: Vec<String> = removals.iter().filter(|o| exists(live, o)).map(|o| o.to_string()).collect();
+                let removals: Vec<&ObjectRef> =
+                    actions(inp.ns, 9, Op::Delete).map(|a| &a.object).collect();
+                let remaining: Vec<String> = removals
+                    .iter()
+                    .filter(|o| exists(live, o))
+                    .map(|o| o.to_string())
+                    .collect();
                 if !inp.after_rollout_done {
-                    out.push(Outcome::pending("originals-removed", "waiting for the rollout before removing selector originals"));
+                    out.push(Outcome::pending(
+                        "originals-removed",
+                        "waiting for the rollout before removing selector originals",
+                    ));
                 } else if remaining.is_empty() {
-                    out.push(Outcome::pass("originals-removed", format!("{} selector original(s) removed", removals.len())));
+                    out.push(Outcome::pass(
+                        "originals-removed",
+                        format!("{} selector original(s) removed", removals.len()),
+                    ));
                 } else {
-                    out.push(Outcome::pending("originals-removed", format!("still present: {}", remaining.join(", "))));
+                    out.push(Outcome::pending(
+                        "originals-removed",
+                        format!("still present: {}", remaining.join(", ")),
+                    ));
                 }
             }
             probes(inp, &mut out);
@@ -483,25 +724,40 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
             let wp = &inp.ns.waypoint;
             if wp.needed {
                 let dep = live.deployments.iter().find(|d| {
-                    d.metadata.namespace.as_deref() == Some(ns) && d.metadata.name.as_deref() == Some(&wp.name)
+                    d.metadata.namespace.as_deref() == Some(ns)
+                        && d.metadata.name.as_deref() == Some(&wp.name)
                 });
-                let ready = dep.and_then(|d| d.status.as_ref()).is_some_and(|s| {
-                    s.available_replicas.unwrap_or(0) >= 1
-                });
+                let ready = dep
+                    .and_then(|d| d.status.as_ref())
+                    .is_some_and(|s| s.available_replicas.unwrap_or(0) >= 1);
                 if ready {
-                    out.push(Outcome::pass("waypoint-ready", format!("Deployment {ns}/{} is available", wp.name)));
+                    out.push(Outcome::pass(
+                        "waypoint-ready",
+                        format!("Deployment {ns}/{} is available", wp.name),
+                    ));
                 } else {
-                    out.push(Outcome::pending("waypoint-ready", format!("Deployment {ns}/{} is not available yet", wp.name)));
+                    out.push(Outcome::pending(
+                        "waypoint-ready",
+                        format!("Deployment {ns}/{} is not available yet", wp.name),
+                    ));
                 }
-                let ns_uses = ns_obj.and_then(|n| label(&n.metadata, n::USE_WAYPOINT)).is_some();
+                let ns_uses = ns_obj
+                    .and_then(|n| label(&n.metadata, n::USE_WAYPOINT))
+                    .is_some();
                 let svc_uses: Vec<&str> = live
                     .services
                     .iter()
-                    .filter(|s| s.metadata.namespace.as_deref() == Some(ns) && label(&s.metadata, n::USE_WAYPOINT).is_some_and(|v| v != "none"))
+                    .filter(|s| {
+                        s.metadata.namespace.as_deref() == Some(ns)
+                            && label(&s.metadata, n::USE_WAYPOINT).is_some_and(|v| v != "none")
+                    })
                     .filter_map(|s| s.metadata.name.as_deref())
                     .collect();
                 if wp.exists || (!ns_uses && svc_uses.is_empty()) {
-                    out.push(Outcome::pass("waypoint-unused", "nothing is routed through the waypoint yet"));
+                    out.push(Outcome::pass(
+                        "waypoint-unused",
+                        "nothing is routed through the waypoint yet",
+                    ));
                 } else {
                     out.push(Outcome::fail(
                         "waypoint-unused",
@@ -520,19 +776,43 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
                 .map(ToString::to_string)
                 .collect();
             if missing.is_empty() {
-                out.push(Outcome::pass("objects-exist", "every generated object exists"));
+                out.push(Outcome::pass(
+                    "objects-exist",
+                    "every generated object exists",
+                ));
             } else {
-                out.push(Outcome::pending("objects-exist", format!("not found yet: {}", missing.join(", "))));
+                out.push(Outcome::pending(
+                    "objects-exist",
+                    format!("not found yet: {}", missing.join(", ")),
+                ));
             }
-            out.push(Outcome::pass("objects-accepted", "every generated object was accepted by the API server"));
+            out.push(Outcome::pass(
+                "objects-accepted",
+                "every generated object was accepted by the API server",
+            ));
             probes(inp, &mut out);
         }
         6 => {
-            let enrolled = ns_obj.and_then(|n| label(&n.metadata, n::DATAPLANE_MODE)) == Some(n::DATAPLANE_AMBIENT);
+            let enrolled = ns_obj.and_then(|n| label(&n.metadata, n::DATAPLANE_MODE))
+                == Some(n::DATAPLANE_AMBIENT);
             if enrolled {
-                out.push(Outcome::pass("namespace-enrolled", format!("Namespace {ns} has {}={}", n::DATAPLANE_MODE, n::DATAPLANE_AMBIENT)));
+                out.push(Outcome::pass(
+                    "namespace-enrolled",
+                    format!(
+                        "Namespace {ns} has {}={}",
+                        n::DATAPLANE_MODE,
+                        n::DATAPLANE_AMBIENT
+                    ),
+                ));
             } else {
-                out.push(Outcome::pending("namespace-enrolled", format!("Namespace {ns} lacks {}={}", n::DATAPLANE_MODE, n::DATAPLANE_AMBIENT)));
+                out.push(Outcome::pending(
+                    "namespace-enrolled",
+                    format!(
+                        "Namespace {ns} lacks {}={}",
+                        n::DATAPLANE_MODE,
+                        n::DATAPLANE_AMBIENT
+                    ),
+                ));
             }
             let expected = inp.ns.workloads.iter().filter(|w| w.sidecar).count();
             let lost: Vec<String> = inp
@@ -544,18 +824,33 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
                     let o = ObjectRef::new("Deployment", Some(ns), &w.name);
                     find_deployment(live, &o).is_none_or(|d| {
                         let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                        d.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0) < want
+                        d.status
+                            .as_ref()
+                            .and_then(|s| s.available_replicas)
+                            .unwrap_or(0)
+                            < want
                     })
                 })
                 .map(|w| format!("Deployment {ns}/{}", w.name))
                 .collect();
-            let redirected_with_sidecar = pods_in(live, ns).any(|p| p.has_sidecar() && annotation(&p.metadata, n::REDIRECTION) == Some("enabled"));
+            let redirected_with_sidecar = pods_in(live, ns).any(|p| {
+                p.has_sidecar() && annotation(&p.metadata, n::REDIRECTION) == Some("enabled")
+            });
             if !lost.is_empty() {
-                out.push(Outcome::pending("sidecars-still-injected", format!("not available: {}", lost.join(", "))));
+                out.push(Outcome::pending(
+                    "sidecars-still-injected",
+                    format!("not available: {}", lost.join(", ")),
+                ));
             } else if redirected_with_sidecar {
-                out.push(Outcome::fail("sidecars-still-injected", "a pod with a sidecar is also captured by ztunnel"));
+                out.push(Outcome::fail(
+                    "sidecars-still-injected",
+                    "a pod with a sidecar is also captured by ztunnel",
+                ));
             } else {
-                out.push(Outcome::pass("sidecars-still-injected", format!("{expected} workload(s) keep their sidecars while injected")));
+                out.push(Outcome::pass(
+                    "sidecars-still-injected",
+                    format!("{expected} workload(s) keep their sidecars while injected"),
+                ));
             }
             probes(inp, &mut out);
         }
@@ -567,28 +862,50 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
                 .iter()
                 .filter(|s| s.served_by_waypoint)
                 .filter(|s| {
-                    let svc = live.services.iter().find(|x| x.metadata.namespace.as_deref() == Some(ns) && x.metadata.name.as_deref() == Some(&s.name));
+                    let svc = live.services.iter().find(|x| {
+                        x.metadata.namespace.as_deref() == Some(ns)
+                            && x.metadata.name.as_deref() == Some(&s.name)
+                    });
                     let bound = svc
                         .and_then(|x| x.status.as_ref())
                         .and_then(|st| st.conditions.as_ref())
-                        .is_some_and(|cs| cs.iter().any(|c| c.type_ == n::WAYPOINT_BOUND && c.status == "True"));
+                        .is_some_and(|cs| {
+                            cs.iter()
+                                .any(|c| c.type_ == n::WAYPOINT_BOUND && c.status == "True")
+                        });
                     !bound
                 })
                 .map(|s| format!("Service {ns}/{}", s.name))
                 .collect();
             if unbound.is_empty() {
-                out.push(Outcome::pass("services-bound", "every served Service is bound to the waypoint"));
+                out.push(Outcome::pass(
+                    "services-bound",
+                    "every served Service is bound to the waypoint",
+                ));
             } else {
-                out.push(Outcome::pending("services-bound", format!("{} not True yet on: {}", n::WAYPOINT_BOUND, unbound.join(", "))));
+                out.push(Outcome::pending(
+                    "services-bound",
+                    format!(
+                        "{} not True yet on: {}",
+                        n::WAYPOINT_BOUND,
+                        unbound.join(", ")
+                    ),
+                ));
             }
             let mut not_accepted = Vec::new();
             for a in actions(inp.ns, 7, Op::Apply) {
                 let route = live.http_routes.iter().find(|r| {
-                    r.metadata.namespace.as_deref() == a.object.namespace.as_deref() && r.metadata.name.as_deref() == Some(&a.object.name)
+                    r.metadata.namespace.as_deref() == a.object.namespace.as_deref()
+                        && r.metadata.name.as_deref() == Some(&a.object.name)
                 });
-                let accepted = route
-                    .and_then(|r| r.status.as_ref())
-                    .is_some_and(|st| !st.parents.is_empty() && st.parents.iter().all(|p| p.conditions.iter().any(|c| c.type_ == "Accepted" && c.status == "True")));
+                let accepted = route.and_then(|r| r.status.as_ref()).is_some_and(|st| {
+                    !st.parents.is_empty()
+                        && st.parents.iter().all(|p| {
+                            p.conditions
+                                .iter()
+                                .any(|c| c.type_ == "Accepted" && c.status == "True")
+                        })
+                });
                 if !accepted {
                     not_accepted.push(a.object.to_string());
                 }
@@ -599,11 +916,20 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
                 .map(ToString::to_string)
                 .collect();
             if !not_accepted.is_empty() {
-                out.push(Outcome::pending("routes-accepted", format!("not Accepted yet: {}", not_accepted.join(", "))));
+                out.push(Outcome::pending(
+                    "routes-accepted",
+                    format!("not Accepted yet: {}", not_accepted.join(", ")),
+                ));
             } else if !vs_left.is_empty() {
-                out.push(Outcome::pending("routes-accepted", format!("VirtualService still present: {}", vs_left.join(", "))));
+                out.push(Outcome::pending(
+                    "routes-accepted",
+                    format!("VirtualService still present: {}", vs_left.join(", ")),
+                ));
             } else {
-                out.push(Outcome::pass("routes-accepted", "every HTTPRoute is Accepted and replaces its VirtualService"));
+                out.push(Outcome::pass(
+                    "routes-accepted",
+                    "every HTTPRoute is Accepted and replaces its VirtualService",
+                ));
             }
             probes(inp, &mut out);
         }
@@ -614,9 +940,15 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
                 .map(ToString::to_string)
                 .collect();
             if remaining.is_empty() {
-                out.push(Outcome::pass("objects-removed", "redundant sidecar-era objects removed"));
+                out.push(Outcome::pass(
+                    "objects-removed",
+                    "redundant sidecar-era objects removed",
+                ));
             } else {
-                out.push(Outcome::pending("objects-removed", format!("still present: {}", remaining.join(", "))));
+                out.push(Outcome::pending(
+                    "objects-removed",
+                    format!("still present: {}", remaining.join(", ")),
+                ));
             }
             let missing: Vec<String> = actions(inp.ns, 5, Op::Create)
                 .map(|a| &a.object)
@@ -624,9 +956,18 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
                 .map(ToString::to_string)
                 .collect();
             if missing.is_empty() {
-                out.push(Outcome::pass("migrated-objects-present", "every generated object is present"));
+                out.push(Outcome::pass(
+                    "migrated-objects-present",
+                    "every generated object is present",
+                ));
             } else {
-                out.push(Outcome::fail("migrated-objects-present", format!("deleted by someone else: {}; it is recreated when the step is retried", missing.join(", "))));
+                out.push(Outcome::fail(
+                    "migrated-objects-present",
+                    format!(
+                        "deleted by someone else: {}; it is recreated when the step is retried",
+                        missing.join(", ")
+                    ),
+                ));
             }
             probes(inp, &mut out);
         }
@@ -639,11 +980,16 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
 /// and no sidecar remains.
 pub fn rollout_done(outcomes: &[Outcome]) -> bool {
     ["rollouts-complete", "no-sidecars"].iter().all(|name| {
-        outcomes.iter().any(|o| o.name == *name && o.result == CheckResult::Pass)
+        outcomes
+            .iter()
+            .any(|o| o.name == *name && o.result == CheckResult::Pass)
     })
 }
 
 /// Probe Pod observed for a name.
 pub fn probe_pod<'a>(pods: &'a [Pod], name: &str, namespace: &str) -> Option<&'a Pod> {
-    pods.iter().find(|p| p.metadata.name.as_deref() == Some(name) && p.metadata.namespace.as_deref() == Some(namespace))
+    pods.iter().find(|p| {
+        p.metadata.name.as_deref() == Some(name)
+            && p.metadata.namespace.as_deref() == Some(namespace)
+    })
 }

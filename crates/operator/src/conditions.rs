@@ -18,7 +18,12 @@ pub struct Desired {
 
 impl Desired {
     /// A condition.
-    pub fn new(type_: &'static str, status: bool, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(
+        type_: &'static str,
+        status: bool,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             type_,
             status,
@@ -29,7 +34,12 @@ impl Desired {
 }
 
 /// Merges desired conditions over the current ones. Conditions not in `desired` are dropped.
-pub fn merge(current: &[Condition], desired: &[Desired], generation: Option<i64>, now: &Time) -> Vec<Condition> {
+pub fn merge(
+    current: &[Condition],
+    desired: &[Desired],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
     desired
         .iter()
         .map(|d| {
@@ -60,7 +70,9 @@ pub fn set(conditions: &mut Vec<Condition>, d: Desired, generation: Option<i64>,
 
 /// Whether a condition of `type_` is True.
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
-    conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
 }
 
 #[cfg(test)]
@@ -73,12 +85,27 @@ mod tests {
 
     #[test]
     fn transition_time_is_kept_when_status_is_unchanged() {
-        let first = merge(&[], &[Desired::new("Ready", false, "Progressing", "step 3")], Some(1), &t(100));
+        let first = merge(
+            &[],
+            &[Desired::new("Ready", false, "Progressing", "step 3")],
+            Some(1),
+            &t(100),
+        );
         assert_eq!(first[0].last_transition_time, t(100));
-        let second = merge(&first, &[Desired::new("Ready", false, "Progressing", "step 4")], Some(1), &t(200));
+        let second = merge(
+            &first,
+            &[Desired::new("Ready", false, "Progressing", "step 4")],
+            Some(1),
+            &t(200),
+        );
         assert_eq!(second[0].last_transition_time, t(100));
         assert_eq!(second[0].message, "step 4");
-        let third = merge(&second, &[Desired::new("Ready", true, "Completed", "done")], Some(2), &t(300));
+        let third = merge(
+            &second,
+            &[Desired::new("Ready", true, "Completed", "done")],
+            Some(2),
+            &t(300),
+        );
         assert_eq!(third[0].last_transition_time, t(300));
         assert_eq!(third[0].observed_generation, Some(2));
         assert!(is_true(&third, "Ready"));

@@ -12,8 +12,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use meshmig_api::names::{self as mn, istio as n};
 use meshmig_api::{
-    step_name, CheckResult, CheckStatus, FindingRef, MeshMigration, MeshMigrationStatus, MigrationPhase,
+    CheckResult, CheckStatus, FindingRef, MeshMigration, MeshMigrationStatus, MigrationPhase,
     NamespacePhase, NamespaceStatus, OnFailure, Ordering, RollbackStatus, StepNumber, StepRecord,
+    step_name,
 };
 use meshmig_planner::plan::{Action, NamespacePlan, Op, Plan};
 use meshmig_planner::{Inventory, Severity};
@@ -144,7 +145,11 @@ pub fn restart_token(run_token: &str, step: StepNumber) -> String {
 }
 
 fn annotation<'a>(mm: &'a MeshMigration, key: &str) -> Option<&'a str> {
-    mm.metadata.annotations.as_ref()?.get(key).map(String::as_str)
+    mm.metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
 }
 
 /// Parses a duration such as `10m`, `1h30m`, `45s`, `500ms`.
@@ -185,7 +190,10 @@ fn time(ts: Timestamp) -> Time {
 fn applied_top(s: &NamespaceStatus) -> StepNumber {
     match s.phase {
         NamespacePhase::Completed => 9,
-        NamespacePhase::Applying | NamespacePhase::Validating | NamespacePhase::Failed | NamespacePhase::RollingBack => s.step,
+        NamespacePhase::Applying
+        | NamespacePhase::Validating
+        | NamespacePhase::Failed
+        | NamespacePhase::RollingBack => s.step,
         NamespacePhase::Waiting | NamespacePhase::RolledBack => s.step.saturating_sub(1),
     }
 }
@@ -198,7 +206,13 @@ fn step_actions(ns: &NamespacePlan, step: StepNumber) -> Vec<Action> {
     ns.steps
         .iter()
         .find(|s| s.number == step)
-        .map(|s| s.actions.iter().filter(|a| a.op != Op::Verify).cloned().collect())
+        .map(|s| {
+            s.actions
+                .iter()
+                .filter(|a| a.op != Op::Verify)
+                .cloned()
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -251,7 +265,11 @@ fn fail_open_guard(inp: &Input<'_>, ns: &NamespacePlan, step: StepNumber) -> Opt
     for e in &ns.enforcement {
         for w in e.windows.iter().filter(|w| w.kind == "fail-open") {
             if w.from_step <= step && step <= w.to_step {
-                let f = meshmig_planner::Finding::new(meshmig_planner::findings::ENFORCEMENT_FAIL_OPEN, e.policy.clone(), "");
+                let f = meshmig_planner::Finding::new(
+                    meshmig_planner::findings::ENFORCEMENT_FAIL_OPEN,
+                    e.policy.clone(),
+                    "",
+                );
                 if !accepted.iter().any(|a| f.matches_acceptance(a)) {
                     return Some(format!(
                         "step {step} would open a fail-open window for {} on Service {} ({}); accept `enforcement-fail-open@{}` in spec.acceptedFindings or change the plan",
@@ -269,30 +287,49 @@ fn waypoint_programmed(live: &Inventory, ns: &NamespacePlan) -> Result<(), Strin
         return Ok(());
     }
     let gw = live.gateways.iter().find(|g| {
-        g.metadata.namespace.as_deref() == Some(&ns.name) && g.metadata.name.as_deref() == Some(&ns.waypoint.name)
+        g.metadata.namespace.as_deref() == Some(&ns.name)
+            && g.metadata.name.as_deref() == Some(&ns.waypoint.name)
     });
     let programmed = gw
         .and_then(|g| g.status.as_ref())
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Programmed" && c.status == "True"));
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "Programmed" && c.status == "True")
+        });
     if programmed {
         Ok(())
     } else {
         Err(format!(
             "guard: Gateway {}/{} is not Programmed; {} is set only on a ready waypoint",
-            ns.name, ns.waypoint.name, n::USE_WAYPOINT
+            ns.name,
+            ns.waypoint.name,
+            n::USE_WAYPOINT
         ))
     }
 }
 
 /// Why a namespace may not start `step` yet, if anything holds it.
-fn gate(inp: &Input<'_>, statuses: &[NamespaceStatus], ns: &NamespacePlan, step: StepNumber) -> Option<(String, bool)> {
+fn gate(
+    inp: &Input<'_>,
+    statuses: &[NamespaceStatus],
+    ns: &NamespacePlan,
+    step: StepNumber,
+) -> Option<(String, bool)> {
     let mm = inp.mm;
     let name = mm.metadata.name.as_deref().unwrap_or_default();
     if annotation(mm, mn::ANNOTATION_PAUSED) == Some("true") {
-        return Some((format!("paused by the {} annotation; remove it to resume", mn::ANNOTATION_PAUSED), true));
+        return Some((
+            format!(
+                "paused by the {} annotation; remove it to resume",
+                mn::ANNOTATION_PAUSED
+            ),
+            true,
+        ));
     }
-    if mm.spec.pause_before.contains(&step) && annotation(mm, mn::ANNOTATION_APPROVE) != Some(&step.to_string()) {
+    if mm.spec.pause_before.contains(&step)
+        && annotation(mm, mn::ANNOTATION_APPROVE) != Some(&step.to_string())
+    {
         return Some((
             format!(
                 "step {step} ({}) waits for approval: kubectl annotate meshmigration {name} {}={step} --overwrite",
@@ -308,31 +345,62 @@ fn gate(inp: &Input<'_>, statuses: &[NamespaceStatus], ns: &NamespacePlan, step:
         _ => None,
     };
     if let Some(b) = barrier {
-        let behind: Vec<&str> = statuses.iter().filter(|s| !done_with(s, b)).map(|s| s.name.as_str()).collect();
+        let behind: Vec<&str> = statuses
+            .iter()
+            .filter(|s| !done_with(s, b))
+            .map(|s| s.name.as_str())
+            .collect();
         if !behind.is_empty() {
-            return Some((format!("barrier: step {step} starts when every namespace finished step {b}; waiting for {}", behind.join(", ")), false));
+            return Some((
+                format!(
+                    "barrier: step {step} starts when every namespace finished step {b}; waiting for {}",
+                    behind.join(", ")
+                ),
+                false,
+            ));
         }
     }
     if matches!(step, 3 | 9) && mm.spec.ordering.unwrap_or_default() == Ordering::Listed {
-        let pos = inp.plan.namespace_order.iter().position(|n| *n == ns.name).unwrap_or(0);
+        let pos = inp
+            .plan
+            .namespace_order
+            .iter()
+            .position(|n| *n == ns.name)
+            .unwrap_or(0);
         let before: Vec<&str> = inp.plan.namespace_order[..pos]
             .iter()
-            .filter(|n| statuses.iter().any(|s| s.name == **n && !done_with(s, step)))
+            .filter(|n| {
+                statuses
+                    .iter()
+                    .any(|s| s.name == **n && !done_with(s, step))
+            })
             .map(String::as_str)
             .collect();
         if !before.is_empty() {
-            return Some((format!("ordering: step {step} runs one namespace at a time; waiting for {}", before.join(", ")), false));
+            return Some((
+                format!(
+                    "ordering: step {step} runs one namespace at a time; waiting for {}",
+                    before.join(", ")
+                ),
+                false,
+            ));
         }
     }
     if step == 7
-        && let Err(m) = waypoint_programmed(inp.live, ns) {
-            return Some((m, false));
-        }
+        && let Err(m) = waypoint_programmed(inp.live, ns)
+    {
+        return Some((m, false));
+    }
     fail_open_guard(inp, ns, step).map(|m| (m, false))
 }
 
 /// The probes of a checkpoint: outcomes, and Pods to start.
-fn probe_outcomes(inp: &Input<'_>, ns: &str, step: StepNumber, attempt: &str) -> (Vec<(String, CheckResult, String)>, Vec<Pod>) {
+fn probe_outcomes(
+    inp: &Input<'_>,
+    ns: &str,
+    step: StepNumber,
+    attempt: &str,
+) -> (Vec<(String, CheckResult, String)>, Vec<Pod>) {
     let name = inp.mm.metadata.name.as_deref().unwrap_or_default();
     let mut outcomes = Vec::new();
     let mut start = Vec::new();
@@ -355,12 +423,16 @@ fn init_statuses(old: &MeshMigrationStatus, plan: &Plan) -> Vec<NamespaceStatus>
     plan.namespace_order
         .iter()
         .map(|ns| {
-            old.namespaces.iter().find(|s| s.name == *ns).cloned().unwrap_or(NamespaceStatus {
-                name: ns.clone(),
-                step: 1,
-                phase: NamespacePhase::Waiting,
-                ..Default::default()
-            })
+            old.namespaces
+                .iter()
+                .find(|s| s.name == *ns)
+                .cloned()
+                .unwrap_or(NamespaceStatus {
+                    name: ns.clone(),
+                    step: 1,
+                    phase: NamespacePhase::Waiting,
+                    ..Default::default()
+                })
         })
         .collect()
 }
@@ -397,22 +469,38 @@ pub fn decide(inp: &Input<'_>) -> Decision {
             .map(|r| (r.target, r.requested_by.clone(), r.reason.clone()))
     };
     let resumed_partial = rollback_annotation(mm).is_none()
-        && old.rollback.as_ref().is_some_and(|r| r.completed && r.target > 1 && r.requested_by == "annotation");
+        && old
+            .rollback
+            .as_ref()
+            .is_some_and(|r| r.completed && r.target > 1 && r.requested_by == "annotation");
     if resumed_partial {
-        for s in statuses.iter_mut().filter(|s| s.phase == NamespacePhase::RolledBack) {
+        for s in statuses
+            .iter_mut()
+            .filter(|s| s.phase == NamespacePhase::RolledBack)
+        {
             s.phase = NamespacePhase::Waiting;
             s.message = None;
         }
         status.rollback = None;
-        events.push(EventNote { warning: false, reason: "Resumed", note: "rollback annotation removed: resuming".into() });
+        events.push(EventNote {
+            warning: false,
+            reason: "Resumed",
+            note: "rollback annotation removed: resuming".into(),
+        });
         more = true;
     } else if let Some((target, by, reason)) = requested {
-        let already_done = old.rollback.as_ref().is_some_and(|r| r.completed && r.target <= target);
+        let already_done = old
+            .rollback
+            .as_ref()
+            .is_some_and(|r| r.completed && r.target <= target);
         if !already_done {
             return rollback(inp, old, statuses, target, by, reason);
         }
     }
-    let terminal_rollback = status.rollback.as_ref().is_some_and(|r| r.completed && r.target <= 1);
+    let terminal_rollback = status
+        .rollback
+        .as_ref()
+        .is_some_and(|r| r.completed && r.target <= 1);
 
     // ---- forward
     let plan = inp.plan;
@@ -425,17 +513,28 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                 if busy.contains(&ns_name) {
                     continue;
                 }
-                let Some(nsp) = plan.namespace(&ns_name) else { continue };
+                let Some(nsp) = plan.namespace(&ns_name) else {
+                    continue;
+                };
                 let step = statuses[i].step;
                 match statuses[i].phase {
-                    NamespacePhase::Completed | NamespacePhase::RolledBack | NamespacePhase::RollingBack => {}
+                    NamespacePhase::Completed
+                    | NamespacePhase::RolledBack
+                    | NamespacePhase::RollingBack => {}
                     NamespacePhase::Failed => {
                         if annotation(mm, mn::ANNOTATION_APPROVE) == Some(&step.to_string()) {
                             let s = &mut statuses[i];
                             s.phase = NamespacePhase::Applying;
                             s.message = Some(format!("retrying step {step} (approved)"));
                             record_start(s, step, inp.now);
-                            events.push(EventNote { warning: false, reason: "StepRetried", note: format!("{ns_name}: step {step} ({}) retried", step_name(step)) });
+                            events.push(EventNote {
+                                warning: false,
+                                reason: "StepRetried",
+                                note: format!(
+                                    "{ns_name}: step {step} ({}) retried",
+                                    step_name(step)
+                                ),
+                            });
                             changed = true;
                         } else if mm.spec.on_failure == Some(OnFailure::Rollback) {
                             let reason = statuses[i].message.clone();
@@ -446,8 +545,14 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                         if step == 1 && !nsp.exists {
                             let s = &mut statuses[i];
                             s.phase = NamespacePhase::Failed;
-                            s.message = Some(format!("Namespace {ns_name} does not exist; create it or remove it from spec.namespaces"));
-                            events.push(EventNote { warning: true, reason: "StepFailed", note: format!("{ns_name}: namespace does not exist") });
+                            s.message = Some(format!(
+                                "Namespace {ns_name} does not exist; create it or remove it from spec.namespaces"
+                            ));
+                            events.push(EventNote {
+                                warning: true,
+                                reason: "StepFailed",
+                                note: format!("{ns_name}: namespace does not exist"),
+                            });
                             changed = true;
                             continue;
                         }
@@ -460,10 +565,18 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                             None => {
                                 let s = &mut statuses[i];
                                 s.phase = NamespacePhase::Applying;
-                                s.message = Some(format!("applying step {step} ({})", step_name(step)));
+                                s.message =
+                                    Some(format!("applying step {step} ({})", step_name(step)));
                                 s.checks.clear();
                                 record_start(s, step, inp.now);
-                                events.push(EventNote { warning: false, reason: "StepStarted", note: format!("{ns_name}: step {step} ({}) started", step_name(step)) });
+                                events.push(EventNote {
+                                    warning: false,
+                                    reason: "StepStarted",
+                                    note: format!(
+                                        "{ns_name}: step {step} ({}) started",
+                                        step_name(step)
+                                    ),
+                                });
                                 changed = true;
                             }
                         }
@@ -483,17 +596,32 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                         let all_actions = step_actions(nsp, step);
                         let scope = scope_of(step, &ns_name);
                         if !all_actions.is_empty() {
-                            work.push(Work::Snapshot { scope: scope.clone(), step, actions: all_actions });
+                            work.push(Work::Snapshot {
+                                scope: scope.clone(),
+                                step,
+                                actions: all_actions,
+                            });
                             if !actions.is_empty() {
-                                work.push(Work::Execute { scope: scope.clone(), step, actions });
+                                work.push(Work::Execute {
+                                    scope: scope.clone(),
+                                    step,
+                                    actions,
+                                });
                             }
-                            let cm = crate::snapshot::config_map_name(mm.metadata.name.as_deref().unwrap_or_default(), step);
+                            let cm = crate::snapshot::config_map_name(
+                                mm.metadata.name.as_deref().unwrap_or_default(),
+                                step,
+                            );
                             let snap_ns = scope.namespace().unwrap_or("").to_string();
                             let s = &mut statuses[i];
                             if !s.snapshots.iter().any(|r| r.step == step) {
                                 s.snapshots.push(meshmig_api::SnapshotRef {
                                     step,
-                                    namespace: if snap_ns.is_empty() { inp.operator_namespace.to_string() } else { snap_ns },
+                                    namespace: if snap_ns.is_empty() {
+                                        inp.operator_namespace.to_string()
+                                    } else {
+                                        snap_ns
+                                    },
                                     config_map: cm,
                                     parts: 1,
                                 });
@@ -512,7 +640,8 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                             .as_ref()
                             .map(|t| t.0.as_second().to_string())
                             .unwrap_or_default();
-                        let (probe_results, to_start) = probe_outcomes(inp, &ns_name, step, &attempt);
+                        let (probe_results, to_start) =
+                            probe_outcomes(inp, &ns_name, step, &attempt);
                         for p in to_start {
                             work.push(Work::StartProbe(Box::new(p)));
                         }
@@ -528,17 +657,31 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                         };
                         let mut outcomes = checks::evaluate(step, &input);
                         if step == 9 && checks::rollout_done(&outcomes) {
-                            let after: Vec<Action> = step_actions(nsp, 9).into_iter().filter(|a| a.after_rollout).collect();
+                            let after: Vec<Action> = step_actions(nsp, 9)
+                                .into_iter()
+                                .filter(|a| a.after_rollout)
+                                .collect();
                             if !after.is_empty() {
-                                work.push(Work::Execute { scope: scope_of(9, &ns_name), step: 9, actions: after });
+                                work.push(Work::Execute {
+                                    scope: scope_of(9, &ns_name),
+                                    step: 9,
+                                    actions: after,
+                                });
                             }
                             input.after_rollout_done = true;
                             outcomes = checks::evaluate(step, &input);
                         }
                         let new_checks = checks_status(&statuses[i].checks, &outcomes, inp.now);
-                        let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.result == CheckResult::Fail).collect();
-                        let pending: Vec<&Outcome> = outcomes.iter().filter(|o| o.result == CheckResult::Pending).collect();
-                        let timeout = parse_duration(&mm.spec.checkpoints.timeout).unwrap_or(SignedDuration::from_mins(10));
+                        let failed: Vec<&Outcome> = outcomes
+                            .iter()
+                            .filter(|o| o.result == CheckResult::Fail)
+                            .collect();
+                        let pending: Vec<&Outcome> = outcomes
+                            .iter()
+                            .filter(|o| o.result == CheckResult::Pending)
+                            .collect();
+                        let timeout = parse_duration(&mm.spec.checkpoints.timeout)
+                            .unwrap_or(SignedDuration::from_mins(10));
                         let elapsed = statuses[i]
                             .checkpoint_started_at
                             .as_ref()
@@ -547,32 +690,83 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                         let s = &mut statuses[i];
                         s.checks = new_checks;
                         if !failed.is_empty() {
-                            let msg = failed.iter().map(|o| format!("{}: {}", o.name, o.message)).collect::<Vec<_>>().join("; ");
+                            let msg = failed
+                                .iter()
+                                .map(|o| format!("{}: {}", o.name, o.message))
+                                .collect::<Vec<_>>()
+                                .join("; ");
                             s.phase = NamespacePhase::Failed;
-                            s.message = Some(format!("step {step} ({}) failed: {msg}", step_name(step)));
-                            events.push(EventNote { warning: true, reason: "StepFailed", note: format!("{ns_name}: step {step} ({}) failed: {msg}", step_name(step)) });
+                            s.message =
+                                Some(format!("step {step} ({}) failed: {msg}", step_name(step)));
+                            events.push(EventNote {
+                                warning: true,
+                                reason: "StepFailed",
+                                note: format!(
+                                    "{ns_name}: step {step} ({}) failed: {msg}",
+                                    step_name(step)
+                                ),
+                            });
                             changed = true;
                         } else if !pending.is_empty() {
                             if elapsed > timeout {
-                                let msg = pending.iter().map(|o| format!("{}: {}", o.name, o.message)).collect::<Vec<_>>().join("; ");
-                                for c in s.checks.iter_mut().filter(|c| c.result == CheckResult::Pending) {
+                                let msg = pending
+                                    .iter()
+                                    .map(|o| format!("{}: {}", o.name, o.message))
+                                    .collect::<Vec<_>>()
+                                    .join("; ");
+                                for c in s
+                                    .checks
+                                    .iter_mut()
+                                    .filter(|c| c.result == CheckResult::Pending)
+                                {
                                     c.result = CheckResult::Fail;
-                                    c.message = format!("still pending after {}: {}", mm.spec.checkpoints.timeout, c.message);
+                                    c.message = format!(
+                                        "still pending after {}: {}",
+                                        mm.spec.checkpoints.timeout, c.message
+                                    );
                                     c.last_transition_time = Some(time(inp.now));
                                 }
                                 s.phase = NamespacePhase::Failed;
-                                s.message = Some(format!("step {step} ({}) timed out after {}: {msg}", step_name(step), mm.spec.checkpoints.timeout));
-                                events.push(EventNote { warning: true, reason: "StepFailed", note: format!("{ns_name}: step {step} ({}) timed out: {msg}", step_name(step)) });
+                                s.message = Some(format!(
+                                    "step {step} ({}) timed out after {}: {msg}",
+                                    step_name(step),
+                                    mm.spec.checkpoints.timeout
+                                ));
+                                events.push(EventNote {
+                                    warning: true,
+                                    reason: "StepFailed",
+                                    note: format!(
+                                        "{ns_name}: step {step} ({}) timed out: {msg}",
+                                        step_name(step)
+                                    ),
+                                });
                                 changed = true;
                             } else {
                                 waiting_on_time = true;
-                                let msg = pending.iter().map(|o| format!("{}: {}", o.name, o.message)).collect::<Vec<_>>().join("; ");
-                                s.message = Some(format!("validating step {step} ({}): {msg}", step_name(step)));
+                                let msg = pending
+                                    .iter()
+                                    .map(|o| format!("{}: {}", o.name, o.message))
+                                    .collect::<Vec<_>>()
+                                    .join("; ");
+                                s.message = Some(format!(
+                                    "validating step {step} ({}): {msg}",
+                                    step_name(step)
+                                ));
                             }
                         } else {
                             record_done(s, step, inp.now);
-                            events.push(EventNote { warning: false, reason: "StepPassed", note: format!("{ns_name}: step {step} ({}) passed", step_name(step)) });
-                            work.push(Work::CleanupProbes { namespace: ns_name.clone(), step });
+                            events.push(EventNote {
+                                warning: false,
+                                reason: "StepPassed",
+                                note: format!(
+                                    "{ns_name}: step {step} ({}) passed",
+                                    step_name(step)
+                                ),
+                            });
+                            work.push(Work::CleanupProbes {
+                                namespace: ns_name.clone(),
+                                step,
+                            });
                             s.checkpoint_started_at = None;
                             if step >= 9 {
                                 s.phase = NamespacePhase::Completed;
@@ -606,7 +800,13 @@ fn open_findings(inp: &Input<'_>) -> Vec<FindingRef> {
         .findings
         .iter()
         .filter(|f| f.severity != Severity::Info)
-        .filter(|f| !inp.mm.spec.accepted_findings.iter().any(|e| f.matches_acceptance(e)))
+        .filter(|f| {
+            !inp.mm
+                .spec
+                .accepted_findings
+                .iter()
+                .any(|e| f.matches_acceptance(e))
+        })
         .take(50)
         .map(|f| FindingRef {
             id: f.id.to_string(),
@@ -630,7 +830,10 @@ fn finish(
     let mm = inp.mm;
     let ns = &status.namespaces;
     let total = ns.len();
-    let done = ns.iter().filter(|s| s.phase == NamespacePhase::Completed).count();
+    let done = ns
+        .iter()
+        .filter(|s| s.phase == NamespacePhase::Completed)
+        .count();
     status.progress = Some(format!("{done}/{total}"));
     status.current_step = ns
         .iter()
@@ -639,16 +842,26 @@ fn finish(
         .min()
         .or_else(|| (total > 0).then_some(9));
     status.open_findings = open_findings(inp);
-    let failed: Vec<&NamespaceStatus> = ns.iter().filter(|s| s.phase == NamespacePhase::Failed).collect();
+    let failed: Vec<&NamespaceStatus> = ns
+        .iter()
+        .filter(|s| s.phase == NamespacePhase::Failed)
+        .collect();
     let rolling = ns.iter().any(|s| s.phase == NamespacePhase::RollingBack);
     let rolled = status.rollback.as_ref().is_some_and(|r| r.completed);
     let paused_annotation = annotation(mm, mn::ANNOTATION_PAUSED) == Some("true");
     let awaiting: Vec<&NamespaceStatus> = ns
         .iter()
-        .filter(|s| s.phase == NamespacePhase::Waiting && s.message.as_deref().is_some_and(|m| m.contains("waits for approval") || m.starts_with("paused")))
+        .filter(|s| {
+            s.phase == NamespacePhase::Waiting
+                && s.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("waits for approval") || m.starts_with("paused"))
+        })
         .collect();
     let all_done = total > 0 && done == total;
-    let started = ns.iter().any(|s| s.step > 1 || s.phase != NamespacePhase::Waiting);
+    let started = ns
+        .iter()
+        .any(|s| s.step > 1 || s.phase != NamespacePhase::Waiting);
     let phase = if all_done {
         MigrationPhase::Completed
     } else if rolling {
@@ -657,7 +870,12 @@ fn finish(
         MigrationPhase::RolledBack
     } else if !failed.is_empty() {
         MigrationPhase::Failed
-    } else if paused_annotation || (!awaiting.is_empty() && ns.iter().all(|s| s.phase == NamespacePhase::Waiting || s.phase == NamespacePhase::Completed)) {
+    } else if paused_annotation
+        || (!awaiting.is_empty()
+            && ns.iter().all(|s| {
+                s.phase == NamespacePhase::Waiting || s.phase == NamespacePhase::Completed
+            }))
+    {
         MigrationPhase::Paused
     } else if started {
         MigrationPhase::Progressing
@@ -665,18 +883,58 @@ fn finish(
         MigrationPhase::Pending
     };
     status.phase = Some(phase);
-    let summary = |s: &NamespaceStatus| format!("{}: step {} {:?}{}", s.name, s.step, s.phase, s.message.as_ref().map(|m| format!(" — {m}")).unwrap_or_default());
+    let summary = |s: &NamespaceStatus| {
+        format!(
+            "{}: step {} {:?}{}",
+            s.name,
+            s.step,
+            s.phase,
+            s.message
+                .as_ref()
+                .map(|m| format!(" — {m}"))
+                .unwrap_or_default()
+        )
+    };
     let mut desired = Vec::new();
-    let stalled_msg = failed.iter().map(|s| summary(s)).collect::<Vec<_>>().join("; ");
+    let stalled_msg = failed
+        .iter()
+        .map(|s| summary(s))
+        .collect::<Vec<_>>()
+        .join("; ");
     match phase {
         MigrationPhase::Completed => {
-            desired.push(Desired::new(mn::CONDITION_READY, true, "Completed", format!("{total} namespace(s) migrated to ambient")));
-            desired.push(Desired::new(mn::CONDITION_RECONCILING, false, "Completed", "nothing left to do"));
-            desired.push(Desired::new(mn::CONDITION_STALLED, false, "Completed", "nothing left to do"));
+            desired.push(Desired::new(
+                mn::CONDITION_READY,
+                true,
+                "Completed",
+                format!("{total} namespace(s) migrated to ambient"),
+            ));
+            desired.push(Desired::new(
+                mn::CONDITION_RECONCILING,
+                false,
+                "Completed",
+                "nothing left to do",
+            ));
+            desired.push(Desired::new(
+                mn::CONDITION_STALLED,
+                false,
+                "Completed",
+                "nothing left to do",
+            ));
         }
         MigrationPhase::Failed => {
-            desired.push(Desired::new(mn::CONDITION_READY, false, "CheckpointFailed", stalled_msg.clone()));
-            desired.push(Desired::new(mn::CONDITION_RECONCILING, false, "CheckpointFailed", "waiting for the user: fix, then approve the step again, or roll back"));
+            desired.push(Desired::new(
+                mn::CONDITION_READY,
+                false,
+                "CheckpointFailed",
+                stalled_msg.clone(),
+            ));
+            desired.push(Desired::new(
+                mn::CONDITION_RECONCILING,
+                false,
+                "CheckpointFailed",
+                "waiting for the user: fix, then approve the step again, or roll back",
+            ));
             desired.push(Desired::new(
                 mn::CONDITION_STALLED,
                 true,
@@ -686,24 +944,79 @@ fn finish(
         }
         MigrationPhase::RolledBack => {
             let target = status.rollback.as_ref().map(|r| r.target).unwrap_or(1);
-            desired.push(Desired::new(mn::CONDITION_READY, false, "RolledBack", format!("rolled back to before step {target}")));
-            desired.push(Desired::new(mn::CONDITION_RECONCILING, false, "RolledBack", "rollback complete"));
-            desired.push(Desired::new(mn::CONDITION_STALLED, false, "RolledBack", "rollback complete"));
+            desired.push(Desired::new(
+                mn::CONDITION_READY,
+                false,
+                "RolledBack",
+                format!("rolled back to before step {target}"),
+            ));
+            desired.push(Desired::new(
+                mn::CONDITION_RECONCILING,
+                false,
+                "RolledBack",
+                "rollback complete",
+            ));
+            desired.push(Desired::new(
+                mn::CONDITION_STALLED,
+                false,
+                "RolledBack",
+                "rollback complete",
+            ));
         }
         MigrationPhase::RollingBack => {
-            desired.push(Desired::new(mn::CONDITION_READY, false, "RollingBack", "undoing steps"));
-            desired.push(Desired::new(mn::CONDITION_RECONCILING, true, "RollingBack", ns.iter().map(summary).collect::<Vec<_>>().join("; ")));
-            desired.push(Desired::new(mn::CONDITION_STALLED, false, "RollingBack", "undoing steps"));
+            desired.push(Desired::new(
+                mn::CONDITION_READY,
+                false,
+                "RollingBack",
+                "undoing steps",
+            ));
+            desired.push(Desired::new(
+                mn::CONDITION_RECONCILING,
+                true,
+                "RollingBack",
+                ns.iter().map(summary).collect::<Vec<_>>().join("; "),
+            ));
+            desired.push(Desired::new(
+                mn::CONDITION_STALLED,
+                false,
+                "RollingBack",
+                "undoing steps",
+            ));
         }
         MigrationPhase::Paused => {
             desired.push(Desired::new(mn::CONDITION_READY, false, "Paused", "paused"));
-            desired.push(Desired::new(mn::CONDITION_RECONCILING, false, "Paused", "paused"));
-            desired.push(Desired::new(mn::CONDITION_STALLED, false, "Paused", "paused"));
+            desired.push(Desired::new(
+                mn::CONDITION_RECONCILING,
+                false,
+                "Paused",
+                "paused",
+            ));
+            desired.push(Desired::new(
+                mn::CONDITION_STALLED,
+                false,
+                "Paused",
+                "paused",
+            ));
         }
         _ => {
-            desired.push(Desired::new(mn::CONDITION_READY, false, "Progressing", format!("{done}/{total} namespace(s) migrated")));
-            desired.push(Desired::new(mn::CONDITION_RECONCILING, true, "Progressing", ns.iter().map(summary).collect::<Vec<_>>().join("; ")));
-            desired.push(Desired::new(mn::CONDITION_STALLED, false, "Progressing", "progressing"));
+            desired.push(Desired::new(
+                mn::CONDITION_READY,
+                false,
+                "Progressing",
+                format!("{done}/{total} namespace(s) migrated"),
+            ));
+            desired.push(Desired::new(
+                mn::CONDITION_RECONCILING,
+                true,
+                "Progressing",
+                ns.iter().map(summary).collect::<Vec<_>>().join("; "),
+            ));
+            desired.push(Desired::new(
+                mn::CONDITION_STALLED,
+                false,
+                "Progressing",
+                "progressing",
+            ));
         }
     }
     let paused_msg = if paused_annotation {
@@ -714,7 +1027,16 @@ fn finish(
         None
     };
     desired.push(match paused_msg {
-        Some(m) => Desired::new(mn::CONDITION_PAUSED, true, if paused_annotation { "PausedByAnnotation" } else { "AwaitingApproval" }, m),
+        Some(m) => Desired::new(
+            mn::CONDITION_PAUSED,
+            true,
+            if paused_annotation {
+                "PausedByAnnotation"
+            } else {
+                "AwaitingApproval"
+            },
+            m,
+        ),
         None => Desired::new(mn::CONDITION_PAUSED, false, "NotPaused", "not paused"),
     });
     desired.push(match status.rollback.as_ref().filter(|r| r.completed) {
@@ -722,9 +1044,22 @@ fn finish(
             mn::CONDITION_ROLLED_BACK,
             true,
             "RolledBack",
-            format!("rolled back to before step {} ({}){}", r.target, r.requested_by, r.reason.as_ref().map(|x| format!(": {x}")).unwrap_or_default()),
+            format!(
+                "rolled back to before step {} ({}){}",
+                r.target,
+                r.requested_by,
+                r.reason
+                    .as_ref()
+                    .map(|x| format!(": {x}"))
+                    .unwrap_or_default()
+            ),
         ),
-        None => Desired::new(mn::CONDITION_ROLLED_BACK, false, "NotRolledBack", "no rollback"),
+        None => Desired::new(
+            mn::CONDITION_ROLLED_BACK,
+            false,
+            "NotRolledBack",
+            "no rollback",
+        ),
     });
     let now = time(inp.now);
     status.conditions = conditions::merge(&old.conditions, &desired, mm.metadata.generation, &now);
@@ -750,12 +1085,21 @@ fn rollback(
     status.observed_generation = inp.mm.metadata.generation;
     let mut work = Vec::new();
     let mut events = Vec::new();
-    let fresh = old.rollback.as_ref().is_none_or(|r| r.completed || r.target != target);
+    let fresh = old
+        .rollback
+        .as_ref()
+        .is_none_or(|r| r.completed || r.target != target);
     if fresh {
         events.push(EventNote {
             warning: true,
             reason: "RollbackStarted",
-            note: format!("rolling back to before step {target} ({by}){}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()),
+            note: format!(
+                "rolling back to before step {target} ({by}){}",
+                reason
+                    .as_ref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ),
         });
     }
     status.rollback = Some(RollbackStatus {
@@ -786,10 +1130,16 @@ fn rollback(
         }
         for st in (target.max(2)..=9).rev() {
             if st == 2 {
-                work.push(Work::DeleteSnapshots { scope: Scope::Cluster, step: 2 });
+                work.push(Work::DeleteSnapshots {
+                    scope: Scope::Cluster,
+                    step: 2,
+                });
             } else {
                 for s in &statuses {
-                    work.push(Work::DeleteSnapshots { scope: Scope::Namespace(s.name.clone()), step: st });
+                    work.push(Work::DeleteSnapshots {
+                        scope: Scope::Namespace(s.name.clone()),
+                        step: st,
+                    });
                 }
             }
         }
@@ -797,11 +1147,23 @@ fn rollback(
             work.push(Work::DeletePlan);
             status.plan = None;
         }
-        status.rollback = Some(RollbackStatus { target, requested_by: by, completed: true, reason });
-        events.push(EventNote { warning: false, reason: "RolledBack", note: format!("rolled back to before step {target}") });
+        status.rollback = Some(RollbackStatus {
+            target,
+            requested_by: by,
+            completed: true,
+            reason,
+        });
+        events.push(EventNote {
+            warning: false,
+            reason: "RolledBack",
+            note: format!("rolled back to before step {target}"),
+        });
         more = false;
     } else if top == 2 {
-        work.push(Work::Undo { scope: Scope::Cluster, step: 2 });
+        work.push(Work::Undo {
+            scope: Scope::Cluster,
+            step: 2,
+        });
         for s in statuses.iter_mut().filter(|s| s.step == 2) {
             s.step = 1;
             s.message = Some("undid step 2 (Control plane)".into());
@@ -813,18 +1175,33 @@ fn rollback(
         let order: Vec<String> = inp.plan.namespace_order.iter().rev().cloned().collect();
         let mut waiting = Vec::new();
         for ns in order {
-            let Some(s) = statuses.iter_mut().find(|s| s.name == ns && s.step == top) else { continue };
+            let Some(s) = statuses.iter_mut().find(|s| s.name == ns && s.step == top) else {
+                continue;
+            };
             if top == 8
-                && let Err(m) = crate::checks::namespace_settled(inp.live, &ns) {
-                    s.message = Some(format!("waiting for rollouts before undoing step {top}: {m}"));
-                    waiting.push(ns.clone());
-                    continue;
-                }
-            work.push(Work::Undo { scope: Scope::Namespace(ns.clone()), step: top });
-            work.push(Work::CleanupProbes { namespace: ns.clone(), step: top });
+                && let Err(m) = crate::checks::namespace_settled(inp.live, &ns)
+            {
+                s.message = Some(format!(
+                    "waiting for rollouts before undoing step {top}: {m}"
+                ));
+                waiting.push(ns.clone());
+                continue;
+            }
+            work.push(Work::Undo {
+                scope: Scope::Namespace(ns.clone()),
+                step: top,
+            });
+            work.push(Work::CleanupProbes {
+                namespace: ns.clone(),
+                step: top,
+            });
             s.step = top - 1;
             s.message = Some(format!("undid step {top} ({})", step_name(top)));
-            events.push(EventNote { warning: false, reason: "StepUndone", note: format!("{ns}: step {top} ({}) undone", step_name(top)) });
+            events.push(EventNote {
+                warning: false,
+                reason: "StepUndone",
+                note: format!("{ns}: step {top} ({}) undone", step_name(top)),
+            });
         }
         if !waiting.is_empty() && work.is_empty() {
             more = false;
@@ -857,8 +1234,14 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("10m"), Some(SignedDuration::from_mins(10)));
         assert_eq!(parse_duration("1h30m"), Some(SignedDuration::from_mins(90)));
-        assert_eq!(parse_duration("500ms"), Some(SignedDuration::from_millis(500)));
-        assert_eq!(parse_duration("1.5s"), Some(SignedDuration::from_millis(1500)));
+        assert_eq!(
+            parse_duration("500ms"),
+            Some(SignedDuration::from_millis(500))
+        );
+        assert_eq!(
+            parse_duration("1.5s"),
+            Some(SignedDuration::from_millis(1500))
+        );
         assert_eq!(parse_duration("10"), None);
         assert_eq!(parse_duration("x"), None);
     }

@@ -40,10 +40,18 @@ impl Error {
     /// Metric label.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::Kube { source, .. } if matches!(**source, kube::Error::Api(ref s) if s.code == 409) => "conflict",
-            Error::Kube { source, .. } if matches!(**source, kube::Error::Api(ref s) if s.code == 403) => "forbidden",
-            Error::Kube { source, .. } if matches!(**source, kube::Error::Api(ref s) if s.code == 429) => "throttled",
-            Error::Kube { source, .. } if matches!(**source, kube::Error::Api(ref s) if s.code >= 500) => "server",
+            Error::Kube { source, .. } if matches!(**source, kube::Error::Api(ref s) if s.code == 409) => {
+                "conflict"
+            }
+            Error::Kube { source, .. } if matches!(**source, kube::Error::Api(ref s) if s.code == 403) => {
+                "forbidden"
+            }
+            Error::Kube { source, .. } if matches!(**source, kube::Error::Api(ref s) if s.code == 429) => {
+                "throttled"
+            }
+            Error::Kube { source, .. } if matches!(**source, kube::Error::Api(ref s) if s.code >= 500) => {
+                "server"
+            }
             Error::Kube { .. } => "api",
             Error::Unsupported(_) => "unsupported",
             Error::Invalid(_) => "invalid",
@@ -54,6 +62,9 @@ impl Error {
 
     /// Whether retrying without a change can help.
     pub fn transient(&self) -> bool {
-        !matches!(self.reason(), "unsupported" | "invalid" | "forbidden" | "conflict" | "snapshot")
+        !matches!(
+            self.reason(),
+            "unsupported" | "invalid" | "forbidden" | "conflict" | "snapshot"
+        )
     }
 }

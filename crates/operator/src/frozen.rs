@@ -41,12 +41,22 @@ pub fn spec_hash(spec: &MeshMigrationSpec) -> String {
 }
 
 /// Encodes the inventory into ConfigMaps (head first; write parts before the head).
-pub fn encode(inv: &Inventory, migration: &str, namespace: &str, hash: &str, owner: Option<OwnerReference>) -> std::io::Result<Vec<ConfigMap>> {
+pub fn encode(
+    inv: &Inventory,
+    migration: &str,
+    namespace: &str,
+    hash: &str,
+    owner: Option<OwnerReference>,
+) -> std::io::Result<Vec<ConfigMap>> {
     let json = serde_json::to_vec(&inv.to_objects())?;
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     enc.write_all(&json)?;
     let gz = enc.finish()?;
-    let chunks: Vec<&[u8]> = if gz.is_empty() { vec![&gz[..]] } else { gz.chunks(PART).collect() };
+    let chunks: Vec<&[u8]> = if gz.is_empty() {
+        vec![&gz[..]]
+    } else {
+        gz.chunks(PART).collect()
+    };
     let head = config_map_name(migration);
     let count = chunks.len();
     Ok(chunks
@@ -59,7 +69,11 @@ pub fn encode(inv: &Inventory, migration: &str, namespace: &str, hash: &str, own
             }
             ConfigMap {
                 metadata: ObjectMeta {
-                    name: Some(if i == 0 { head.clone() } else { format!("{head}-p{i}") }),
+                    name: Some(if i == 0 {
+                        head.clone()
+                    } else {
+                        format!("{head}-p{i}")
+                    }),
                     namespace: Some(namespace.to_string()),
                     labels: Some(BTreeMap::from([
                         (mn::LABEL_MANAGED_BY.to_string(), mn::MANAGED_BY.to_string()),
@@ -78,22 +92,34 @@ pub fn encode(inv: &Inventory, migration: &str, namespace: &str, hash: &str, own
 
 /// Number of parts of a head ConfigMap.
 pub fn parts_of(head: &ConfigMap) -> usize {
-    head.metadata.annotations.as_ref().and_then(|a| a.get(PARTS_ANNOTATION)).and_then(|p| p.parse().ok()).unwrap_or(1)
+    head.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PARTS_ANNOTATION))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1)
 }
 
 /// Decodes the inventory from head and parts.
 pub fn decode(parts: &[ConfigMap]) -> Result<Inventory, String> {
     let mut gz = Vec::new();
     for p in parts {
-        let b = p.binary_data.as_ref().and_then(|d| d.get(KEY)).ok_or("a part holds no data")?;
+        let b = p
+            .binary_data
+            .as_ref()
+            .and_then(|d| d.get(KEY))
+            .ok_or("a part holds no data")?;
         gz.extend_from_slice(&b.0);
     }
     let mut json = Vec::new();
-    flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut json).map_err(|e| e.to_string())?;
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut json)
+        .map_err(|e| e.to_string())?;
     let objects: Vec<Value> = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
     let mut inv = Inventory::default();
     for o in objects {
-        inv.add_object(o, "frozen inventory").map_err(|e| e.to_string())?;
+        inv.add_object(o, "frozen inventory")
+            .map_err(|e| e.to_string())?;
     }
     Ok(inv)
 }
@@ -105,16 +131,25 @@ mod tests {
     #[test]
     fn frozen_inventory_plans_like_the_original() {
         let mut inv = Inventory::default();
-        for f in ["00-control-plane.yaml", "10-bookinfo.yaml", "20-istio.yaml", "30-migration.yaml"] {
+        for f in [
+            "00-control-plane.yaml",
+            "10-bookinfo.yaml",
+            "20-istio.yaml",
+            "30-migration.yaml",
+        ] {
             let path = format!("{}/../../examples/bookinfo/{f}", env!("CARGO_MANIFEST_DIR"));
-            inv.load_str(&std::fs::read_to_string(path).unwrap(), f).unwrap();
+            inv.load_str(&std::fs::read_to_string(path).unwrap(), f)
+                .unwrap();
         }
         let spec = inv.mesh_migrations[0].spec.clone();
         let cms = encode(&inv, "bookinfo", "meshmig-system", &spec_hash(&spec), None).unwrap();
         let back = decode(&cms).unwrap();
         let a = meshmig_planner::plan(&inv, &spec, "bookinfo");
         let b = meshmig_planner::plan(&back, &spec, "bookinfo");
-        let (mut a, mut b) = (serde_json::to_value(&a).unwrap(), serde_json::to_value(&b).unwrap());
+        let (mut a, mut b) = (
+            serde_json::to_value(&a).unwrap(),
+            serde_json::to_value(&b).unwrap(),
+        );
         // Counts of skipped kinds are not objects and are not frozen.
         a["summary"]["skipped"] = serde_json::Value::Null;
         b["summary"]["skipped"] = serde_json::Value::Null;
@@ -125,7 +160,10 @@ mod tests {
 
     #[test]
     fn spec_hash_ignores_fields_that_do_not_change_the_plan() {
-        let mut s = MeshMigrationSpec { namespaces: Some(vec!["a".into()]), ..Default::default() };
+        let mut s = MeshMigrationSpec {
+            namespaces: Some(vec!["a".into()]),
+            ..Default::default()
+        };
         let h = spec_hash(&s);
         s.accepted_findings.push("x".into());
         s.pause_before.push(7);

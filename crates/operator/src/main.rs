@@ -60,12 +60,17 @@ async fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match args.log_format {
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
-        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
     }
     let client = match kube::Client::try_default().await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("meshmig-operator: cannot reach the Kubernetes API ({e}); set KUBECONFIG or run in a cluster");
+            eprintln!(
+                "meshmig-operator: cannot reach the Kubernetes API ({e}); set KUBECONFIG or run in a cluster"
+            );
             return ExitCode::from(2);
         }
     };

@@ -49,11 +49,27 @@ impl Default for Metrics {
         let reconcile_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let phases = Family::<PhaseLabel, Gauge>::default();
         let checks = Family::<CheckLabel, Counter>::default();
-        registry.register("reconciles", "Reconciles of MeshMigrations", reconciles.clone());
-        registry.register("reconcile_errors", "Failed reconciles by reason", errors.clone());
-        registry.register("reconcile_duration_seconds", "Reconcile duration", reconcile_seconds.clone());
+        registry.register(
+            "reconciles",
+            "Reconciles of MeshMigrations",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by reason",
+            errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration",
+            reconcile_seconds.clone(),
+        );
         registry.register("migrations", "MeshMigrations by phase", phases.clone());
-        registry.register("checkpoint_results", "Checkpoint check results", checks.clone());
+        registry.register(
+            "checkpoint_results",
+            "Checkpoint check results",
+            checks.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             reconciles,
@@ -72,13 +88,20 @@ impl Metrics {
         self.reconciles.inc();
         self.reconcile_seconds.observe(took.as_secs_f64());
         if let Err(e) = result {
-            self.errors.get_or_create(&ReasonLabel { reason: e.reason().into() }).inc();
+            self.errors
+                .get_or_create(&ReasonLabel {
+                    reason: e.reason().into(),
+                })
+                .inc();
         }
     }
 
     /// Records a migration's phase and its checks.
     pub fn observe_status(&self, migration: &str, status: &MeshMigrationStatus) {
-        let phase = status.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "Pending".into());
+        let phase = status
+            .phase
+            .map(|p| format!("{p:?}"))
+            .unwrap_or_else(|| "Pending".into());
         if let Ok(mut by) = self.by_migration.lock() {
             if let Some(old) = by.insert(migration.to_string(), phase.clone()) {
                 self.phases.get_or_create(&PhaseLabel { phase: old }).dec();
@@ -88,7 +111,10 @@ impl Metrics {
         for ns in &status.namespaces {
             for c in &ns.checks {
                 self.checks
-                    .get_or_create(&CheckLabel { check: c.name.clone(), result: format!("{:?}", c.result) })
+                    .get_or_create(&CheckLabel {
+                        check: c.name.clone(),
+                        result: format!("{:?}", c.result),
+                    })
                     .inc();
             }
         }

@@ -16,17 +16,17 @@ use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
+use meshmig_api::MeshMigrationSpec;
 use meshmig_api::gateway::{Gateway, HTTPRoute};
 use meshmig_api::istio::{
-    AuthorizationPolicy, DestinationRule, EnvoyFilter, PeerAuthentication, RequestAuthentication, ServiceEntry, Sidecar,
-    Telemetry, VirtualService, WasmPlugin, WorkloadEntry, WorkloadGroup,
+    AuthorizationPolicy, DestinationRule, EnvoyFilter, PeerAuthentication, RequestAuthentication,
+    ServiceEntry, Sidecar, Telemetry, VirtualService, WasmPlugin, WorkloadEntry, WorkloadGroup,
 };
 use meshmig_api::names as mn;
 use meshmig_api::sail::{Istio, IstioCni, ZTunnel};
-use meshmig_api::MeshMigrationSpec;
+use meshmig_planner::Inventory;
 use meshmig_planner::inventory::{CrdInfo, PodInfo};
 use meshmig_planner::model::label_selector_matches;
-use meshmig_planner::Inventory;
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
@@ -56,14 +56,23 @@ where
     reader
 }
 
-fn watch_meta<K>(client: &Client, cfg: watcher::Config, triggers: &mut Vec<Trigger>) -> Store<PartialObjectMeta<K>>
+fn watch_meta<K>(
+    client: &Client,
+    cfg: watcher::Config,
+    triggers: &mut Vec<Trigger>,
+) -> Store<PartialObjectMeta<K>>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
-    PartialObjectMeta<K>: Resource<DynamicType = K::DynamicType> + Clone + DeserializeOwned + Debug + Send + Sync,
+    PartialObjectMeta<K>:
+        Resource<DynamicType = K::DynamicType> + Clone + DeserializeOwned + Debug + Send + Sync,
 {
     // An Api over PartialObjectMeta makes metadata-only list/watch requests.
-    watch(Api::<PartialObjectMeta<K>>::all(client.clone()), cfg, triggers)
+    watch(
+        Api::<PartialObjectMeta<K>>::all(client.clone()),
+        cfg,
+        triggers,
+    )
 }
 
 /// Which optional CRDs are installed (kinds whose CRD is missing are not watched).
@@ -148,24 +157,40 @@ impl Stores {
         let all = watcher::Config::default();
         macro_rules! opt {
             ($ty:ty, $crd:literal) => {
-                installed.has($crd).then(|| watch(Api::<$ty>::all(c.clone()), all.clone(), &mut t))
+                installed
+                    .has($crd)
+                    .then(|| watch(Api::<$ty>::all(c.clone()), all.clone(), &mut t))
             };
         }
-        let snapshot_cms = watcher::Config::default().labels(&format!("{}={}", mn::LABEL_MANAGED_BY, mn::MANAGED_BY));
+        let snapshot_cms = watcher::Config::default().labels(&format!(
+            "{}={}",
+            mn::LABEL_MANAGED_BY,
+            mn::MANAGED_BY
+        ));
         let stores = Stores {
             namespaces: watch(Api::<Namespace>::all(c.clone()), all.clone(), &mut t),
             services: watch(Api::<Service>::all(c.clone()), all.clone(), &mut t),
             pods: watch_meta::<Pod>(c, all.clone(), &mut t),
-            probe_pods: watch(Api::<Pod>::all(c.clone()), watcher::Config::default().labels(mn::LABEL_PROBE), &mut t),
+            probe_pods: watch(
+                Api::<Pod>::all(c.clone()),
+                watcher::Config::default().labels(mn::LABEL_PROBE),
+                &mut t,
+            ),
             deployments: watch(Api::<Deployment>::all(c.clone()), all.clone(), &mut t),
             stateful_sets: watch(Api::<StatefulSet>::all(c.clone()), all.clone(), &mut t),
             daemon_sets: watch(Api::<DaemonSet>::all(c.clone()), all.clone(), &mut t),
             replica_sets: watch_meta::<ReplicaSet>(c, all.clone(), &mut t),
             crds: watch_meta::<CustomResourceDefinition>(c, all.clone(), &mut t),
             config_maps: watch(Api::<ConfigMap>::all(c.clone()), snapshot_cms, &mut t),
-            authorization_policies: opt!(AuthorizationPolicy, "authorizationpolicies.security.istio.io"),
+            authorization_policies: opt!(
+                AuthorizationPolicy,
+                "authorizationpolicies.security.istio.io"
+            ),
             peer_authentications: opt!(PeerAuthentication, "peerauthentications.security.istio.io"),
-            request_authentications: opt!(RequestAuthentication, "requestauthentications.security.istio.io"),
+            request_authentications: opt!(
+                RequestAuthentication,
+                "requestauthentications.security.istio.io"
+            ),
             virtual_services: opt!(VirtualService, "virtualservices.networking.istio.io"),
             destination_rules: opt!(DestinationRule, "destinationrules.networking.istio.io"),
             sidecars: opt!(Sidecar, "sidecars.networking.istio.io"),
@@ -198,14 +223,35 @@ impl Stores {
             };
         }
         wait!(
-            self.namespaces, self.services, self.pods, self.probe_pods, self.deployments,
-            self.stateful_sets, self.daemon_sets, self.replica_sets, self.crds, self.config_maps
+            self.namespaces,
+            self.services,
+            self.pods,
+            self.probe_pods,
+            self.deployments,
+            self.stateful_sets,
+            self.daemon_sets,
+            self.replica_sets,
+            self.crds,
+            self.config_maps
         );
         wait_opt!(
-            self.authorization_policies, self.peer_authentications, self.request_authentications, self.virtual_services,
-            self.destination_rules, self.sidecars, self.envoy_filters, self.telemetries, self.wasm_plugins,
-            self.workload_entries, self.workload_groups, self.service_entries, self.gateways, self.http_routes,
-            self.istios, self.istio_cnis, self.ztunnels
+            self.authorization_policies,
+            self.peer_authentications,
+            self.request_authentications,
+            self.virtual_services,
+            self.destination_rules,
+            self.sidecars,
+            self.envoy_filters,
+            self.telemetries,
+            self.wasm_plugins,
+            self.workload_entries,
+            self.workload_groups,
+            self.service_entries,
+            self.gateways,
+            self.http_routes,
+            self.istios,
+            self.istio_cnis,
+            self.ztunnels
         );
         self.ready.store(true, Ordering::SeqCst);
     }
@@ -220,7 +266,9 @@ impl Stores {
         if let Some(list) = &spec.namespaces {
             return list.clone();
         }
-        let Some(sel) = &spec.namespace_selector else { return Vec::new() };
+        let Some(sel) = &spec.namespace_selector else {
+            return Vec::new();
+        };
         let mut out: Vec<String> = self
             .namespaces
             .state()
@@ -228,7 +276,8 @@ impl Stores {
             .filter_map(|n| {
                 let name = n.metadata.name.clone()?;
                 let labels = n.metadata.labels.clone().unwrap_or_default();
-                let system = ["kube-system", "kube-public", "kube-node-lease"].contains(&name.as_str())
+                let system = ["kube-system", "kube-public", "kube-node-lease"]
+                    .contains(&name.as_str())
                     || name == operator_namespace
                     || name == spec.control_plane.istio_namespace
                     || name == spec.control_plane.ztunnel_namespace
@@ -253,15 +302,25 @@ impl Stores {
             cp.cni_namespace.as_str(),
             "kube-system",
         ]);
-        let ns_of = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| m.namespace.clone().unwrap_or_default();
-        let keep = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| relevant.contains(ns_of(m).as_str());
+        let ns_of = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            m.namespace.clone().unwrap_or_default()
+        };
+        let keep = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            relevant.contains(ns_of(m).as_str())
+        };
         let mut inv = Inventory::default();
         for n in self.namespaces.state() {
             if let Some(name) = n.metadata.name.clone() {
                 inv.namespaces.insert(name, (*n).clone());
             }
         }
-        inv.services = self.services.state().iter().filter(|s| keep(&s.metadata)).map(|s| (**s).clone()).collect();
+        inv.services = self
+            .services
+            .state()
+            .iter()
+            .filter(|s| keep(&s.metadata))
+            .map(|s| (**s).clone())
+            .collect();
         inv.pods = self
             .pods
             .state()
@@ -274,7 +333,10 @@ impl Stores {
                 .as_ref()
                 .and_then(|s| s.template.metadata.as_ref())
                 .and_then(|m| m.labels.as_ref())
-                .is_some_and(|l| l.get("istio").is_some_and(|v| v.contains("ingressgateway")) || l.contains_key("gateway.networking.k8s.io/gateway-name"))
+                .is_some_and(|l| {
+                    l.get("istio").is_some_and(|v| v.contains("ingressgateway"))
+                        || l.contains_key("gateway.networking.k8s.io/gateway-name")
+                })
         };
         inv.deployments = self
             .deployments
@@ -283,8 +345,20 @@ impl Stores {
             .filter(|d| keep(&d.metadata) || ingress(d))
             .map(|d| (**d).clone())
             .collect();
-        inv.stateful_sets = self.stateful_sets.state().iter().filter(|d| keep(&d.metadata)).map(|d| (**d).clone()).collect();
-        inv.daemon_sets = self.daemon_sets.state().iter().filter(|d| keep(&d.metadata)).map(|d| (**d).clone()).collect();
+        inv.stateful_sets = self
+            .stateful_sets
+            .state()
+            .iter()
+            .filter(|d| keep(&d.metadata))
+            .map(|d| (**d).clone())
+            .collect();
+        inv.daemon_sets = self
+            .daemon_sets
+            .state()
+            .iter()
+            .filter(|d| keep(&d.metadata))
+            .map(|d| (**d).clone())
+            .collect();
         inv.replica_sets = self
             .replica_sets
             .state()
@@ -323,7 +397,12 @@ impl Stores {
             };
             ($field:ident) => {
                 if let Some(s) = &self.$field {
-                    inv.$field = s.state().iter().filter(|o| keep(&o.metadata)).map(|o| (**o).clone()).collect();
+                    inv.$field = s
+                        .state()
+                        .iter()
+                        .filter(|o| keep(&o.metadata))
+                        .map(|o| (**o).clone())
+                        .collect();
                 }
             };
         }
@@ -352,7 +431,14 @@ impl Stores {
         self.probe_pods
             .state()
             .iter()
-            .filter(|p| p.metadata.labels.as_ref().and_then(|l| l.get(mn::LABEL_MIGRATION)).map(String::as_str) == Some(migration))
+            .filter(|p| {
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(mn::LABEL_MIGRATION))
+                    .map(String::as_str)
+                    == Some(migration)
+            })
             .map(|p| (**p).clone())
             .collect()
     }

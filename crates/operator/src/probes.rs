@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, Pod, PodSpec, SecurityContext, SeccompProfile,
+    Capabilities, Container, Pod, PodSpec, SeccompProfile, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use meshmig_api::names as mn;
@@ -62,8 +62,15 @@ pub fn url_namespace(url: &str) -> Option<String> {
 }
 
 /// Name of the probe Pod for one checkpoint attempt (`attempt` distinguishes retries).
-pub fn pod_name(migration: &str, probe: &str, validated: &str, step: StepNumber, attempt: &str) -> String {
-    let digest = Sha256::digest(format!("{migration}/{validated}/{step}/{attempt}/{probe}").as_bytes());
+pub fn pod_name(
+    migration: &str,
+    probe: &str,
+    validated: &str,
+    step: StepNumber,
+    attempt: &str,
+) -> String {
+    let digest =
+        Sha256::digest(format!("{migration}/{validated}/{step}/{attempt}/{probe}").as_bytes());
     let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
     let mut base = format!("meshmig-probe-{probe}");
     base.truncate(52);
@@ -168,12 +175,18 @@ pub fn outcome(pod: Option<&Pod>, probe: &str) -> (CheckResult, String) {
     let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
     let name = pod.metadata.name.as_deref().unwrap_or_default();
     match phase {
-        "Succeeded" => (CheckResult::Pass, format!("probe {probe}: {}", message.trim())),
+        "Succeeded" => (
+            CheckResult::Pass,
+            format!("probe {probe}: {}", message.trim()),
+        ),
         "Failed" => (
             CheckResult::Fail,
             format!("probe {probe} failed (Pod {ns}/{name}): {}", message.trim()),
         ),
-        other => (CheckResult::Pending, format!("probe {probe}: Pod {ns}/{name} is {other}")),
+        other => (
+            CheckResult::Pending,
+            format!("probe {probe}: Pod {ns}/{name} is {other}"),
+        ),
     }
 }
 
@@ -190,7 +203,10 @@ mod tests {
             url: url.into(),
             method: None,
             headers: BTreeMap::from([("end-user".into(), "jason".into())]),
-            expect: ProbeExpectation { status: Some(200), denied: None },
+            expect: ProbeExpectation {
+                status: Some(200),
+                denied: None,
+            },
             steps,
             image: None,
         }
@@ -198,8 +214,14 @@ mod tests {
 
     #[test]
     fn url_namespaces() {
-        assert_eq!(url_namespace("http://reviews.bookinfo:9080/r").as_deref(), Some("bookinfo"));
-        assert_eq!(url_namespace("http://reviews.bookinfo.svc.cluster.local/").as_deref(), Some("bookinfo"));
+        assert_eq!(
+            url_namespace("http://reviews.bookinfo:9080/r").as_deref(),
+            Some("bookinfo")
+        );
+        assert_eq!(
+            url_namespace("http://reviews.bookinfo.svc.cluster.local/").as_deref(),
+            Some("bookinfo")
+        );
         assert_eq!(url_namespace("http://reviews/").as_deref(), None);
     }
 
@@ -217,15 +239,32 @@ mod tests {
 
     #[test]
     fn pod_uses_the_callers_identity_and_passes_headers_as_arguments() {
-        let pod = pod("bookinfo", &probe("http://reviews.bookinfo:9080/", vec![]), "bookinfo", 7, "t1");
+        let pod = pod(
+            "bookinfo",
+            &probe("http://reviews.bookinfo:9080/", vec![]),
+            "bookinfo",
+            7,
+            "t1",
+        );
         let spec = pod.spec.as_ref().unwrap();
         assert_eq!(spec.service_account_name.as_deref(), Some("web"));
         assert_eq!(pod.metadata.namespace.as_deref(), Some("front"));
         let args = spec.containers[0].args.as_ref().unwrap();
         assert!(args.contains(&"end-user: jason".to_string()));
-        assert_eq!(pod.metadata.labels.as_ref().unwrap().get(mn::LABEL_PROBE).map(String::as_str), Some("p"));
+        assert_eq!(
+            pod.metadata
+                .labels
+                .as_ref()
+                .unwrap()
+                .get(mn::LABEL_PROBE)
+                .map(String::as_str),
+            Some("p")
+        );
         // Different attempts get different Pods.
-        assert_ne!(pod_name("m", "p", "n", 7, "a"), pod_name("m", "p", "n", 7, "b"));
+        assert_ne!(
+            pod_name("m", "p", "n", 7, "a"),
+            pod_name("m", "p", "n", 7, "b")
+        );
         assert!(pod_name(&"m".repeat(100), &"p".repeat(60), "n", 7, "a").len() <= 63);
     }
 

@@ -49,7 +49,11 @@ fn now() -> Timestamp {
 }
 
 impl Ctx {
-    async fn write_status(&self, mm: &MeshMigration, status: &MeshMigrationStatus) -> Result<(), Error> {
+    async fn write_status(
+        &self,
+        mm: &MeshMigration,
+        status: &MeshMigrationStatus,
+    ) -> Result<(), Error> {
         if mm.status.as_ref() == Some(status) {
             return Ok(());
         }
@@ -59,17 +63,30 @@ impl Ctx {
             "kind": MeshMigration::kind(&()),
             "status": status,
         });
-        api.patch_status(&mm.name_any(), &PatchParams::apply(mn::FIELD_MANAGER), &Patch::Apply(&patch))
-            .await
-            .map(|_| ())
-            .map_err(|e| Error::kube(format!("write status of MeshMigration {}", mm.name_any()), e))
+        api.patch_status(
+            &mm.name_any(),
+            &PatchParams::apply(mn::FIELD_MANAGER),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            Error::kube(
+                format!("write status of MeshMigration {}", mm.name_any()),
+                e,
+            )
+        })
     }
 
     async fn publish(&self, mm: &MeshMigration, events: &[decide::EventNote]) {
         let reference = mm.object_ref(&());
         for e in events {
             let ev = Event {
-                type_: if e.warning { EventType::Warning } else { EventType::Normal },
+                type_: if e.warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
                 reason: e.reason.into(),
                 note: Some(e.note.chars().take(1000).collect()),
                 action: "Reconcile".into(),
@@ -89,16 +106,35 @@ impl Ctx {
         s.phase = Some(MigrationPhase::Stalled);
         let desired = [
             Desired::new(mn::CONDITION_READY, false, reason, message.clone()),
-            Desired::new(mn::CONDITION_RECONCILING, false, reason, "waiting for a change to the spec or the cluster"),
+            Desired::new(
+                mn::CONDITION_RECONCILING,
+                false,
+                reason,
+                "waiting for a change to the spec or the cluster",
+            ),
             Desired::new(mn::CONDITION_STALLED, true, reason, message),
             Desired::new(mn::CONDITION_PAUSED, false, "NotPaused", "not paused"),
-            Desired::new(mn::CONDITION_ROLLED_BACK, false, "NotRolledBack", "no rollback"),
+            Desired::new(
+                mn::CONDITION_ROLLED_BACK,
+                false,
+                "NotRolledBack",
+                "no rollback",
+            ),
         ];
-        s.conditions = conditions::merge(&old.conditions, &desired, mm.metadata.generation, &Time(now()));
+        s.conditions = conditions::merge(
+            &old.conditions,
+            &desired,
+            mm.metadata.generation,
+            &Time(now()),
+        );
         s
     }
 
-    async fn load_frozen(&self, mm: &MeshMigration, plan_ref: &PlanRef) -> Result<Arc<Inventory>, Error> {
+    async fn load_frozen(
+        &self,
+        mm: &MeshMigration,
+        plan_ref: &PlanRef,
+    ) -> Result<Arc<Inventory>, Error> {
         let api: Api<ConfigMap> = Api::namespaced(self.actor.client.clone(), &plan_ref.namespace);
         let head = api
             .get_opt(&plan_ref.config_map)
@@ -114,9 +150,10 @@ impl Ctx {
         let rv = head.resource_version().unwrap_or_default();
         if let Ok(cache) = self.frozen.lock()
             && let Some((cached_rv, inv)) = cache.get(&uid)
-                && *cached_rv == rv {
-                    return Ok(inv.clone());
-                }
+            && *cached_rv == rv
+        {
+            return Ok(inv.clone());
+        }
         let count = frozen::parts_of(&head);
         let mut parts = vec![head];
         for i in 1..count {
@@ -135,9 +172,15 @@ impl Ctx {
         Ok(inv)
     }
 
-    async fn store_frozen(&self, mm: &MeshMigration, inv: &Inventory, hash: &str) -> Result<PlanRef, Error> {
+    async fn store_frozen(
+        &self,
+        mm: &MeshMigration,
+        inv: &Inventory,
+        hash: &str,
+    ) -> Result<PlanRef, Error> {
         let ns = &self.actor.operator_namespace;
-        let cms = frozen::encode(inv, &mm.name_any(), ns, hash, owner_ref(mm)).map_err(|e| Error::Plan(e.to_string()))?;
+        let cms = frozen::encode(inv, &mm.name_any(), ns, hash, owner_ref(mm))
+            .map_err(|e| Error::Plan(e.to_string()))?;
         let api: Api<ConfigMap> = Api::namespaced(self.actor.client.clone(), ns);
         for cm in cms.iter().skip(1).chain(cms.first()) {
             let name = cm.name_any();
@@ -163,17 +206,33 @@ impl Ctx {
         finalizers.push(mn::FINALIZER.into());
         let api: Api<MeshMigration> = Api::all(self.actor.client.clone());
         let patch = serde_json::json!({"metadata": {"resourceVersion": mm.resource_version(), "finalizers": finalizers}});
-        api.patch(&mm.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map(|_| ())
-            .map_err(|e| Error::kube("add finalizer", e))
+        api.patch(
+            &mm.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::kube("add finalizer", e))
     }
 
     async fn remove_finalizer(&self, mm: &MeshMigration) -> Result<(), Error> {
-        let finalizers: Vec<String> = mm.finalizers().iter().filter(|f| *f != mn::FINALIZER).cloned().collect();
+        let finalizers: Vec<String> = mm
+            .finalizers()
+            .iter()
+            .filter(|f| *f != mn::FINALIZER)
+            .cloned()
+            .collect();
         let api: Api<MeshMigration> = Api::all(self.actor.client.clone());
         let patch = serde_json::json!({"metadata": {"resourceVersion": mm.resource_version(), "finalizers": finalizers}});
-        match api.patch(&mm.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match api
+            .patch(
+                &mm.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(Error::kube("remove finalizer", e)),
@@ -201,10 +260,25 @@ pub async fn reconcile(mm: Arc<MeshMigration>, ctx: Arc<Ctx>) -> Result<Action, 
             let message = format!("{err}");
             let stalled = !err.transient();
             let at = Time(now());
-            conditions::set(&mut s.conditions, Desired::new(mn::CONDITION_RECONCILING, !stalled, "Error", message.clone()), mm.metadata.generation, &at);
             conditions::set(
                 &mut s.conditions,
-                Desired::new(mn::CONDITION_STALLED, stalled, if stalled { "Error" } else { "Retrying" }, message),
+                Desired::new(
+                    mn::CONDITION_RECONCILING,
+                    !stalled,
+                    "Error",
+                    message.clone(),
+                ),
+                mm.metadata.generation,
+                &at,
+            );
+            conditions::set(
+                &mut s.conditions,
+                Desired::new(
+                    mn::CONDITION_STALLED,
+                    stalled,
+                    if stalled { "Error" } else { "Retrying" },
+                    message,
+                ),
                 mm.metadata.generation,
                 &at,
             );
@@ -222,7 +296,9 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
     let op_ns = ctx.actor.operator_namespace.clone();
     let deleting = mm.meta().deletion_timestamp.is_some();
     if deleting {
-        if mm.spec.on_delete.unwrap_or_default() == OnDelete::Retain || mm.status.as_ref().and_then(|s| s.plan.as_ref()).is_none() {
+        if mm.spec.on_delete.unwrap_or_default() == OnDelete::Retain
+            || mm.status.as_ref().and_then(|s| s.plan.as_ref()).is_none()
+        {
             ctx.remove_finalizer(mm).await?;
             return Ok(Action::await_change());
         }
@@ -244,12 +320,11 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
         .map(|o| ((**o).clone(), ctx.stores.targets(&o.spec, &op_ns)))
         .collect();
     let started = mm.status.as_ref().and_then(|s| s.plan.as_ref()).is_some();
-    if !started
-        && let Some(msg) = validate::claimed_by(mm, &others, &targets) {
-            let status = Ctx::stalled(mm, "NamespaceClaimed", msg);
-            ctx.write_status(mm, &status).await?;
-            return Ok(Action::requeue(Duration::from_secs(30)));
-        }
+    if !started && let Some(msg) = validate::claimed_by(mm, &others, &targets) {
+        let status = Ctx::stalled(mm, "NamespaceClaimed", msg);
+        ctx.write_status(mm, &status).await?;
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
 
     // ---- plan: frozen once the migration left step 1, live before
     let hash = frozen::spec_hash(&mm.spec);
@@ -276,7 +351,15 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
         None => meshmig_planner::plan(&live, &mm.spec, &name),
     };
     let probe_pods = ctx.stores.probe_pods_of(&name);
-    let run_token = format!("{}-{}", mm.uid().unwrap_or_default().chars().take(8).collect::<String>(), hash);
+    let run_token = format!(
+        "{}-{}",
+        mm.uid()
+            .unwrap_or_default()
+            .chars()
+            .take(8)
+            .collect::<String>(),
+        hash
+    );
     let input = Input {
         mm,
         plan: &plan,
@@ -290,7 +373,10 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
     let mut decision: Decision = decide::decide(&input);
 
     // Freeze the inventory before the first change.
-    if plan_ref.is_none() && decision.status.namespaces.iter().any(|s| s.step >= 2) && decision.status.rollback.is_none() {
+    if plan_ref.is_none()
+        && decision.status.namespaces.iter().any(|s| s.step >= 2)
+        && decision.status.rollback.is_none()
+    {
         let pr = ctx.store_frozen(mm, &live, &hash).await?;
         info!(migration = %name, config_map = %pr.config_map, "plan frozen");
         decision.status.plan = Some(pr);
@@ -304,7 +390,12 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
     ctx.metrics.observe_status(&name, &decision.status);
 
     if deleting {
-        if decision.status.rollback.as_ref().is_some_and(|r| r.completed) {
+        if decision
+            .status
+            .rollback
+            .as_ref()
+            .is_some_and(|r| r.completed)
+        {
             ctx.remove_finalizer(mm).await?;
             return Ok(Action::await_change());
         }

@@ -11,12 +11,12 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::Client;
 use meshmig_api::MeshMigration;
 use tracing::{info, warn};
 
@@ -41,7 +41,11 @@ pub async fn discover(client: &Client) -> Installed {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     match api.list_metadata(&ListParams::default()).await {
         Ok(list) => Installed {
-            crds: list.items.into_iter().filter_map(|c| c.metadata.name).collect(),
+            crds: list
+                .items
+                .into_iter()
+                .filter_map(|c| c.metadata.name)
+                .collect(),
         },
         Err(e) => {
             warn!(error = %e, "cannot list CRDs; Istio, Gateway API and Sail kinds are not watched");
@@ -68,15 +72,24 @@ async fn readyz(State(h): State<Health>) -> (StatusCode, &'static str) {
     }
 }
 
-async fn metrics_handler(State(h): State<Health>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+async fn metrics_handler(
+    State(h): State<Health>,
+) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
     (
-        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         h.metrics.encode(),
     )
 }
 
 /// Runs the controller until `shutdown` resolves.
-pub async fn run(client: Client, settings: Settings, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow_free::Result {
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow_free::Result {
     let installed = discover(&client).await;
     let (stores, trigger) = Stores::start(&client, &installed);
     let metrics = Arc::new(Metrics::default());
@@ -96,7 +109,9 @@ pub async fn run(client: Client, settings: Settings, shutdown: impl std::future:
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
         .with_state(health);
-    let listener = tokio::net::TcpListener::bind(settings.http_addr).await.map_err(|e| format!("bind {}: {e}", settings.http_addr))?;
+    let listener = tokio::net::TcpListener::bind(settings.http_addr)
+        .await
+        .map_err(|e| format!("bind {}: {e}", settings.http_addr))?;
     info!(addr = %settings.http_addr, "serving /healthz, /readyz, /metrics");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -105,12 +120,19 @@ pub async fn run(client: Client, settings: Settings, shutdown: impl std::future:
     });
 
     let api: Api<MeshMigration> = Api::all(client.clone());
-    let controller = Controller::new(api, watcher::Config::default())
-        .with_config(ControllerConfig::default().debounce(Duration::from_millis(250)).concurrency(4));
+    let controller = Controller::new(api, watcher::Config::default()).with_config(
+        ControllerConfig::default()
+            .debounce(Duration::from_millis(250))
+            .concurrency(4),
+    );
     let migrations = controller.store();
     let mm_store = migrations.clone();
     let wake = trigger.flat_map(move |()| {
-        let refs: Vec<ObjectRef<MeshMigration>> = mm_store.state().iter().map(|m| ObjectRef::from_obj(&**m)).collect();
+        let refs: Vec<ObjectRef<MeshMigration>> = mm_store
+            .state()
+            .iter()
+            .map(|m| ObjectRef::from_obj(&**m))
+            .collect();
         futures::stream::iter(refs)
     });
     let recorder = Recorder::new(

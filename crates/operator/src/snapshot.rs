@@ -245,13 +245,23 @@ pub fn decode(parts: &[Option<ConfigMap>]) -> Result<Snapshot, DecodeError> {
         let Some(cm) = parts.get(i).and_then(Option::as_ref) else {
             return Err(DecodeError::MissingPart(name, i, count));
         };
-        if let Some(b) = cm.binary_data.as_ref().and_then(|d| d.get(GZ_KEY).or_else(|| d.get(DATA_KEY))) {
-            gz |= cm.binary_data.as_ref().is_some_and(|d| d.contains_key(GZ_KEY));
+        if let Some(b) = cm
+            .binary_data
+            .as_ref()
+            .and_then(|d| d.get(GZ_KEY).or_else(|| d.get(DATA_KEY)))
+        {
+            gz |= cm
+                .binary_data
+                .as_ref()
+                .is_some_and(|d| d.contains_key(GZ_KEY));
             payload.extend_from_slice(&b.0);
         } else if let Some(s) = cm.data.as_ref().and_then(|d| d.get(DATA_KEY)) {
             payload.extend_from_slice(s.as_bytes());
         } else {
-            return Err(DecodeError::Corrupt(name, format!("part {i} holds no snapshot data")));
+            return Err(DecodeError::Corrupt(
+                name,
+                format!("part {i} holds no snapshot data"),
+            ));
         }
     }
     let json = if gz {
@@ -306,9 +316,15 @@ mod tests {
         let cms = roundtrip(&snap(2, 10));
         assert_eq!(cms.len(), 1);
         assert!(cms[0].data.as_ref().unwrap().contains_key(DATA_KEY));
-        assert_eq!(cms[0].metadata.name.as_deref(), Some("meshmig-bookinfo-step7"));
+        assert_eq!(
+            cms[0].metadata.name.as_deref(),
+            Some("meshmig-bookinfo-step7")
+        );
         let labels = cms[0].metadata.labels.as_ref().unwrap();
-        assert_eq!(labels.get(mn::LABEL_SNAPSHOT).map(String::as_str), Some("true"));
+        assert_eq!(
+            labels.get(mn::LABEL_SNAPSHOT).map(String::as_str),
+            Some("true")
+        );
     }
 
     #[test]
@@ -324,19 +340,32 @@ mod tests {
         let mut s = snap(0, 0);
         for i in 0..60_000u64 {
             s.entries.push(Entry::Restart {
-                object: ObjectRef::new("Deployment", Some("ns"), &format!("d{}", i.wrapping_mul(2654435761))),
+                object: ObjectRef::new(
+                    "Deployment",
+                    Some("ns"),
+                    &format!("d{}", i.wrapping_mul(2654435761)),
+                ),
                 previous: Some(format!("{:x}", i.wrapping_mul(0x9e3779b97f4a7c15))),
             });
         }
         let cms = roundtrip(&s);
         assert!(cms.len() > 1, "{} parts", cms.len());
         for cm in &cms {
-            let size: usize = cm.binary_data.as_ref().unwrap().values().map(|b| b.0.len()).sum();
+            let size: usize = cm
+                .binary_data
+                .as_ref()
+                .unwrap()
+                .values()
+                .map(|b| b.0.len())
+                .sum();
             assert!(size <= PART_SIZE);
         }
         let mut parts: Vec<Option<ConfigMap>> = cms.into_iter().map(Some).collect();
         parts[1] = None;
-        assert!(matches!(decode(&parts), Err(DecodeError::MissingPart(_, 1, _))));
+        assert!(matches!(
+            decode(&parts),
+            Err(DecodeError::MissingPart(_, 1, _))
+        ));
     }
 
     #[test]
@@ -345,6 +374,9 @@ mod tests {
             "metadata": {"name": "a", "uid": "u", "resourceVersion": "1", "managedFields": [], "labels": {"x": "y"}},
             "spec": {"a": 1}, "status": {"b": 2}
         }));
-        assert_eq!(v, serde_json::json!({"metadata": {"name": "a", "labels": {"x": "y"}}, "spec": {"a": 1}}));
+        assert_eq!(
+            v,
+            serde_json::json!({"metadata": {"name": "a", "labels": {"x": "y"}}, "spec": {"a": 1}})
+        );
     }
 }

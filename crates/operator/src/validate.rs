@@ -16,13 +16,23 @@ pub struct SpecProblem {
 
 /// Checks the spec against the cluster: targets resolve, the operator's own namespace and the
 /// control-plane namespaces are not migrated.
-pub fn validate(mm: &MeshMigration, targets: &[String], operator_namespace: &str) -> Option<SpecProblem> {
+pub fn validate(
+    mm: &MeshMigration,
+    targets: &[String],
+    operator_namespace: &str,
+) -> Option<SpecProblem> {
     let spec = &mm.spec;
-    let field = if spec.namespaces.is_some() { "spec.namespaces" } else { "spec.namespaceSelector" };
+    let field = if spec.namespaces.is_some() {
+        "spec.namespaces"
+    } else {
+        "spec.namespaceSelector"
+    };
     if targets.is_empty() {
         return Some(SpecProblem {
             field: field.into(),
-            message: format!("{field} selects no namespace; label the namespaces to migrate or list them"),
+            message: format!(
+                "{field} selects no namespace; label the namespaces to migrate or list them"
+            ),
             reason: "NoNamespaces",
         });
     }
@@ -47,7 +57,12 @@ pub fn validate(mm: &MeshMigration, targets: &[String], operator_namespace: &str
             });
         }
     }
-    if spec.checkpoints.probes.iter().any(|p| p.url.contains(char::is_whitespace)) {
+    if spec
+        .checkpoints
+        .probes
+        .iter()
+        .any(|p| p.url.contains(char::is_whitespace))
+    {
         return Some(SpecProblem {
             field: "spec.checkpoints.probes[].url".into(),
             message: "a probe URL contains whitespace".into(),
@@ -59,17 +74,30 @@ pub fn validate(mm: &MeshMigration, targets: &[String], operator_namespace: &str
 
 /// Whether another active MeshMigration already claims one of the targets; the older one
 /// (by creation time, then name) keeps it.
-pub fn claimed_by(mm: &MeshMigration, others: &[(MeshMigration, Vec<String>)], targets: &[String]) -> Option<String> {
-    let me = (mm.metadata.creation_timestamp.clone(), mm.metadata.name.clone());
+pub fn claimed_by(
+    mm: &MeshMigration,
+    others: &[(MeshMigration, Vec<String>)],
+    targets: &[String],
+) -> Option<String> {
+    let me = (
+        mm.metadata.creation_timestamp.clone(),
+        mm.metadata.name.clone(),
+    );
     for (other, other_targets) in others {
         if other.metadata.uid == mm.metadata.uid || other.metadata.deletion_timestamp.is_some() {
             continue;
         }
         let phase = other.status.as_ref().and_then(|s| s.phase);
-        if matches!(phase, Some(MigrationPhase::Completed | MigrationPhase::RolledBack)) {
+        if matches!(
+            phase,
+            Some(MigrationPhase::Completed | MigrationPhase::RolledBack)
+        ) {
             continue;
         }
-        let them = (other.metadata.creation_timestamp.clone(), other.metadata.name.clone());
+        let them = (
+            other.metadata.creation_timestamp.clone(),
+            other.metadata.name.clone(),
+        );
         let older = match (&them.0, &me.0) {
             (Some(a), Some(b)) if a.0 != b.0 => a.0 < b.0,
             _ => them.1 < me.1,
@@ -107,7 +135,9 @@ mod tests {
             },
         );
         m.metadata.uid = Some(uid.into());
-        m.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::from_second(created).unwrap()));
+        m.metadata.creation_timestamp = Some(Time(
+            k8s_openapi::jiff::Timestamp::from_second(created).unwrap(),
+        ));
         m
     }
 
@@ -115,11 +145,21 @@ mod tests {
     fn newcomer_is_stalled_by_an_older_claim() {
         let a = mm("a", 100, "1", &["shop"]);
         let b = mm("b", 200, "2", &["shop", "pay"]);
-        let others = vec![(a.clone(), vec!["shop".to_string()]), (b.clone(), vec!["shop".to_string(), "pay".to_string()])];
-        assert!(claimed_by(&b, &others, &["shop".into(), "pay".into()]).unwrap().contains("MeshMigration a"));
+        let others = vec![
+            (a.clone(), vec!["shop".to_string()]),
+            (b.clone(), vec!["shop".to_string(), "pay".to_string()]),
+        ];
+        assert!(
+            claimed_by(&b, &others, &["shop".into(), "pay".into()])
+                .unwrap()
+                .contains("MeshMigration a")
+        );
         assert_eq!(claimed_by(&a, &others, &["shop".into()]), None);
         let mut done = a.clone();
-        done.status = Some(meshmig_api::MeshMigrationStatus { phase: Some(MigrationPhase::Completed), ..Default::default() });
+        done.status = Some(meshmig_api::MeshMigrationStatus {
+            phase: Some(MigrationPhase::Completed),
+            ..Default::default()
+        });
         let others = vec![(done, vec!["shop".to_string()])];
         assert_eq!(claimed_by(&b, &others, &["shop".into()]), None);
     }

@@ -8,14 +8,20 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use meshmig_api::names as mn;
 use meshmig_api::{CheckResult, MeshMigration, MigrationPhase, NamespacePhase, OnFailure};
 use meshmig_operator::conditions::is_true;
-use meshmig_operator::decide::{decide, Decision, Input, Scope, Work};
-use meshmig_planner::{plan, Inventory, Plan};
+use meshmig_operator::decide::{Decision, Input, Scope, Work, decide};
+use meshmig_planner::{Inventory, Plan, plan};
 
 fn bookinfo() -> (Inventory, MeshMigration) {
     let mut inv = Inventory::default();
-    for f in ["00-control-plane.yaml", "10-bookinfo.yaml", "20-istio.yaml", "30-migration.yaml"] {
+    for f in [
+        "00-control-plane.yaml",
+        "10-bookinfo.yaml",
+        "20-istio.yaml",
+        "30-migration.yaml",
+    ] {
         let path = format!("{}/../../examples/bookinfo/{f}", env!("CARGO_MANIFEST_DIR"));
-        inv.load_str(&std::fs::read_to_string(path).unwrap(), f).unwrap();
+        inv.load_str(&std::fs::read_to_string(path).unwrap(), f)
+            .unwrap();
     }
     inv.load_str(
         "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: gateways.gateway.networking.k8s.io}\n---\napiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: httproutes.gateway.networking.k8s.io}\n",
@@ -74,7 +80,11 @@ impl World {
     }
 
     fn annotate(&mut self, k: &str, v: &str) {
-        self.mm.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(k.into(), v.into());
+        self.mm
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(k.into(), v.into());
     }
 }
 
@@ -110,7 +120,11 @@ fn step_one_passes_and_step_two_snapshots_before_acting() {
         _ => unreachable!(),
     }
     assert!(d.events.iter().any(|e| e.reason == "StepPassed"));
-    assert!(d.events.iter().any(|e| e.reason == "StepStarted" && e.note.contains("step 2")));
+    assert!(
+        d.events
+            .iter()
+            .any(|e| e.reason == "StepStarted" && e.note.contains("step 2"))
+    );
     let status = w.mm.status.as_ref().unwrap();
     assert!(is_true(&status.conditions, mn::CONDITION_RECONCILING));
     assert!(!is_true(&status.conditions, mn::CONDITION_READY));
@@ -125,12 +139,21 @@ fn pending_checks_stay_pending_then_time_out() {
     let d = w.step();
     let ns = w.ns();
     assert_eq!(ns.phase, NamespacePhase::Validating);
-    assert!(ns.checks.iter().any(|c| c.result == CheckResult::Pending && c.message.contains("Istio default")), "{:?}", ns.checks);
+    assert!(
+        ns.checks
+            .iter()
+            .any(|c| c.result == CheckResult::Pending && c.message.contains("Istio default")),
+        "{:?}",
+        ns.checks
+    );
     assert!(d.waiting_on_time);
     // Same input again: the check's transition time does not move.
     let before = ns.checks.clone();
     w.step();
-    assert_eq!(w.ns().checks[0].last_transition_time, before[0].last_transition_time);
+    assert_eq!(
+        w.ns().checks[0].last_transition_time,
+        before[0].last_transition_time
+    );
     // Past the timeout (5m in the bookinfo spec): Failed, with a Stalled condition.
     w.now = w.now.checked_add(SignedDuration::from_mins(6)).unwrap();
     let d = w.step();
@@ -138,7 +161,11 @@ fn pending_checks_stay_pending_then_time_out() {
     assert_eq!(ns.phase, NamespacePhase::Failed);
     assert!(ns.message.as_deref().unwrap().contains("timed out"));
     assert!(ns.checks.iter().any(|c| c.result == CheckResult::Fail));
-    assert!(d.events.iter().any(|e| e.reason == "StepFailed" && e.warning));
+    assert!(
+        d.events
+            .iter()
+            .any(|e| e.reason == "StepFailed" && e.warning)
+    );
     let status = w.mm.status.as_ref().unwrap();
     assert_eq!(status.phase, Some(MigrationPhase::Failed));
     assert!(is_true(&status.conditions, mn::CONDITION_STALLED));
@@ -170,17 +197,30 @@ fn on_failure_rollback_undoes_the_started_steps() {
     w.now = w.now.checked_add(SignedDuration::from_mins(6)).unwrap();
     // Step 2 times out: Failed, and with onFailure: Rollback the rollback starts at once.
     let d = w.step();
-    assert!(d.work.contains(&Work::Undo { scope: Scope::Cluster, step: 2 }), "{:?}", d.work);
+    assert!(
+        d.work.contains(&Work::Undo {
+            scope: Scope::Cluster,
+            step: 2
+        }),
+        "{:?}",
+        d.work
+    );
     assert!(d.events.iter().any(|e| e.reason == "RollbackStarted"));
     let d = w.step();
     assert!(d.work.contains(&Work::DeletePlan));
-    assert!(d.work.contains(&Work::DeleteSnapshots { scope: Scope::Cluster, step: 2 }));
+    assert!(d.work.contains(&Work::DeleteSnapshots {
+        scope: Scope::Cluster,
+        step: 2
+    }));
     let status = w.mm.status.as_ref().unwrap();
     assert_eq!(status.phase, Some(MigrationPhase::RolledBack));
     assert!(is_true(&status.conditions, mn::CONDITION_ROLLED_BACK));
     let rb = status.rollback.as_ref().unwrap();
     assert_eq!(rb.requested_by, "onFailure");
-    assert!(rb.reason.as_deref().unwrap().contains("timed out"), "{rb:?}");
+    assert!(
+        rb.reason.as_deref().unwrap().contains("timed out"),
+        "{rb:?}"
+    );
     // Terminal: nothing more happens.
     let d = w.step();
     assert!(d.work.is_empty(), "{:?}", d.work);
@@ -205,7 +245,11 @@ fn pause_before_holds_a_step_until_approved_and_paused_holds() {
     assert_eq!(w.ns().phase, NamespacePhase::Waiting);
     assert!(w.ns().message.unwrap().contains("paused"));
     // Removing it resumes.
-    w.mm.metadata.annotations.as_mut().unwrap().remove(mn::ANNOTATION_PAUSED);
+    w.mm.metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .remove(mn::ANNOTATION_PAUSED);
     w.step();
     assert_eq!((w.ns().step, w.ns().phase), (2, NamespacePhase::Validating));
 }
@@ -247,8 +291,18 @@ fn barrier_holds_step_seven_until_every_namespace_finished_six() {
     let mut w = World::new();
     let mut status = meshmig_api::MeshMigrationStatus::default();
     status.namespaces = vec![
-        meshmig_api::NamespaceStatus { name: "bookinfo".into(), step: 7, phase: NamespacePhase::Waiting, ..Default::default() },
-        meshmig_api::NamespaceStatus { name: "other".into(), step: 6, phase: NamespacePhase::Validating, ..Default::default() },
+        meshmig_api::NamespaceStatus {
+            name: "bookinfo".into(),
+            step: 7,
+            phase: NamespacePhase::Waiting,
+            ..Default::default()
+        },
+        meshmig_api::NamespaceStatus {
+            name: "other".into(),
+            step: 6,
+            phase: NamespacePhase::Validating,
+            ..Default::default()
+        },
     ];
     w.plan.namespace_order.push("other".into());
     let mut other = w.plan.namespaces[0].clone();
@@ -258,39 +312,71 @@ fn barrier_holds_step_seven_until_every_namespace_finished_six() {
     let d = w.decide();
     let ns = &d.status.namespaces[0];
     assert_eq!(ns.phase, NamespacePhase::Waiting);
-    assert!(ns.message.as_deref().unwrap().contains("barrier"), "{:?}", ns.message);
+    assert!(
+        ns.message.as_deref().unwrap().contains("barrier"),
+        "{:?}",
+        ns.message
+    );
 }
 
 #[test]
 fn step_seven_is_guarded_by_a_programmed_waypoint() {
     let mut w = World::new();
     w.mm.status = Some(meshmig_api::MeshMigrationStatus {
-        namespaces: vec![meshmig_api::NamespaceStatus { name: "bookinfo".into(), step: 7, phase: NamespacePhase::Waiting, ..Default::default() }],
+        namespaces: vec![meshmig_api::NamespaceStatus {
+            name: "bookinfo".into(),
+            step: 7,
+            phase: NamespacePhase::Waiting,
+            ..Default::default()
+        }],
         ..Default::default()
     });
     let d = w.decide();
     assert_eq!(d.status.namespaces[0].phase, NamespacePhase::Waiting);
-    assert!(d.status.namespaces[0].message.as_deref().unwrap().contains("not Programmed"));
+    assert!(
+        d.status.namespaces[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("not Programmed")
+    );
     assert!(d.work.is_empty());
 }
 
 #[test]
 fn an_unaccepted_fail_open_window_holds_the_step_it_opens() {
     let mut w = World::new();
-    w.plan.namespaces[0].enforcement[0].windows.push(meshmig_planner::plan::Window {
-        from_step: 9,
-        to_step: 9,
-        kind: "fail-open",
-        reason: "test window".into(),
-    });
+    w.plan.namespaces[0].enforcement[0]
+        .windows
+        .push(meshmig_planner::plan::Window {
+            from_step: 9,
+            to_step: 9,
+            kind: "fail-open",
+            reason: "test window".into(),
+        });
     w.mm.status = Some(meshmig_api::MeshMigrationStatus {
-        namespaces: vec![meshmig_api::NamespaceStatus { name: "bookinfo".into(), step: 9, phase: NamespacePhase::Waiting, ..Default::default() }],
+        namespaces: vec![meshmig_api::NamespaceStatus {
+            name: "bookinfo".into(),
+            step: 9,
+            phase: NamespacePhase::Waiting,
+            ..Default::default()
+        }],
         ..Default::default()
     });
     let d = w.decide();
-    assert!(d.status.namespaces[0].message.as_deref().unwrap().contains("fail-open"), "{:?}", d.status.namespaces[0].message);
+    assert!(
+        d.status.namespaces[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("fail-open"),
+        "{:?}",
+        d.status.namespaces[0].message
+    );
     let policy = w.plan.namespaces[0].enforcement[0].policy.to_string();
-    w.mm.spec.accepted_findings.push(format!("enforcement-fail-open@{policy}"));
+    w.mm.spec
+        .accepted_findings
+        .push(format!("enforcement-fail-open@{policy}"));
     let d = w.decide();
     assert_eq!(d.status.namespaces[0].phase, NamespacePhase::Validating);
 }

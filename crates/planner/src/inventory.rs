@@ -446,7 +446,11 @@ impl Inventory {
             v
         }
         let mut out = Vec::with_capacity(self.len());
-        out.extend(self.namespaces.values().map(|o| with_type(o, "v1", "Namespace")));
+        out.extend(
+            self.namespaces
+                .values()
+                .map(|o| with_type(o, "v1", "Namespace")),
+        );
         out.extend(self.services.iter().map(|o| with_type(o, "v1", "Service")));
         for p in &self.pods {
             let mut containers: Vec<Value> = p
@@ -476,10 +480,26 @@ impl Inventory {
             }
             out.push(pod);
         }
-        out.extend(self.deployments.iter().map(|o| with_type(o, "apps/v1", "Deployment")));
-        out.extend(self.stateful_sets.iter().map(|o| with_type(o, "apps/v1", "StatefulSet")));
-        out.extend(self.daemon_sets.iter().map(|o| with_type(o, "apps/v1", "DaemonSet")));
-        out.extend(self.replica_sets.iter().map(|o| with_type(o, "apps/v1", "ReplicaSet")));
+        out.extend(
+            self.deployments
+                .iter()
+                .map(|o| with_type(o, "apps/v1", "Deployment")),
+        );
+        out.extend(
+            self.stateful_sets
+                .iter()
+                .map(|o| with_type(o, "apps/v1", "StatefulSet")),
+        );
+        out.extend(
+            self.daemon_sets
+                .iter()
+                .map(|o| with_type(o, "apps/v1", "DaemonSet")),
+        );
+        out.extend(
+            self.replica_sets
+                .iter()
+                .map(|o| with_type(o, "apps/v1", "ReplicaSet")),
+        );
         macro_rules! views {
             ($($vec:ident: $t:ty),*) => {
                 $(out.extend(self.$vec.iter().map(|o| {
@@ -504,9 +524,21 @@ impl Inventory {
             istio_cnis: IstioCni,
             ztunnels: ZTunnel
         );
-        out.extend(self.gateways.iter().map(|o| with_type(o, "gateway.networking.k8s.io/v1", "Gateway")));
-        out.extend(self.http_routes.iter().map(|o| with_type(o, "gateway.networking.k8s.io/v1", "HTTPRoute")));
-        out.extend(self.config_maps.iter().map(|o| with_type(o, "v1", "ConfigMap")));
+        out.extend(
+            self.gateways
+                .iter()
+                .map(|o| with_type(o, "gateway.networking.k8s.io/v1", "Gateway")),
+        );
+        out.extend(
+            self.http_routes
+                .iter()
+                .map(|o| with_type(o, "gateway.networking.k8s.io/v1", "HTTPRoute")),
+        );
+        out.extend(
+            self.config_maps
+                .iter()
+                .map(|o| with_type(o, "v1", "ConfigMap")),
+        );
         out.extend(self.multicluster_secrets.iter().map(|m| {
             serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": serde_json::to_value(m).unwrap_or(Value::Null)})
         }));
@@ -517,7 +549,11 @@ impl Inventory {
             }
             out.push(serde_json::json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": meta}));
         }
-        out.extend(self.mesh_migrations.iter().map(|o| with_type(o, "meshmig.io/v1alpha1", "MeshMigration")));
+        out.extend(
+            self.mesh_migrations
+                .iter()
+                .map(|o| with_type(o, "meshmig.io/v1alpha1", "MeshMigration")),
+        );
         out
     }
 }
@@ -617,10 +653,15 @@ data: {password: c2VjcmV0}
         let mut inv = Inventory::default();
         for f in ["00-control-plane.yaml", "10-bookinfo.yaml", "20-istio.yaml"] {
             let path = format!("{}/../../examples/bookinfo/{f}", env!("CARGO_MANIFEST_DIR"));
-            inv.load_str(&std::fs::read_to_string(path).unwrap(), f).unwrap();
+            inv.load_str(&std::fs::read_to_string(path).unwrap(), f)
+                .unwrap();
         }
         inv.pods.push(PodInfo {
-            metadata: ObjectMeta { name: Some("p".into()), namespace: Some("bookinfo".into()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some("p".into()),
+                namespace: Some("bookinfo".into()),
+                ..Default::default()
+            },
             host_network: Some(false),
             containers: Some(vec!["app".into(), "istio-proxy".into()]),
             proxy_hbone: Some(true),
