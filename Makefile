@@ -33,7 +33,8 @@ check-generated: generate ## Fail if generated files are stale
 test: lint check-generated ## Run every test (what CI runs)
 	$(CARGO) test --workspace --all-targets
 
-demo: ## Main job on the embedded default (bookinfo)
-	$(CARGO) run -q -p meshmig -- plan
+demo: ## Main job: migrate the embedded bookinfo on a local API server, printing progress
+	scripts/demo.sh
 
-plan: demo
+plan: ## The offline plan for the embedded bookinfo
+	$(CARGO) run -q -p meshmig -- plan

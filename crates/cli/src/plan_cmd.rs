@@ -61,6 +61,9 @@ pub struct PlanArgs {
     /// Also show informational findings and the full enforcement timeline.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Read the inventory from the current cluster (KUBECONFIG) instead of files.
+    #[arg(long, conflicts_with = "paths")]
+    pub live: bool,
     /// Exit with code 3 when unaccepted blockers remain.
     #[arg(long)]
     pub fail_on_blockers: bool,
@@ -100,7 +103,18 @@ pub enum Bypass {
 
 /// Runs `meshmig plan`.
 pub fn run(args: &PlanArgs) -> Result<ExitCode, String> {
-    let inv = load(&args.paths)?;
+    let inv = if args.live {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        rt.block_on(async {
+            let client = crate::live::client().await?;
+            crate::live::inventory(&client).await
+        })?
+    } else {
+        load(&args.paths)?
+    };
     let found = match &args.name {
         Some(name) => inv
             .mesh_migrations

@@ -1,0 +1,252 @@
+//! Live commands: status, watch, pause, resume, approve, rollback, and `plan --live`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use meshmig_api::names as mn;
+use meshmig_api::{CheckResult, MeshMigration, MigrationPhase, NamespacePhase, step_name};
+use meshmig_planner::Inventory;
+
+/// Connects, with an error that says what to do.
+pub async fn client() -> Result<Client, String> {
+    let client = Client::try_default().await.map_err(|e| {
+        format!("cannot reach a Kubernetes cluster ({e}); set KUBECONFIG or use --kubeconfig")
+    })?;
+    // Fail early with a clear message when the CRD is not installed.
+    let api: Api<MeshMigration> = Api::all(client.clone());
+    match api.list(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(client),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(
+            "the MeshMigration CRD is not installed in this cluster; install it with `meshmig crd | kubectl apply -f -` or the Helm chart".into(),
+        ),
+        Err(kube::Error::Api(s)) if s.code == 401 || s.code == 403 => Err(format!(
+            "not allowed to list MeshMigrations ({}); check your credentials and RBAC",
+            s.message
+        )),
+        Err(e) => Err(format!("cannot reach the Kubernetes API: {e}")),
+    }
+}
+
+async fn get(client: &Client, name: &str) -> Result<MeshMigration, String> {
+    let api: Api<MeshMigration> = Api::all(client.clone());
+    api.get_opt(name)
+        .await
+        .map_err(|e| format!("cannot read MeshMigration {name}: {e}"))?
+        .ok_or_else(|| format!("MeshMigration {name} not found; `meshmig status` lists them"))
+}
+
+/// Sets (or, with `None`, removes) an annotation.
+pub async fn annotate(name: &str, key: &str, value: Option<&str>) -> Result<(), String> {
+    let client = client().await?;
+    get(&client, name).await?;
+    let api: Api<MeshMigration> = Api::all(client);
+    let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("cannot annotate MeshMigration {name}: {e}"))
+}
+
+struct Paint(bool);
+
+impl Paint {
+    fn p(&self, code: &str, s: &str) -> String {
+        if self.0 {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    }
+}
+
+/// Renders one MeshMigration: namespaces × steps × checks.
+pub fn render(mm: &MeshMigration, color: bool) -> String {
+    let c = Paint(color);
+    let mut out = String::new();
+    let name = mm.name_any();
+    let st = mm.status.clone().unwrap_or_default();
+    let phase = st.phase.unwrap_or(MigrationPhase::Pending);
+    let phase_s = format!("{phase:?}");
+    let phase_c = match phase {
+        MigrationPhase::Completed => c.p("32", &phase_s),
+        MigrationPhase::Failed | MigrationPhase::Stalled => c.p("31", &phase_s),
+        MigrationPhase::Paused | MigrationPhase::RollingBack | MigrationPhase::RolledBack => c.p("33", &phase_s),
+        _ => c.p("36", &phase_s),
+    };
+    out.push_str(&format!(
+        "{} {phase_c}  namespaces {}\n",
+        c.p("1", &format!("MeshMigration {name}")),
+        st.progress.as_deref().unwrap_or("0/0")
+    ));
+    for cond in &st.conditions {
+        if cond.status == "True" && cond.type_ != mn::CONDITION_RECONCILING {
+            out.push_str(&format!("  {}: {}\n", cond.type_, cond.message));
+        }
+    }
+    for ns in &st.namespaces {
+        let bar: String = (1..=9u8)
+            .map(|s| {
+                let done = ns.phase == NamespacePhase::Completed || s < ns.step;
+                if done {
+                    c.p("32", "■")
+                } else if s == ns.step {
+                    match ns.phase {
+                        NamespacePhase::Failed => c.p("31", "■"),
+                        NamespacePhase::Waiting => c.p("33", "□"),
+                        _ => c.p("36", "■"),
+                    }
+                } else {
+                    c.p("2", "□")
+                }
+            })
+            .collect();
+        out.push_str(&format!(
+            "  {:<20} {bar} step {} {:<22} {:?}\n",
+            ns.name,
+            ns.step,
+            step_name(ns.step),
+            ns.phase
+        ));
+        if let Some(m) = &ns.message {
+            out.push_str(&format!("  {:<20} {}\n", "", c.p("2", m)));
+        }
+        for chk in &ns.checks {
+            let mark = match chk.result {
+                CheckResult::Pass => c.p("32", "✓"),
+                CheckResult::Pending => c.p("33", "…"),
+                CheckResult::Fail => c.p("31", "✗"),
+            };
+            out.push_str(&format!("  {:<20}   {mark} {:<24} {}\n", "", chk.name, chk.message));
+        }
+    }
+    if !st.open_findings.is_empty() {
+        out.push_str(&format!("  open findings: {}\n", st.open_findings.len()));
+        for f in st.open_findings.iter().take(5) {
+            out.push_str(&format!("    {} {} {}\n", f.severity, f.id, f.object));
+        }
+    }
+    out
+}
+
+/// `meshmig status [NAME]`.
+pub async fn status(name: Option<&str>, color: bool) -> Result<(), String> {
+    let client = client().await?;
+    match name {
+        Some(n) => print!("{}", render(&get(&client, n).await?, color)),
+        None => {
+            let api: Api<MeshMigration> = Api::all(client);
+            let list = api.list(&ListParams::default()).await.map_err(|e| format!("cannot list MeshMigrations: {e}"))?;
+            if list.items.is_empty() {
+                println!("no MeshMigrations; create one with `kubectl apply -f` (see examples/bookinfo/30-migration.yaml)");
+            }
+            for mm in &list.items {
+                print!("{}", render(mm, color));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `meshmig watch NAME`: prints the view whenever it changes; with `until_done`, returns
+/// when the migration is Completed (Ok), or Failed, Stalled or RolledBack (Err).
+pub async fn watch(name: &str, color: bool, until_done: bool, timeout: Duration) -> Result<(), String> {
+    let client = client().await?;
+    get(&client, name).await?;
+    let api: Api<MeshMigration> = Api::all(client);
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = watcher(api, cfg).applied_objects().boxed();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        let next = tokio::time::timeout_at(deadline, stream.next()).await;
+        let mm = match next {
+            Err(_) => return Err(format!("MeshMigration {name} did not finish within {}s", timeout.as_secs())),
+            Ok(None) => return Err("the watch ended".into()),
+            Ok(Some(Err(e))) => {
+                eprintln!("meshmig: watch error: {e}; retrying");
+                continue;
+            }
+            Ok(Some(Ok(mm))) => mm,
+        };
+        let view = render(&mm, color);
+        if view != last {
+            println!("{view}");
+            last = view;
+        }
+        if until_done {
+            match mm.status.as_ref().and_then(|s| s.phase) {
+                Some(MigrationPhase::Completed) => return Ok(()),
+                Some(p @ (MigrationPhase::Failed | MigrationPhase::Stalled | MigrationPhase::RolledBack)) => {
+                    return Err(format!("MeshMigration {name} is {p:?}"));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The Inventory of the live cluster, read through the API (`plan --live`). Secrets are
+/// never read; kinds whose CRD is not installed are skipped.
+pub async fn inventory(client: &Client) -> Result<Inventory, String> {
+    let kinds: &[(&str, &str, &str, &str)] = &[
+        ("", "v1", "Namespace", "namespaces"),
+        ("", "v1", "Service", "services"),
+        ("", "v1", "Pod", "pods"),
+        ("apps", "v1", "Deployment", "deployments"),
+        ("apps", "v1", "StatefulSet", "statefulsets"),
+        ("apps", "v1", "DaemonSet", "daemonsets"),
+        ("apps", "v1", "ReplicaSet", "replicasets"),
+        ("security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"),
+        ("security.istio.io", "v1", "PeerAuthentication", "peerauthentications"),
+        ("security.istio.io", "v1", "RequestAuthentication", "requestauthentications"),
+        ("networking.istio.io", "v1", "VirtualService", "virtualservices"),
+        ("networking.istio.io", "v1", "DestinationRule", "destinationrules"),
+        ("networking.istio.io", "v1", "Sidecar", "sidecars"),
+        ("networking.istio.io", "v1alpha3", "EnvoyFilter", "envoyfilters"),
+        ("networking.istio.io", "v1", "ServiceEntry", "serviceentries"),
+        ("networking.istio.io", "v1", "WorkloadEntry", "workloadentries"),
+        ("networking.istio.io", "v1", "WorkloadGroup", "workloadgroups"),
+        ("telemetry.istio.io", "v1", "Telemetry", "telemetries"),
+        ("extensions.istio.io", "v1alpha1", "WasmPlugin", "wasmplugins"),
+        ("gateway.networking.k8s.io", "v1", "Gateway", "gateways"),
+        ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
+        ("sailoperator.io", "v1", "Istio", "istios"),
+        ("sailoperator.io", "v1", "IstioCNI", "istiocnis"),
+        ("sailoperator.io", "v1", "ZTunnel", "ztunnels"),
+        ("meshmig.io", "v1alpha1", "MeshMigration", "meshmigrations"),
+        ("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions"),
+    ];
+    let mut inv = Inventory::default();
+    let mut skipped: BTreeMap<String, String> = BTreeMap::new();
+    for (group, version, kind, plural) in kinds {
+        let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        match api.list(&ListParams::default()).await {
+            Ok(list) => {
+                for mut o in list.items {
+                    o.types = Some(kube::core::TypeMeta {
+                        api_version: ar.api_version.clone(),
+                        kind: kind.to_string(),
+                    });
+                    let v = serde_json::to_value(&o).map_err(|e| e.to_string())?;
+                    inv.add_object(v, "cluster").map_err(|e| e.to_string())?;
+                }
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                skipped.insert(kind.to_string(), "CRD not installed".into());
+            }
+            Err(e) => return Err(format!("cannot list {kind}: {e}")),
+        }
+    }
+    // The cilium config, if any (a single ConfigMap, not all of them).
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), "kube-system");
+    if let Ok(Some(cm)) = cms.get_opt("cilium-config").await {
+        inv.config_maps.push(cm);
+    }
+    Ok(inv)
+}
