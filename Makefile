@@ -9,7 +9,7 @@ MESHMIG := target/debug/meshmig
 .PHONY: help build test lint fmt generate check-generated demo plan
 
 help: ## List targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 build: ## Build every crate
 	$(CARGO) build --workspace --all-targets
@@ -38,3 +38,5 @@ demo: ## Main job: migrate the embedded bookinfo on a local API server, printing
 
 plan: ## The offline plan for the embedded bookinfo
 	$(CARGO) run -q -p meshmig -- plan
+
+include e2e/e2e.mk

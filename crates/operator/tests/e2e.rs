@@ -1,0 +1,489 @@
+//! The operator on a real API server (e2e/testenv) with the mesh simulator: bookinfo is
+//! migrated, paused, approved, rolled back, failed, crashed and resumed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::{CustomResourceExt, ResourceExt};
+use meshmig_api::names::{self as mn, istio as n};
+use meshmig_api::{MeshMigration, MigrationPhase, NamespacePhase};
+use meshmig_e2e_harness::{Pending, SimHandle, TestEnv, wait_for};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+const BOOKINFO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/bookinfo");
+
+struct Rig {
+    env: TestEnv,
+    _sim: SimHandle,
+    operator: Option<Child>,
+    log: PathBuf,
+    _crds: tempfile::TempDir,
+}
+
+impl Rig {
+    /// A fresh API server with the simulator, bookinfo in sidecar mode, and the operator.
+    async fn new(extra_namespaces: &[&str]) -> Rig {
+        let crds = tempfile::tempdir().unwrap();
+        std::fs::write(crds.path().join("meshmig.yaml"), serde_json::to_string(&MeshMigration::crd()).unwrap()).unwrap();
+        let env = TestEnv::builder().nodes(2).crd_dir(crds.path()).start().await.unwrap();
+        let sim = env.start_simulator().await.unwrap();
+        env.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: meshmig-system}\n").await.unwrap();
+        env.apply_file(format!("{BOOKINFO}/00-control-plane.yaml")).await.unwrap();
+        let apps = std::fs::read_to_string(format!("{BOOKINFO}/10-bookinfo.yaml")).unwrap();
+        let istio = std::fs::read_to_string(format!("{BOOKINFO}/20-istio.yaml")).unwrap();
+        env.apply_yaml(&apps).await.unwrap();
+        for ns in extra_namespaces {
+            env.apply_yaml(&apps.replace("namespace: bookinfo", &format!("namespace: {ns}")).replace("name: bookinfo\n", &format!("name: {ns}\n")))
+                .await
+                .unwrap();
+        }
+        let mut rig = Rig {
+            log: env.dir().join("operator.log"),
+            env,
+            _sim: sim,
+            operator: None,
+            _crds: crds,
+        };
+        for ns in std::iter::once("bookinfo").chain(extra_namespaces.iter().copied()) {
+            rig.wait_available(ns).await;
+        }
+        rig.env.apply_yaml(&istio).await.unwrap();
+        for ns in extra_namespaces {
+            rig.env
+                .apply_yaml(&istio.replace("namespace: bookinfo", &format!("namespace: {ns}")).replace("ns/bookinfo/", &format!("ns/{ns}/")))
+                .await
+                .unwrap();
+        }
+        rig.start_operator().await;
+        rig
+    }
+
+    async fn start_operator(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_meshmig-operator"))
+            .args(["--namespace", "meshmig-system", "--http-addr", "127.0.0.1:0"])
+            .env("KUBECONFIG", self.env.kubeconfig())
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.operator = Some(child);
+    }
+
+    async fn kill_operator(&mut self) {
+        if let Some(mut c) = self.operator.take() {
+            // SIGKILL: no chance to finish anything.
+            c.kill().await.unwrap();
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        s.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    async fn wait_available(&self, ns: &str) {
+        let api: Api<Deployment> = self.env.api_in(ns);
+        wait_for(format!("Deployments of {ns} available"), Duration::from_secs(90), async || {
+            let list = api.list(&ListParams::default()).await?;
+            let waiting: Vec<String> = list
+                .items
+                .iter()
+                .filter(|d| d.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0) < 1)
+                .map(|d| d.name_any())
+                .collect();
+            if list.items.is_empty() || !waiting.is_empty() {
+                return Err(Pending::new(format!("not available: {waiting:?}")));
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+
+    fn migrations(&self) -> Api<MeshMigration> {
+        self.env.api()
+    }
+
+    async fn apply_migration(&self, name: &str, spec: Value) {
+        let mut spec = spec;
+        if spec.get("namespaces").is_none() {
+            spec["namespaces"] = json!(["bookinfo"]);
+        }
+        let obj = json!({"apiVersion": "meshmig.io/v1alpha1", "kind": "MeshMigration", "metadata": {"name": name}, "spec": spec});
+        self.env.apply_yaml(&serde_json::to_string(&obj).unwrap()).await.unwrap();
+    }
+
+    /// Waits until `pred` holds on the MeshMigration; fails with its status and the operator
+    /// log otherwise.
+    async fn wait_mm(&self, name: &str, what: &str, secs: u64, pred: impl Fn(&MeshMigration) -> bool) -> MeshMigration {
+        let api = self.migrations();
+        let r = wait_for(format!("MeshMigration {name}: {what}"), Duration::from_secs(secs), async || {
+            let mm = api.get(name).await?;
+            if pred(&mm) {
+                Ok(mm)
+            } else {
+                let st = mm.status.clone().unwrap_or_default();
+                Err(Pending::new(format!(
+                    "phase {:?}; {}",
+                    st.phase,
+                    st.namespaces.iter().map(|n| format!("{} step {} {:?}: {}", n.name, n.step, n.phase, n.message.clone().unwrap_or_default())).collect::<Vec<_>>().join(" | ")
+                )))
+            }
+        })
+        .await;
+        match r {
+            Ok(mm) => mm,
+            Err(e) => panic!("{e}\noperator log:\n{}", self.log_tail()),
+        }
+    }
+
+    async fn annotate(&self, name: &str, key: &str, value: Option<&str>) {
+        let patch = json!({"metadata": {"annotations": {key: value}}});
+        self.migrations().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    }
+
+    async fn delete_migration(&self, name: &str) {
+        let api = self.migrations();
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+        wait_for(format!("MeshMigration {name} deleted"), Duration::from_secs(60), async || match api.get_opt(name).await? {
+            None => Ok(()),
+            Some(_) => Err(Pending::new("still present")),
+        })
+        .await
+        .unwrap();
+    }
+
+    fn dynamic(&self, group: &str, version: &str, kind: &str, plural: &str, ns: Option<&str>) -> Api<DynamicObject> {
+        let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+        match ns {
+            Some(ns) => Api::namespaced_with(self.env.client(), ns, &ar),
+            None => Api::all_with(self.env.client(), &ar),
+        }
+    }
+
+    /// Labels, annotations and spec of every user object meshmig may touch.
+    async fn user_objects(&self, ns: &str) -> BTreeMap<String, Value> {
+        let kinds = [
+            ("", "v1", "Namespace", "namespaces", false),
+            ("", "v1", "Service", "services", true),
+            ("apps", "v1", "Deployment", "deployments", true),
+            ("security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies", true),
+            ("security.istio.io", "v1", "PeerAuthentication", "peerauthentications", true),
+            ("networking.istio.io", "v1", "VirtualService", "virtualservices", true),
+            ("networking.istio.io", "v1", "DestinationRule", "destinationrules", true),
+            ("sailoperator.io", "v1", "Istio", "istios", false),
+            ("sailoperator.io", "v1", "IstioCNI", "istiocnis", false),
+        ];
+        let mut out = BTreeMap::new();
+        for (g, v, k, p, namespaced) in kinds {
+            let api = self.dynamic(g, v, k, p, namespaced.then_some(ns));
+            for o in api.list(&ListParams::default()).await.unwrap() {
+                if k == "Namespace" && o.name_any() != ns {
+                    continue;
+                }
+                if o.labels().get(mn::LABEL_MANAGED_BY).is_some() {
+                    continue;
+                }
+                let mut annotations = o.annotations().clone();
+                // Written by controllers, not by users or meshmig.
+                annotations.remove("deployment.kubernetes.io/revision");
+                out.insert(
+                    format!("{k}/{}", o.name_any()),
+                    json!({"labels": o.labels(), "annotations": annotations, "spec": o.data.get("spec")}),
+                );
+            }
+        }
+        out
+    }
+
+    /// Every object meshmig created (label app.kubernetes.io/managed-by=meshmig), except
+    /// probe Pods that are still terminating.
+    async fn meshmig_objects(&self) -> Vec<String> {
+        let sel = ListParams::default().labels(&format!("{}={}", mn::LABEL_MANAGED_BY, mn::MANAGED_BY));
+        let kinds = [
+            ("", "v1", "Service", "services"),
+            ("", "v1", "ConfigMap", "configmaps"),
+            ("security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"),
+            ("networking.istio.io", "v1", "DestinationRule", "destinationrules"),
+            ("gateway.networking.k8s.io", "v1", "Gateway", "gateways"),
+            ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
+            ("sailoperator.io", "v1", "ZTunnel", "ztunnels"),
+        ];
+        let mut out = Vec::new();
+        for (g, v, k, p) in kinds {
+            for o in self.dynamic(g, v, k, p, None).list(&sel).await.unwrap() {
+                out.push(format!("{k}/{}/{}", o.namespace().unwrap_or_default(), o.name_any()));
+            }
+        }
+        out
+    }
+
+    async fn assert_migrated(&self, ns: &str) {
+        let pods: Api<Pod> = self.env.api_in(ns);
+        let list = pods.list(&ListParams::default()).await.unwrap();
+        let app_pods: Vec<&Pod> = list
+            .items
+            .iter()
+            .filter(|p| p.labels().contains_key("app") && !p.labels().contains_key("gateway.networking.k8s.io/gateway-name"))
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        assert_eq!(app_pods.len(), 6, "bookinfo pods in {ns}");
+        for p in app_pods {
+            let spec = p.spec.as_ref().unwrap();
+            assert_eq!(spec.containers.len(), 1, "{} still has {:?}", p.name_any(), spec.containers.iter().map(|c| &c.name).collect::<Vec<_>>());
+            let ready = p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map(|cs| cs.iter().filter(|c| c.ready).count());
+            assert_eq!(ready, Some(1), "{} is not 1/1", p.name_any());
+            assert_eq!(p.annotations().get(n::REDIRECTION).map(String::as_str), Some("enabled"), "{}", p.name_any());
+        }
+        let nsobj: Namespace = self.env.api::<Namespace>().get(ns).await.unwrap();
+        let labels = nsobj.labels();
+        assert_eq!(labels.get(n::DATAPLANE_MODE).map(String::as_str), Some("ambient"));
+        assert_eq!(labels.get(n::USE_WAYPOINT).map(String::as_str), Some("waypoint"));
+        assert!(!labels.contains_key(n::INJECTION) && !labels.contains_key(n::REV), "{labels:?}");
+        let vs = self.dynamic("networking.istio.io", "v1", "VirtualService", "virtualservices", Some(ns));
+        assert!(vs.get_opt("reviews").await.unwrap().is_none(), "VirtualService reviews still exists");
+        let hr = self.dynamic("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes", Some(ns));
+        let route = hr.get("reviews").await.unwrap();
+        assert_eq!(route.data["spec"]["rules"][0]["backendRefs"][0]["name"], "reviews-v2");
+        let aps = self.dynamic("security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies", Some(ns));
+        let all = aps.list(&ListParams::default()).await.unwrap().items;
+        for policy in ["productpage-viewer", "details-viewer", "reviews-viewer"] {
+            let copy = all
+                .iter()
+                .find(|a| a.annotations().get(mn::ANNOTATION_SOURCE) == Some(&format!("AuthorizationPolicy/{ns}/{policy}")))
+                .unwrap_or_else(|| panic!("no waypoint copy of {policy}"));
+            assert!(copy.data["spec"]["targetRefs"].is_array());
+            assert!(all.iter().all(|a| a.name_any() != policy), "selector original {policy} still exists");
+        }
+        let bypass = all.iter().find(|a| a.name_any() == "meshmig-bypass-reviews").expect("bypass protection");
+        assert!(bypass.data["spec"]["selector"]["matchLabels"].is_object());
+        assert!(bypass.data["spec"].get("targetRefs").is_none());
+    }
+}
+
+/// Reason and note of the Events about MeshMigrations (events.k8s.io, where notes live).
+async fn migration_events(env: &TestEnv) -> String {
+    env.kubectl([
+        "get",
+        "events.events.k8s.io",
+        "-A",
+        "--field-selector",
+        "regarding.kind=MeshMigration",
+        "-o",
+        "custom-columns=R:.reason,N:.note",
+    ])
+    .await
+    .unwrap()
+}
+
+fn phase(mm: &MeshMigration) -> Option<MigrationPhase> {
+    mm.status.as_ref().and_then(|s| s.phase)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bookinfo_migrates_to_ready() {
+    let rig = Rig::new(&[]).await;
+    rig.apply_migration("bookinfo", json!({"checkpoints": {"timeout": "2m", "probes": [
+        {"name": "reads", "fromNamespace": "bookinfo", "serviceAccount": "bookinfo-productpage", "url": "http://reviews.bookinfo:9080/", "expect": {"status": 200}},
+        {"name": "denied", "fromNamespace": "bookinfo", "serviceAccount": "bookinfo-ratings", "url": "http://reviews.bookinfo:9080/", "expect": {"denied": true}}
+    ]}}))
+    .await;
+    // `kubectl wait` is how users and pipelines wait for it.
+    let out = rig
+        .env
+        .kubectl(["wait", "--for=condition=Ready", "meshmigration/bookinfo", "--timeout=150s"])
+        .await;
+    assert!(out.is_ok(), "{out:?}\n{}", rig.log_tail());
+    rig.assert_migrated("bookinfo").await;
+    let mm = rig.migrations().get("bookinfo").await.unwrap();
+    let st = mm.status.unwrap();
+    assert_eq!(st.phase, Some(MigrationPhase::Completed));
+    assert_eq!(st.observed_generation, mm.metadata.generation);
+    let ns = &st.namespaces[0];
+    assert_eq!(ns.history.len(), 9);
+    assert!(ns.snapshots.len() >= 7, "{:?}", ns.snapshots);
+    // Probe Pods are cleaned up.
+    let pods: Api<Pod> = rig.env.api_in("bookinfo");
+    wait_for("probe Pods removed", Duration::from_secs(30), async || {
+        let left = pods.list(&ListParams::default().labels(mn::LABEL_PROBE)).await?.items.len();
+        if left == 0 { Ok(()) } else { Err(Pending::new(format!("{left} left"))) }
+    })
+    .await
+    .unwrap();
+    // Events for step start and pass.
+    let all = migration_events(&rig.env).await;
+    assert!(all.contains("StepStarted") && all.contains("StepPassed"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_all_after_each_step_restores_every_original_object() {
+    let rig = Rig::new(&[]).await;
+    let baseline = rig.user_objects("bookinfo").await;
+    assert!(baseline.len() > 10);
+    for k in 2u8..=9 {
+        let name = format!("rb-{k}");
+        let spec = if k < 9 { json!({"pauseBefore": [k + 1]}) } else { json!({}) };
+        rig.apply_migration(&name, spec).await;
+        rig.wait_mm(&name, &format!("held after step {k}"), 120, |mm| {
+            let st = mm.status.clone().unwrap_or_default();
+            st.namespaces.first().is_some_and(|n| {
+                (k < 9 && n.step == k + 1 && n.phase == NamespacePhase::Waiting) || (k == 9 && n.phase == NamespacePhase::Completed)
+            })
+        })
+        .await;
+        rig.annotate(&name, mn::ANNOTATION_ROLLBACK, Some("all")).await;
+        let mm = rig.wait_mm(&name, "rolled back", 180, |mm| phase(mm) == Some(MigrationPhase::RolledBack)).await;
+        assert!(mm.status.as_ref().unwrap().conditions.iter().any(|c| c.type_ == mn::CONDITION_ROLLED_BACK && c.status == "True"));
+        rig.wait_available("bookinfo").await;
+        let after = rig.user_objects("bookinfo").await;
+        for (key, before) in &baseline {
+            let now = after.get(key).unwrap_or_else(|| panic!("after rollback from step {k}: {key} is gone"));
+            pretty_assertions::assert_eq!(before, now, "after rollback from step {k}: {key} differs");
+        }
+        assert_eq!(after.len(), baseline.len(), "after rollback from step {k}: objects {:?}", after.keys().collect::<Vec<_>>());
+        let leftovers = rig.meshmig_objects().await;
+        assert!(leftovers.is_empty(), "after rollback from step {k}, meshmig objects remain: {leftovers:?}");
+        rig.delete_migration(&name).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_before_holds_until_approved_and_paused_holds_until_removed() {
+    let rig = Rig::new(&[]).await;
+    rig.apply_migration("held", json!({"pauseBefore": [4]})).await;
+    let mm = rig
+        .wait_mm("held", "waiting for approval of step 4", 90, |mm| {
+            mm.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == mn::CONDITION_PAUSED && c.status == "True"))
+        })
+        .await;
+    assert_eq!(mm.status.as_ref().unwrap().namespaces[0].step, 4);
+    // Still held a moment later.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mm = rig.migrations().get("held").await.unwrap();
+    assert_eq!(mm.status.as_ref().unwrap().namespaces[0].phase, NamespacePhase::Waiting);
+    // Pause, then approve: the pause annotation still holds.
+    rig.annotate("held", mn::ANNOTATION_PAUSED, Some("true")).await;
+    rig.annotate("held", mn::ANNOTATION_APPROVE, Some("4")).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mm = rig.migrations().get("held").await.unwrap();
+    let ns = &mm.status.as_ref().unwrap().namespaces[0];
+    assert_eq!((ns.step, ns.phase), (4, NamespacePhase::Waiting), "{:?}", ns.message);
+    assert_eq!(phase(&mm), Some(MigrationPhase::Paused));
+    // Removing it resumes, to the end.
+    rig.annotate("held", mn::ANNOTATION_PAUSED, None).await;
+    rig.wait_mm("held", "completed", 150, |mm| phase(mm) == Some(MigrationPhase::Completed)).await;
+    rig.assert_migrated("bookinfo").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_probe_at_step_seven_rolls_back_with_the_check_named() {
+    let rig = Rig::new(&[]).await;
+    let baseline = rig.user_objects("bookinfo").await;
+    // The simulator fails this probe.
+    rig.env
+        .apply_yaml(&format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {}, namespace: {}}}\ndata: {{l7-check: fail}}\n",
+            meshmig_sim::PROBES_CONFIGMAP,
+            meshmig_sim::SIM_NAMESPACE
+        ))
+        .await
+        .unwrap();
+    rig.apply_migration("failing", json!({"onFailure": "Rollback", "checkpoints": {"probes": [
+        {"name": "l7-check", "fromNamespace": "bookinfo", "serviceAccount": "bookinfo-productpage", "url": "http://reviews.bookinfo:9080/", "expect": {"status": 200}, "steps": [7]}
+    ]}}))
+    .await;
+    let mm = rig.wait_mm("failing", "rolled back", 180, |mm| phase(mm) == Some(MigrationPhase::RolledBack)).await;
+    let st = mm.status.unwrap();
+    let rb = st.rollback.unwrap();
+    assert_eq!(rb.requested_by, "onFailure");
+    let reason = rb.reason.unwrap_or_default();
+    assert!(reason.contains("step 7") && reason.contains("probe l7-check"), "{reason}");
+    let cond = st.conditions.iter().find(|c| c.type_ == mn::CONDITION_ROLLED_BACK).unwrap();
+    assert!(cond.message.contains("l7-check"), "{}", cond.message);
+    let events = migration_events(&rig.env).await;
+    assert!(events.lines().any(|l| l.starts_with("StepFailed") && l.contains("l7-check")), "{events}");
+    assert!(events.contains("RolledBack"), "{events}");
+    rig.wait_available("bookinfo").await;
+    let after = rig.user_objects("bookinfo").await;
+    assert_eq!(after, baseline);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_operator_mid_migration_resumes_to_the_same_end_state() {
+    let mut rig = Rig::new(&[]).await;
+    rig.apply_migration("crashy", json!({})).await;
+    let mut kills = 0;
+    // Kill it at every step it reaches, while the step is being applied or validated.
+    for target in [3u8, 5, 7, 9] {
+        rig.wait_mm("crashy", &format!("step {target}"), 120, |mm| {
+            mm.status.as_ref().and_then(|s| s.namespaces.first()).is_some_and(|n| n.step >= target || n.phase == NamespacePhase::Completed)
+        })
+        .await;
+        rig.kill_operator().await;
+        kills += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        rig.start_operator().await;
+    }
+    assert_eq!(kills, 4);
+    let mm = rig.wait_mm("crashy", "completed", 180, |mm| phase(mm) == Some(MigrationPhase::Completed)).await;
+    rig.assert_migrated("bookinfo").await;
+    // Each step was snapshotted exactly once.
+    let cms: Api<ConfigMap> = rig.env.api_in("bookinfo");
+    let snaps = cms.list(&ListParams::default().labels(&format!("{}=true,{}=crashy", mn::LABEL_SNAPSHOT, mn::LABEL_MIGRATION))).await.unwrap();
+    let mut steps: Vec<String> = snaps.items.iter().map(|c| c.labels()[mn::LABEL_STEP].clone()).collect();
+    steps.sort();
+    let mut dedup = steps.clone();
+    dedup.dedup();
+    assert_eq!(steps, dedup, "duplicate snapshots");
+    assert_eq!(mm.status.unwrap().namespaces[0].history.len(), 9);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_namespaces_respect_the_barriers() {
+    let rig = Rig::new(&["bookinfo2"]).await;
+    // productpage admits any caller for GET: callers in bookinfo2 still have sidecars after
+    // bookinfo's step 9 and skip the waypoint's method check until they migrate too. The
+    // planner reports that window; this migration accepts it.
+    rig.apply_migration(
+        "pair",
+        json!({"namespaces": ["bookinfo", "bookinfo2"], "acceptedFindings": ["enforcement-fail-open"]}),
+    )
+    .await;
+    let mm = rig.wait_mm("pair", "completed", 240, |mm| phase(mm) == Some(MigrationPhase::Completed)).await;
+    rig.assert_migrated("bookinfo").await;
+    rig.assert_migrated("bookinfo2").await;
+    let st = mm.status.unwrap();
+    let at = |step: u8, started: bool| -> Vec<k8s_openapi::jiff::Timestamp> {
+        st.namespaces
+            .iter()
+            .map(|n| {
+                let h = n.history.iter().find(|h| h.step == step).unwrap();
+                if started { h.started_at.0 } else { h.completed_at.as_ref().unwrap().0 }
+            })
+            .collect()
+    };
+    for (barrier, before) in [(7u8, 6u8), (9, 8)] {
+        let last_done = at(before, false).into_iter().max().unwrap();
+        for start in at(barrier, true) {
+            assert!(start >= last_done, "step {barrier} started at {start} before every namespace finished step {before} ({last_done})");
+        }
+    }
+    // Listed ordering: step 9 of bookinfo2 started after bookinfo finished it.
+    let b1 = st.namespaces.iter().find(|n| n.name == "bookinfo").unwrap();
+    let b2 = st.namespaces.iter().find(|n| n.name == "bookinfo2").unwrap();
+    let done1 = b1.history.iter().find(|h| h.step == 9).unwrap().completed_at.as_ref().unwrap().0;
+    let start2 = b2.history.iter().find(|h| h.step == 9).unwrap().started_at.0;
+    assert!(start2 >= done1);
+}

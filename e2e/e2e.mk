@@ -1,0 +1,78 @@
+# End-to-end test environment: a real Kubernetes control plane (e2e/testenv) and the mesh
+# simulator (e2e/sim). Included from the top-level Makefile; see e2e/README.md.
+
+E2E_DIR := target/testenv
+TESTENV_BUILD := e2e/testenv/build.sh
+CARGO ?= cargo
+MESHMIG_SIM := target/debug/meshmig-sim
+
+# Directory of the testenv build (bin/testenv, crds/). build.sh prints it as its last line
+# and is cheap when warm (it only hashes its inputs), but a cold build takes minutes, so it
+# runs only when a recipe needs the value, at most once per make run. A MESHMIG_TESTENV_HOME
+# from the environment is used as is.
+ifeq ($(strip $(MESHMIG_TESTENV_HOME)),)
+testenv_home = $(eval testenv_home := $$(shell bash $(TESTENV_BUILD) | tail -n 1))$(testenv_home)
+else
+testenv_home := $(MESHMIG_TESTENV_HOME)
+endif
+
+# The harness reuses this build instead of running build.sh in every test binary. (Empty if
+# the build failed: the tests then run build.sh themselves and report why.)
+test: export MESHMIG_TESTENV_HOME = $(testenv_home)
+
+.PHONY: testenv cluster cluster-down
+
+testenv: ## Build the test API server (cached outside the repo; the first build takes minutes)
+	bash $(TESTENV_BUILD)
+
+cluster: ## Start a 2-node test cluster and the mesh simulator in the background
+	@if [[ -f $(E2E_DIR)/testenv.pid ]] && kill -0 "$$(cat $(E2E_DIR)/testenv.pid)" 2>/dev/null; then \
+	  echo "a cluster is already running (pid $$(cat $(E2E_DIR)/testenv.pid)); run 'make cluster-down' first"; exit 1; \
+	fi
+	$(CARGO) build -q -p meshmig-sim -p meshmig
+	@set -euo pipefail; \
+	home='$(testenv_home)'; \
+	if [[ ! -x "$$home/bin/testenv" ]]; then echo "no testenv build (see the output of $(TESTENV_BUILD) above)"; exit 1; fi; \
+	rm -rf $(E2E_DIR); mkdir -p $(E2E_DIR); \
+	$(MESHMIG_SIM) sail-crds $(E2E_DIR)/sail-crds >/dev/null; \
+	target/debug/meshmig crd > $(E2E_DIR)/sail-crds/meshmig.io_meshmigrations.yaml; \
+	nohup "$$home/bin/testenv" up --dir $(E2E_DIR)/env --nodes 2 \
+	  --crd-dir "$$home/crds" --crd-dir $(E2E_DIR)/sail-crds \
+	  >$(E2E_DIR)/testenv.out 2>$(E2E_DIR)/testenv.err </dev/null & \
+	echo $$! >$(E2E_DIR)/testenv.pid; \
+	echo "waiting for the API server (logs: $(E2E_DIR)/env/*.log)"; \
+	for i in $$(seq 1 1800); do \
+	  grep -q '^READY ' $(E2E_DIR)/testenv.out && break; \
+	  if ! kill -0 "$$(cat $(E2E_DIR)/testenv.pid)" 2>/dev/null; then cat $(E2E_DIR)/testenv.err; rm -f $(E2E_DIR)/testenv.pid; exit 1; fi; \
+	  sleep 0.1; \
+	done; \
+	grep -q '^READY ' $(E2E_DIR)/testenv.out || { echo "testenv not ready after 180s"; exit 1; }; \
+	cp $(E2E_DIR)/env/kubeconfig $(E2E_DIR)/kubeconfig; \
+	nohup $(MESHMIG_SIM) --kubeconfig $(E2E_DIR)/kubeconfig \
+	  >$(E2E_DIR)/sim.out 2>$(E2E_DIR)/sim.log </dev/null & \
+	echo $$! >$(E2E_DIR)/sim.pid; \
+	for i in $$(seq 1 600); do \
+	  grep -q '^READY' $(E2E_DIR)/sim.out && break; \
+	  if ! kill -0 "$$(cat $(E2E_DIR)/sim.pid)" 2>/dev/null; then tail -20 $(E2E_DIR)/sim.log; rm -f $(E2E_DIR)/sim.pid; exit 1; fi; \
+	  sleep 0.1; \
+	done; \
+	grep -q '^READY' $(E2E_DIR)/sim.out || { echo "meshmig-sim not ready after 60s"; exit 1; }; \
+	echo; \
+	echo "cluster ready (2 nodes, Istio/Gateway API/Sail CRDs, mesh simulator):"; \
+	echo "  export KUBECONFIG=$(CURDIR)/$(E2E_DIR)/kubeconfig"; \
+	echo "  kubectl get nodes"; \
+	echo "  kubectl apply -f examples/bookinfo/00-control-plane.yaml -f examples/bookinfo/10-bookinfo.yaml"; \
+	echo "logs: $(E2E_DIR)/sim.log, $(E2E_DIR)/env/*.log; stop with: make cluster-down"
+
+cluster-down: ## Stop the cluster started by `make cluster` (simulator first, then the API server)
+	@for name in sim testenv; do \
+	  pidfile=$(E2E_DIR)/$$name.pid; \
+	  [[ -f $$pidfile ]] || continue; \
+	  pid=$$(cat $$pidfile); \
+	  if kill -TERM "$$pid" 2>/dev/null; then \
+	    for i in $$(seq 1 150); do kill -0 "$$pid" 2>/dev/null || break; sleep 0.1; done; \
+	    if kill -0 "$$pid" 2>/dev/null; then kill -KILL "$$pid"; fi; \
+	    echo "stopped $$name (pid $$pid)"; \
+	  fi; \
+	  rm -f $$pidfile; \
+	done

@@ -1,0 +1,46 @@
+//! Test harness for meshmig: a real Kubernetes control plane (`e2e/testenv`: etcd,
+//! kube-apiserver, kube-controller-manager, kube-scheduler and a fake node agent) per test,
+//! with the Istio, Gateway API and Sail CRDs installed, plus the mesh simulator
+//! ([`meshmig_sim`]) in-process or as a child process.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use meshmig_e2e_harness::{Pending, TestEnv, wait_for};
+//! use k8s_openapi::api::core::v1::Namespace;
+//!
+//! # async fn demo() -> Result<(), meshmig_e2e_harness::Error> {
+//! let env = TestEnv::builder().nodes(2).start().await?;
+//! let _sim = env.start_simulator().await?;
+//! env.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n").await?;
+//! let namespaces = env.api::<Namespace>();
+//! wait_for("namespace demo", Duration::from_secs(10), async || {
+//!     namespaces.get_opt("demo").await?.ok_or_else(|| Pending::new("not created yet"))
+//! })
+//! .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Environment variables: `MESHMIG_TESTENV_HOME` (a `build.sh` output directory: skips the
+//! build), `MESHMIG_E2E_KEEP=1` (keep every environment's directory; directories of
+//! environments dropped by a failing test are always kept), `KUBECTL` (kubectl binary).
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+mod apply;
+mod error;
+mod process;
+mod testenv;
+mod wait;
+
+pub use error::Error;
+pub use process::SimProcess;
+pub use testenv::{TestEnv, TestEnvBuilder, testenv_home};
+pub use wait::{Pending, wait_for};
+
+/// Field manager of the harness's server-side applies.
+pub const FIELD_MANAGER: &str = "meshmig-e2e";
+
+/// Result type of the harness.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub use meshmig_sim::{SimConfig, SimHandle};
