@@ -75,7 +75,9 @@ pub fn render(mm: &MeshMigration, color: bool) -> String {
     let phase_c = match phase {
         MigrationPhase::Completed => c.p("32", &phase_s),
         MigrationPhase::Failed | MigrationPhase::Stalled => c.p("31", &phase_s),
-        MigrationPhase::Paused | MigrationPhase::RollingBack | MigrationPhase::RolledBack => c.p("33", &phase_s),
+        MigrationPhase::Paused | MigrationPhase::RollingBack | MigrationPhase::RolledBack => {
+            c.p("33", &phase_s)
+        }
         _ => c.p("36", &phase_s),
     };
     out.push_str(&format!(
@@ -121,7 +123,10 @@ pub fn render(mm: &MeshMigration, color: bool) -> String {
                 CheckResult::Pending => c.p("33", "…"),
                 CheckResult::Fail => c.p("31", "✗"),
             };
-            out.push_str(&format!("  {:<20}   {mark} {:<24} {}\n", "", chk.name, chk.message));
+            out.push_str(&format!(
+                "  {:<20}   {mark} {:<24} {}\n",
+                "", chk.name, chk.message
+            ));
         }
     }
     if !st.open_findings.is_empty() {
@@ -140,9 +145,14 @@ pub async fn status(name: Option<&str>, color: bool) -> Result<(), String> {
         Some(n) => print!("{}", render(&get(&client, n).await?, color)),
         None => {
             let api: Api<MeshMigration> = Api::all(client);
-            let list = api.list(&ListParams::default()).await.map_err(|e| format!("cannot list MeshMigrations: {e}"))?;
+            let list = api
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| format!("cannot list MeshMigrations: {e}"))?;
             if list.items.is_empty() {
-                println!("no MeshMigrations; create one with `kubectl apply -f` (see examples/bookinfo/30-migration.yaml)");
+                println!(
+                    "no MeshMigrations; create one with `kubectl apply -f` (see examples/bookinfo/30-migration.yaml)"
+                );
             }
             for mm in &list.items {
                 print!("{}", render(mm, color));
@@ -154,7 +164,12 @@ pub async fn status(name: Option<&str>, color: bool) -> Result<(), String> {
 
 /// `meshmig watch NAME`: prints the view whenever it changes; with `until_done`, returns
 /// when the migration is Completed (Ok), or Failed, Stalled or RolledBack (Err).
-pub async fn watch(name: &str, color: bool, until_done: bool, timeout: Duration) -> Result<(), String> {
+pub async fn watch(
+    name: &str,
+    color: bool,
+    until_done: bool,
+    timeout: Duration,
+) -> Result<(), String> {
     let client = client().await?;
     get(&client, name).await?;
     let api: Api<MeshMigration> = Api::all(client);
@@ -165,7 +180,12 @@ pub async fn watch(name: &str, color: bool, until_done: bool, timeout: Duration)
     loop {
         let next = tokio::time::timeout_at(deadline, stream.next()).await;
         let mm = match next {
-            Err(_) => return Err(format!("MeshMigration {name} did not finish within {}s", timeout.as_secs())),
+            Err(_) => {
+                return Err(format!(
+                    "MeshMigration {name} did not finish within {}s",
+                    timeout.as_secs()
+                ));
+            }
             Ok(None) => return Err("the watch ended".into()),
             Ok(Some(Err(e))) => {
                 eprintln!("meshmig: watch error: {e}; retrying");
@@ -181,7 +201,11 @@ pub async fn watch(name: &str, color: bool, until_done: bool, timeout: Duration)
         if until_done {
             match mm.status.as_ref().and_then(|s| s.phase) {
                 Some(MigrationPhase::Completed) => return Ok(()),
-                Some(p @ (MigrationPhase::Failed | MigrationPhase::Stalled | MigrationPhase::RolledBack)) => {
+                Some(
+                    p @ (MigrationPhase::Failed
+                    | MigrationPhase::Stalled
+                    | MigrationPhase::RolledBack),
+                ) => {
                     return Err(format!("MeshMigration {name} is {p:?}"));
                 }
                 _ => {}
@@ -201,30 +225,86 @@ pub async fn inventory(client: &Client) -> Result<Inventory, String> {
         ("apps", "v1", "StatefulSet", "statefulsets"),
         ("apps", "v1", "DaemonSet", "daemonsets"),
         ("apps", "v1", "ReplicaSet", "replicasets"),
-        ("security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"),
-        ("security.istio.io", "v1", "PeerAuthentication", "peerauthentications"),
-        ("security.istio.io", "v1", "RequestAuthentication", "requestauthentications"),
-        ("networking.istio.io", "v1", "VirtualService", "virtualservices"),
-        ("networking.istio.io", "v1", "DestinationRule", "destinationrules"),
+        (
+            "security.istio.io",
+            "v1",
+            "AuthorizationPolicy",
+            "authorizationpolicies",
+        ),
+        (
+            "security.istio.io",
+            "v1",
+            "PeerAuthentication",
+            "peerauthentications",
+        ),
+        (
+            "security.istio.io",
+            "v1",
+            "RequestAuthentication",
+            "requestauthentications",
+        ),
+        (
+            "networking.istio.io",
+            "v1",
+            "VirtualService",
+            "virtualservices",
+        ),
+        (
+            "networking.istio.io",
+            "v1",
+            "DestinationRule",
+            "destinationrules",
+        ),
         ("networking.istio.io", "v1", "Sidecar", "sidecars"),
-        ("networking.istio.io", "v1alpha3", "EnvoyFilter", "envoyfilters"),
-        ("networking.istio.io", "v1", "ServiceEntry", "serviceentries"),
-        ("networking.istio.io", "v1", "WorkloadEntry", "workloadentries"),
-        ("networking.istio.io", "v1", "WorkloadGroup", "workloadgroups"),
+        (
+            "networking.istio.io",
+            "v1alpha3",
+            "EnvoyFilter",
+            "envoyfilters",
+        ),
+        (
+            "networking.istio.io",
+            "v1",
+            "ServiceEntry",
+            "serviceentries",
+        ),
+        (
+            "networking.istio.io",
+            "v1",
+            "WorkloadEntry",
+            "workloadentries",
+        ),
+        (
+            "networking.istio.io",
+            "v1",
+            "WorkloadGroup",
+            "workloadgroups",
+        ),
         ("telemetry.istio.io", "v1", "Telemetry", "telemetries"),
-        ("extensions.istio.io", "v1alpha1", "WasmPlugin", "wasmplugins"),
+        (
+            "extensions.istio.io",
+            "v1alpha1",
+            "WasmPlugin",
+            "wasmplugins",
+        ),
         ("gateway.networking.k8s.io", "v1", "Gateway", "gateways"),
         ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
         ("sailoperator.io", "v1", "Istio", "istios"),
         ("sailoperator.io", "v1", "IstioCNI", "istiocnis"),
         ("sailoperator.io", "v1", "ZTunnel", "ztunnels"),
         ("meshmig.io", "v1alpha1", "MeshMigration", "meshmigrations"),
-        ("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions"),
+        (
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+        ),
     ];
     let mut inv = Inventory::default();
     let mut skipped: BTreeMap<String, String> = BTreeMap::new();
     for (group, version, kind, plural) in kinds {
-        let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+        let ar =
+            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
         match api.list(&ListParams::default()).await {
             Ok(list) => {
@@ -244,7 +324,8 @@ pub async fn inventory(client: &Client) -> Result<Inventory, String> {
         }
     }
     // The cilium config, if any (a single ConfigMap, not all of them).
-    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), "kube-system");
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "kube-system");
     if let Ok(Some(cm)) = cms.get_opt("cilium-config").await {
         inv.config_maps.push(cm);
     }

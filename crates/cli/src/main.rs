@@ -126,8 +126,20 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Plan(args) => plan_cmd::run(&args),
         Command::Status { name, color } => live(live::status(name.as_deref(), color.enabled())),
-        Command::Watch { name, until_done, timeout, color } => {
-            match runtime().and_then(|rt| rt.block_on(live::watch(&name, color.enabled(), until_done, std::time::Duration::from_secs(timeout)))) {
+        Command::Watch {
+            name,
+            until_done,
+            timeout,
+            color,
+        } => {
+            match runtime().and_then(|rt| {
+                rt.block_on(live::watch(
+                    &name,
+                    color.enabled(),
+                    until_done,
+                    std::time::Duration::from_secs(timeout),
+                ))
+            }) {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(e) if until_done && e.starts_with("MeshMigration") => {
                     eprintln!("meshmig: {e}");
@@ -138,13 +150,19 @@ fn main() -> ExitCode {
         }
         Command::Pause { name } => live(live::annotate(&name, mn::ANNOTATION_PAUSED, Some("true"))),
         Command::Resume { name } => live(live::annotate(&name, mn::ANNOTATION_PAUSED, None)),
-        Command::Approve { name, step } => live(live::annotate(&name, mn::ANNOTATION_APPROVE, Some(&step.to_string()))),
+        Command::Approve { name, step } => live(live::annotate(
+            &name,
+            mn::ANNOTATION_APPROVE,
+            Some(&step.to_string()),
+        )),
         Command::Rollback { name, to } => {
             let valid = to == "all" || to.parse::<u8>().is_ok_and(|s| (1..=9).contains(&s));
             if valid {
                 live(live::annotate(&name, mn::ANNOTATION_ROLLBACK, Some(&to)))
             } else {
-                Err(format!("rollback target must be a step 1..9 or `all`, not `{to}`"))
+                Err(format!(
+                    "rollback target must be a step 1..9 or `all`, not `{to}`"
+                ))
             }
         }
         Command::Crd => match serde_saphyr::to_string(&MeshMigration::crd()) {

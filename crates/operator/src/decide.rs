@@ -117,6 +117,8 @@ pub struct Decision {
     pub more: bool,
     /// Whether a checkpoint is waiting on something time-based (a timeout).
     pub waiting_on_time: bool,
+    /// Every checkpoint evaluated in this decision: step and outcomes (for metrics).
+    pub evaluated: Vec<(StepNumber, Vec<Outcome>)>,
 }
 
 /// Inputs of [`decide`].
@@ -456,6 +458,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
     let mut events = Vec::new();
     let mut more = false;
     let mut waiting_on_time = false;
+    let mut evaluated: Vec<(StepNumber, Vec<Outcome>)> = Vec::new();
 
     // ---- rollback requests
     let requested = if inp.deleting_with_rollback {
@@ -494,7 +497,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
             .as_ref()
             .is_some_and(|r| r.completed && r.target <= target);
         if !already_done {
-            return rollback(inp, old, statuses, target, by, reason);
+            return rollback(inp, old, statuses, target, by, reason, events);
         }
     }
     let terminal_rollback = status
@@ -538,7 +541,15 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                             changed = true;
                         } else if mm.spec.on_failure == Some(OnFailure::Rollback) {
                             let reason = statuses[i].message.clone();
-                            return rollback(inp, old, statuses, 1, "onFailure".into(), reason);
+                            return rollback(
+                                inp,
+                                old,
+                                statuses,
+                                1,
+                                "onFailure".into(),
+                                reason,
+                                events,
+                            );
                         }
                     }
                     NamespacePhase::Waiting => {
@@ -672,6 +683,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                             outcomes = checks::evaluate(step, &input);
                         }
                         let new_checks = checks_status(&statuses[i].checks, &outcomes, inp.now);
+                        evaluated.push((step, outcomes.clone()));
                         let failed: Vec<&Outcome> = outcomes
                             .iter()
                             .filter(|o| o.result == CheckResult::Fail)
@@ -792,7 +804,9 @@ pub fn decide(inp: &Input<'_>) -> Decision {
         }
     }
     status.namespaces = statuses;
-    finish(inp, &old, status, work, events, more, waiting_on_time)
+    let mut d = finish(inp, &old, status, work, events, more, waiting_on_time);
+    d.evaluated = evaluated;
+    d
 }
 
 fn open_findings(inp: &Input<'_>) -> Vec<FindingRef> {
@@ -1069,6 +1083,7 @@ fn finish(
         events,
         more,
         waiting_on_time,
+        evaluated: Vec::new(),
     }
 }
 
@@ -1080,11 +1095,11 @@ fn rollback(
     target: StepNumber,
     by: String,
     reason: Option<String>,
+    mut events: Vec<EventNote>,
 ) -> Decision {
     let mut status = old.clone();
     status.observed_generation = inp.mm.metadata.generation;
     let mut work = Vec::new();
-    let mut events = Vec::new();
     let fresh = old
         .rollback
         .as_ref()

@@ -6,6 +6,7 @@
 
 pub mod act;
 pub mod checks;
+pub mod client;
 pub mod conditions;
 pub mod decide;
 pub mod error;

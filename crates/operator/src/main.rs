@@ -30,6 +30,12 @@ struct Args {
     /// Instance name reported on Events (defaults to the Pod name).
     #[arg(long, env = "POD_NAME", default_value = "meshmig-operator")]
     instance: String,
+    /// Leader election on a Lease, so several replicas are safe (only the leader writes).
+    #[arg(long, env = "MESHMIG_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Lease duration in seconds: a killed leader is replaced within it.
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
 }
 
 async fn shutdown_signal() {
@@ -65,7 +71,8 @@ async fn main() -> ExitCode {
             .with_env_filter(filter)
             .init(),
     }
-    let client = match kube::Client::try_default().await {
+    let metrics = std::sync::Arc::new(meshmig_operator::metrics::Metrics::default());
+    let client = match meshmig_operator::client::counting_client(metrics.clone()).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!(
@@ -78,8 +85,10 @@ async fn main() -> ExitCode {
         namespace: args.namespace,
         http_addr: args.http_addr,
         instance: args.instance,
+        leader_election: args.leader_election,
+        lease_seconds: args.lease_seconds,
     };
-    match run(client, settings, shutdown_signal()).await {
+    match run(client, metrics, settings, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("meshmig-operator: {e}");

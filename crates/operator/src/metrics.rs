@@ -19,6 +19,22 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabel {
+    verb: String,
+    resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabel {
+    step: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabel {
     phase: String,
 }
@@ -38,6 +54,10 @@ pub struct Metrics {
     reconcile_seconds: Histogram,
     phases: Family<PhaseLabel, Gauge>,
     checks: Family<CheckLabel, Counter>,
+    requests: Family<RequestLabel, Counter>,
+    step_seconds: Family<StepLabel, Histogram>,
+    leader: Gauge,
+    api_errors: Family<CodeLabel, Counter>,
     by_migration: Mutex<std::collections::HashMap<String, String>>,
 }
 
@@ -70,6 +90,48 @@ impl Default for Metrics {
             "Checkpoint check results",
             checks.clone(),
         );
+        let requests = Family::<RequestLabel, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Kubernetes API requests by verb and resource",
+            requests.clone(),
+        );
+        let step_seconds = Family::<StepLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.5, 2.0, 14))
+        });
+        registry.register(
+            "step_duration_seconds",
+            "Duration of completed steps (start to checkpoint pass)",
+            step_seconds.clone(),
+        );
+        let api_errors = Family::<CodeLabel, Counter>::default();
+        registry.register(
+            "api_errors",
+            "Kubernetes API responses with an error status, by code",
+            api_errors.clone(),
+        );
+        // Every reason exists from the start, so dashboards see zeros rather than gaps.
+        for reason in [
+            "conflict",
+            "forbidden",
+            "throttled",
+            "server",
+            "api",
+            "unsupported",
+            "invalid",
+            "snapshot",
+            "plan",
+        ] {
+            let _ = errors.get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            });
+        }
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 when this replica holds the leader lease",
+            leader.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             reconciles,
@@ -77,6 +139,10 @@ impl Default for Metrics {
             reconcile_seconds,
             phases,
             checks,
+            requests,
+            step_seconds,
+            leader,
+            api_errors,
             by_migration: Mutex::new(Default::default()),
         }
     }
@@ -118,6 +184,51 @@ impl Metrics {
                     .inc();
             }
         }
+    }
+
+    /// Counts evaluated checks.
+    pub fn checks_evaluated(&self, outcomes: &[crate::checks::Outcome]) {
+        for o in outcomes {
+            self.checks
+                .get_or_create(&CheckLabel {
+                    check: o.name.clone(),
+                    result: format!("{:?}", o.result),
+                })
+                .inc();
+        }
+    }
+
+    /// Counts an API request.
+    pub fn api_request(&self, verb: &str, resource: &str) {
+        self.requests
+            .get_or_create(&RequestLabel {
+                verb: verb.into(),
+                resource: resource.into(),
+            })
+            .inc();
+    }
+
+    /// Counts an API error response.
+    pub fn api_error(&self, code: u16) {
+        self.api_errors
+            .get_or_create(&CodeLabel {
+                code: code.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records a completed step's duration.
+    pub fn step_completed(&self, step: u8, seconds: f64) {
+        self.step_seconds
+            .get_or_create(&StepLabel {
+                step: step.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    /// Records leadership.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
     }
 
     /// The OpenMetrics text.

@@ -109,8 +109,10 @@ pub struct Stores {
     pub replica_sets: Store<PartialObjectMeta<ReplicaSet>>,
     /// CRDs, metadata only.
     pub crds: Store<PartialObjectMeta<CustomResourceDefinition>>,
-    /// Snapshot ConfigMaps and cilium-config.
+    /// ConfigMaps meshmig created (snapshots, frozen plans).
     pub config_maps: Store<ConfigMap>,
+    /// kube-system/cilium-config (CNI compatibility).
+    pub cilium: Store<ConfigMap>,
     /// Optional kinds (None when their CRD is not installed).
     pub authorization_policies: Option<Store<AuthorizationPolicy>>,
     /// PeerAuthentications.
@@ -182,6 +184,11 @@ impl Stores {
             replica_sets: watch_meta::<ReplicaSet>(c, all.clone(), &mut t),
             crds: watch_meta::<CustomResourceDefinition>(c, all.clone(), &mut t),
             config_maps: watch(Api::<ConfigMap>::all(c.clone()), snapshot_cms, &mut t),
+            cilium: watch(
+                Api::<ConfigMap>::namespaced(c.clone(), "kube-system"),
+                watcher::Config::default().fields("metadata.name=cilium-config"),
+                &mut t,
+            ),
             authorization_policies: opt!(
                 AuthorizationPolicy,
                 "authorizationpolicies.security.istio.io"
@@ -232,7 +239,8 @@ impl Stores {
             self.daemon_sets,
             self.replica_sets,
             self.crds,
-            self.config_maps
+            self.config_maps,
+            self.cilium
         );
         wait_opt!(
             self.authorization_policies,
@@ -382,13 +390,7 @@ impl Stores {
             }
         }
         inv.crds = Some(crds);
-        inv.config_maps = self
-            .config_maps
-            .state()
-            .iter()
-            .filter(|c| c.metadata.name.as_deref() == Some("cilium-config"))
-            .map(|c| (**c).clone())
-            .collect();
+        inv.config_maps = self.cilium.state().iter().map(|c| (**c).clone()).collect();
         macro_rules! copy {
             ($field:ident, all) => {
                 if let Some(s) = &self.$field {

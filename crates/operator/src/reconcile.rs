@@ -89,7 +89,9 @@ impl Ctx {
                 },
                 reason: e.reason.into(),
                 note: Some(e.note.chars().take(1000).collect()),
-                action: "Reconcile".into(),
+                // The recorder folds events with the same reason and action into one series, so
+                // the action carries what the event is about (e.g. the step).
+                action: event_action(&e.note),
                 secondary: None,
             };
             if let Err(err) = self.recorder.publish(&ev, &reference).await {
@@ -237,6 +239,20 @@ impl Ctx {
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(Error::kube("remove finalizer", e)),
         }
+    }
+}
+
+/// Machine-readable action of an event: `Step<N>` when the note is about a step.
+fn event_action(note: &str) -> String {
+    let step = note
+        .split("step ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .filter(|d| !d.is_empty());
+    let ns = note.split(':').next().unwrap_or_default();
+    match step {
+        Some(d) => format!("Step{d}/{}", ns.chars().take(63).collect::<String>()),
+        None => "Reconcile".into(),
     }
 }
 
@@ -388,6 +404,24 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
     ctx.write_status(mm, &decision.status).await?;
     ctx.publish(mm, &decision.events).await;
     ctx.metrics.observe_status(&name, &decision.status);
+    for (_, outcomes) in &decision.evaluated {
+        ctx.metrics.checks_evaluated(outcomes);
+    }
+    let old_status = mm.status.clone().unwrap_or_default();
+    for ns in &decision.status.namespaces {
+        for h in &ns.history {
+            let was_done = old_status
+                .namespaces
+                .iter()
+                .find(|o| o.name == ns.name)
+                .and_then(|o| o.history.iter().find(|x| x.step == h.step))
+                .is_some_and(|x| x.completed_at.is_some());
+            if let (Some(done), false) = (&h.completed_at, was_done) {
+                let secs = done.0.duration_since(h.started_at.0).as_secs_f64();
+                ctx.metrics.step_completed(h.step, secs.max(0.0));
+            }
+        }
+    }
 
     if deleting {
         if decision

@@ -32,9 +32,24 @@ pub struct Settings {
     pub namespace: String,
     /// Health and metrics listen address.
     pub http_addr: SocketAddr,
-    /// Name reported on Events.
+    /// Name reported on Events and used as the lease holder identity.
     pub instance: String,
+    /// Hold a Lease so only one replica reconciles.
+    pub leader_election: bool,
+    /// Lease duration; a killed leader is replaced within it.
+    pub lease_seconds: u64,
 }
+
+/// The leader flag and the lease manager's task.
+type LeaseState = (
+    tokio::sync::watch::Receiver<bool>,
+    tokio::task::JoinHandle<
+        Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
+    >,
+);
+
+/// Name of the leader-election Lease in the operator's namespace.
+pub const LEASE_NAME: &str = "meshmig-operator";
 
 /// Names of the installed CRDs.
 pub async fn discover(client: &Client) -> Installed {
@@ -84,15 +99,17 @@ async fn metrics_handler(
     )
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the operator until `shutdown` resolves: caches and the health server in every
+/// replica, the controller only in the one holding the lease. A replica that loses the lease
+/// returns an error, so it restarts with fresh state instead of acting on a stale view.
 pub async fn run(
     client: Client,
+    metrics: Arc<Metrics>,
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow_free::Result {
     let installed = discover(&client).await;
     let (stores, trigger) = Stores::start(&client, &installed);
-    let metrics = Arc::new(Metrics::default());
     {
         let s = stores.clone();
         tokio::spawn(async move {
@@ -119,6 +136,90 @@ pub async fn run(
         }
     });
 
+    // Keep the caches fed in every replica (a standby takes over with warm caches); the
+    // controller, when running, wakes on the coalesced notifications.
+    let (wake_tx, wake_rx) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        let mut trigger = trigger;
+        while trigger.next().await.is_some() {
+            let _ = wake_tx.try_send(());
+        }
+    });
+
+    // A shutdown signal, observable from several places.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let mut lease_state: Option<LeaseState> = None;
+    if settings.leader_election {
+        let identity = format!("{}-{}", settings.instance, std::process::id());
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+            .with_namespace(settings.namespace.clone())
+            .with_identity(identity.clone())
+            .with_duration(settings.lease_seconds.max(2))
+            .with_grace((settings.lease_seconds / 3).max(1))
+            .with_field_manager(meshmig_api::names::FIELD_MANAGER)
+            .build()
+            .await
+            .map_err(|e| {
+                format!(
+                    "leader election: cannot use Lease {}/{LEASE_NAME}: {e}",
+                    settings.namespace
+                )
+            })?;
+        let (mut leader_rx, task) = manager.watch().await;
+        info!(identity = %identity, "waiting for the leader lease");
+        let mut stop = stop_rx.clone();
+        loop {
+            if *leader_rx.borrow() {
+                break;
+            }
+            tokio::select! {
+                r = leader_rx.changed() => {
+                    if r.is_err() {
+                        return Err("leader election stopped".into());
+                    }
+                }
+                _ = stop.changed() => {
+                    drop(leader_rx);
+                    let _ = task.await;
+                    return Ok(());
+                }
+            }
+        }
+        info!(identity = %identity, "acquired the leader lease");
+        metrics.set_leader(true);
+        lease_state = Some((leader_rx, task));
+    } else {
+        metrics.set_leader(true);
+    }
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut leader_watch = lease_state.as_ref().map(|(rx, _)| rx.clone());
+    let lost_flag = lost.clone();
+    let mut stop = stop_rx.clone();
+    let stopped = async move {
+        match leader_watch.as_mut() {
+            Some(rx) => loop {
+                tokio::select! {
+                    r = rx.changed() => {
+                        if r.is_err() || !*rx.borrow() {
+                            lost_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                            warn!("lost the leader lease; stopping");
+                            break;
+                        }
+                    }
+                    _ = stop.changed() => break,
+                }
+            },
+            None => {
+                let _ = stop.changed().await;
+            }
+        }
+    };
+
     let api: Api<MeshMigration> = Api::all(client.clone());
     let controller = Controller::new(api, watcher::Config::default()).with_config(
         ControllerConfig::default()
@@ -127,7 +228,12 @@ pub async fn run(
     );
     let migrations = controller.store();
     let mm_store = migrations.clone();
-    let wake = trigger.flat_map(move |()| {
+    let wake_stream =
+        futures::stream::unfold(
+            wake_rx,
+            |mut rx| async move { rx.recv().await.map(|v| (v, rx)) },
+        );
+    let wake = wake_stream.flat_map(move |()| {
         let refs: Vec<ObjectRef<MeshMigration>> = mm_store
             .state()
             .iter()
@@ -150,14 +256,14 @@ pub async fn run(
         stores,
         migrations,
         recorder,
-        metrics,
+        metrics: metrics.clone(),
         frozen: Mutex::new(HashMap::new()),
         errors: Mutex::new(HashMap::new()),
     });
-    // The controller wants a Sync shutdown future; relay the signal through a channel.
+    // The controller wants a Sync shutdown future; relay through a channel.
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        shutdown.await;
+        stopped.await;
         let _ = tx.send(());
     });
     controller
@@ -173,6 +279,16 @@ pub async fn run(
         })
         .await;
     info!("controller stopped");
+    metrics.set_leader(false);
+    if let Some((rx, task)) = lease_state {
+        // Closing the channel makes the lease manager release the lease, so a standby takes
+        // over at once instead of after the lease expires.
+        drop(rx);
+        let _ = task.await;
+    }
+    if lost.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err("lost the leader lease".into());
+    }
     Ok(())
 }
 

@@ -289,21 +289,23 @@ fn full_run_with_a_cooperative_cluster_then_rollback_all_undoes_every_step_in_re
 #[test]
 fn barrier_holds_step_seven_until_every_namespace_finished_six() {
     let mut w = World::new();
-    let mut status = meshmig_api::MeshMigrationStatus::default();
-    status.namespaces = vec![
-        meshmig_api::NamespaceStatus {
-            name: "bookinfo".into(),
-            step: 7,
-            phase: NamespacePhase::Waiting,
-            ..Default::default()
-        },
-        meshmig_api::NamespaceStatus {
-            name: "other".into(),
-            step: 6,
-            phase: NamespacePhase::Validating,
-            ..Default::default()
-        },
-    ];
+    let status = meshmig_api::MeshMigrationStatus {
+        namespaces: vec![
+            meshmig_api::NamespaceStatus {
+                name: "bookinfo".into(),
+                step: 7,
+                phase: NamespacePhase::Waiting,
+                ..Default::default()
+            },
+            meshmig_api::NamespaceStatus {
+                name: "other".into(),
+                step: 6,
+                phase: NamespacePhase::Validating,
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
     w.plan.namespace_order.push("other".into());
     let mut other = w.plan.namespaces[0].clone();
     other.name = "other".into();

@@ -24,7 +24,7 @@ const BOOKINFO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/book
 struct Rig {
     env: TestEnv,
     _sim: SimHandle,
-    operator: Option<Child>,
+    operators: Vec<(String, Child)>,
     log: PathBuf,
     _crds: tempfile::TempDir,
 }
@@ -33,24 +33,41 @@ impl Rig {
     /// A fresh API server with the simulator, bookinfo in sidecar mode, and the operator.
     async fn new(extra_namespaces: &[&str]) -> Rig {
         let crds = tempfile::tempdir().unwrap();
-        std::fs::write(crds.path().join("meshmig.yaml"), serde_json::to_string(&MeshMigration::crd()).unwrap()).unwrap();
-        let env = TestEnv::builder().nodes(2).crd_dir(crds.path()).start().await.unwrap();
+        std::fs::write(
+            crds.path().join("meshmig.yaml"),
+            serde_json::to_string(&MeshMigration::crd()).unwrap(),
+        )
+        .unwrap();
+        let env = TestEnv::builder()
+            .nodes(2)
+            .crd_dir(crds.path())
+            .start()
+            .await
+            .unwrap();
         let sim = env.start_simulator().await.unwrap();
-        env.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: meshmig-system}\n").await.unwrap();
-        env.apply_file(format!("{BOOKINFO}/00-control-plane.yaml")).await.unwrap();
+        env.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: meshmig-system}\n")
+            .await
+            .unwrap();
+        env.apply_file(format!("{BOOKINFO}/00-control-plane.yaml"))
+            .await
+            .unwrap();
         let apps = std::fs::read_to_string(format!("{BOOKINFO}/10-bookinfo.yaml")).unwrap();
         let istio = std::fs::read_to_string(format!("{BOOKINFO}/20-istio.yaml")).unwrap();
         env.apply_yaml(&apps).await.unwrap();
         for ns in extra_namespaces {
-            env.apply_yaml(&apps.replace("namespace: bookinfo", &format!("namespace: {ns}")).replace("name: bookinfo\n", &format!("name: {ns}\n")))
-                .await
-                .unwrap();
+            env.apply_yaml(
+                &apps
+                    .replace("namespace: bookinfo", &format!("namespace: {ns}"))
+                    .replace("name: bookinfo\n", &format!("name: {ns}\n")),
+            )
+            .await
+            .unwrap();
         }
         let mut rig = Rig {
             log: env.dir().join("operator.log"),
             env,
             _sim: sim,
-            operator: None,
+            operators: Vec::new(),
             _crds: crds,
         };
         for ns in std::iter::once("bookinfo").chain(extra_namespaces.iter().copied()) {
@@ -59,18 +76,43 @@ impl Rig {
         rig.env.apply_yaml(&istio).await.unwrap();
         for ns in extra_namespaces {
             rig.env
-                .apply_yaml(&istio.replace("namespace: bookinfo", &format!("namespace: {ns}")).replace("ns/bookinfo/", &format!("ns/{ns}/")))
+                .apply_yaml(
+                    &istio
+                        .replace("namespace: bookinfo", &format!("namespace: {ns}"))
+                        .replace("ns/bookinfo/", &format!("ns/{ns}/")),
+                )
                 .await
                 .unwrap();
         }
-        rig.start_operator().await;
+        rig.start_operator("op-a").await;
         rig
     }
 
-    async fn start_operator(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+    fn log_of(&self, instance: &str) -> PathBuf {
+        if instance == "op-a" {
+            self.log.clone()
+        } else {
+            self.env.dir().join(format!("operator-{instance}.log"))
+        }
+    }
+
+    async fn start_operator(&mut self, instance: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_of(instance))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_meshmig-operator"))
-            .args(["--namespace", "meshmig-system", "--http-addr", "127.0.0.1:0"])
+            .args([
+                "--namespace",
+                "meshmig-system",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--instance",
+                instance,
+                "--lease-seconds",
+                "4",
+            ])
             .env("KUBECONFIG", self.env.kubeconfig())
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::from(log.try_clone().unwrap()))
@@ -78,36 +120,54 @@ impl Rig {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        self.operator = Some(child);
+        self.operators.push((instance.to_string(), child));
     }
 
-    async fn kill_operator(&mut self) {
-        if let Some(mut c) = self.operator.take() {
-            // SIGKILL: no chance to finish anything.
+    /// SIGKILL: no chance to finish anything, or to release the lease.
+    async fn kill_operator(&mut self, instance: &str) {
+        if let Some(i) = self.operators.iter().position(|(n, _)| n == instance) {
+            let (_, mut c) = self.operators.remove(i);
             c.kill().await.unwrap();
         }
     }
 
     fn log_tail(&self) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        s.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        s.lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     async fn wait_available(&self, ns: &str) {
         let api: Api<Deployment> = self.env.api_in(ns);
-        wait_for(format!("Deployments of {ns} available"), Duration::from_secs(90), async || {
-            let list = api.list(&ListParams::default()).await?;
-            let waiting: Vec<String> = list
-                .items
-                .iter()
-                .filter(|d| d.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0) < 1)
-                .map(|d| d.name_any())
-                .collect();
-            if list.items.is_empty() || !waiting.is_empty() {
-                return Err(Pending::new(format!("not available: {waiting:?}")));
-            }
-            Ok(())
-        })
+        wait_for(
+            format!("Deployments of {ns} available"),
+            Duration::from_secs(90),
+            async || {
+                let list = api.list(&ListParams::default()).await?;
+                let waiting: Vec<String> = list
+                    .items
+                    .iter()
+                    .filter(|d| {
+                        d.status
+                            .as_ref()
+                            .and_then(|s| s.available_replicas)
+                            .unwrap_or(0)
+                            < 1
+                    })
+                    .map(|d| d.name_any())
+                    .collect();
+                if list.items.is_empty() || !waiting.is_empty() {
+                    return Err(Pending::new(format!("not available: {waiting:?}")));
+                }
+                Ok(())
+            },
+        )
         .await
         .unwrap();
     }
@@ -122,26 +182,49 @@ impl Rig {
             spec["namespaces"] = json!(["bookinfo"]);
         }
         let obj = json!({"apiVersion": "meshmig.io/v1alpha1", "kind": "MeshMigration", "metadata": {"name": name}, "spec": spec});
-        self.env.apply_yaml(&serde_json::to_string(&obj).unwrap()).await.unwrap();
+        self.env
+            .apply_yaml(&serde_json::to_string(&obj).unwrap())
+            .await
+            .unwrap();
     }
 
     /// Waits until `pred` holds on the MeshMigration; fails with its status and the operator
     /// log otherwise.
-    async fn wait_mm(&self, name: &str, what: &str, secs: u64, pred: impl Fn(&MeshMigration) -> bool) -> MeshMigration {
+    async fn wait_mm(
+        &self,
+        name: &str,
+        what: &str,
+        secs: u64,
+        pred: impl Fn(&MeshMigration) -> bool,
+    ) -> MeshMigration {
         let api = self.migrations();
-        let r = wait_for(format!("MeshMigration {name}: {what}"), Duration::from_secs(secs), async || {
-            let mm = api.get(name).await?;
-            if pred(&mm) {
-                Ok(mm)
-            } else {
-                let st = mm.status.clone().unwrap_or_default();
-                Err(Pending::new(format!(
-                    "phase {:?}; {}",
-                    st.phase,
-                    st.namespaces.iter().map(|n| format!("{} step {} {:?}: {}", n.name, n.step, n.phase, n.message.clone().unwrap_or_default())).collect::<Vec<_>>().join(" | ")
-                )))
-            }
-        })
+        let r = wait_for(
+            format!("MeshMigration {name}: {what}"),
+            Duration::from_secs(secs),
+            async || {
+                let mm = api.get(name).await?;
+                if pred(&mm) {
+                    Ok(mm)
+                } else {
+                    let st = mm.status.clone().unwrap_or_default();
+                    Err(Pending::new(format!(
+                        "phase {:?}; {}",
+                        st.phase,
+                        st.namespaces
+                            .iter()
+                            .map(|n| format!(
+                                "{} step {} {:?}: {}",
+                                n.name,
+                                n.step,
+                                n.phase,
+                                n.message.clone().unwrap_or_default()
+                            ))
+                            .collect::<Vec<_>>()
+                            .join(" | ")
+                    )))
+                }
+            },
+        )
         .await;
         match r {
             Ok(mm) => mm,
@@ -151,22 +234,37 @@ impl Rig {
 
     async fn annotate(&self, name: &str, key: &str, value: Option<&str>) {
         let patch = json!({"metadata": {"annotations": {key: value}}});
-        self.migrations().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+        self.migrations()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
     }
 
     async fn delete_migration(&self, name: &str) {
         let api = self.migrations();
         api.delete(name, &DeleteParams::default()).await.unwrap();
-        wait_for(format!("MeshMigration {name} deleted"), Duration::from_secs(60), async || match api.get_opt(name).await? {
-            None => Ok(()),
-            Some(_) => Err(Pending::new("still present")),
-        })
+        wait_for(
+            format!("MeshMigration {name} deleted"),
+            Duration::from_secs(60),
+            async || match api.get_opt(name).await? {
+                None => Ok(()),
+                Some(_) => Err(Pending::new("still present")),
+            },
+        )
         .await
         .unwrap();
     }
 
-    fn dynamic(&self, group: &str, version: &str, kind: &str, plural: &str, ns: Option<&str>) -> Api<DynamicObject> {
-        let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+    fn dynamic(
+        &self,
+        group: &str,
+        version: &str,
+        kind: &str,
+        plural: &str,
+        ns: Option<&str>,
+    ) -> Api<DynamicObject> {
+        let ar =
+            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
         match ns {
             Some(ns) => Api::namespaced_with(self.env.client(), ns, &ar),
             None => Api::all_with(self.env.client(), &ar),
@@ -179,10 +277,34 @@ impl Rig {
             ("", "v1", "Namespace", "namespaces", false),
             ("", "v1", "Service", "services", true),
             ("apps", "v1", "Deployment", "deployments", true),
-            ("security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies", true),
-            ("security.istio.io", "v1", "PeerAuthentication", "peerauthentications", true),
-            ("networking.istio.io", "v1", "VirtualService", "virtualservices", true),
-            ("networking.istio.io", "v1", "DestinationRule", "destinationrules", true),
+            (
+                "security.istio.io",
+                "v1",
+                "AuthorizationPolicy",
+                "authorizationpolicies",
+                true,
+            ),
+            (
+                "security.istio.io",
+                "v1",
+                "PeerAuthentication",
+                "peerauthentications",
+                true,
+            ),
+            (
+                "networking.istio.io",
+                "v1",
+                "VirtualService",
+                "virtualservices",
+                true,
+            ),
+            (
+                "networking.istio.io",
+                "v1",
+                "DestinationRule",
+                "destinationrules",
+                true,
+            ),
             ("sailoperator.io", "v1", "Istio", "istios", false),
             ("sailoperator.io", "v1", "IstioCNI", "istiocnis", false),
         ];
@@ -211,12 +333,23 @@ impl Rig {
     /// Every object meshmig created (label app.kubernetes.io/managed-by=meshmig), except
     /// probe Pods that are still terminating.
     async fn meshmig_objects(&self) -> Vec<String> {
-        let sel = ListParams::default().labels(&format!("{}={}", mn::LABEL_MANAGED_BY, mn::MANAGED_BY));
+        let sel =
+            ListParams::default().labels(&format!("{}={}", mn::LABEL_MANAGED_BY, mn::MANAGED_BY));
         let kinds = [
             ("", "v1", "Service", "services"),
             ("", "v1", "ConfigMap", "configmaps"),
-            ("security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"),
-            ("networking.istio.io", "v1", "DestinationRule", "destinationrules"),
+            (
+                "security.istio.io",
+                "v1",
+                "AuthorizationPolicy",
+                "authorizationpolicies",
+            ),
+            (
+                "networking.istio.io",
+                "v1",
+                "DestinationRule",
+                "destinationrules",
+            ),
             ("gateway.networking.k8s.io", "v1", "Gateway", "gateways"),
             ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
             ("sailoperator.io", "v1", "ZTunnel", "ztunnels"),
@@ -224,7 +357,11 @@ impl Rig {
         let mut out = Vec::new();
         for (g, v, k, p) in kinds {
             for o in self.dynamic(g, v, k, p, None).list(&sel).await.unwrap() {
-                out.push(format!("{k}/{}/{}", o.namespace().unwrap_or_default(), o.name_any()));
+                out.push(format!(
+                    "{k}/{}/{}",
+                    o.namespace().unwrap_or_default(),
+                    o.name_any()
+                ));
             }
         }
         out
@@ -236,38 +373,100 @@ impl Rig {
         let app_pods: Vec<&Pod> = list
             .items
             .iter()
-            .filter(|p| p.labels().contains_key("app") && !p.labels().contains_key("gateway.networking.k8s.io/gateway-name"))
+            .filter(|p| {
+                p.labels().contains_key("app")
+                    && !p
+                        .labels()
+                        .contains_key("gateway.networking.k8s.io/gateway-name")
+            })
             .filter(|p| p.metadata.deletion_timestamp.is_none())
             .collect();
         assert_eq!(app_pods.len(), 6, "bookinfo pods in {ns}");
         for p in app_pods {
             let spec = p.spec.as_ref().unwrap();
-            assert_eq!(spec.containers.len(), 1, "{} still has {:?}", p.name_any(), spec.containers.iter().map(|c| &c.name).collect::<Vec<_>>());
-            let ready = p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map(|cs| cs.iter().filter(|c| c.ready).count());
+            assert_eq!(
+                spec.containers.len(),
+                1,
+                "{} still has {:?}",
+                p.name_any(),
+                spec.containers.iter().map(|c| &c.name).collect::<Vec<_>>()
+            );
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .map(|cs| cs.iter().filter(|c| c.ready).count());
             assert_eq!(ready, Some(1), "{} is not 1/1", p.name_any());
-            assert_eq!(p.annotations().get(n::REDIRECTION).map(String::as_str), Some("enabled"), "{}", p.name_any());
+            assert_eq!(
+                p.annotations().get(n::REDIRECTION).map(String::as_str),
+                Some("enabled"),
+                "{}",
+                p.name_any()
+            );
         }
         let nsobj: Namespace = self.env.api::<Namespace>().get(ns).await.unwrap();
         let labels = nsobj.labels();
-        assert_eq!(labels.get(n::DATAPLANE_MODE).map(String::as_str), Some("ambient"));
-        assert_eq!(labels.get(n::USE_WAYPOINT).map(String::as_str), Some("waypoint"));
-        assert!(!labels.contains_key(n::INJECTION) && !labels.contains_key(n::REV), "{labels:?}");
-        let vs = self.dynamic("networking.istio.io", "v1", "VirtualService", "virtualservices", Some(ns));
-        assert!(vs.get_opt("reviews").await.unwrap().is_none(), "VirtualService reviews still exists");
-        let hr = self.dynamic("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes", Some(ns));
+        assert_eq!(
+            labels.get(n::DATAPLANE_MODE).map(String::as_str),
+            Some("ambient")
+        );
+        assert_eq!(
+            labels.get(n::USE_WAYPOINT).map(String::as_str),
+            Some("waypoint")
+        );
+        assert!(
+            !labels.contains_key(n::INJECTION) && !labels.contains_key(n::REV),
+            "{labels:?}"
+        );
+        let vs = self.dynamic(
+            "networking.istio.io",
+            "v1",
+            "VirtualService",
+            "virtualservices",
+            Some(ns),
+        );
+        assert!(
+            vs.get_opt("reviews").await.unwrap().is_none(),
+            "VirtualService reviews still exists"
+        );
+        let hr = self.dynamic(
+            "gateway.networking.k8s.io",
+            "v1",
+            "HTTPRoute",
+            "httproutes",
+            Some(ns),
+        );
         let route = hr.get("reviews").await.unwrap();
-        assert_eq!(route.data["spec"]["rules"][0]["backendRefs"][0]["name"], "reviews-v2");
-        let aps = self.dynamic("security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies", Some(ns));
+        assert_eq!(
+            route.data["spec"]["rules"][0]["backendRefs"][0]["name"],
+            "reviews-v2"
+        );
+        let aps = self.dynamic(
+            "security.istio.io",
+            "v1",
+            "AuthorizationPolicy",
+            "authorizationpolicies",
+            Some(ns),
+        );
         let all = aps.list(&ListParams::default()).await.unwrap().items;
         for policy in ["productpage-viewer", "details-viewer", "reviews-viewer"] {
             let copy = all
                 .iter()
-                .find(|a| a.annotations().get(mn::ANNOTATION_SOURCE) == Some(&format!("AuthorizationPolicy/{ns}/{policy}")))
+                .find(|a| {
+                    a.annotations().get(mn::ANNOTATION_SOURCE)
+                        == Some(&format!("AuthorizationPolicy/{ns}/{policy}"))
+                })
                 .unwrap_or_else(|| panic!("no waypoint copy of {policy}"));
             assert!(copy.data["spec"]["targetRefs"].is_array());
-            assert!(all.iter().all(|a| a.name_any() != policy), "selector original {policy} still exists");
+            assert!(
+                all.iter().all(|a| a.name_any() != policy),
+                "selector original {policy} still exists"
+            );
         }
-        let bypass = all.iter().find(|a| a.name_any() == "meshmig-bypass-reviews").expect("bypass protection");
+        let bypass = all
+            .iter()
+            .find(|a| a.name_any() == "meshmig-bypass-reviews")
+            .expect("bypass protection");
         assert!(bypass.data["spec"]["selector"]["matchLabels"].is_object());
         assert!(bypass.data["spec"].get("targetRefs").is_none());
     }
@@ -303,7 +502,12 @@ async fn bookinfo_migrates_to_ready() {
     // `kubectl wait` is how users and pipelines wait for it.
     let out = rig
         .env
-        .kubectl(["wait", "--for=condition=Ready", "meshmigration/bookinfo", "--timeout=150s"])
+        .kubectl([
+            "wait",
+            "--for=condition=Ready",
+            "meshmigration/bookinfo",
+            "--timeout=150s",
+        ])
         .await;
     assert!(out.is_ok(), "{out:?}\n{}", rig.log_tail());
     rig.assert_migrated("bookinfo").await;
@@ -317,14 +521,25 @@ async fn bookinfo_migrates_to_ready() {
     // Probe Pods are cleaned up.
     let pods: Api<Pod> = rig.env.api_in("bookinfo");
     wait_for("probe Pods removed", Duration::from_secs(30), async || {
-        let left = pods.list(&ListParams::default().labels(mn::LABEL_PROBE)).await?.items.len();
-        if left == 0 { Ok(()) } else { Err(Pending::new(format!("{left} left"))) }
+        let left = pods
+            .list(&ListParams::default().labels(mn::LABEL_PROBE))
+            .await?
+            .items
+            .len();
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(Pending::new(format!("{left} left")))
+        }
     })
     .await
     .unwrap();
     // Events for step start and pass.
     let all = migration_events(&rig.env).await;
-    assert!(all.contains("StepStarted") && all.contains("StepPassed"), "{all}");
+    assert!(
+        all.contains("StepStarted") && all.contains("StepPassed"),
+        "{all}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -334,27 +549,58 @@ async fn rollback_all_after_each_step_restores_every_original_object() {
     assert!(baseline.len() > 10);
     for k in 2u8..=9 {
         let name = format!("rb-{k}");
-        let spec = if k < 9 { json!({"pauseBefore": [k + 1]}) } else { json!({}) };
+        let spec = if k < 9 {
+            json!({"pauseBefore": [k + 1]})
+        } else {
+            json!({})
+        };
         rig.apply_migration(&name, spec).await;
         rig.wait_mm(&name, &format!("held after step {k}"), 120, |mm| {
             let st = mm.status.clone().unwrap_or_default();
             st.namespaces.first().is_some_and(|n| {
-                (k < 9 && n.step == k + 1 && n.phase == NamespacePhase::Waiting) || (k == 9 && n.phase == NamespacePhase::Completed)
+                (k < 9 && n.step == k + 1 && n.phase == NamespacePhase::Waiting)
+                    || (k == 9 && n.phase == NamespacePhase::Completed)
             })
         })
         .await;
-        rig.annotate(&name, mn::ANNOTATION_ROLLBACK, Some("all")).await;
-        let mm = rig.wait_mm(&name, "rolled back", 180, |mm| phase(mm) == Some(MigrationPhase::RolledBack)).await;
-        assert!(mm.status.as_ref().unwrap().conditions.iter().any(|c| c.type_ == mn::CONDITION_ROLLED_BACK && c.status == "True"));
+        rig.annotate(&name, mn::ANNOTATION_ROLLBACK, Some("all"))
+            .await;
+        let mm = rig
+            .wait_mm(&name, "rolled back", 180, |mm| {
+                phase(mm) == Some(MigrationPhase::RolledBack)
+            })
+            .await;
+        assert!(
+            mm.status
+                .as_ref()
+                .unwrap()
+                .conditions
+                .iter()
+                .any(|c| c.type_ == mn::CONDITION_ROLLED_BACK && c.status == "True")
+        );
         rig.wait_available("bookinfo").await;
         let after = rig.user_objects("bookinfo").await;
         for (key, before) in &baseline {
-            let now = after.get(key).unwrap_or_else(|| panic!("after rollback from step {k}: {key} is gone"));
-            pretty_assertions::assert_eq!(before, now, "after rollback from step {k}: {key} differs");
+            let now = after
+                .get(key)
+                .unwrap_or_else(|| panic!("after rollback from step {k}: {key} is gone"));
+            pretty_assertions::assert_eq!(
+                before,
+                now,
+                "after rollback from step {k}: {key} differs"
+            );
         }
-        assert_eq!(after.len(), baseline.len(), "after rollback from step {k}: objects {:?}", after.keys().collect::<Vec<_>>());
+        assert_eq!(
+            after.len(),
+            baseline.len(),
+            "after rollback from step {k}: objects {:?}",
+            after.keys().collect::<Vec<_>>()
+        );
         let leftovers = rig.meshmig_objects().await;
-        assert!(leftovers.is_empty(), "after rollback from step {k}, meshmig objects remain: {leftovers:?}");
+        assert!(
+            leftovers.is_empty(),
+            "after rollback from step {k}, meshmig objects remain: {leftovers:?}"
+        );
         rig.delete_migration(&name).await;
     }
 }
@@ -362,28 +608,46 @@ async fn rollback_all_after_each_step_restores_every_original_object() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_before_holds_until_approved_and_paused_holds_until_removed() {
     let rig = Rig::new(&[]).await;
-    rig.apply_migration("held", json!({"pauseBefore": [4]})).await;
+    rig.apply_migration("held", json!({"pauseBefore": [4]}))
+        .await;
     let mm = rig
         .wait_mm("held", "waiting for approval of step 4", 90, |mm| {
-            mm.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == mn::CONDITION_PAUSED && c.status == "True"))
+            mm.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == mn::CONDITION_PAUSED && c.status == "True")
+            })
         })
         .await;
     assert_eq!(mm.status.as_ref().unwrap().namespaces[0].step, 4);
     // Still held a moment later.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mm = rig.migrations().get("held").await.unwrap();
-    assert_eq!(mm.status.as_ref().unwrap().namespaces[0].phase, NamespacePhase::Waiting);
+    assert_eq!(
+        mm.status.as_ref().unwrap().namespaces[0].phase,
+        NamespacePhase::Waiting
+    );
     // Pause, then approve: the pause annotation still holds.
-    rig.annotate("held", mn::ANNOTATION_PAUSED, Some("true")).await;
-    rig.annotate("held", mn::ANNOTATION_APPROVE, Some("4")).await;
+    rig.annotate("held", mn::ANNOTATION_PAUSED, Some("true"))
+        .await;
+    rig.annotate("held", mn::ANNOTATION_APPROVE, Some("4"))
+        .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mm = rig.migrations().get("held").await.unwrap();
     let ns = &mm.status.as_ref().unwrap().namespaces[0];
-    assert_eq!((ns.step, ns.phase), (4, NamespacePhase::Waiting), "{:?}", ns.message);
+    assert_eq!(
+        (ns.step, ns.phase),
+        (4, NamespacePhase::Waiting),
+        "{:?}",
+        ns.message
+    );
     assert_eq!(phase(&mm), Some(MigrationPhase::Paused));
     // Removing it resumes, to the end.
     rig.annotate("held", mn::ANNOTATION_PAUSED, None).await;
-    rig.wait_mm("held", "completed", 150, |mm| phase(mm) == Some(MigrationPhase::Completed)).await;
+    rig.wait_mm("held", "completed", 150, |mm| {
+        phase(mm) == Some(MigrationPhase::Completed)
+    })
+    .await;
     rig.assert_migrated("bookinfo").await;
 }
 
@@ -404,16 +668,32 @@ async fn failing_probe_at_step_seven_rolls_back_with_the_check_named() {
         {"name": "l7-check", "fromNamespace": "bookinfo", "serviceAccount": "bookinfo-productpage", "url": "http://reviews.bookinfo:9080/", "expect": {"status": 200}, "steps": [7]}
     ]}}))
     .await;
-    let mm = rig.wait_mm("failing", "rolled back", 180, |mm| phase(mm) == Some(MigrationPhase::RolledBack)).await;
+    let mm = rig
+        .wait_mm("failing", "rolled back", 180, |mm| {
+            phase(mm) == Some(MigrationPhase::RolledBack)
+        })
+        .await;
     let st = mm.status.unwrap();
     let rb = st.rollback.unwrap();
     assert_eq!(rb.requested_by, "onFailure");
     let reason = rb.reason.unwrap_or_default();
-    assert!(reason.contains("step 7") && reason.contains("probe l7-check"), "{reason}");
-    let cond = st.conditions.iter().find(|c| c.type_ == mn::CONDITION_ROLLED_BACK).unwrap();
+    assert!(
+        reason.contains("step 7") && reason.contains("probe l7-check"),
+        "{reason}"
+    );
+    let cond = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == mn::CONDITION_ROLLED_BACK)
+        .unwrap();
     assert!(cond.message.contains("l7-check"), "{}", cond.message);
     let events = migration_events(&rig.env).await;
-    assert!(events.lines().any(|l| l.starts_with("StepFailed") && l.contains("l7-check")), "{events}");
+    assert!(
+        events
+            .lines()
+            .any(|l| l.starts_with("StepFailed") && l.contains("l7-check")),
+        "{events}"
+    );
     assert!(events.contains("RolledBack"), "{events}");
     rig.wait_available("bookinfo").await;
     let after = rig.user_objects("bookinfo").await;
@@ -428,21 +708,39 @@ async fn killing_the_operator_mid_migration_resumes_to_the_same_end_state() {
     // Kill it at every step it reaches, while the step is being applied or validated.
     for target in [3u8, 5, 7, 9] {
         rig.wait_mm("crashy", &format!("step {target}"), 120, |mm| {
-            mm.status.as_ref().and_then(|s| s.namespaces.first()).is_some_and(|n| n.step >= target || n.phase == NamespacePhase::Completed)
+            mm.status
+                .as_ref()
+                .and_then(|s| s.namespaces.first())
+                .is_some_and(|n| n.step >= target || n.phase == NamespacePhase::Completed)
         })
         .await;
-        rig.kill_operator().await;
+        rig.kill_operator("op-a").await;
         kills += 1;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        rig.start_operator().await;
+        rig.start_operator("op-a").await;
     }
     assert_eq!(kills, 4);
-    let mm = rig.wait_mm("crashy", "completed", 180, |mm| phase(mm) == Some(MigrationPhase::Completed)).await;
+    let mm = rig
+        .wait_mm("crashy", "completed", 180, |mm| {
+            phase(mm) == Some(MigrationPhase::Completed)
+        })
+        .await;
     rig.assert_migrated("bookinfo").await;
     // Each step was snapshotted exactly once.
     let cms: Api<ConfigMap> = rig.env.api_in("bookinfo");
-    let snaps = cms.list(&ListParams::default().labels(&format!("{}=true,{}=crashy", mn::LABEL_SNAPSHOT, mn::LABEL_MIGRATION))).await.unwrap();
-    let mut steps: Vec<String> = snaps.items.iter().map(|c| c.labels()[mn::LABEL_STEP].clone()).collect();
+    let snaps = cms
+        .list(&ListParams::default().labels(&format!(
+            "{}=true,{}=crashy",
+            mn::LABEL_SNAPSHOT,
+            mn::LABEL_MIGRATION
+        )))
+        .await
+        .unwrap();
+    let mut steps: Vec<String> = snaps
+        .items
+        .iter()
+        .map(|c| c.labels()[mn::LABEL_STEP].clone())
+        .collect();
     steps.sort();
     let mut dedup = steps.clone();
     dedup.dedup();
@@ -461,7 +759,11 @@ async fn two_namespaces_respect_the_barriers() {
         json!({"namespaces": ["bookinfo", "bookinfo2"], "acceptedFindings": ["enforcement-fail-open"]}),
     )
     .await;
-    let mm = rig.wait_mm("pair", "completed", 240, |mm| phase(mm) == Some(MigrationPhase::Completed)).await;
+    let mm = rig
+        .wait_mm("pair", "completed", 240, |mm| {
+            phase(mm) == Some(MigrationPhase::Completed)
+        })
+        .await;
     rig.assert_migrated("bookinfo").await;
     rig.assert_migrated("bookinfo2").await;
     let st = mm.status.unwrap();
@@ -470,20 +772,202 @@ async fn two_namespaces_respect_the_barriers() {
             .iter()
             .map(|n| {
                 let h = n.history.iter().find(|h| h.step == step).unwrap();
-                if started { h.started_at.0 } else { h.completed_at.as_ref().unwrap().0 }
+                if started {
+                    h.started_at.0
+                } else {
+                    h.completed_at.as_ref().unwrap().0
+                }
             })
             .collect()
     };
     for (barrier, before) in [(7u8, 6u8), (9, 8)] {
         let last_done = at(before, false).into_iter().max().unwrap();
         for start in at(barrier, true) {
-            assert!(start >= last_done, "step {barrier} started at {start} before every namespace finished step {before} ({last_done})");
+            assert!(
+                start >= last_done,
+                "step {barrier} started at {start} before every namespace finished step {before} ({last_done})"
+            );
         }
     }
     // Listed ordering: step 9 of bookinfo2 started after bookinfo finished it.
     let b1 = st.namespaces.iter().find(|n| n.name == "bookinfo").unwrap();
-    let b2 = st.namespaces.iter().find(|n| n.name == "bookinfo2").unwrap();
-    let done1 = b1.history.iter().find(|h| h.step == 9).unwrap().completed_at.as_ref().unwrap().0;
-    let start2 = b2.history.iter().find(|h| h.step == 9).unwrap().started_at.0;
+    let b2 = st
+        .namespaces
+        .iter()
+        .find(|n| n.name == "bookinfo2")
+        .unwrap();
+    let done1 = b1
+        .history
+        .iter()
+        .find(|h| h.step == 9)
+        .unwrap()
+        .completed_at
+        .as_ref()
+        .unwrap()
+        .0;
+    let start2 = b2
+        .history
+        .iter()
+        .find(|h| h.step == 9)
+        .unwrap()
+        .started_at
+        .0;
     assert!(start2 >= done1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_only_the_leader_reconciles_and_a_killed_leader_is_replaced() {
+    let mut rig = Rig::new(&[]).await;
+    rig.start_operator("op-b").await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = rig.env.api_in("meshmig-system");
+    let holder = async |leases: &Api<k8s_openapi::api::coordination::v1::Lease>| -> Option<String> {
+        leases
+            .get_opt("meshmig-operator")
+            .await
+            .ok()
+            .flatten()?
+            .spec?
+            .holder_identity
+    };
+    let first = wait_for("a leader", Duration::from_secs(30), async || {
+        holder(&leases)
+            .await
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| Pending::new("no holder"))
+    })
+    .await
+    .unwrap();
+    let (leader, standby) = if first.starts_with("op-a") {
+        ("op-a", "op-b")
+    } else {
+        ("op-b", "op-a")
+    };
+    rig.apply_migration("ha", json!({})).await;
+    rig.wait_mm("ha", "step 4", 120, |mm| {
+        mm.status
+            .as_ref()
+            .and_then(|s| s.namespaces.first())
+            .is_some_and(|n| n.step >= 4)
+    })
+    .await;
+    // Only the leader acted so far.
+    let standby_log = std::fs::read_to_string(rig.log_of(standby)).unwrap_or_default();
+    assert!(
+        !standby_log.contains("snapshot taken") && !standby_log.contains("plan frozen"),
+        "the standby reconciled:\n{standby_log}"
+    );
+    assert!(standby_log.contains("waiting for the leader lease"));
+    let killed_at = std::time::Instant::now();
+    rig.kill_operator(leader).await;
+    let new = wait_for(
+        "the standby takes the lease",
+        Duration::from_secs(20),
+        async || {
+            holder(&leases)
+                .await
+                .filter(|h| h.starts_with(standby))
+                .ok_or_else(|| Pending::new("not yet"))
+        },
+    )
+    .await
+    .unwrap();
+    let handover = killed_at.elapsed();
+    // Lease of 4s: the standby takes over once it expires (plus its retry interval).
+    assert!(
+        handover < Duration::from_secs(12),
+        "handover took {handover:?}"
+    );
+    assert!(new.starts_with(standby));
+    rig.wait_mm("ha", "completed by the new leader", 150, |mm| {
+        phase(mm) == Some(MigrationPhase::Completed)
+    })
+    .await;
+    rig.assert_migrated("bookinfo").await;
+    let standby_log = std::fs::read_to_string(rig.log_of(standby)).unwrap_or_default();
+    assert!(
+        standby_log.contains("acquired the leader lease"),
+        "{standby_log}"
+    );
+}
+
+/// An HTTP GET on 127.0.0.1 without a client library (plain HTTP/1.0).
+async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_and_health_endpoints_report_the_migration() {
+    let mut rig = Rig::new(&[]).await;
+    // Replace the default operator with one on a known port.
+    rig.kill_operator("op-a").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = std::fs::File::create(rig.env.dir().join("operator-metrics.log")).unwrap();
+    let _op = Command::new(env!("CARGO_BIN_EXE_meshmig-operator"))
+        .args([
+            "--namespace",
+            "meshmig-system",
+            "--http-addr",
+            &format!("127.0.0.1:{port}"),
+            "--lease-seconds",
+            "4",
+        ])
+        .env("KUBECONFIG", rig.env.kubeconfig())
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for("/readyz", Duration::from_secs(30), async || {
+        let r = tokio::time::timeout(Duration::from_secs(2), async {
+            match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                Ok(_) => Ok(http_get(port, "/readyz").await),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await
+        .map_err(|e| Pending::new(e.to_string()))?
+        .map_err(Pending::new)?;
+        if r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(Pending::new(r))
+        }
+    })
+    .await
+    .unwrap();
+    assert!(http_get(port, "/healthz").await.contains("200 OK"));
+    rig.apply_migration("metered", json!({})).await;
+    rig.wait_mm("metered", "completed", 150, |mm| {
+        phase(mm) == Some(MigrationPhase::Completed)
+    })
+    .await;
+    let body = http_get(port, "/metrics").await;
+    for needle in [
+        "meshmig_reconciles_total",
+        "meshmig_reconcile_duration_seconds_bucket",
+        "meshmig_migrations{phase=\"Completed\"} 1",
+        "meshmig_checkpoint_results_total{check=\"waypoint-programmed\",result=\"Pass\"}",
+        "meshmig_step_duration_seconds_count{step=\"9\"} 1",
+        "meshmig_api_requests_total{verb=\"watch\",resource=\"pods\"}",
+        "meshmig_api_requests_total{verb=\"patch\",resource=\"meshmigrations/status\"}",
+        "meshmig_leader 1",
+        "meshmig_reconcile_errors_total{reason=\"conflict\"}",
+        "meshmig_api_errors_total{code=\"404\"}",
+    ] {
+        assert!(body.contains(needle), "/metrics lacks {needle}:\n{body}");
+    }
+    assert!(body.contains("application/openmetrics-text"));
 }
