@@ -219,26 +219,44 @@ impl Ctx {
     }
 
     async fn remove_finalizer(&self, mm: &MeshMigration) -> Result<(), Error> {
-        let finalizers: Vec<String> = mm
-            .finalizers()
-            .iter()
-            .filter(|f| *f != mn::FINALIZER)
-            .cloned()
-            .collect();
         let api: Api<MeshMigration> = Api::all(self.actor.client.clone());
-        let patch = serde_json::json!({"metadata": {"resourceVersion": mm.resource_version(), "finalizers": finalizers}});
-        match api
-            .patch(
-                &mm.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(Error::kube("remove finalizer", e)),
+        // The cached object may be older than our own status write: read the latest and
+        // retry on a conflict.
+        for _ in 0..5 {
+            let Some(latest) = api
+                .get_opt(&mm.name_any())
+                .await
+                .map_err(|e| Error::kube("get MeshMigration", e))?
+            else {
+                return Ok(());
+            };
+            if !latest.finalizers().iter().any(|f| f == mn::FINALIZER) {
+                return Ok(());
+            }
+            let finalizers: Vec<String> = latest
+                .finalizers()
+                .iter()
+                .filter(|f| *f != mn::FINALIZER)
+                .cloned()
+                .collect();
+            let patch = serde_json::json!({"metadata": {"resourceVersion": latest.resource_version(), "finalizers": finalizers}});
+            match api
+                .patch(
+                    &mm.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => return Err(Error::kube("remove finalizer", e)),
+            }
         }
+        Err(Error::Invalid(
+            "could not remove the finalizer after 5 conflicts".into(),
+        ))
     }
 }
 
@@ -312,8 +330,14 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
     let op_ns = ctx.actor.operator_namespace.clone();
     let deleting = mm.meta().deletion_timestamp.is_some();
     if deleting {
+        let rolled_back = mm
+            .status
+            .as_ref()
+            .and_then(|s| s.rollback.as_ref())
+            .is_some_and(|r| r.completed && r.target <= 1);
         if mm.spec.on_delete.unwrap_or_default() == OnDelete::Retain
             || mm.status.as_ref().and_then(|s| s.plan.as_ref()).is_none()
+            || rolled_back
         {
             ctx.remove_finalizer(mm).await?;
             return Ok(Action::await_change());
@@ -361,8 +385,20 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
                 ctx.write_status(mm, &status).await?;
                 return Ok(Action::await_change());
             }
-            let frozen_inv = ctx.load_frozen(mm, pr).await?;
-            meshmig_planner::plan(&frozen_inv, &mm.spec, &name)
+            let fully_rolled_back = mm
+                .status
+                .as_ref()
+                .and_then(|s| s.rollback.as_ref())
+                .is_some_and(|r| r.completed && r.target <= 2);
+            match ctx.load_frozen(mm, pr).await {
+                Ok(frozen_inv) => meshmig_planner::plan(&frozen_inv, &mm.spec, &name),
+                // The plan was deleted by the rollback that just finished (this object is
+                // older than that status write).
+                Err(Error::Plan(_)) if fully_rolled_back => {
+                    meshmig_planner::plan(&live, &mm.spec, &name)
+                }
+                Err(e) => return Err(e),
+            }
         }
         None => meshmig_planner::plan(&live, &mm.spec, &name),
     };

@@ -971,3 +971,119 @@ async fn metrics_and_health_endpoints_report_the_migration() {
     }
     assert!(body.contains("application/openmetrics-text"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn safety_rails_claims_on_delete_rollback_and_a_vanished_namespace() {
+    let mut rig = Rig::new(&[]).await;
+    let baseline = rig.user_objects("bookinfo").await;
+    // A spec naming the operator's own namespace is Stalled with the field named.
+    rig.env
+        .apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n")
+        .await
+        .unwrap();
+    rig.apply_migration("own", json!({"namespaces": ["meshmig-system"]}))
+        .await;
+    let mm = rig
+        .wait_mm("own", "stalled", 30, |mm| {
+            phase(mm) == Some(MigrationPhase::Stalled)
+        })
+        .await;
+    let stalled = mm
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == mn::CONDITION_STALLED)
+        .unwrap();
+    assert_eq!(stalled.status, "True");
+    assert!(
+        stalled.message.contains("spec.namespaces")
+            && stalled.message.contains("operator's own namespace"),
+        "{}",
+        stalled.message
+    );
+    rig.delete_migration("own").await;
+
+    // The first claims bookinfo; a newcomer on the same namespace is Stalled and changes nothing.
+    rig.apply_migration("first", json!({"pauseBefore": [5], "onDelete": "Rollback"}))
+        .await;
+    rig.wait_mm("first", "held before step 5", 90, |mm| {
+        mm.status
+            .as_ref()
+            .and_then(|s| s.namespaces.first())
+            .is_some_and(|n| n.step == 5 && n.phase == NamespacePhase::Waiting)
+    })
+    .await;
+    rig.apply_migration("second", json!({})).await;
+    let mm = rig
+        .wait_mm("second", "stalled by the claim", 30, |mm| {
+            phase(mm) == Some(MigrationPhase::Stalled)
+        })
+        .await;
+    let msg = &mm
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == mn::CONDITION_STALLED)
+        .unwrap()
+        .message;
+    assert!(msg.contains("MeshMigration first"), "{msg}");
+    rig.delete_migration("second").await;
+
+    // onDelete: Rollback undoes steps 4..2 before the finalizer lets it go.
+    rig.delete_migration("first").await;
+    rig.wait_available("bookinfo").await;
+    assert_eq!(rig.user_objects("bookinfo").await, baseline);
+    let leftovers = rig.meshmig_objects().await;
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // A target namespace that disappears mid-way is reported, not crashed on.
+    rig.env
+        .apply_yaml(
+            &std::fs::read_to_string(format!("{BOOKINFO}/10-bookinfo.yaml"))
+                .unwrap()
+                .replace("namespace: bookinfo", "namespace: gone")
+                .replace("name: bookinfo\n", "name: gone\n"),
+        )
+        .await
+        .unwrap();
+    rig.wait_available("gone").await;
+    rig.apply_migration(
+        "vanishing",
+        json!({"namespaces": ["gone"], "pauseBefore": [4]}),
+    )
+    .await;
+    rig.wait_mm("vanishing", "held before step 4", 90, |mm| {
+        mm.status
+            .as_ref()
+            .and_then(|s| s.namespaces.first())
+            .is_some_and(|n| n.step == 4 && n.phase == NamespacePhase::Waiting)
+    })
+    .await;
+    rig.env
+        .kubectl(["delete", "namespace", "gone", "--wait=false"])
+        .await
+        .unwrap();
+    rig.annotate("vanishing", mn::ANNOTATION_APPROVE, Some("4"))
+        .await;
+    let mm = rig
+        .wait_mm("vanishing", "failed, naming the namespace", 120, |mm| {
+            phase(mm) == Some(MigrationPhase::Failed)
+        })
+        .await;
+    let ns = &mm.status.as_ref().unwrap().namespaces[0];
+    assert!(
+        ns.message.as_deref().unwrap_or_default().contains("gone"),
+        "{:?}",
+        ns.message
+    );
+    // The operator is still alive and serving the other migrations.
+    assert!(
+        rig.operators
+            .iter_mut()
+            .all(|(_, c)| c.try_wait().unwrap().is_none()),
+        "the operator exited:\n{}",
+        rig.log_tail()
+    );
+}
