@@ -21,16 +21,17 @@ lint: ## cargo fmt --check and clippy -D warnings
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-generate: ## Regenerate checked-in files (crds/, docs/findings.md)
+generate: ## Regenerate checked-in files (crds/, docs/findings.md, chart CRDs, deploy/)
 	$(CARGO) build -q -p meshmig
 	$(MESHMIG) crd > crds/meshmig.io_meshmigrations.yaml
 	$(MESHMIG) findings --markdown > docs/findings.md
+	$(MAKE) --no-print-directory generate-chart
 
 check-generated: generate ## Fail if generated files are stale
-	@if ! git diff --quiet -- crds docs/findings.md; then \
-	  echo "generated files are stale; run 'make generate' and commit:"; git --no-pager diff --stat -- crds docs/findings.md; exit 1; fi
+	@if ! git diff --quiet -- crds docs/findings.md charts deploy; then \
+	  echo "generated files are stale; run 'make generate' and commit:"; git --no-pager diff --stat -- crds docs/findings.md charts deploy; exit 1; fi
 
-test: lint check-generated ## Run every test (what CI runs)
+test: lint check-generated chart-lint ## Run every test (what CI runs)
 	$(CARGO) test --workspace --all-targets
 
 demo: ## Main job: migrate the embedded bookinfo on a local API server, printing progress
@@ -40,3 +41,4 @@ plan: ## The offline plan for the embedded bookinfo
 	$(CARGO) run -q -p meshmig -- plan
 
 include e2e/e2e.mk
+include charts/charts.mk

@@ -34,7 +34,7 @@ struct Args {
     #[arg(long, env = "MESHMIG_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     leader_election: bool,
     /// Lease duration in seconds: a killed leader is replaced within it.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, env = "MESHMIG_LEASE_SECONDS", default_value_t = 15)]
     lease_seconds: u64,
 }
 

@@ -172,7 +172,7 @@ fn expected_cluster_permissions() -> BTreeMap<(String, String), BTreeSet<String>
         (
             "meshmig.io",
             &["meshmigrations"],
-            &["list", "watch", "patch"],
+            &["get", "list", "watch", "patch"],
         ),
         ("meshmig.io", &["meshmigrations/status"], &["patch"]),
         ("events.k8s.io", &["events"], &["create", "patch"]),

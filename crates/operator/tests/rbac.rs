@@ -283,6 +283,35 @@ impl Rig {
         }
     }
 
+    /// Waits until the MeshMigration is gone (its finalizer removed); fails at once on a
+    /// Forbidden.
+    async fn wait_gone(&self, name: &str, secs: u64) {
+        let api: Api<MeshMigration> = self.env.api();
+        let r = wait_for(
+            format!("MeshMigration {name} deleted"),
+            Duration::from_secs(secs),
+            async || {
+                let denied = self.forbidden();
+                if !denied.is_empty() {
+                    return Ok(Err(denied));
+                }
+                match api.get_opt(name).await? {
+                    None => Ok(Ok(())),
+                    Some(_) => Err(Pending::new("still present")),
+                }
+            },
+        )
+        .await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(denied)) => panic!(
+                "deleting {name}: the operator was refused with the shipped RBAC:\n{}",
+                denied.join("\n")
+            ),
+            Err(e) => panic!("{e}\noperator log:\n{}", self.log_tail()),
+        }
+    }
+
     fn dynamic(&self, group: &str, version: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
         let ar =
             ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
@@ -422,16 +451,7 @@ async fn operator_migrates_and_rolls_back_bookinfo_with_the_shipped_rbac() {
     api.delete("bookinfo", &DeleteParams::default())
         .await
         .unwrap();
-    let gone = wait_for(
-        "MeshMigration bookinfo deleted",
-        Duration::from_secs(30),
-        async || match api.get_opt("bookinfo").await? {
-            None => Ok(()),
-            Some(_) => Err(Pending::new("still present")),
-        },
-    )
-    .await;
-    assert!(gone.is_ok(), "{gone:?}\n{}", rig.log_tail());
+    rig.wait_gone("bookinfo", 30).await;
 
     let denied = rig.forbidden();
     assert!(
