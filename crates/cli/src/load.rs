@@ -89,5 +89,6 @@ pub fn load(paths: &[PathBuf]) -> Result<Inventory, String> {
     if inv.is_empty() {
         return Err("no Kubernetes objects meshmig uses were found in the input".into());
     }
+    inv.sort();
     Ok(inv)
 }

@@ -342,7 +342,23 @@ impl Actor {
         let head = snapshot::config_map_name(&mm.name_any(), step);
         let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
         match cms.get_opt(&head).await {
-            Ok(Some(_)) => return Ok(()),
+            Ok(Some(existing)) => {
+                let ours = existing
+                    .owner_references()
+                    .iter()
+                    .any(|o| Some(&o.uid) == mm.metadata.uid.as_ref());
+                if ours {
+                    // Taken before this step changed anything; never overwritten.
+                    return Ok(());
+                }
+                // Left by an earlier MeshMigration of the same name that the garbage
+                // collector has not removed yet: it describes another run, so it goes.
+                for i in 0..snapshot::parts_of(&existing) {
+                    let name = snapshot::part_name(&head, i);
+                    self.delete(&ObjectRef::new("ConfigMap", Some(&ns), &name))
+                        .await?;
+                }
+            }
             Ok(None) => {}
             Err(e) => return Err(Error::kube(format!("get snapshot {ns}/{head}"), e)),
         }
@@ -480,6 +496,14 @@ impl Actor {
         else {
             return Ok(None);
         };
+        if !head
+            .owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == mm.metadata.uid.as_ref())
+        {
+            // Another run's snapshot (same name, earlier MeshMigration): not ours to undo.
+            return Ok(None);
+        }
         let count = snapshot::parts_of(&head);
         let mut parts = vec![Some(head)];
         for i in 1..count {

@@ -425,6 +425,7 @@ impl Stores {
         copy!(istios, all);
         copy!(istio_cnis, all);
         copy!(ztunnels, all);
+        inv.sort();
         inv
     }
 

@@ -426,6 +426,88 @@ impl Inventory {
         self.len() == 0
     }
 
+    /// Sorts every list by namespace and name, so the plan does not depend on the order in
+    /// which objects were listed or loaded.
+    pub fn sort(&mut self) {
+        fn key(m: &ObjectMeta) -> (String, String) {
+            (
+                m.namespace.clone().unwrap_or_default(),
+                m.name.clone().unwrap_or_default(),
+            )
+        }
+        macro_rules! by_meta {
+            ($($v:ident),*) => { $( self.$v.sort_by_key(|o| key(&o.metadata)); )* };
+        }
+        by_meta!(
+            services,
+            deployments,
+            stateful_sets,
+            daemon_sets,
+            replica_sets,
+            authorization_policies,
+            peer_authentications,
+            request_authentications,
+            virtual_services,
+            destination_rules,
+            sidecars,
+            envoy_filters,
+            telemetries,
+            wasm_plugins,
+            workload_entries,
+            workload_groups,
+            service_entries,
+            gateways,
+            http_routes,
+            istios,
+            istio_cnis,
+            ztunnels,
+            config_maps,
+            mesh_migrations,
+            pods
+        );
+        self.multicluster_secrets.sort_by_key(key);
+    }
+
+    /// Whether every list is sorted by namespace and name (see [`Inventory::sort`]).
+    pub fn is_sorted(&self) -> bool {
+        fn key(m: &ObjectMeta) -> (Option<&str>, Option<&str>) {
+            (m.namespace.as_deref(), m.name.as_deref())
+        }
+        macro_rules! sorted {
+            ($($v:ident),*) => { true $( && self.$v.windows(2).all(|w| key(&w[0].metadata) <= key(&w[1].metadata)) )* };
+        }
+        sorted!(
+            services,
+            deployments,
+            stateful_sets,
+            daemon_sets,
+            replica_sets,
+            authorization_policies,
+            peer_authentications,
+            request_authentications,
+            virtual_services,
+            destination_rules,
+            sidecars,
+            envoy_filters,
+            telemetries,
+            wasm_plugins,
+            workload_entries,
+            workload_groups,
+            service_entries,
+            gateways,
+            http_routes,
+            istios,
+            istio_cnis,
+            ztunnels,
+            config_maps,
+            mesh_migrations,
+            pods
+        ) && self
+            .multicluster_secrets
+            .windows(2)
+            .all(|w| key(&w[0]) <= key(&w[1]))
+    }
+
     /// Every object as a Kubernetes object, such that loading them back
     /// ([`Inventory::add_object`]) gives an inventory that plans identically. Used to freeze
     /// the inventory a migration was planned from.

@@ -661,6 +661,17 @@ fn principal_namespace(p: &str) -> Option<&str> {
 /// The plan for a MeshMigration spec over an inventory. `migration` names the
 /// MeshMigration (it labels every generated object).
 pub fn plan(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str) -> Plan {
+    // The plan must not depend on listing order (the operator's caches iterate in hash
+    // order); sorting a copy is only needed when the caller did not sort.
+    let sorted;
+    let inv = if inv.is_sorted() {
+        inv
+    } else {
+        let mut copy = inv.clone();
+        copy.sort();
+        sorted = copy;
+        &sorted
+    };
     let model = Model::new(inv);
     let (facts, mut findings) = cluster::analyze(inv, spec);
     let td = facts.trust_domain.clone();

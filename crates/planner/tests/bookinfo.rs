@@ -235,3 +235,26 @@ fn json_contract() {
     }
     assert!(v["manifests"].as_array().unwrap().len() > 5);
 }
+
+#[test]
+fn the_plan_does_not_depend_on_input_order() {
+    let mut inv = Inventory::default();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/bookinfo");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in &files {
+        inv.load_str(&std::fs::read_to_string(f).unwrap(), "f")
+            .unwrap();
+    }
+    let spec = inv.mesh_migrations[0].spec.clone();
+    let a = serde_json::to_value(plan(&inv, &spec, "x")).unwrap();
+    inv.authorization_policies.reverse();
+    inv.deployments.reverse();
+    inv.services.reverse();
+    inv.destination_rules.reverse();
+    let b = serde_json::to_value(plan(&inv, &spec, "x")).unwrap();
+    assert_eq!(a, b);
+}

@@ -1,0 +1,496 @@
+//! Shared rig for the operator's end-to-end tests: a real API server, the mesh simulator,
+//! bookinfo in sidecar mode and the operator as a child process.
+
+#![allow(dead_code)] // each test binary uses part of it
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::{CustomResourceExt, ResourceExt};
+use meshmig_api::names::{self as mn, istio as n};
+use meshmig_api::{MeshMigration, MigrationPhase};
+use meshmig_e2e_harness::{Pending, SimHandle, TestEnv, wait_for};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+pub const BOOKINFO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/bookinfo");
+
+pub struct Rig {
+    pub env: TestEnv,
+    _sim: SimHandle,
+    pub operators: Vec<(String, Child)>,
+    /// Extra operator arguments (e.g. `--leader-election=false`).
+    pub operator_args: Vec<String>,
+    log: PathBuf,
+    _crds: tempfile::TempDir,
+}
+
+impl Rig {
+    /// A fresh API server with the simulator, bookinfo in sidecar mode, and the operator.
+    pub async fn new(extra_namespaces: &[&str]) -> Rig {
+        let crds = tempfile::tempdir().unwrap();
+        std::fs::write(
+            crds.path().join("meshmig.yaml"),
+            serde_json::to_string(&MeshMigration::crd()).unwrap(),
+        )
+        .unwrap();
+        let env = TestEnv::builder()
+            .nodes(2)
+            .crd_dir(crds.path())
+            .start()
+            .await
+            .unwrap();
+        let sim = env.start_simulator().await.unwrap();
+        env.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: meshmig-system}\n")
+            .await
+            .unwrap();
+        env.apply_file(format!("{BOOKINFO}/00-control-plane.yaml"))
+            .await
+            .unwrap();
+        let apps = std::fs::read_to_string(format!("{BOOKINFO}/10-bookinfo.yaml")).unwrap();
+        let istio = std::fs::read_to_string(format!("{BOOKINFO}/20-istio.yaml")).unwrap();
+        env.apply_yaml(&apps).await.unwrap();
+        for ns in extra_namespaces {
+            env.apply_yaml(
+                &apps
+                    .replace("namespace: bookinfo", &format!("namespace: {ns}"))
+                    .replace("name: bookinfo\n", &format!("name: {ns}\n")),
+            )
+            .await
+            .unwrap();
+        }
+        let mut rig = Rig {
+            log: env.dir().join("operator.log"),
+            env,
+            _sim: sim,
+            operators: Vec::new(),
+            operator_args: Vec::new(),
+            _crds: crds,
+        };
+        for ns in std::iter::once("bookinfo").chain(extra_namespaces.iter().copied()) {
+            rig.wait_available(ns).await;
+        }
+        rig.env.apply_yaml(&istio).await.unwrap();
+        for ns in extra_namespaces {
+            rig.env
+                .apply_yaml(
+                    &istio
+                        .replace("namespace: bookinfo", &format!("namespace: {ns}"))
+                        .replace("ns/bookinfo/", &format!("ns/{ns}/")),
+                )
+                .await
+                .unwrap();
+        }
+        rig.start_operator("op-a").await;
+        rig
+    }
+
+    pub fn log_of(&self, instance: &str) -> PathBuf {
+        if instance == "op-a" {
+            self.log.clone()
+        } else {
+            self.env.dir().join(format!("operator-{instance}.log"))
+        }
+    }
+
+    pub async fn start_operator(&mut self, instance: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_of(instance))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_meshmig-operator"))
+            .args([
+                "--namespace",
+                "meshmig-system",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--instance",
+                instance,
+                "--lease-seconds",
+                "4",
+            ])
+            .args(&self.operator_args)
+            .env("KUBECONFIG", self.env.kubeconfig())
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.operators.push((instance.to_string(), child));
+    }
+
+    /// SIGKILL: no chance to finish anything, or to release the lease.
+    pub async fn kill_operator(&mut self, instance: &str) {
+        if let Some(i) = self.operators.iter().position(|(n, _)| n == instance) {
+            let (_, mut c) = self.operators.remove(i);
+            c.kill().await.unwrap();
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        s.lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub async fn wait_available(&self, ns: &str) {
+        let api: Api<Deployment> = self.env.api_in(ns);
+        wait_for(
+            format!("Deployments of {ns} available"),
+            Duration::from_secs(90),
+            async || {
+                let list = api.list(&ListParams::default()).await?;
+                let waiting: Vec<String> = list
+                    .items
+                    .iter()
+                    .filter(|d| {
+                        d.status
+                            .as_ref()
+                            .and_then(|s| s.available_replicas)
+                            .unwrap_or(0)
+                            < 1
+                    })
+                    .map(|d| d.name_any())
+                    .collect();
+                if list.items.is_empty() || !waiting.is_empty() {
+                    return Err(Pending::new(format!("not available: {waiting:?}")));
+                }
+                Ok(())
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    pub fn migrations(&self) -> Api<MeshMigration> {
+        self.env.api()
+    }
+
+    pub async fn apply_migration(&self, name: &str, spec: Value) {
+        let mut spec = spec;
+        if spec.get("namespaces").is_none() {
+            spec["namespaces"] = json!(["bookinfo"]);
+        }
+        let obj = json!({"apiVersion": "meshmig.io/v1alpha1", "kind": "MeshMigration", "metadata": {"name": name}, "spec": spec});
+        self.env
+            .apply_yaml(&serde_json::to_string(&obj).unwrap())
+            .await
+            .unwrap();
+    }
+
+    /// Waits until `pred` holds on the MeshMigration; fails with its status and the operator
+    /// log otherwise.
+    pub async fn wait_mm(
+        &self,
+        name: &str,
+        what: &str,
+        secs: u64,
+        pred: impl Fn(&MeshMigration) -> bool,
+    ) -> MeshMigration {
+        let api = self.migrations();
+        let r = wait_for(
+            format!("MeshMigration {name}: {what}"),
+            Duration::from_secs(secs),
+            async || {
+                let mm = api.get(name).await?;
+                if pred(&mm) {
+                    Ok(mm)
+                } else {
+                    let st = mm.status.clone().unwrap_or_default();
+                    Err(Pending::new(format!(
+                        "phase {:?}; {}",
+                        st.phase,
+                        st.namespaces
+                            .iter()
+                            .map(|n| format!(
+                                "{} step {} {:?}: {}",
+                                n.name,
+                                n.step,
+                                n.phase,
+                                n.message.clone().unwrap_or_default()
+                            ))
+                            .collect::<Vec<_>>()
+                            .join(" | ")
+                    )))
+                }
+            },
+        )
+        .await;
+        match r {
+            Ok(mm) => mm,
+            Err(e) => panic!("{e}\noperator log:\n{}", self.log_tail()),
+        }
+    }
+
+    pub async fn annotate(&self, name: &str, key: &str, value: Option<&str>) {
+        let patch = json!({"metadata": {"annotations": {key: value}}});
+        self.migrations()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+
+    pub async fn delete_migration(&self, name: &str) {
+        let api = self.migrations();
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+        wait_for(
+            format!("MeshMigration {name} deleted"),
+            Duration::from_secs(60),
+            async || match api.get_opt(name).await? {
+                None => Ok(()),
+                Some(_) => Err(Pending::new("still present")),
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    pub fn dynamic(
+        &self,
+        group: &str,
+        version: &str,
+        kind: &str,
+        plural: &str,
+        ns: Option<&str>,
+    ) -> Api<DynamicObject> {
+        let ar =
+            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+        match ns {
+            Some(ns) => Api::namespaced_with(self.env.client(), ns, &ar),
+            None => Api::all_with(self.env.client(), &ar),
+        }
+    }
+
+    /// Labels, annotations and spec of every user object meshmig may touch.
+    pub async fn user_objects(&self, ns: &str) -> BTreeMap<String, Value> {
+        let kinds = [
+            ("", "v1", "Namespace", "namespaces", false),
+            ("", "v1", "Service", "services", true),
+            ("apps", "v1", "Deployment", "deployments", true),
+            (
+                "security.istio.io",
+                "v1",
+                "AuthorizationPolicy",
+                "authorizationpolicies",
+                true,
+            ),
+            (
+                "security.istio.io",
+                "v1",
+                "PeerAuthentication",
+                "peerauthentications",
+                true,
+            ),
+            (
+                "networking.istio.io",
+                "v1",
+                "VirtualService",
+                "virtualservices",
+                true,
+            ),
+            (
+                "networking.istio.io",
+                "v1",
+                "DestinationRule",
+                "destinationrules",
+                true,
+            ),
+            ("sailoperator.io", "v1", "Istio", "istios", false),
+            ("sailoperator.io", "v1", "IstioCNI", "istiocnis", false),
+        ];
+        let mut out = BTreeMap::new();
+        for (g, v, k, p, namespaced) in kinds {
+            let api = self.dynamic(g, v, k, p, namespaced.then_some(ns));
+            for o in api.list(&ListParams::default()).await.unwrap() {
+                if k == "Namespace" && o.name_any() != ns {
+                    continue;
+                }
+                if o.labels().get(mn::LABEL_MANAGED_BY).is_some() {
+                    continue;
+                }
+                let mut annotations = o.annotations().clone();
+                // Written by controllers, not by users or meshmig.
+                annotations.remove("deployment.kubernetes.io/revision");
+                out.insert(
+                    format!("{k}/{}", o.name_any()),
+                    json!({"labels": o.labels(), "annotations": annotations, "spec": o.data.get("spec")}),
+                );
+            }
+        }
+        out
+    }
+
+    /// Every object meshmig created (label app.kubernetes.io/managed-by=meshmig), except
+    /// probe Pods that are still terminating.
+    pub async fn meshmig_objects(&self) -> Vec<String> {
+        let sel =
+            ListParams::default().labels(&format!("{}={}", mn::LABEL_MANAGED_BY, mn::MANAGED_BY));
+        let kinds = [
+            ("", "v1", "Service", "services"),
+            ("", "v1", "ConfigMap", "configmaps"),
+            (
+                "security.istio.io",
+                "v1",
+                "AuthorizationPolicy",
+                "authorizationpolicies",
+            ),
+            (
+                "networking.istio.io",
+                "v1",
+                "DestinationRule",
+                "destinationrules",
+            ),
+            ("gateway.networking.k8s.io", "v1", "Gateway", "gateways"),
+            ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
+            ("sailoperator.io", "v1", "ZTunnel", "ztunnels"),
+        ];
+        let mut out = Vec::new();
+        for (g, v, k, p) in kinds {
+            for o in self.dynamic(g, v, k, p, None).list(&sel).await.unwrap() {
+                out.push(format!(
+                    "{k}/{}/{}",
+                    o.namespace().unwrap_or_default(),
+                    o.name_any()
+                ));
+            }
+        }
+        out
+    }
+
+    pub async fn assert_migrated(&self, ns: &str) {
+        let pods: Api<Pod> = self.env.api_in(ns);
+        let list = pods.list(&ListParams::default()).await.unwrap();
+        let app_pods: Vec<&Pod> = list
+            .items
+            .iter()
+            .filter(|p| {
+                p.labels().contains_key("app")
+                    && !p
+                        .labels()
+                        .contains_key("gateway.networking.k8s.io/gateway-name")
+            })
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        assert_eq!(app_pods.len(), 6, "bookinfo pods in {ns}");
+        for p in app_pods {
+            let spec = p.spec.as_ref().unwrap();
+            assert_eq!(
+                spec.containers.len(),
+                1,
+                "{} still has {:?}",
+                p.name_any(),
+                spec.containers.iter().map(|c| &c.name).collect::<Vec<_>>()
+            );
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .map(|cs| cs.iter().filter(|c| c.ready).count());
+            assert_eq!(ready, Some(1), "{} is not 1/1", p.name_any());
+            assert_eq!(
+                p.annotations().get(n::REDIRECTION).map(String::as_str),
+                Some("enabled"),
+                "{}",
+                p.name_any()
+            );
+        }
+        let nsobj: Namespace = self.env.api::<Namespace>().get(ns).await.unwrap();
+        let labels = nsobj.labels();
+        assert_eq!(
+            labels.get(n::DATAPLANE_MODE).map(String::as_str),
+            Some("ambient")
+        );
+        assert_eq!(
+            labels.get(n::USE_WAYPOINT).map(String::as_str),
+            Some("waypoint")
+        );
+        assert!(
+            !labels.contains_key(n::INJECTION) && !labels.contains_key(n::REV),
+            "{labels:?}"
+        );
+        let vs = self.dynamic(
+            "networking.istio.io",
+            "v1",
+            "VirtualService",
+            "virtualservices",
+            Some(ns),
+        );
+        assert!(
+            vs.get_opt("reviews").await.unwrap().is_none(),
+            "VirtualService reviews still exists"
+        );
+        let hr = self.dynamic(
+            "gateway.networking.k8s.io",
+            "v1",
+            "HTTPRoute",
+            "httproutes",
+            Some(ns),
+        );
+        let route = hr.get("reviews").await.unwrap();
+        assert_eq!(
+            route.data["spec"]["rules"][0]["backendRefs"][0]["name"],
+            "reviews-v2"
+        );
+        let aps = self.dynamic(
+            "security.istio.io",
+            "v1",
+            "AuthorizationPolicy",
+            "authorizationpolicies",
+            Some(ns),
+        );
+        let all = aps.list(&ListParams::default()).await.unwrap().items;
+        for policy in ["productpage-viewer", "details-viewer", "reviews-viewer"] {
+            let copy = all
+                .iter()
+                .find(|a| {
+                    a.annotations().get(mn::ANNOTATION_SOURCE)
+                        == Some(&format!("AuthorizationPolicy/{ns}/{policy}"))
+                })
+                .unwrap_or_else(|| panic!("no waypoint copy of {policy}"));
+            assert!(copy.data["spec"]["targetRefs"].is_array());
+            assert!(
+                all.iter().all(|a| a.name_any() != policy),
+                "selector original {policy} still exists"
+            );
+        }
+        let bypass = all
+            .iter()
+            .find(|a| a.name_any() == "meshmig-bypass-reviews")
+            .expect("bypass protection");
+        assert!(bypass.data["spec"]["selector"]["matchLabels"].is_object());
+        assert!(bypass.data["spec"].get("targetRefs").is_none());
+    }
+}
+
+/// Reason and note of the Events about MeshMigrations (events.k8s.io, where notes live).
+pub async fn migration_events(env: &TestEnv) -> String {
+    env.kubectl([
+        "get",
+        "events.events.k8s.io",
+        "-A",
+        "--field-selector",
+        "regarding.kind=MeshMigration",
+        "-o",
+        "custom-columns=R:.reason,N:.note",
+    ])
+    .await
+    .unwrap()
+}
+
+pub fn phase(mm: &MeshMigration) -> Option<MigrationPhase> {
+    mm.status.as_ref().and_then(|s| s.phase)
+}

@@ -1,0 +1,319 @@
+//! Crash-resume: the operator is SIGKILLed at seeded random points while it migrates
+//! bookinfo and while it rolls it back. Every trial must end in the state of an
+//! undisturbed run, with each step's snapshot taken exactly once and unchanged.
+//!
+//! `MESHMIG_CRASH_TRIALS` (default 30) and `MESHMIG_CRASH_SEED` (default 20261128) control
+//! the run; results are printed and written to target/reliability/crash.txt.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use meshmig_api::MigrationPhase;
+use meshmig_api::names as mn;
+use meshmig_e2e_harness::{Pending, wait_for};
+use serde_json::{Value, json};
+
+use common::*;
+
+/// xorshift64*: deterministic, dependency-free.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+}
+
+const NAME: &str = "crash";
+
+/// Decoded snapshots of the migration, by `namespace/step`.
+async fn snapshots(rig: &Rig) -> BTreeMap<String, Value> {
+    let api: Api<ConfigMap> = rig.env.api();
+    let list = api
+        .list(&ListParams::default().labels(&format!(
+            "{}=true,{}={NAME}",
+            mn::LABEL_SNAPSHOT,
+            mn::LABEL_MIGRATION
+        )))
+        .await
+        .unwrap();
+    let mut heads: BTreeMap<String, usize> = BTreeMap::new();
+    for cm in &list.items {
+        *heads
+            .entry(format!(
+                "{}/{}",
+                cm.namespace().unwrap_or_default(),
+                cm.labels()[mn::LABEL_STEP]
+            ))
+            .or_default() += usize::from(
+            cm.annotations()
+                .contains_key(meshmig_operator::snapshot::PARTS_ANNOTATION),
+        );
+    }
+    let mut out = BTreeMap::new();
+    for (key, count) in heads {
+        assert_eq!(count, 1, "snapshot {key} has {count} heads");
+        let (ns, step) = key.split_once('/').unwrap();
+        let head_name = meshmig_operator::snapshot::config_map_name(NAME, step.parse().unwrap());
+        let parts: Vec<Option<ConfigMap>> = {
+            let head = list
+                .items
+                .iter()
+                .find(|c| c.name_any() == head_name && c.namespace().as_deref() == Some(ns))
+                .cloned()
+                .unwrap();
+            let n = meshmig_operator::snapshot::parts_of(&head);
+            let mut v = vec![Some(head)];
+            for i in 1..n {
+                let name = meshmig_operator::snapshot::part_name(&head_name, i);
+                v.push(
+                    list.items
+                        .iter()
+                        .find(|c| c.name_any() == name && c.namespace().as_deref() == Some(ns))
+                        .cloned(),
+                );
+            }
+            v
+        };
+        let snap = meshmig_operator::snapshot::decode(&parts)
+            .unwrap_or_else(|e| panic!("snapshot {key}: {e}"));
+        out.insert(key, normalize(serde_json::to_value(snap).unwrap()));
+    }
+    out
+}
+
+/// Restart tokens carry the MeshMigration's uid, which differs between runs.
+fn normalize(v: Value) -> Value {
+    match v {
+        Value::String(s) => match s.split_once('-') {
+            Some((uid, rest))
+                if uid.len() == 8
+                    && uid.chars().all(|c| c.is_ascii_hexdigit())
+                    && rest.contains(".step") =>
+            {
+                Value::String(format!("RUN-{rest}"))
+            }
+            _ => Value::String(s),
+        },
+        Value::Array(a) => Value::Array(a.into_iter().map(normalize).collect()),
+        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (k, normalize(v))).collect()),
+        other => other,
+    }
+}
+
+/// The migrated state: namespace labels and every meshmig-created object's spec.
+async fn migrated_state(rig: &Rig) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    let ns = rig
+        .env
+        .api::<k8s_openapi::api::core::v1::Namespace>()
+        .get("bookinfo")
+        .await
+        .unwrap();
+    out.insert("Namespace/bookinfo".into(), json!(ns.labels()));
+    for (g, v, k, p) in [
+        ("", "v1", "Service", "services"),
+        (
+            "security.istio.io",
+            "v1",
+            "AuthorizationPolicy",
+            "authorizationpolicies",
+        ),
+        (
+            "networking.istio.io",
+            "v1",
+            "DestinationRule",
+            "destinationrules",
+        ),
+        (
+            "networking.istio.io",
+            "v1",
+            "VirtualService",
+            "virtualservices",
+        ),
+        ("gateway.networking.k8s.io", "v1", "Gateway", "gateways"),
+        ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
+    ] {
+        for o in rig
+            .dynamic(g, v, k, p, Some("bookinfo"))
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+        {
+            let mut labels = o.labels().clone();
+            labels.remove("meshmig.io/step");
+            let mut spec = o.data.get("spec").cloned().unwrap_or(Value::Null);
+            // Allocated by the API server each time a Service is created.
+            if let Some(m) = spec.as_object_mut() {
+                m.remove("clusterIP");
+                m.remove("clusterIPs");
+            }
+            out.insert(
+                format!("{k}/{}", o.name_any()),
+                json!({"labels": labels, "spec": spec}),
+            );
+        }
+    }
+    out
+}
+
+async fn wait_phase(rig: &Rig, want: MigrationPhase, secs: u64) {
+    rig.wait_mm(NAME, &format!("{want:?}"), secs, |mm| {
+        phase(mm) == Some(want)
+    })
+    .await;
+}
+
+async fn gone(rig: &Rig) {
+    rig.delete_migration(NAME).await;
+    let api: Api<ConfigMap> = rig.env.api();
+    wait_for(
+        "snapshots garbage-collected",
+        Duration::from_secs(60),
+        async || {
+            let n = api
+                .list(&ListParams::default().labels(&format!("{}={NAME}", mn::LABEL_MIGRATION)))
+                .await?
+                .items
+                .len();
+            if n == 0 {
+                Ok(())
+            } else {
+                Err(Pending::new(format!("{n} ConfigMaps left")))
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_random_points_of_migration_and_rollback_changes_nothing() {
+    let trials: usize = std::env::var("MESHMIG_CRASH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let seed: u64 = std::env::var("MESHMIG_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_261_128);
+    let mut rng = Rng(seed | 1);
+    let mut rig = Rig::new(&[]).await;
+    // No lease: a restarted operator resumes at once (leader election is tested elsewhere).
+    rig.kill_operator("op-a").await;
+    rig.operator_args = vec!["--leader-election=false".into()];
+    rig.start_operator("op-a").await;
+    let baseline = rig.user_objects("bookinfo").await;
+
+    // The undisturbed reference run.
+    let t0 = Instant::now();
+    rig.apply_migration(NAME, json!({})).await;
+    wait_phase(&rig, MigrationPhase::Completed, 180).await;
+    let migrate_time = t0.elapsed();
+    let reference_state = migrated_state(&rig).await;
+    let reference_snapshots = snapshots(&rig).await;
+    assert_eq!(
+        reference_snapshots.len(),
+        8,
+        "steps 2..9: {:?}",
+        reference_snapshots.keys()
+    );
+    let t1 = Instant::now();
+    rig.annotate(NAME, mn::ANNOTATION_ROLLBACK, Some("all"))
+        .await;
+    wait_phase(&rig, MigrationPhase::RolledBack, 180).await;
+    let rollback_time = t1.elapsed();
+    rig.wait_available("bookinfo").await;
+    assert_eq!(rig.user_objects("bookinfo").await, baseline);
+    gone(&rig).await;
+
+    let mut outcomes = Vec::new();
+    let mut trial = 0;
+    while trial < trials {
+        // A migration trial: kill at a random point, maybe twice.
+        rig.apply_migration(NAME, json!({})).await;
+        let mut kills = Vec::new();
+        for _ in 0..=rng.below(2) {
+            let at = Duration::from_millis(rng.below(migrate_time.as_millis() as u64));
+            tokio::time::sleep(at).await;
+            rig.kill_operator("op-a").await;
+            tokio::time::sleep(Duration::from_millis(rng.below(500))).await;
+            rig.start_operator("op-a").await;
+            kills.push(at);
+        }
+        wait_phase(&rig, MigrationPhase::Completed, 240).await;
+        let state = migrated_state(&rig).await;
+        pretty_assertions::assert_eq!(
+            state,
+            reference_state,
+            "trial {trial}: migrated state differs (kills at {kills:?})"
+        );
+        rig.assert_migrated("bookinfo").await;
+        let snaps = snapshots(&rig).await;
+        pretty_assertions::assert_eq!(
+            snaps,
+            reference_snapshots,
+            "trial {trial}: snapshots differ (kills at {kills:?})"
+        );
+        outcomes.push(format!("trial {trial:2}: migration, SIGKILL at {kills:?}: completed, state and 8 snapshots identical"));
+        trial += 1;
+        if trial >= trials {
+            rig.annotate(NAME, mn::ANNOTATION_ROLLBACK, Some("all"))
+                .await;
+            wait_phase(&rig, MigrationPhase::RolledBack, 180).await;
+            rig.wait_available("bookinfo").await;
+            gone(&rig).await;
+            break;
+        }
+
+        // A rollback trial.
+        rig.annotate(NAME, mn::ANNOTATION_ROLLBACK, Some("all"))
+            .await;
+        let mut kills = Vec::new();
+        for _ in 0..=rng.below(2) {
+            let at = Duration::from_millis(rng.below(rollback_time.as_millis() as u64));
+            tokio::time::sleep(at).await;
+            rig.kill_operator("op-a").await;
+            tokio::time::sleep(Duration::from_millis(rng.below(500))).await;
+            rig.start_operator("op-a").await;
+            kills.push(at);
+        }
+        wait_phase(&rig, MigrationPhase::RolledBack, 240).await;
+        rig.wait_available("bookinfo").await;
+        let after = rig.user_objects("bookinfo").await;
+        assert_eq!(
+            after, baseline,
+            "trial {trial}: state after rollback differs (kills at {kills:?})"
+        );
+        let leftovers = rig.meshmig_objects().await;
+        assert!(
+            leftovers.is_empty(),
+            "trial {trial}: leftovers {leftovers:?}"
+        );
+        outcomes.push(format!("trial {trial:2}: rollback, SIGKILL at {kills:?}: rolled back, every original object identical, nothing left"));
+        trial += 1;
+        gone(&rig).await;
+    }
+    let report = format!(
+        "crash-resume: seed {seed}, {} trials, undisturbed migration {migrate_time:?}, rollback {rollback_time:?}, failures 0\n{}\n",
+        outcomes.len(),
+        outcomes.join("\n")
+    );
+    println!("{report}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/reliability");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join("crash.txt"), &report);
+}
