@@ -409,6 +409,36 @@ fn pods_in<'a>(
     })
 }
 
+/// The live object as JSON: `Some(None)` when a watched kind has no such object, `None` for
+/// kinds the operator does not watch.
+pub fn live_object(live: &Inventory, o: &ObjectRef) -> Option<Option<Value>> {
+    fn find<T: serde::Serialize>(
+        list: &[T],
+        meta: impl Fn(&T) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        o: &ObjectRef,
+    ) -> Option<Value> {
+        list.iter()
+            .find(|x| {
+                let m = meta(x);
+                m.namespace.as_deref() == o.namespace.as_deref()
+                    && m.name.as_deref() == Some(&o.name)
+            })
+            .and_then(|x| serde_json::to_value(x).ok())
+    }
+    Some(match o.kind.as_str() {
+        "Service" => find(&live.services, |x| &x.metadata, o),
+        "AuthorizationPolicy" => find(&live.authorization_policies, |x| &x.metadata, o),
+        "DestinationRule" => find(&live.destination_rules, |x| &x.metadata, o),
+        "VirtualService" => find(&live.virtual_services, |x| &x.metadata, o),
+        "RequestAuthentication" => find(&live.request_authentications, |x| &x.metadata, o),
+        "Telemetry" => find(&live.telemetries, |x| &x.metadata, o),
+        "WasmPlugin" => find(&live.wasm_plugins, |x| &x.metadata, o),
+        "Gateway" => find(&live.gateways, |x| &x.metadata, o),
+        "HTTPRoute" => find(&live.http_routes, |x| &x.metadata, o),
+        _ => return None,
+    })
+}
+
 fn exists(live: &Inventory, o: &ObjectRef) -> bool {
     let same = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
         m.namespace.as_deref() == o.namespace.as_deref() && m.name.as_deref() == Some(&o.name)

@@ -139,6 +139,76 @@ pub struct Input<'a> {
     pub deleting_with_rollback: bool,
     /// The operator's namespace (cluster-scoped snapshots and the plan live there).
     pub operator_namespace: &'a str,
+    /// Snapshot ConfigMaps that exist, as `namespace/name` (None: not known, do not check).
+    pub present_snapshots: Option<&'a BTreeSet<String>>,
+    /// The frozen inventory the plan was computed from (None before it is frozen).
+    pub frozen: Option<&'a Inventory>,
+}
+
+/// Objects a step is about to delete or edit that changed since the plan was frozen: the
+/// generated objects that replace them would no longer match them.
+fn changed_since_plan(inp: &Input<'_>, actions: &[Action]) -> Vec<String> {
+    let Some(frozen) = inp.frozen else {
+        return Vec::new();
+    };
+    actions
+        .iter()
+        .filter(|a| matches!(a.op, Op::Delete | Op::RemoveMeshGateway))
+        .filter_map(|a| {
+            let now = crate::checks::live_object(inp.live, &a.object)?;
+            let then = crate::checks::live_object(frozen, &a.object)?;
+            let spec =
+                |v: &Option<serde_json::Value>| v.as_ref().and_then(|v| v.get("spec").cloned());
+            // Gone is fine (nothing left to delete); a different spec is not.
+            (now.is_some() && spec(&now) != spec(&then)).then(|| a.object.to_string())
+        })
+        .collect()
+}
+
+/// Whether `part` is contained in `whole`: every field of `part` has the same value in
+/// `whole` (which may have more, e.g. server defaults).
+pub fn json_subset(part: &serde_json::Value, whole: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (part, whole) {
+        (Value::Object(a), Value::Object(b)) => a
+            .iter()
+            .all(|(k, v)| b.get(k).is_some_and(|w| json_subset(v, w))),
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| json_subset(x, y))
+        }
+        _ => part == whole,
+    }
+}
+
+/// Objects meshmig created in earlier steps that were since deleted or changed by someone
+/// else: the actions that put them back (idempotent server-side applies).
+fn drift(inp: &Input<'_>, nsp: &NamespacePlan, step: StepNumber) -> Vec<Action> {
+    let mut out = Vec::new();
+    for s in nsp.steps.iter().filter(|s| (4..step).contains(&s.number)) {
+        for a in s
+            .actions
+            .iter()
+            .filter(|a| matches!(a.op, Op::Create | Op::Apply))
+        {
+            let Some(manifest) = a.manifest.and_then(|i| inp.plan.manifests.get(i)) else {
+                continue;
+            };
+            let live = crate::checks::live_object(inp.live, &a.object);
+            let ok = match live {
+                Some(Some(v)) => json_subset(
+                    manifest.get("spec").unwrap_or(&serde_json::Value::Null),
+                    v.get("spec").unwrap_or(&serde_json::Value::Null),
+                ),
+                Some(None) => false,
+                // A kind the operator does not watch: trust the earlier apply.
+                None => true,
+            };
+            if !ok {
+                out.push(a.clone());
+            }
+        }
+    }
+    out
 }
 
 /// Pod-template annotation value meshmig sets when restarting in `step`.
@@ -507,6 +577,50 @@ pub fn decide(inp: &Input<'_>) -> Decision {
 
     // ---- forward
     let plan = inp.plan;
+    if let Some(present) = inp.present_snapshots {
+        let missing: Vec<String> = statuses
+            .iter()
+            .flat_map(|s| s.snapshots.iter().map(move |r| (s, r)))
+            .filter(|(s, r)| r.step <= applied_top(s))
+            .map(|(_, r)| format!("{}/{}", r.namespace, r.config_map))
+            .filter(|k| !present.contains(k))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !missing.is_empty() && !terminal_rollback {
+            for s in statuses
+                .iter_mut()
+                .filter(|s| s.phase != NamespacePhase::Completed)
+            {
+                s.message = Some(format!(
+                    "held: snapshot ConfigMap {} is missing, so meshmig could no longer undo that step; restore it (e.g. from a backup) to continue, or roll back with {}: all (steps without a snapshot are then left as they are)",
+                    missing.join(", "),
+                    mn::ANNOTATION_ROLLBACK
+                ));
+            }
+            status.namespaces = statuses;
+            let mut d = finish(inp, &old, status, work, events, false, false);
+            let msg = format!(
+                "snapshot ConfigMap(s) missing: {}; meshmig does not proceed past what it cannot undo",
+                missing.join(", ")
+            );
+            let now = time(inp.now);
+            conditions::set(
+                &mut d.status.conditions,
+                Desired::new(mn::CONDITION_STALLED, true, "SnapshotMissing", msg.clone()),
+                inp.mm.metadata.generation,
+                &now,
+            );
+            conditions::set(
+                &mut d.status.conditions,
+                Desired::new(mn::CONDITION_RECONCILING, false, "SnapshotMissing", msg),
+                inp.mm.metadata.generation,
+                &now,
+            );
+            d.status.phase = Some(MigrationPhase::Stalled);
+            return d;
+        }
+    }
     if !terminal_rollback {
         let mut busy: BTreeSet<String> = BTreeSet::new();
         for _round in 0..20 {
@@ -606,6 +720,25 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                             .collect();
                         let all_actions = step_actions(nsp, step);
                         let scope = scope_of(step, &ns_name);
+                        let edited = changed_since_plan(inp, &all_actions);
+                        if !edited.is_empty() {
+                            let msg = format!(
+                                "step {step} ({}) failed: {} changed since the plan was frozen, so what replaces it no longer matches; revert the change, or roll back ({}: all) and apply the MeshMigration again to plan anew",
+                                step_name(step),
+                                edited.join(", "),
+                                mn::ANNOTATION_ROLLBACK
+                            );
+                            let s = &mut statuses[i];
+                            s.phase = NamespacePhase::Failed;
+                            s.message = Some(msg.clone());
+                            events.push(EventNote {
+                                warning: true,
+                                reason: "StepFailed",
+                                note: format!("{ns_name}: {msg}"),
+                            });
+                            changed = true;
+                            continue;
+                        }
                         if !all_actions.is_empty() {
                             work.push(Work::Snapshot {
                                 scope: scope.clone(),
@@ -646,6 +779,24 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                         changed = true;
                     }
                     NamespacePhase::Validating => {
+                        let repairs = drift(inp, nsp, step);
+                        if !repairs.is_empty() {
+                            let names = repairs
+                                .iter()
+                                .map(|a| a.object.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ");
+                            events.push(EventNote {
+                                warning: true,
+                                reason: "DriftRepaired",
+                                note: format!("{ns_name}: step {step}: re-applied objects deleted or changed by someone else: {names}"),
+                            });
+                            work.push(Work::Execute {
+                                scope: scope_of(step, &ns_name),
+                                step,
+                                actions: repairs,
+                            });
+                        }
                         let attempt = statuses[i]
                             .checkpoint_started_at
                             .as_ref()

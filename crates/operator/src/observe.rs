@@ -429,6 +429,30 @@ impl Stores {
         inv
     }
 
+    /// Snapshot head ConfigMaps of a migration, as `namespace/name`.
+    pub fn snapshot_heads(&self, migration: &str) -> std::collections::BTreeSet<String> {
+        self.config_maps
+            .state()
+            .iter()
+            .filter(|c| {
+                let l = c.metadata.labels.as_ref();
+                l.and_then(|l| l.get(mn::LABEL_SNAPSHOT))
+                    .map(String::as_str)
+                    == Some("true")
+                    && l.and_then(|l| l.get(mn::LABEL_MIGRATION))
+                        .map(String::as_str)
+                        == Some(migration)
+            })
+            .map(|c| {
+                format!(
+                    "{}/{}",
+                    c.metadata.namespace.as_deref().unwrap_or_default(),
+                    c.metadata.name.as_deref().unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
     /// Probe Pods of a migration.
     pub fn probe_pods_of(&self, migration: &str) -> Vec<Pod> {
         self.probe_pods

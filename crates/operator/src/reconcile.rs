@@ -370,6 +370,7 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
     let hash = frozen::spec_hash(&mm.spec);
     let live = ctx.stores.inventory(&mm.spec, &targets);
     let plan_ref = mm.status.as_ref().and_then(|s| s.plan.clone());
+    let mut frozen_inv: Option<Arc<Inventory>> = None;
     let plan: Plan = match &plan_ref {
         Some(pr) => {
             let rollback_requested = decide::rollback_annotation(mm).is_some() || deleting;
@@ -391,7 +392,11 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
                 .and_then(|s| s.rollback.as_ref())
                 .is_some_and(|r| r.completed && r.target <= 2);
             match ctx.load_frozen(mm, pr).await {
-                Ok(frozen_inv) => meshmig_planner::plan(&frozen_inv, &mm.spec, &name),
+                Ok(inv) => {
+                    let p = meshmig_planner::plan(&inv, &mm.spec, &name);
+                    frozen_inv = Some(inv);
+                    p
+                }
                 // The plan was deleted by the rollback that just finished (this object is
                 // older than that status write).
                 Err(Error::Plan(_)) if fully_rolled_back => {
@@ -403,6 +408,28 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
         None => meshmig_planner::plan(&live, &mm.spec, &name),
     };
     let probe_pods = ctx.stores.probe_pods_of(&name);
+    let mut present = ctx.stores.snapshot_heads(&name);
+    // The cache may not have seen a snapshot written a moment ago: confirm absences with
+    // the API before holding the migration for them.
+    let refs: Vec<(String, String)> = mm
+        .status
+        .iter()
+        .flat_map(|s| s.namespaces.iter())
+        .flat_map(|n| n.snapshots.iter())
+        .map(|r| (r.namespace.clone(), r.config_map.clone()))
+        .filter(|(ns, cm)| !present.contains(&format!("{ns}/{cm}")))
+        .collect();
+    for (ns, cm) in refs {
+        let api: Api<ConfigMap> = Api::namespaced(ctx.actor.client.clone(), &ns);
+        if api
+            .get_opt(&cm)
+            .await
+            .map_err(|e| Error::kube(format!("get {ns}/{cm}"), e))?
+            .is_some()
+        {
+            present.insert(format!("{ns}/{cm}"));
+        }
+    }
     let run_token = format!(
         "{}-{}",
         mm.uid()
@@ -421,6 +448,8 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
         run_token: &run_token,
         deleting_with_rollback: deleting,
         operator_namespace: &op_ns,
+        present_snapshots: Some(&present),
+        frozen: frozen_inv.as_deref(),
     };
     let mut decision: Decision = decide::decide(&input);
 

@@ -64,6 +64,8 @@ impl World {
             run_token: "run",
             deleting_with_rollback: false,
             operator_namespace: "meshmig-system",
+            present_snapshots: None,
+            frozen: None,
         })
     }
 

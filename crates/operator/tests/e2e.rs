@@ -614,3 +614,159 @@ async fn safety_rails_claims_on_delete_rollback_and_a_vanished_namespace() {
         rig.log_tail()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drift_is_repaired_or_reported_and_a_lost_snapshot_holds_the_migration() {
+    let rig = Rig::new(&[]).await;
+    rig.apply_migration("drifty", json!({"pauseBefore": [7, 8]}))
+        .await;
+    let held = |step: u8| {
+        move |mm: &meshmig_api::MeshMigration| {
+            mm.status
+                .as_ref()
+                .and_then(|s| s.namespaces.first())
+                .is_some_and(|n| n.step == step && n.phase == NamespacePhase::Waiting)
+        }
+    };
+    rig.wait_mm("drifty", "held before step 7", 90, held(7))
+        .await;
+    // Someone deletes bypass protection and edits a waypoint copy.
+    rig.env
+        .kubectl([
+            "delete",
+            "authorizationpolicy",
+            "-n",
+            "bookinfo",
+            "meshmig-bypass-reviews",
+        ])
+        .await
+        .unwrap();
+    rig.env
+        .kubectl(["delete", "service", "-n", "bookinfo", "reviews-v3"])
+        .await
+        .unwrap();
+    rig.annotate("drifty", mn::ANNOTATION_APPROVE, Some("7"))
+        .await;
+    rig.wait_mm("drifty", "held before step 8", 120, held(8))
+        .await;
+    let aps = rig.dynamic(
+        "security.istio.io",
+        "v1",
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+        Some("bookinfo"),
+    );
+    assert!(
+        aps.get_opt("meshmig-bypass-reviews")
+            .await
+            .unwrap()
+            .is_some(),
+        "bypass protection was not recreated"
+    );
+    let svcs: Api<k8s_openapi::api::core::v1::Service> = rig.env.api_in("bookinfo");
+    assert!(
+        svcs.get_opt("reviews-v3").await.unwrap().is_some(),
+        "per-version Service was not recreated"
+    );
+    let events = migration_events(&rig.env).await;
+    assert!(
+        events
+            .lines()
+            .any(|l| l.starts_with("DriftRepaired") && l.contains("meshmig-bypass-reviews")),
+        "{events}"
+    );
+
+    // A snapshot the migration would need to undo a step disappears: it holds, and says so.
+    let cms: Api<ConfigMap> = rig.env.api_in("bookinfo");
+    cms.delete("meshmig-drifty-step5", &Default::default())
+        .await
+        .unwrap();
+    rig.annotate("drifty", mn::ANNOTATION_APPROVE, Some("8"))
+        .await;
+    let mm = rig
+        .wait_mm("drifty", "stalled on the missing snapshot", 60, |mm| {
+            phase(mm) == Some(MigrationPhase::Stalled)
+        })
+        .await;
+    let st = mm.status.unwrap();
+    let c = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == mn::CONDITION_STALLED)
+        .unwrap();
+    assert_eq!(c.reason, "SnapshotMissing");
+    assert!(
+        c.message.contains("bookinfo/meshmig-drifty-step5"),
+        "{}",
+        c.message
+    );
+    assert_eq!(st.namespaces[0].step, 8);
+    assert_eq!(
+        st.namespaces[0].phase,
+        NamespacePhase::Waiting,
+        "it must not proceed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_object_edited_after_planning_fails_the_step_that_would_replace_it() {
+    let rig = Rig::new(&[]).await;
+    rig.apply_migration("edited", json!({"pauseBefore": [7]}))
+        .await;
+    rig.wait_mm("edited", "held before step 7", 90, |mm| {
+        mm.status
+            .as_ref()
+            .and_then(|s| s.namespaces.first())
+            .is_some_and(|n| n.step == 7 && n.phase == NamespacePhase::Waiting)
+    })
+    .await;
+    // Someone changes the VirtualService the planned HTTPRoute replaces.
+    rig.env
+        .kubectl([
+            "patch",
+            "virtualservice",
+            "-n",
+            "bookinfo",
+            "reviews",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/http/0/route/0/destination/subset","value":"v3"}]"#,
+        ])
+        .await
+        .unwrap();
+    rig.annotate("edited", mn::ANNOTATION_APPROVE, Some("7"))
+        .await;
+    let mm = rig
+        .wait_mm("edited", "failed", 60, |mm| {
+            phase(mm) == Some(MigrationPhase::Failed)
+        })
+        .await;
+    let msg = mm.status.unwrap().namespaces[0]
+        .message
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        msg.contains("VirtualService/bookinfo/reviews changed since the plan was frozen"),
+        "{msg}"
+    );
+    // Nothing of step 7 happened: the VirtualService is still there, no route was applied.
+    let vs = rig.dynamic(
+        "networking.istio.io",
+        "v1",
+        "VirtualService",
+        "virtualservices",
+        Some("bookinfo"),
+    );
+    assert!(vs.get_opt("reviews").await.unwrap().is_some());
+    let ns = rig
+        .env
+        .api::<k8s_openapi::api::core::v1::Namespace>()
+        .get("bookinfo")
+        .await
+        .unwrap();
+    assert!(
+        !ns.labels()
+            .contains_key(meshmig_api::names::istio::USE_WAYPOINT)
+    );
+}
