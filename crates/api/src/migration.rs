@@ -562,6 +562,16 @@ pub struct NamespaceStatus {
     /// When the current step's checkpoint started (its timeout counts from here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_started_at: Option<Time>,
+    /// How often the current step was retried after a failure (by approval).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
+    /// Generation of the spec when the current step failed; a newer spec retries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_generation: Option<i64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Phase of a namespace within its current step.
@@ -618,7 +628,7 @@ pub struct SnapshotRef {
     pub step: StepNumber,
     /// Namespace of the ConfigMap.
     pub namespace: String,
-    /// Name of the first ConfigMap; further parts are `<name>-1`, `<name>-2`, ….
+    /// Name of the first ConfigMap; further parts are `<name>-p1`, `<name>-p2`, ….
     pub config_map: String,
     /// Number of ConfigMaps the snapshot is split into.
     #[serde(default = "one")]

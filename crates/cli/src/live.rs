@@ -15,7 +15,9 @@ use meshmig_planner::Inventory;
 /// Connects, with an error that says what to do.
 pub async fn client() -> Result<Client, String> {
     let client = Client::try_default().await.map_err(|e| {
-        format!("cannot reach a Kubernetes cluster ({e}); set KUBECONFIG or use --kubeconfig")
+        format!(
+            "cannot reach a Kubernetes cluster ({e}); set KUBECONFIG or the current kubectl context"
+        )
     })?;
     // Fail early with a clear message when the CRD is not installed.
     let api: Api<MeshMigration> = Api::all(client.clone());
@@ -177,6 +179,7 @@ pub async fn watch(
     let mut stream = watcher(api, cfg).applied_objects().boxed();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = String::new();
+    let mut first = true;
     loop {
         let next = tokio::time::timeout_at(deadline, stream.next()).await;
         let mm = match next {
@@ -201,16 +204,19 @@ pub async fn watch(
         if until_done {
             match mm.status.as_ref().and_then(|s| s.phase) {
                 Some(MigrationPhase::Completed) => return Ok(()),
+                // A failure already there when the watch began is what the user may just
+                // have approved or fixed: wait for the next change before giving up.
                 Some(
                     p @ (MigrationPhase::Failed
                     | MigrationPhase::Stalled
                     | MigrationPhase::RolledBack),
-                ) => {
+                ) if !first => {
                     return Err(format!("MeshMigration {name} is {p:?}"));
                 }
                 _ => {}
             }
         }
+        first = false;
     }
 }
 

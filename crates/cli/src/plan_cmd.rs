@@ -43,13 +43,13 @@ pub struct PlanArgs {
     /// labelled with.
     #[arg(long)]
     pub name: Option<String>,
-    /// Control plane mode when the input has no MeshMigration.
+    /// Control plane mode (overrides the MeshMigration in the input).
     #[arg(long, value_enum)]
     pub control_plane: Option<CpMode>,
-    /// Waypoint policy when the input has no MeshMigration.
+    /// Waypoint policy (overrides the MeshMigration in the input).
     #[arg(long, value_enum)]
     pub waypoint: Option<WpPolicy>,
-    /// Bypass protection when the input has no MeshMigration.
+    /// Bypass protection (overrides the MeshMigration in the input).
     #[arg(long, value_enum)]
     pub bypass_protection: Option<Bypass>,
     /// Order callers before the services they call.
@@ -123,7 +123,11 @@ pub fn run(args: &PlanArgs) -> Result<ExitCode, String> {
         None if inv.mesh_migrations.len() == 1 => inv.mesh_migrations.first(),
         None => None,
     };
-    if found.is_none() && args.name.is_none() && inv.mesh_migrations.len() > 1 {
+    if found.is_none()
+        && args.name.is_none()
+        && args.namespaces.is_empty()
+        && inv.mesh_migrations.len() > 1
+    {
         let names: Vec<&str> = inv
             .mesh_migrations
             .iter()

@@ -798,6 +798,7 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
                 out.push(Outcome::pass("waypoint-ready", "no waypoint needed"));
                 out.push(Outcome::pass("waypoint-unused", "no waypoint needed"));
             }
+            probes(inp, &mut out);
         }
         5 => {
             let missing: Vec<String> = actions(inp.ns, 5, Op::Create)

@@ -509,6 +509,18 @@ fn init_statuses(old: &MeshMigrationStatus, plan: &Plan) -> Vec<NamespaceStatus>
         .collect()
 }
 
+/// The approve annotation: `"<step>"` or `"<step>/<n>"` (n counts how many retries of a
+/// failed step are approved; default 1).
+pub fn approval(mm: &MeshMigration) -> Option<(StepNumber, u32)> {
+    let v = annotation(mm, mn::ANNOTATION_APPROVE)?.trim();
+    let (step, n) = match v.split_once('/') {
+        Some((s, n)) => (s, n.parse().ok()?),
+        None => (v, 1),
+    };
+    let step: StepNumber = step.parse().ok().filter(|s| (1..=9).contains(s))?;
+    Some((step, n))
+}
+
 /// Requested rollback target from the annotation (`all` = 1).
 pub fn rollback_annotation(mm: &MeshMigration) -> Option<StepNumber> {
     match annotation(mm, mn::ANNOTATION_ROLLBACK)?.trim() {
@@ -639,16 +651,28 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                     | NamespacePhase::RolledBack
                     | NamespacePhase::RollingBack => {}
                     NamespacePhase::Failed => {
-                        if annotation(mm, mn::ANNOTATION_APPROVE) == Some(&step.to_string()) {
+                        let approved = approval(mm)
+                            .is_some_and(|(st, n)| st == step && n > statuses[i].retries);
+                        let respecified = matches!((mm.metadata.generation, statuses[i].failed_generation), (Some(g), Some(f)) if g > f);
+                        if approved || respecified {
                             let s = &mut statuses[i];
+                            if approved {
+                                s.retries += 1;
+                            }
                             s.phase = NamespacePhase::Applying;
-                            s.message = Some(format!("retrying step {step} (approved)"));
+                            s.failed_generation = None;
+                            let why = if approved {
+                                "approved"
+                            } else {
+                                "the spec changed"
+                            };
+                            s.message = Some(format!("retrying step {step} ({why})"));
                             record_start(s, step, inp.now);
                             events.push(EventNote {
                                 warning: false,
                                 reason: "StepRetried",
                                 note: format!(
-                                    "{ns_name}: step {step} ({}) retried",
+                                    "{ns_name}: step {step} ({}) retried ({why})",
                                     step_name(step)
                                 ),
                             });
@@ -670,6 +694,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                         if step == 1 && !nsp.exists {
                             let s = &mut statuses[i];
                             s.phase = NamespacePhase::Failed;
+                            s.failed_generation = mm.metadata.generation;
                             s.message = Some(format!(
                                 "Namespace {ns_name} does not exist; create it or remove it from spec.namespaces"
                             ));
@@ -730,6 +755,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                             );
                             let s = &mut statuses[i];
                             s.phase = NamespacePhase::Failed;
+                            s.failed_generation = mm.metadata.generation;
                             s.message = Some(msg.clone());
                             events.push(EventNote {
                                 warning: true,
@@ -859,6 +885,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                                 .collect::<Vec<_>>()
                                 .join("; ");
                             s.phase = NamespacePhase::Failed;
+                            s.failed_generation = mm.metadata.generation;
                             s.message =
                                 Some(format!("step {step} ({}) failed: {msg}", step_name(step)));
                             events.push(EventNote {
@@ -890,6 +917,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                                     c.last_transition_time = Some(time(inp.now));
                                 }
                                 s.phase = NamespacePhase::Failed;
+                                s.failed_generation = mm.metadata.generation;
                                 s.message = Some(format!(
                                     "step {step} ({}) timed out after {}: {msg}",
                                     step_name(step),
@@ -918,6 +946,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                             }
                         } else {
                             record_done(s, step, inp.now);
+                            s.retries = 0;
                             events.push(EventNote {
                                 warning: false,
                                 reason: "StepPassed",
@@ -1352,6 +1381,20 @@ fn rollback(
                 ));
                 waiting.push(ns.clone());
                 continue;
+            }
+            let lost = inp.present_snapshots.and_then(|present| {
+                s.snapshots
+                    .iter()
+                    .find(|r| r.step == top)
+                    .map(|r| format!("{}/{}", r.namespace, r.config_map))
+                    .filter(|k| !present.contains(k))
+            });
+            if let Some(cm) = lost {
+                events.push(EventNote {
+                    warning: true,
+                    reason: "StepNotUndone",
+                    note: format!("{ns}: step {top} ({}) cannot be undone: its snapshot ConfigMap {cm} is missing; its changes are left as they are", step_name(top)),
+                });
             }
             work.push(Work::Undo {
                 scope: Scope::Namespace(ns.clone()),

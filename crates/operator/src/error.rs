@@ -62,9 +62,17 @@ impl Error {
 
     /// Whether retrying without a change can help.
     pub fn transient(&self) -> bool {
+        // A 409 from optimistic concurrency ("the object has been modified") clears on retry;
+        // a server-side apply conflict with another field manager needs someone to resolve it.
+        if let Error::Kube { source, .. } = self
+            && let kube::Error::Api(s) = source.as_ref()
+            && s.code == 409
+        {
+            return s.message.contains("has been modified");
+        }
         !matches!(
             self.reason(),
-            "unsupported" | "invalid" | "forbidden" | "conflict" | "snapshot"
+            "unsupported" | "invalid" | "forbidden" | "conflict" | "snapshot" | "plan"
         )
     }
 }

@@ -28,12 +28,15 @@ pub fn config_map_name(migration: &str) -> String {
 
 /// Hash of the spec fields the plan depends on.
 pub fn spec_hash(spec: &MeshMigrationSpec) -> String {
+    // Named fields only: a field added to a struct in a later release must not change the
+    // hash of migrations already in flight.
+    let cp = &spec.control_plane;
     let relevant = serde_json::json!({
         "namespaces": spec.namespaces,
         "namespaceSelector": spec.namespace_selector,
         "ordering": spec.ordering,
-        "controlPlane": spec.control_plane,
-        "waypoint": spec.waypoint,
+        "controlPlane": [serde_json::json!(cp.mode), serde_json::json!(cp.istio), serde_json::json!(cp.istio_cni), serde_json::json!(cp.ztunnel), serde_json::json!(cp.istio_namespace), serde_json::json!(cp.ztunnel_namespace), serde_json::json!(cp.cni_namespace), serde_json::json!(cp.trust_domain)],
+        "waypoint": [serde_json::json!(spec.waypoint.policy), serde_json::json!(spec.waypoint.name)],
         "bypassProtection": spec.bypass_protection,
     });
     let digest = Sha256::digest(relevant.to_string().as_bytes());

@@ -291,6 +291,8 @@ pub async fn reconcile(mm: Arc<MeshMigration>, ctx: Arc<Ctx>) -> Result<Action, 
             // Make the failure visible in status, without changing progress.
             let old = mm.status.clone().unwrap_or_default();
             let mut s = old.clone();
+            // The error is about the current spec: kstatus readers must not take it as stale.
+            s.observed_generation = mm.metadata.generation;
             let message = format!("{err}");
             let stalled = !err.transient();
             let at = Time(now());
@@ -379,7 +381,7 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
                     mm,
                     "SpecChanged",
                     format!(
-                        "spec.namespaces, namespaceSelector, ordering, controlPlane, waypoint or bypassProtection changed after the migration started; restore them, or roll back with {}: all to start over with the new spec",
+                        "spec.namespaces, namespaceSelector, ordering, controlPlane, waypoint or bypassProtection changed after the migration started; restore them, or roll back with {}: all and then delete and re-create the MeshMigration to plan with the new spec",
                         mn::ANNOTATION_ROLLBACK
                     ),
                 );
@@ -399,7 +401,9 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
                 }
                 // The plan was deleted by the rollback that just finished (this object is
                 // older than that status write).
-                Err(Error::Plan(_)) if fully_rolled_back => {
+                // Undoing needs only the snapshots; the live inventory gives the namespace
+                // order when the frozen one is gone.
+                Err(Error::Plan(_)) if fully_rolled_back || rollback_requested => {
                     meshmig_planner::plan(&live, &mm.spec, &name)
                 }
                 Err(e) => return Err(e),

@@ -395,3 +395,55 @@ fn missing_namespace_fails_step_one_with_a_message() {
     assert_eq!(ns.phase, NamespacePhase::Failed);
     assert!(ns.message.unwrap().contains("does not exist"));
 }
+
+#[test]
+fn an_approval_retries_a_failed_step_once_and_a_new_spec_retries_it_too() {
+    let mut w = World::new();
+    w.step();
+    w.step();
+    w.now = w.now.checked_add(SignedDuration::from_mins(6)).unwrap();
+    w.step(); // step 2 times out
+    assert_eq!(w.ns().phase, NamespacePhase::Failed);
+    // Approve: one retry.
+    w.annotate(mn::ANNOTATION_APPROVE, "2");
+    let d = w.step();
+    assert!(
+        d.events.iter().any(|e| e.reason == "StepRetried"),
+        "{:?}",
+        d.events
+    );
+    assert_eq!(w.ns().phase, NamespacePhase::Validating);
+    assert_eq!(w.ns().retries, 1);
+    w.now = w.now.checked_add(SignedDuration::from_mins(6)).unwrap();
+    w.step(); // fails again
+    assert_eq!(w.ns().phase, NamespacePhase::Failed);
+    // The same approval does not retry forever.
+    for _ in 0..3 {
+        let d = w.step();
+        assert!(!d.events.iter().any(|e| e.reason == "StepRetried"));
+        assert_eq!(w.ns().phase, NamespacePhase::Failed);
+    }
+    // "2/2" approves a second retry.
+    w.annotate(mn::ANNOTATION_APPROVE, "2/2");
+    w.step();
+    assert_eq!(w.ns().phase, NamespacePhase::Validating);
+    assert_eq!(w.ns().retries, 2);
+    w.now = w.now.checked_add(SignedDuration::from_mins(6)).unwrap();
+    w.step();
+    assert_eq!(w.ns().phase, NamespacePhase::Failed);
+    // A changed spec (new generation) retries without an approval.
+    w.mm.metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .remove(mn::ANNOTATION_APPROVE);
+    w.mm.metadata.generation = Some(2);
+    let d = w.step();
+    assert!(
+        d.events
+            .iter()
+            .any(|e| e.reason == "StepRetried" && e.note.contains("spec changed")),
+        "{:?}",
+        d.events
+    );
+}

@@ -315,7 +315,12 @@ pub fn step_checks(step: StepNumber) -> Vec<&'static str> {
         ],
         2 => vec!["control-plane-ambient", "istio-cni-ready", "ztunnel-ready"],
         3 => vec!["rollouts-complete", "sidecars-hbone", "probes"],
-        4 => vec!["waypoint-programmed", "waypoint-ready", "waypoint-unused"],
+        4 => vec![
+            "waypoint-programmed",
+            "waypoint-ready",
+            "waypoint-unused",
+            "probes",
+        ],
         5 => vec!["objects-exist", "objects-accepted", "probes"],
         6 => vec!["namespace-enrolled", "sidecars-still-injected", "probes"],
         7 => vec![
@@ -329,6 +334,7 @@ pub fn step_checks(step: StepNumber) -> Vec<&'static str> {
             "rollouts-complete",
             "no-sidecars",
             "pods-redirected",
+            "originals-removed",
             "probes",
         ],
         _ => vec![],
