@@ -498,6 +498,10 @@ pub struct PlanRef {
     pub spec_hash: String,
     /// Generation the plan was computed for.
     pub generation: i64,
+    /// Hash of the plan's steps, actions and manifests when it was frozen: a later operator
+    /// version whose planner would act differently on the same inventory stalls instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_hash: Option<String>,
 }
 
 /// A rollback.

@@ -43,6 +43,19 @@ pub fn spec_hash(spec: &MeshMigrationSpec) -> String {
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
+/// Hash of what a plan makes the operator do (order, actions, manifests), independent of
+/// summary counts.
+pub fn plan_hash(plan: &meshmig_planner::Plan) -> String {
+    let acting = serde_json::json!([
+        plan.namespace_order,
+        plan.control_plane_actions,
+        plan.namespaces,
+        plan.manifests
+    ]);
+    let digest = Sha256::digest(acting.to_string().as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
 /// Encodes the inventory into ConfigMaps (head first; write parts before the head).
 pub fn encode(
     inv: &Inventory,

@@ -197,6 +197,7 @@ impl Ctx {
             config_map: frozen::config_map_name(&mm.name_any()),
             spec_hash: hash.to_string(),
             generation: mm.metadata.generation.unwrap_or(0),
+            plan_hash: None,
         })
     }
 
@@ -396,6 +397,21 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
             match ctx.load_frozen(mm, pr).await {
                 Ok(inv) => {
                     let p = meshmig_planner::plan(&inv, &mm.spec, &name);
+                    if let Some(frozen_hash) = &pr.plan_hash
+                        && *frozen_hash != frozen::plan_hash(&p)
+                        && !rollback_requested
+                    {
+                        let status = Ctx::stalled(
+                            mm,
+                            "PlanChanged",
+                            format!(
+                                "this operator version would carry out a different plan than the one this migration started with (an operator upgrade during the migration); roll back with {}: all, or run the earlier operator version until the migration completes",
+                                mn::ANNOTATION_ROLLBACK
+                            ),
+                        );
+                        ctx.write_status(mm, &status).await?;
+                        return Ok(Action::await_change());
+                    }
                     frozen_inv = Some(inv);
                     p
                 }
@@ -462,7 +478,8 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
         && decision.status.namespaces.iter().any(|s| s.step >= 2)
         && decision.status.rollback.is_none()
     {
-        let pr = ctx.store_frozen(mm, &live, &hash).await?;
+        let mut pr = ctx.store_frozen(mm, &live, &hash).await?;
+        pr.plan_hash = Some(frozen::plan_hash(&plan));
         info!(migration = %name, config_map = %pr.config_map, "plan frozen");
         decision.status.plan = Some(pr);
     }
