@@ -37,6 +37,11 @@ test: lint check-generated chart-lint ## Run every test (what CI runs)
 demo: ## Main job: migrate the embedded bookinfo on a local API server, printing progress
 	scripts/demo.sh
 
+install: ## Install meshmig and the kubectl plugin (kubectl-meshmig) into ~/.cargo/bin
+	$(CARGO) install --locked --path crates/cli
+	ln -sf meshmig "$${CARGO_HOME:-$$HOME/.cargo}/bin/kubectl-meshmig"
+	@echo "installed: meshmig, kubectl meshmig"
+
 plan: ## The offline plan for the embedded bookinfo
 	$(CARGO) run -q -p meshmig -- plan
 
