@@ -532,7 +532,7 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
 }
 
 /// Backoff on errors: 1s, 2s, 4s … capped at 2 minutes.
-pub fn error_policy(mm: Arc<MeshMigration>, err: &Error, ctx: Arc<Ctx>) -> Action {
+pub fn error_policy(mm: Arc<MeshMigration>, _err: &Error, ctx: Arc<Ctx>) -> Action {
     let key = mm.uid().unwrap_or_default();
     let attempts = ctx
         .errors
@@ -544,6 +544,5 @@ pub fn error_policy(mm: Arc<MeshMigration>, err: &Error, ctx: Arc<Ctx>) -> Actio
         })
         .unwrap_or(1);
     let secs = 1u64 << attempts.min(7);
-    let _ = err;
     Action::requeue(Duration::from_secs(secs.min(120)))
 }

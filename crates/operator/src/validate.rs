@@ -1,7 +1,6 @@
 //! Spec checks the CRD schema cannot express; each names the field and what to do.
 
 use meshmig_api::{MeshMigration, MigrationPhase};
-use meshmig_planner::plan::Plan;
 
 /// A problem with the spec: field and message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,12 +112,6 @@ pub fn claimed_by(
         }
     }
     None
-}
-
-/// Unaccepted blockers that concern namespaces outside the plan are irrelevant; this returns
-/// how many blockers the plan has (for metrics and messages).
-pub fn blockers(plan: &Plan) -> usize {
-    plan.summary.blockers
 }
 
 #[cfg(test)]

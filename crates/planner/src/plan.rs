@@ -358,17 +358,16 @@ impl Manifests {
         mut v: Value,
     ) -> (usize, ObjectRef) {
         if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-            let labels = meta
+            if let Some(l) = meta
                 .entry("labels")
                 .or_insert_with(|| json!({}))
                 .as_object_mut()
-                .map(|l| {
-                    l.insert(mn::LABEL_MANAGED_BY.into(), mn::MANAGED_BY.into());
-                    l.insert(mn::LABEL_MIGRATION.into(), self.migration.clone().into());
-                    l.insert(mn::LABEL_STEP.into(), step.to_string().into());
-                    l.insert(mn::LABEL_ROLE.into(), role.into());
-                });
-            let _ = labels;
+            {
+                l.insert(mn::LABEL_MANAGED_BY.into(), mn::MANAGED_BY.into());
+                l.insert(mn::LABEL_MIGRATION.into(), self.migration.clone().into());
+                l.insert(mn::LABEL_STEP.into(), step.to_string().into());
+                l.insert(mn::LABEL_ROLE.into(), role.into());
+            }
             if let Some(src) = source
                 && let Some(a) = meta
                     .entry("annotations")
@@ -1081,8 +1080,7 @@ fn analyze_namespace(
         restart: Vec::new(),
         restart_hbone: Vec::new(),
     };
-    for (i, check) in step_checks(1).into_iter().enumerate() {
-        let _ = i;
+    for check in step_checks(1) {
         w.act(1, Action::new(Op::Verify, ns_ref.clone(), check));
     }
     if ns_obj.is_none() {
