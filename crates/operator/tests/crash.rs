@@ -233,7 +233,10 @@ async fn sigkill_at_random_points_of_migration_and_rollback_changes_nothing() {
     );
     // Snapshots hold no Secret (meshmig never reads, changes or deletes one).
     let all = serde_json::to_string(&reference_snapshots).unwrap();
-    assert!(!all.contains("\"kind\":\"Secret\""), "a snapshot mentions a Secret");
+    assert!(
+        !all.contains("\"kind\":\"Secret\""),
+        "a snapshot mentions a Secret"
+    );
     let t1 = Instant::now();
     rig.annotate(NAME, mn::ANNOTATION_ROLLBACK, Some("all"))
         .await;

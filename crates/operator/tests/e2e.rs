@@ -498,7 +498,10 @@ async fn metrics_and_health_endpoints_report_the_migration() {
     }
     assert!(body.contains("application/openmetrics-text"));
     // The operator never asks for Secrets.
-    assert!(!body.contains("resource=\"secrets\""), "the operator requested Secrets:\n{body}");
+    assert!(
+        !body.contains("resource=\"secrets\""),
+        "the operator requested Secrets:\n{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
