@@ -270,6 +270,14 @@ fn applied_top(s: &NamespaceStatus) -> StepNumber {
     }
 }
 
+/// A target namespace that is gone or terminating. Deleting a namespace takes everything in
+/// it, snapshots included, so that is what to report, and nothing is left there to undo.
+fn namespace_vanished(live: &Inventory, ns: &str) -> bool {
+    live.namespaces
+        .get(ns)
+        .is_none_or(|n| n.metadata.deletion_timestamp.is_some())
+}
+
 fn done_with(s: &NamespaceStatus, step: StepNumber) -> bool {
     s.phase == NamespacePhase::Completed || (s.step > step && s.phase != NamespacePhase::RolledBack)
 }
@@ -589,11 +597,38 @@ pub fn decide(inp: &Input<'_>) -> Decision {
 
     // ---- forward
     let plan = inp.plan;
+    if !terminal_rollback {
+        for s in statuses.iter_mut().filter(|s| {
+            matches!(
+                s.phase,
+                NamespacePhase::Waiting | NamespacePhase::Applying | NamespacePhase::Validating
+            ) && applied_top(s) >= 1
+                && namespace_vanished(inp.live, &s.name)
+        }) {
+            let step = s.step;
+            s.phase = NamespacePhase::Failed;
+            s.failed_generation = mm.metadata.generation;
+            s.message = Some(format!(
+                "Namespace {} was deleted during step {step} ({}); what meshmig changed in it went with it. Remove it from spec.namespaces, or roll back with {}: all",
+                s.name,
+                step_name(step),
+                mn::ANNOTATION_ROLLBACK
+            ));
+            events.push(EventNote {
+                warning: true,
+                reason: "StepFailed",
+                note: format!("{}: namespace deleted during step {step}", s.name),
+            });
+        }
+    }
     if let Some(present) = inp.present_snapshots {
         let missing: Vec<String> = statuses
             .iter()
             .flat_map(|s| s.snapshots.iter().map(move |r| (s, r)))
             .filter(|(s, r)| r.step <= applied_top(s))
+            .filter(|(_, r)| {
+                r.namespace == inp.operator_namespace || !namespace_vanished(inp.live, &r.namespace)
+            })
             .map(|(_, r)| format!("{}/{}", r.namespace, r.config_map))
             .filter(|k| !present.contains(k))
             .collect::<BTreeSet<_>>()
@@ -1373,6 +1408,23 @@ fn rollback(
             let Some(s) = statuses.iter_mut().find(|s| s.name == ns && s.step == top) else {
                 continue;
             };
+            if namespace_vanished(inp.live, &ns) {
+                // Undoing would write into a terminating namespace and be refused forever.
+                events.push(EventNote {
+                    warning: true,
+                    reason: "StepNotUndone",
+                    note: format!(
+                        "{ns}: step {top} ({}) not undone: the namespace was deleted",
+                        step_name(top)
+                    ),
+                });
+                s.step = top - 1;
+                s.message = Some(format!(
+                    "namespace deleted; step {top} ({}) left as it was",
+                    step_name(top)
+                ));
+                continue;
+            }
             if top == 8
                 && let Err(m) = crate::checks::namespace_settled(inp.live, &ns)
             {

@@ -397,6 +397,92 @@ fn missing_namespace_fails_step_one_with_a_message() {
 }
 
 #[test]
+fn a_namespace_deleted_mid_way_fails_it_instead_of_holding_for_its_snapshots() {
+    let mut w = World::new();
+    make_sail_healthy(&mut w);
+    for _ in 0..10 {
+        w.step();
+    }
+    let reached = w.ns().step;
+    assert!(reached >= 3, "reached step {reached}: {:?}", w.ns());
+    // The namespace starts terminating and its snapshot ConfigMaps go with it; only the
+    // cluster-scoped step-2 snapshot (operator namespace) is left.
+    w.live
+        .namespaces
+        .get_mut("bookinfo")
+        .unwrap()
+        .metadata
+        .deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(w.now));
+    let present: std::collections::BTreeSet<String> = w
+        .ns()
+        .snapshots
+        .iter()
+        .filter(|r| r.namespace == "meshmig-system")
+        .map(|r| format!("{}/{}", r.namespace, r.config_map))
+        .collect();
+    assert!(w.ns().snapshots.len() > present.len(), "{:?}", w.ns());
+    let decide_with = |w: &World| {
+        decide(&Input {
+            mm: &w.mm,
+            plan: &w.plan,
+            live: &w.live,
+            probe_pods: &[],
+            now: w.now,
+            run_token: "run",
+            deleting_with_rollback: false,
+            operator_namespace: "meshmig-system",
+            present_snapshots: Some(&present),
+            frozen: None,
+        })
+    };
+    let d = decide_with(&w);
+    assert!(
+        !d.work
+            .iter()
+            .any(|x| matches!(x, Work::Snapshot { .. } | Work::Execute { .. })),
+        "nothing is written into a terminating namespace: {:?}",
+        d.work
+    );
+    let ns = &d.status.namespaces[0];
+    assert_eq!(ns.phase, NamespacePhase::Failed, "{ns:?}");
+    let msg = ns.message.as_deref().unwrap();
+    assert!(msg.contains("bookinfo was deleted"), "{msg}");
+    assert_eq!(d.status.phase, Some(MigrationPhase::Failed));
+    let stalled = d
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == mn::CONDITION_STALLED)
+        .unwrap();
+    assert_eq!(stalled.reason, "CheckpointFailed", "{stalled:?}");
+    w.mm.status = Some(d.status);
+    // Rolling back skips the namespaced steps (nothing left to undo there) but still
+    // undoes the cluster-wide step 2.
+    w.annotate(mn::ANNOTATION_ROLLBACK, "all");
+    let mut undone = Vec::new();
+    let mut not_undone = 0;
+    for _ in 0..20 {
+        let d = decide_with(&w);
+        for x in &d.work {
+            if let Work::Undo { scope, step } = x {
+                undone.push((scope.clone(), *step));
+            }
+        }
+        not_undone += d
+            .events
+            .iter()
+            .filter(|e| e.reason == "StepNotUndone")
+            .count();
+        w.mm.status = Some(d.status);
+        if w.mm.status.as_ref().unwrap().phase == Some(MigrationPhase::RolledBack) {
+            break;
+        }
+    }
+    assert_eq!(undone, vec![(Scope::Cluster, 2)]);
+    assert_eq!(not_undone, usize::from(reached) - 2);
+}
+
+#[test]
 fn an_approval_retries_a_failed_step_once_and_a_new_spec_retries_it_too() {
     let mut w = World::new();
     w.step();
