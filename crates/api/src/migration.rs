@@ -71,6 +71,7 @@ pub fn step_name(step: StepNumber) -> &'static str {
         json_path = ".status.progress",
         description = "Namespaces completed / total"
     ),
+    validation = Rule::new("self.metadata.name.size() <= 63").message("metadata.name must be at most 63 characters: meshmig uses it as a label value").reason(Reason::FieldValueInvalid),
     printcolumn(
         name = "Age",
         type_ = "date",

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -66,8 +66,11 @@ fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
-fn is_conflict(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 409)
+/// The object a create names is there already. Only reason `AlreadyExists` means that: a 409
+/// `Conflict` answer to a create means the API server did not carry it out, so taking it for
+/// "already there" would let a step run without its snapshot or a rollback lose an object.
+fn is_already_exists(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists")
 }
 
 impl Actor {
@@ -127,9 +130,28 @@ impl Actor {
             .map_err(|e| Error::Invalid(format!("{o}: {e}")))?;
         match self.api(&o)?.create(&PostParams::default(), &obj).await {
             Ok(_) => Ok(()),
-            Err(e) if is_conflict(&e) => Ok(()),
+            Err(e) if is_already_exists(&e) => Ok(()),
             Err(e) => Err(Error::kube(format!("create {o}"), e)),
         }
+    }
+
+    /// Which of the given (`namespace`, `name`) service accounts do not exist.
+    pub async fn missing_service_accounts(
+        &self,
+        wanted: &[(String, String)],
+    ) -> Result<std::collections::BTreeSet<(String, String)>, Error> {
+        let mut missing = std::collections::BTreeSet::new();
+        for (ns, name) in wanted {
+            let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), ns);
+            match api.get_metadata_opt(name).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    missing.insert((ns.clone(), name.clone()));
+                }
+                Err(e) => return Err(Error::kube(format!("get ServiceAccount {ns}/{name}"), e)),
+            }
+        }
+        Ok(missing)
     }
 
     /// Carries out one work item.
@@ -151,7 +173,7 @@ impl Actor {
                 let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
                 match api.create(&PostParams::default(), pod).await {
                     Ok(_) => Ok(()),
-                    Err(e) if is_conflict(&e) => Ok(()),
+                    Err(e) if is_already_exists(&e) => Ok(()),
                     Err(e) => Err(Error::kube(
                         format!("create probe Pod {ns}/{}", pod.name_any()),
                         e,
@@ -463,7 +485,7 @@ impl Actor {
         for cm in parts.iter().skip(1).chain(parts.first()) {
             match cms.create(&PostParams::default(), cm).await {
                 Ok(_) => {}
-                Err(e) if is_conflict(&e) => {}
+                Err(e) if is_already_exists(&e) => {}
                 Err(e) => {
                     return Err(Error::kube(
                         format!("create snapshot {ns}/{}", cm.name_any()),
@@ -703,5 +725,21 @@ mod tests {
             resource_of("Secret").is_none(),
             "meshmig never touches Secrets"
         );
+    }
+
+    fn api_error(code: u16, reason: &str) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure("injected", reason)
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn only_already_exists_counts_as_created() {
+        assert!(is_already_exists(&api_error(409, "AlreadyExists")));
+        // A 409 Conflict on a create was not carried out.
+        assert!(!is_already_exists(&api_error(409, "Conflict")));
+        assert!(!is_already_exists(&api_error(500, "InternalError")));
     }
 }

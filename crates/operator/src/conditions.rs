@@ -53,12 +53,33 @@ pub fn merge(
                 type_: d.type_.to_string(),
                 status,
                 reason: d.reason.to_string(),
-                message: d.message.clone(),
+                message: bounded(&d.message),
                 observed_generation: generation,
                 last_transition_time,
             }
         })
         .collect()
+}
+
+/// Longest condition message kept. The API caps a condition message at 32 KiB; a message that
+/// lists hundreds of namespaces is unreadable long before that, and the details are in
+/// `status.namespaces` anyway.
+pub const MAX_MESSAGE: usize = 4096;
+
+/// `message` cut at [`MAX_MESSAGE`] bytes (on a character boundary), saying how much was cut.
+pub fn bounded(message: &str) -> String {
+    if message.len() <= MAX_MESSAGE {
+        return message.to_string();
+    }
+    let mut end = MAX_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… ({} more bytes; see status.namespaces)",
+        &message[..end],
+        message.len() - end
+    )
 }
 
 /// Sets one condition in place, keeping the others.
@@ -81,6 +102,26 @@ mod tests {
 
     fn t(secs: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        let short = "fine".to_string();
+        assert_eq!(bounded(&short), short);
+        let long = "é".repeat(MAX_MESSAGE); // two bytes each
+        let cut = bounded(&long);
+        assert!(cut.len() < MAX_MESSAGE + 64, "{}", cut.len());
+        assert!(cut.ends_with(&format!(
+            "({} more bytes; see status.namespaces)",
+            MAX_MESSAGE
+        )));
+        let merged = merge(
+            &[],
+            &[Desired::new("Ready", false, "Failed", long)],
+            None,
+            &t(1),
+        );
+        assert_eq!(merged[0].message, cut);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum Error {
     /// A Kubernetes API call failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", describe(source))]
     Kube {
         /// What was being done.
         context: String,
@@ -26,6 +26,22 @@ pub enum Error {
     /// The frozen inventory is missing or corrupt.
     #[error("frozen plan: {0}")]
     Plan(String),
+}
+
+/// A kube error in one line for a condition message: an API answer as its message, code and
+/// reason (its `Debug` form, which kube's `Display` appends, is noise to a reader of status).
+fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => {
+            let reason = if s.reason.is_empty() {
+                ""
+            } else {
+                s.reason.as_str()
+            };
+            format!("{} (HTTP {} {reason})", s.message, s.code).replace(" )", ")")
+        }
+        other => other.to_string(),
+    }
 }
 
 impl Error {
@@ -74,5 +90,27 @@ impl Error {
             self.reason(),
             "unsupported" | "invalid" | "forbidden" | "conflict" | "snapshot" | "plan"
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_api_error_reads_as_one_line_without_debug_output() {
+        let e = Error::kube(
+            "patch Namespace//bookinfo",
+            kube::Error::Api(
+                kube::core::Status::failure("Internal error occurred: boom", "InternalError")
+                    .with_code(500)
+                    .boxed(),
+            ),
+        );
+        assert_eq!(
+            e.to_string(),
+            "patch Namespace//bookinfo: Internal error occurred: boom (HTTP 500 InternalError)"
+        );
+        assert!(e.transient());
     }
 }

@@ -356,15 +356,41 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
         ctx.write_status(mm, &status).await?;
         return Ok(Action::await_change());
     }
+    let started = mm.status.as_ref().and_then(|s| s.plan.as_ref()).is_some();
+    if !started && !deleting {
+        let namespaces: std::collections::BTreeSet<String> = ctx
+            .stores
+            .namespaces
+            .state()
+            .iter()
+            .filter_map(|n| n.metadata.name.clone())
+            .collect();
+        let wanted = validate::probe_service_accounts(mm, &namespaces);
+        let facts = validate::ClusterFacts {
+            sail_istios: ctx.stores.istios.as_ref().map(|s| {
+                s.state()
+                    .iter()
+                    .filter_map(|i| i.metadata.name.clone())
+                    .collect()
+            }),
+            missing_service_accounts: ctx.actor.missing_service_accounts(&wanted).await?,
+            namespaces,
+        };
+        if let Some(p) = validate::validate_before_start(mm, &facts) {
+            let status = Ctx::stalled(mm, p.reason, p.message);
+            ctx.write_status(mm, &status).await?;
+            // Service accounts are not watched: look again in a while.
+            return Ok(Action::requeue(Duration::from_secs(30)));
+        }
+    }
     let others: Vec<(MeshMigration, Vec<String>)> = ctx
         .migrations
         .state()
         .iter()
         .map(|o| ((**o).clone(), ctx.stores.targets(&o.spec, &op_ns)))
         .collect();
-    let started = mm.status.as_ref().and_then(|s| s.plan.as_ref()).is_some();
     if !started && let Some(msg) = validate::claimed_by(mm, &others, &targets) {
-        let status = Ctx::stalled(mm, "NamespaceClaimed", msg);
+        let status = Ctx::stalled(mm, validate::CLAIMED_REASON, msg);
         ctx.write_status(mm, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(30)));
     }

@@ -52,21 +52,52 @@ type LeaseState = (
 pub const LEASE_NAME: &str = "meshmig-operator";
 
 /// Names of the installed CRDs.
-pub async fn discover(client: &Client) -> Installed {
+pub async fn discover(client: &Client) -> Result<Installed, String> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    match api.list_metadata(&ListParams::default()).await {
-        Ok(list) => Installed {
-            crds: list
-                .items
-                .into_iter()
-                .filter_map(|c| c.metadata.name)
-                .collect(),
-        },
-        Err(e) => {
-            warn!(error = %e, "cannot list CRDs; Istio, Gateway API and Sail kinds are not watched");
-            Installed::default()
+    let mut attempt = 0u32;
+    loop {
+        match api.list_metadata(&ListParams::default()).await {
+            Ok(list) => {
+                return Ok(Installed {
+                    crds: list
+                        .items
+                        .into_iter()
+                        .filter_map(|c| c.metadata.name)
+                        .collect(),
+                });
+            }
+            // Without permission, retrying cannot help: say which grant is missing.
+            Err(kube::Error::Api(s)) if s.code == 401 || s.code == 403 => {
+                return Err(format!(
+                    "cannot list customresourcedefinitions ({}): the operator's ClusterRole must grant list on apiextensions.k8s.io/customresourcedefinitions",
+                    s.message
+                ));
+            }
+            // Starting without the Istio, Gateway API and Sail watches would leave the
+            // operator blind to them for its whole life, so a transient failure is retried
+            // and, if it persists, the process exits for its Deployment to restart it.
+            Err(e) if attempt < DISCOVERY_ATTEMPTS => {
+                let wait = discovery_backoff(attempt);
+                warn!(error = %e, attempt = attempt + 1, retry_in = ?wait, "cannot list CRDs; retrying");
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot list customresourcedefinitions after {} attempts: {e}",
+                    attempt + 1
+                ));
+            }
         }
     }
+}
+
+const DISCOVERY_ATTEMPTS: u32 = 10;
+
+/// 0.5 s doubling to at most 30 s: about two and a half minutes over all attempts.
+fn discovery_backoff(attempt: u32) -> Duration {
+    Duration::from_millis(500u64.saturating_mul(1u64 << attempt.min(6)))
+        .min(Duration::from_secs(30))
 }
 
 #[derive(Clone)]
@@ -108,7 +139,7 @@ pub async fn run(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow_free::Result {
-    let installed = discover(&client).await;
+    let installed = discover(&client).await?;
     let (stores, trigger) = Stores::start(&client, &installed);
     {
         let s = stores.clone();
@@ -296,4 +327,23 @@ pub async fn run(
 pub mod anyhow_free {
     /// Result with a message.
     pub type Result = std::result::Result<(), String>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovery_backs_off_to_a_cap() {
+        assert_eq!(discovery_backoff(0), Duration::from_millis(500));
+        assert_eq!(discovery_backoff(1), Duration::from_secs(1));
+        assert_eq!(discovery_backoff(5), Duration::from_secs(16));
+        assert_eq!(discovery_backoff(6), Duration::from_secs(30));
+        assert_eq!(discovery_backoff(40), Duration::from_secs(30));
+        let total: Duration = (0..DISCOVERY_ATTEMPTS).map(discovery_backoff).sum();
+        assert!(
+            total > Duration::from_secs(60) && total < Duration::from_secs(300),
+            "{total:?}"
+        );
+    }
 }

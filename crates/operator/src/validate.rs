@@ -1,6 +1,8 @@
 //! Spec checks the CRD schema cannot express; each names the field and what to do.
 
-use meshmig_api::{MeshMigration, MigrationPhase};
+use std::collections::BTreeSet;
+
+use meshmig_api::{ControlPlaneMode, MeshMigration, MigrationPhase};
 
 /// A problem with the spec: field and message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,6 +23,19 @@ pub fn validate(
     operator_namespace: &str,
 ) -> Option<SpecProblem> {
     let spec = &mm.spec;
+    let name = mm.metadata.name.as_deref().unwrap_or_default();
+    // The name becomes a label value on every object meshmig writes; the CRD refuses longer
+    // names, but an older CRD may not.
+    if name.len() > 63 {
+        return Some(SpecProblem {
+            field: "metadata.name".into(),
+            message: format!(
+                "metadata.name has {} characters; meshmig uses it as a label value, which holds at most 63: re-create the MeshMigration with a shorter name",
+                name.len()
+            ),
+            reason: "InvalidName",
+        });
+    }
     let field = if spec.namespaces.is_some() {
         "spec.namespaces"
     } else {
@@ -71,8 +86,123 @@ pub fn validate(
     None
 }
 
-/// Whether another active MeshMigration already claims one of the targets; the older one
-/// (by creation time, then name) keeps it.
+/// What the checks before a migration starts need to know about the cluster.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterFacts {
+    /// Names of the namespaces that exist.
+    pub namespaces: BTreeSet<String>,
+    /// Names of the Sail `Istio` resources; `None` when the Sail CRDs are not installed.
+    pub sail_istios: Option<BTreeSet<String>>,
+    /// Probe service accounts (`namespace`, `name`) found missing.
+    pub missing_service_accounts: BTreeSet<(String, String)>,
+}
+
+/// The probe service accounts worth looking up: those in existing namespaces, other than
+/// `default` (which the controller manager creates in every namespace, possibly a moment
+/// after the namespace).
+pub fn probe_service_accounts(
+    mm: &MeshMigration,
+    namespaces: &BTreeSet<String>,
+) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = mm
+        .spec
+        .checkpoints
+        .probes
+        .iter()
+        .filter(|p| p.service_account != "default" && namespaces.contains(&p.from_namespace))
+        .map(|p| (p.from_namespace.clone(), p.service_account.clone()))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Checks made before a migration changes anything (they would otherwise surface steps later,
+/// after changes, as failures that do not name the field): the control plane, the probes'
+/// namespaces and service accounts, and the accepted findings refer to things that exist.
+pub fn validate_before_start(mm: &MeshMigration, facts: &ClusterFacts) -> Option<SpecProblem> {
+    let spec = &mm.spec;
+    let cp = &spec.control_plane;
+    if !facts.namespaces.contains(&cp.istio_namespace) {
+        return Some(SpecProblem {
+            field: "spec.controlPlane.istioNamespace".into(),
+            message: format!(
+                "spec.controlPlane.istioNamespace is {}, which does not exist; set it to the namespace istiod runs in",
+                cp.istio_namespace
+            ),
+            reason: "ControlPlaneNotFound",
+        });
+    }
+    if cp.mode == ControlPlaneMode::Sail
+        && let Some(istios) = &facts.sail_istios
+        && !istios.contains(&cp.istio)
+    {
+        let have = if istios.is_empty() {
+            "there are none; for a control plane installed by Helm or istioctl set spec.controlPlane.mode: External".to_string()
+        } else {
+            format!(
+                "existing: {}",
+                istios.iter().cloned().collect::<Vec<_>>().join(", ")
+            )
+        };
+        return Some(SpecProblem {
+            field: "spec.controlPlane.istio".into(),
+            message: format!(
+                "spec.controlPlane.istio names the Sail Istio {}, which does not exist ({have})",
+                cp.istio
+            ),
+            reason: "ControlPlaneNotFound",
+        });
+    }
+    for (i, p) in spec.checkpoints.probes.iter().enumerate() {
+        if !facts.namespaces.contains(&p.from_namespace) {
+            return Some(SpecProblem {
+                field: format!("spec.checkpoints.probes[{i}].fromNamespace"),
+                message: format!(
+                    "spec.checkpoints.probes[{i}].fromNamespace is {}, which does not exist; probe {} cannot run",
+                    p.from_namespace, p.name
+                ),
+                reason: "InvalidProbe",
+            });
+        }
+        if facts
+            .missing_service_accounts
+            .contains(&(p.from_namespace.clone(), p.service_account.clone()))
+        {
+            return Some(SpecProblem {
+                field: format!("spec.checkpoints.probes[{i}].serviceAccount"),
+                message: format!(
+                    "spec.checkpoints.probes[{i}].serviceAccount is {}, which does not exist in namespace {}; create it or name an existing one",
+                    p.service_account, p.from_namespace
+                ),
+                reason: "InvalidProbe",
+            });
+        }
+    }
+    for (i, accepted) in spec.accepted_findings.iter().enumerate() {
+        let id = accepted.split('@').next().unwrap_or_default();
+        if !meshmig_planner::findings::CATALOGUE
+            .iter()
+            .any(|k| k.id == id)
+        {
+            return Some(SpecProblem {
+                field: format!("spec.acceptedFindings[{i}]"),
+                message: format!(
+                    "spec.acceptedFindings[{i}] is {accepted}, but {id} is not a finding id (see `meshmig findings`); a misspelt id accepts nothing"
+                ),
+                reason: "UnknownFinding",
+            });
+        }
+    }
+    None
+}
+
+/// Whether another active MeshMigration already claims one of the targets. A migration that
+/// already holds the namespace (lists it in its status, not itself stopped by a claim) keeps
+/// it; between two that do not (or both do), the older one by creation time, then name. The
+/// holding rule comes first because creation times have a resolution of one second: by time
+/// and name alone a newcomer created in the same second as a running migration, with a name
+/// sorting first, would take its namespace over.
 pub fn claimed_by(
     mm: &MeshMigration,
     others: &[(MeshMigration, Vec<String>)],
@@ -101,10 +231,14 @@ pub fn claimed_by(
             (Some(a), Some(b)) if a.0 != b.0 => a.0 < b.0,
             _ => them.1 < me.1,
         };
-        if !older {
-            continue;
-        }
-        if let Some(ns) = targets.iter().find(|t| other_targets.contains(t)) {
+        let shared = targets.iter().find(|t| other_targets.contains(t));
+        let Some(ns) = shared else { continue };
+        let first = match (holds(other, ns), holds(mm, ns)) {
+            (true, false) => true,
+            (false, true) => false,
+            _ => older,
+        };
+        if first {
             return Some(format!(
                 "namespace {ns} is already being migrated by MeshMigration {}; wait for it to complete or roll it back, or remove {ns} from this spec",
                 other.metadata.name.as_deref().unwrap_or_default()
@@ -113,6 +247,22 @@ pub fn claimed_by(
     }
     None
 }
+
+/// Whether `mm` has taken `ns` on: its status lists it and it is not held by a claim.
+fn holds(mm: &MeshMigration, ns: &str) -> bool {
+    let Some(st) = mm.status.as_ref() else {
+        return false;
+    };
+    let claimed_away = st.conditions.iter().any(|c| {
+        c.type_ == meshmig_api::names::CONDITION_STALLED
+            && c.status == "True"
+            && c.reason == CLAIMED_REASON
+    });
+    !claimed_away && st.namespaces.iter().any(|n| n.name == ns)
+}
+
+/// The `Stalled` reason of a migration held by another one's claim.
+pub const CLAIMED_REASON: &str = "NamespaceClaimed";
 
 #[cfg(test)]
 mod tests {
@@ -155,6 +305,165 @@ mod tests {
         });
         let others = vec![(done, vec!["shop".to_string()])];
         assert_eq!(claimed_by(&b, &others, &["shop".into()]), None);
+    }
+
+    fn facts() -> ClusterFacts {
+        ClusterFacts {
+            namespaces: ["istio-system", "shop"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            sail_istios: Some(["default".to_string()].into_iter().collect()),
+            missing_service_accounts: BTreeSet::new(),
+        }
+    }
+
+    fn with_probe(m: &mut MeshMigration, from: &str, sa: &str) {
+        m.spec.checkpoints.probes.push(
+            serde_json::from_value(serde_json::json!({
+                "name": "p", "fromNamespace": from, "serviceAccount": sa,
+                "url": "http://reviews.shop:9080/", "expect": {"status": 200}
+            }))
+            .unwrap(),
+        );
+    }
+
+    #[test]
+    fn a_long_name_is_refused_naming_metadata_name() {
+        let m = mm(&"m".repeat(64), 1, "1", &["shop"]);
+        let p = validate(&m, &["shop".into()], "meshmig-system").unwrap();
+        assert_eq!(p.field, "metadata.name");
+        assert!(p.message.contains("64 characters"), "{}", p.message);
+        assert_eq!(
+            validate(
+                &mm(&"m".repeat(63), 1, "1", &["shop"]),
+                &["shop".into()],
+                "x"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn references_to_missing_things_are_refused_before_start() {
+        let ok = mm("a", 1, "1", &["shop"]);
+        assert_eq!(validate_before_start(&ok, &facts()), None);
+
+        let mut m = ok.clone();
+        m.spec.control_plane.istio_namespace = "nowhere".into();
+        let p = validate_before_start(&m, &facts()).unwrap();
+        assert_eq!(p.field, "spec.controlPlane.istioNamespace");
+        assert!(p.message.contains("nowhere"));
+
+        let mut m = ok.clone();
+        m.spec.control_plane.istio = "nope".into();
+        let p = validate_before_start(&m, &facts()).unwrap();
+        assert_eq!(p.field, "spec.controlPlane.istio");
+        assert!(
+            p.message.contains("nope") && p.message.contains("existing: default"),
+            "{}",
+            p.message
+        );
+        // External control planes are not Sail resources; without Sail CRDs nothing to check.
+        m.spec.control_plane.mode = ControlPlaneMode::External;
+        assert_eq!(validate_before_start(&m, &facts()), None);
+        m.spec.control_plane.mode = ControlPlaneMode::Sail;
+        let no_sail = ClusterFacts {
+            sail_istios: None,
+            ..facts()
+        };
+        assert_eq!(validate_before_start(&m, &no_sail), None);
+
+        let mut m = ok.clone();
+        with_probe(&mut m, "shop", "reader");
+        with_probe(&mut m, "elsewhere", "reader");
+        let p = validate_before_start(&m, &facts()).unwrap();
+        assert_eq!(p.field, "spec.checkpoints.probes[1].fromNamespace");
+        assert!(p.message.contains("elsewhere"));
+        let mut f = facts();
+        f.namespaces.insert("elsewhere".into());
+        assert_eq!(
+            probe_service_accounts(&m, &f.namespaces),
+            vec![
+                ("elsewhere".to_string(), "reader".to_string()),
+                ("shop".to_string(), "reader".to_string())
+            ]
+        );
+        f.missing_service_accounts
+            .insert(("shop".into(), "reader".into()));
+        let p = validate_before_start(&m, &f).unwrap();
+        assert_eq!(p.field, "spec.checkpoints.probes[0].serviceAccount");
+        assert!(p.message.contains("reader") && p.message.contains("shop"));
+
+        let mut m = ok.clone();
+        m.spec.accepted_findings = vec![
+            "vs-mesh-gateway-mix@VirtualService/shop/r".into(),
+            "no-such-finding".into(),
+        ];
+        let known = meshmig_planner::findings::CATALOGUE[0].id;
+        m.spec.accepted_findings[0] = format!("{known}@VirtualService/shop/r");
+        let p = validate_before_start(&m, &facts()).unwrap();
+        assert_eq!(p.field, "spec.acceptedFindings[1]");
+        assert!(p.message.contains("no-such-finding"));
+    }
+
+    fn holding(mut m: MeshMigration, ns: &str) -> MeshMigration {
+        m.status = Some(meshmig_api::MeshMigrationStatus {
+            phase: Some(MigrationPhase::Paused),
+            namespaces: vec![meshmig_api::NamespaceStatus {
+                name: ns.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        m
+    }
+
+    #[test]
+    fn a_newcomer_of_the_same_second_never_takes_a_held_namespace() {
+        // Same creation second; the newcomer's name sorts first.
+        let holder = holding(mm("z-first", 100, "1", &["shop"]), "shop");
+        let newcomer = mm("a-second", 100, "2", &["shop"]);
+        let others = vec![
+            (holder.clone(), vec!["shop".to_string()]),
+            (newcomer.clone(), vec!["shop".to_string()]),
+        ];
+        assert!(
+            claimed_by(&newcomer, &others, &["shop".into()])
+                .unwrap()
+                .contains("MeshMigration z-first")
+        );
+        assert_eq!(claimed_by(&holder, &others, &["shop".into()]), None);
+        // Before either took the namespace on, the name decides, the same way for both.
+        let fresh = mm("z-first", 100, "1", &["shop"]);
+        let others = vec![
+            (fresh.clone(), vec!["shop".to_string()]),
+            (newcomer.clone(), vec!["shop".to_string()]),
+        ];
+        assert_eq!(claimed_by(&newcomer, &others, &["shop".into()]), None);
+        assert!(claimed_by(&fresh, &others, &["shop".into()]).is_some());
+    }
+
+    #[test]
+    fn a_migration_held_by_a_claim_does_not_hold_the_namespace() {
+        let mut stopped = holding(mm("a", 100, "1", &["shop"]), "shop");
+        if let Some(st) = stopped.status.as_mut() {
+            st.conditions
+                .push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                    type_: meshmig_api::names::CONDITION_STALLED.into(),
+                    status: "True".into(),
+                    reason: CLAIMED_REASON.into(),
+                    message: "claimed".into(),
+                    last_transition_time: Time(
+                        k8s_openapi::jiff::Timestamp::from_second(1).unwrap(),
+                    ),
+                    observed_generation: None,
+                });
+        }
+        assert!(!holds(&stopped, "shop"));
+        let older_by_time = mm("z", 50, "2", &["shop"]);
+        let others = vec![(older_by_time, vec!["shop".to_string()])];
+        assert!(claimed_by(&stopped, &others, &["shop".into()]).is_some());
     }
 
     #[test]

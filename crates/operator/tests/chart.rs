@@ -180,6 +180,7 @@ fn expected_cluster_permissions() -> BTreeMap<(String, String), BTreeSet<String>
         ("", &["namespaces"], &["get", "list", "watch", "patch"]),
         ("", &["services"], WRITE),
         ("", &["pods"], &["list", "watch", "create", "delete"]),
+        ("", &["serviceaccounts"], &["get"]),
         (
             "",
             &["configmaps"],

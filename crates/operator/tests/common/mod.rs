@@ -27,6 +27,9 @@ pub struct Rig {
     pub operators: Vec<(String, Child)>,
     /// Extra operator arguments (e.g. `--leader-election=false`).
     pub operator_args: Vec<String>,
+    /// Kubeconfig for operators started from now on (e.g. a fault proxy's); default: the
+    /// environment's admin kubeconfig.
+    pub kubeconfig: Option<std::path::PathBuf>,
     log: PathBuf,
     _crds: tempfile::TempDir,
 }
@@ -71,6 +74,7 @@ impl Rig {
             _sim: sim,
             operators: Vec::new(),
             operator_args: Vec::new(),
+            kubeconfig: None,
             _crds: crds,
         };
         for ns in std::iter::once("bookinfo").chain(extra_namespaces.iter().copied()) {
@@ -117,7 +121,12 @@ impl Rig {
                 "4",
             ])
             .args(&self.operator_args)
-            .env("KUBECONFIG", self.env.kubeconfig())
+            .env(
+                "KUBECONFIG",
+                self.kubeconfig
+                    .as_deref()
+                    .unwrap_or_else(|| self.env.kubeconfig()),
+            )
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
