@@ -503,6 +503,10 @@ pub struct PlanRef {
     /// version whose planner would act differently on the same inventory stalls instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_hash: Option<String>,
+    /// UID of the first ConfigMap of the plan, so a watched copy can be told apart from a
+    /// leftover of an earlier run with the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_uid: Option<String>,
 }
 
 /// A rollback.

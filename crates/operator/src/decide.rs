@@ -800,7 +800,26 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                             changed = true;
                             continue;
                         }
-                        if !all_actions.is_empty() {
+                        // Step 2 changes the shared control plane and is listed in every
+                        // namespace's plan: once one namespace applied it (this round or
+                        // earlier), the others only validate it.
+                        let cluster_applied = step == 2
+                            && (work.iter().any(|w| {
+                                matches!(
+                                    w,
+                                    Work::Execute {
+                                        scope: Scope::Cluster,
+                                        step: 2,
+                                        ..
+                                    }
+                                )
+                            }) || statuses.iter().enumerate().any(|(j, o)| {
+                                j != i
+                                    && (o.step > 2
+                                        || (o.step == 2 && o.phase == NamespacePhase::Validating))
+                            }));
+                        let has_actions = !all_actions.is_empty();
+                        if has_actions && !cluster_applied {
                             work.push(Work::Snapshot {
                                 scope: scope.clone(),
                                 step,
@@ -813,6 +832,8 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                                     actions,
                                 });
                             }
+                        }
+                        if has_actions {
                             let cm = crate::snapshot::config_map_name(
                                 mm.metadata.name.as_deref().unwrap_or_default(),
                                 step,
@@ -1046,6 +1067,36 @@ fn open_findings(inp: &Input<'_>) -> Vec<FindingRef> {
         .collect()
 }
 
+/// Drops repeats of a cluster-scoped work item: every namespace's step 2 lists the same
+/// control-plane changes, and carrying them out (or undoing them, or repairing their drift)
+/// once per decision is enough; namespace-scoped items are never the same twice.
+fn dedupe_cluster_work(work: Vec<Work>) -> Vec<Work> {
+    let mut out: Vec<Work> = Vec::with_capacity(work.len());
+    for w in work {
+        let cluster = matches!(
+            &w,
+            Work::Snapshot {
+                scope: Scope::Cluster,
+                ..
+            } | Work::Execute {
+                scope: Scope::Cluster,
+                ..
+            } | Work::Undo {
+                scope: Scope::Cluster,
+                ..
+            } | Work::DeleteSnapshots {
+                scope: Scope::Cluster,
+                ..
+            }
+        );
+        if cluster && out.contains(&w) {
+            continue;
+        }
+        out.push(w);
+    }
+    out
+}
+
 /// Overall phase, conditions and summary fields.
 fn finish(
     inp: &Input<'_>,
@@ -1057,6 +1108,7 @@ fn finish(
     waiting_on_time: bool,
 ) -> Decision {
     let mm = inp.mm;
+    let work = dedupe_cluster_work(work);
     let ns = &status.namespaces;
     let total = ns.len();
     let done = ns

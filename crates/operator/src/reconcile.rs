@@ -10,7 +10,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use meshmig_api::names as mn;
 use meshmig_api::{MeshMigration, MeshMigrationStatus, MigrationPhase, OnDelete, PlanRef};
@@ -138,11 +138,28 @@ impl Ctx {
         plan_ref: &PlanRef,
     ) -> Result<Arc<Inventory>, Error> {
         let api: Api<ConfigMap> = Api::namespaced(self.actor.client.clone(), &plan_ref.namespace);
-        let head = api
-            .get_opt(&plan_ref.config_map)
-            .await
-            .map_err(|e| Error::kube(format!("get {}", plan_ref.config_map), e))?
-            .ok_or_else(|| {
+        // The frozen plan's ConfigMaps are written once and never changed, so the watched copy
+        // of this run's head is exact; the API is asked only when the watch has not delivered
+        // it yet. This keeps a reconcile free of API reads.
+        let cached = |name: &str| {
+            self.stores
+                .config_maps
+                .get(&ObjectRef::new(name).within(&plan_ref.namespace))
+                .map(|cm| (*cm).clone())
+        };
+        // The head is known by its UID; a copy that is not this run's head (or a status
+        // written before the UID was recorded) goes to the API.
+        let cached_head = cached(&plan_ref.config_map).filter(|cm| {
+            plan_ref.config_map_uid.is_some() && cm.metadata.uid == plan_ref.config_map_uid
+        });
+        let head = match cached_head {
+            Some(cm) => Some(cm),
+            None => api
+                .get_opt(&plan_ref.config_map)
+                .await
+                .map_err(|e| Error::kube(format!("get {}", plan_ref.config_map), e))?,
+        };
+        let head = head.ok_or_else(|| {
                 Error::Plan(format!(
                     "ConfigMap {}/{} holding the frozen plan is missing; roll back with {}: all, or delete and recreate the MeshMigration",
                     plan_ref.namespace, plan_ref.config_map, mn::ANNOTATION_ROLLBACK
@@ -160,6 +177,8 @@ impl Ctx {
         let mut parts = vec![head];
         for i in 1..count {
             let name = format!("{}-p{i}", plan_ref.config_map);
+            // Parts are read once per head (the decoded plan is cached by the head's
+            // resourceVersion), from the API: a watched part could be a leftover.
             let part = api
                 .get_opt(&name)
                 .await
@@ -184,13 +203,16 @@ impl Ctx {
         let cms = frozen::encode(inv, &mm.name_any(), ns, hash, owner_ref(mm))
             .map_err(|e| Error::Plan(e.to_string()))?;
         let api: Api<ConfigMap> = Api::namespaced(self.actor.client.clone(), ns);
+        let mut head_uid = None;
         for cm in cms.iter().skip(1).chain(cms.first()) {
             let name = cm.name_any();
             // A leftover from an earlier run of the same name is replaced.
             let _ = api.delete(&name, &Default::default()).await;
-            api.create(&PostParams::default(), cm)
+            let created = api
+                .create(&PostParams::default(), cm)
                 .await
                 .map_err(|e| Error::kube(format!("store frozen plan {ns}/{name}"), e))?;
+            head_uid = created.metadata.uid;
         }
         Ok(PlanRef {
             namespace: ns.clone(),
@@ -198,6 +220,7 @@ impl Ctx {
             spec_hash: hash.to_string(),
             generation: mm.metadata.generation.unwrap_or(0),
             plan_hash: None,
+            config_map_uid: head_uid,
         })
     }
 

@@ -191,7 +191,9 @@ pub async fn run(
             .with_namespace(settings.namespace.clone())
             .with_identity(identity.clone())
             .with_duration(settings.lease_seconds.max(2))
-            .with_grace((settings.lease_seconds / 3).max(1))
+            // Renew at half-life: a holder slowed down by a busy node (or API server) keeps
+            // the lease through one late renewal instead of losing it and restarting.
+            .with_grace((settings.lease_seconds.max(2) / 2).max(1))
             .with_field_manager(meshmig_api::names::FIELD_MANAGER)
             .build()
             .await

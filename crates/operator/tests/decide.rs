@@ -533,3 +533,74 @@ fn an_approval_retries_a_failed_step_once_and_a_new_spec_retries_it_too() {
         d.events
     );
 }
+
+/// Step 2 changes the shared control plane; every namespace's plan lists it, but it is
+/// snapshotted and carried out once, not once per namespace.
+#[test]
+fn the_shared_control_plane_step_is_carried_out_once_for_all_namespaces() {
+    let two = |first: (u8, NamespacePhase), second: (u8, NamespacePhase)| {
+        let mut w = World::new();
+        w.plan.namespace_order.push("other".into());
+        let mut other = w.plan.namespaces[0].clone();
+        other.name = "other".into();
+        w.plan.namespaces.push(other);
+        let mut ns = w.live.namespaces["bookinfo"].clone();
+        ns.metadata.name = Some("other".into());
+        w.live.namespaces.insert("other".into(), ns);
+        w.mm.status = Some(meshmig_api::MeshMigrationStatus {
+            namespaces: vec![
+                meshmig_api::NamespaceStatus {
+                    name: "bookinfo".into(),
+                    step: first.0,
+                    phase: first.1,
+                    ..Default::default()
+                },
+                meshmig_api::NamespaceStatus {
+                    name: "other".into(),
+                    step: second.0,
+                    phase: second.1,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        });
+        w.decide()
+    };
+    let step2 = |d: &meshmig_operator::decide::Decision| {
+        let snapshots = d
+            .work
+            .iter()
+            .filter(|w| matches!(w, Work::Snapshot { step: 2, .. }))
+            .count();
+        let executes = d
+            .work
+            .iter()
+            .filter(|w| matches!(w, Work::Execute { step: 2, .. }))
+            .count();
+        (snapshots, executes)
+    };
+
+    // Both enter step 2 in the same decision: one snapshot, one execution; both validate
+    // and both record the one cluster snapshot.
+    let d = two((2, NamespacePhase::Applying), (2, NamespacePhase::Applying));
+    assert_eq!(step2(&d), (1, 1), "{:#?}", d.work);
+    for ns in &d.status.namespaces {
+        assert_eq!(ns.phase, NamespacePhase::Validating, "{}", ns.name);
+        assert!(ns.snapshots.iter().any(|r| r.step == 2), "{}", ns.name);
+    }
+
+    // One namespace already past step 2: the other only validates it.
+    let d = two(
+        (2, NamespacePhase::Applying),
+        (3, NamespacePhase::Validating),
+    );
+    assert_eq!(step2(&d).1, 0, "{:#?}", d.work);
+    assert_eq!(d.status.namespaces[0].phase, NamespacePhase::Validating);
+
+    // Alone, a namespace applies step 2 (the rule needs another namespace to have done it).
+    let d = two(
+        (2, NamespacePhase::Applying),
+        (1, NamespacePhase::Validating),
+    );
+    assert_eq!(step2(&d), (1, 1), "{:#?}", d.work);
+}

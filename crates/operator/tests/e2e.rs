@@ -381,7 +381,8 @@ async fn two_replicas_only_the_leader_reconciles_and_a_killed_leader_is_replaced
     let standby_log = std::fs::read_to_string(rig.log_of(standby)).unwrap_or_default();
     assert!(
         !standby_log.contains("snapshot taken") && !standby_log.contains("plan frozen"),
-        "the standby reconciled:\n{standby_log}"
+        "the standby reconciled:\n{standby_log}\nleader's log:\n{}",
+        std::fs::read_to_string(rig.log_of(leader)).unwrap_or_default()
     );
     assert!(standby_log.contains("waiting for the leader lease"));
     let killed_at = std::time::Instant::now();
