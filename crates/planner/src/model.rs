@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{Namespace, PodTemplateSpec, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use meshmig_api::istio::DestinationRule;
 use meshmig_api::names::istio as n;
 
 use crate::inventory::{Inventory, PodInfo, annotation, label};
@@ -205,6 +206,11 @@ pub struct Model<'a> {
     pub workloads: HashMap<&'a str, Vec<Workload<'a>>>,
     /// Services by namespace.
     pub services: HashMap<&'a str, Vec<&'a Service>>,
+    /// Indexes into `inv.destination_rules` by the Service their host resolves to
+    /// (`(namespace, name)`, short hosts relative to the rule's namespace or `default`), in
+    /// inventory order: subset lookups would otherwise scan every DestinationRule for every
+    /// routed destination, which is quadratic in the number of namespaces.
+    drs_by_host: HashMap<(String, String), Vec<usize>>,
 }
 
 impl<'a> Model<'a> {
@@ -347,11 +353,48 @@ impl<'a> Model<'a> {
         for list in services.values_mut() {
             list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         }
+        let mut drs_by_host: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        for (i, dr) in inv.destination_rules.iter().enumerate() {
+            let dr_ns = dr.metadata.namespace.as_deref().unwrap_or("default");
+            if let crate::routes::HostTarget::Service(ns, name) =
+                crate::routes::resolve_host(&dr.spec.host, dr_ns)
+            {
+                drs_by_host.entry((ns, name)).or_default().push(i);
+            }
+        }
         Self {
             inv,
             workloads,
             services,
+            drs_by_host,
         }
+    }
+
+    /// The DestinationRules of `drs` whose host resolves to Service `ns`/`name` (a short
+    /// host relative to the rule's namespace, or `default`), in slice order. Uses the index
+    /// when `drs` is the inventory's own list, and scans otherwise.
+    pub fn destination_rules_for<'d>(
+        &self,
+        drs: &'d [DestinationRule],
+        ns: &str,
+        name: &str,
+    ) -> Vec<&'d DestinationRule> {
+        if std::ptr::eq(drs, self.inv.destination_rules.as_slice()) {
+            return self
+                .drs_by_host
+                .get(&(ns.to_string(), name.to_string()))
+                .into_iter()
+                .flatten()
+                .filter_map(|i| drs.get(*i))
+                .collect();
+        }
+        let target = crate::routes::HostTarget::Service(ns.into(), name.into());
+        drs.iter()
+            .filter(|dr| {
+                let dr_ns = dr.metadata.namespace.as_deref().unwrap_or("default");
+                crate::routes::resolve_host(&dr.spec.host, dr_ns) == target
+            })
+            .collect()
     }
 
     /// Workloads of a namespace.

@@ -663,6 +663,193 @@ fn principal_namespace(p: &str) -> Option<&str> {
     None
 }
 
+/// Indexes of the inventory built once per plan. Each namespace's analysis used to scan
+/// every object of the inventory (and the enforcement timeline every policy), which made
+/// planning quadratic in the number of namespaces; these lists keep inventory order, so
+/// everything that depends on order comes out as before.
+struct Index<'a> {
+    /// AuthorizationPolicies by `metadata.namespace`.
+    policies: HashMap<&'a str, Vec<&'a AuthorizationPolicy>>,
+    /// The first AuthorizationPolicy of each reference.
+    policy_by_ref: HashMap<ObjectRef, &'a AuthorizationPolicy>,
+    /// PeerAuthentications by namespace (absent: ""), as inventory indexes.
+    peer_authns: HashMap<&'a str, Vec<usize>>,
+    /// RequestAuthentications by `metadata.namespace`.
+    request_authns: HashMap<&'a str, Vec<&'a RequestAuthentication>>,
+    /// Telemetries by `metadata.namespace`.
+    telemetries: HashMap<&'a str, Vec<&'a Telemetry>>,
+    /// WasmPlugins by `metadata.namespace`.
+    wasm_plugins: HashMap<&'a str, Vec<&'a WasmPlugin>>,
+    /// EnvoyFilters by namespace (absent: ""), as inventory indexes.
+    envoy_filters: HashMap<&'a str, Vec<usize>>,
+    /// Sidecars by namespace (absent: ""), as inventory indexes.
+    sidecars: HashMap<&'a str, Vec<usize>>,
+    /// DestinationRules by the namespace of the Service their host names (short hosts
+    /// relative to the rule's namespace, absent: ""), with that Service's name.
+    destination_rules: HashMap<String, Vec<(&'a DestinationRule, String)>>,
+    /// HTTPRoutes (managed or not) by the Service (`namespace`, `name`) a parentRef names.
+    http_routes: HashMap<(&'a str, &'a str), Vec<&'a meshmig_api::gateway::HTTPRoute>>,
+    /// The first waypoint Gateway of each namespace.
+    waypoints: HashMap<&'a str, &'a Gateway>,
+    /// VirtualServices (inventory indexes) by the Service a subset destination resolves to.
+    subset_routes: HashMap<(String, String), Vec<usize>>,
+    /// Conversions (indexes) with a parent Service in each namespace.
+    conversions_by_parent: HashMap<String, Vec<usize>>,
+    /// Conversions (indexes) owned by each namespace.
+    conversions_by_owner: HashMap<String, Vec<usize>>,
+    /// The sorted targets joined with ", " (named in a finding of every namespace whose callers
+    /// cannot be listed).
+    targets_joined: String,
+}
+
+fn by_namespace<'a, T>(
+    list: &'a [T],
+    meta: impl Fn(&T) -> &ObjectMeta,
+) -> HashMap<&'a str, Vec<&'a T>> {
+    let mut out: HashMap<&'a str, Vec<&'a T>> = HashMap::new();
+    for o in list {
+        if let Some(ns) = meta(o).namespace.as_deref() {
+            out.entry(ns).or_default().push(o);
+        }
+    }
+    out
+}
+
+fn indexes_by_namespace<T>(
+    list: &[T],
+    meta: impl Fn(&T) -> &ObjectMeta,
+) -> HashMap<&str, Vec<usize>> {
+    let mut out: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, o) in list.iter().enumerate() {
+        out.entry(meta(o).namespace.as_deref().unwrap_or_default())
+            .or_default()
+            .push(i);
+    }
+    out
+}
+
+/// The indexes of `a` and `b` (each ascending) merged, ascending and without duplicates.
+fn merged(a: Option<&Vec<usize>>, b: Option<&Vec<usize>>) -> Vec<usize> {
+    let mut out: Vec<usize> = a.into_iter().chain(b).flatten().copied().collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+impl<'a> Index<'a> {
+    fn new(
+        inv: &'a Inventory,
+        targets: &BTreeSet<String>,
+        conversions: &[(&'a VirtualService, routes::Conversion, String)],
+    ) -> Self {
+        let mut policy_by_ref = HashMap::new();
+        for p in &inv.authorization_policies {
+            policy_by_ref
+                .entry(ObjectRef::from_meta("AuthorizationPolicy", &p.metadata))
+                .or_insert(p);
+        }
+        let mut destination_rules: HashMap<String, Vec<(&'a DestinationRule, String)>> =
+            HashMap::new();
+        for dr in &inv.destination_rules {
+            let dr_ns = dr.metadata.namespace.as_deref().unwrap_or_default();
+            if let HostTarget::Service(hns, hname) = resolve_host(&dr.spec.host, dr_ns) {
+                destination_rules.entry(hns).or_default().push((dr, hname));
+            }
+        }
+        let mut http_routes: HashMap<(&str, &str), Vec<&meshmig_api::gateway::HTTPRoute>> =
+            HashMap::new();
+        for hr in &inv.http_routes {
+            let hns = hr.metadata.namespace.as_deref().unwrap_or_default();
+            for r in hr.spec.parent_refs.iter().flatten() {
+                if r.kind.as_deref() != Some("Service") {
+                    continue;
+                }
+                let list = http_routes
+                    .entry((r.namespace.as_deref().unwrap_or(hns), r.name.as_str()))
+                    .or_default();
+                if !list.last().is_some_and(|l| std::ptr::eq(*l, hr)) {
+                    list.push(hr);
+                }
+            }
+        }
+        let mut waypoints: HashMap<&str, &Gateway> = HashMap::new();
+        for g in &inv.gateways {
+            if let Some(ns) = g.metadata.namespace.as_deref()
+                && g.spec.gateway_class_name == n::WAYPOINT_CLASS
+            {
+                waypoints.entry(ns).or_insert(g);
+            }
+        }
+        let mut subset_routes: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        for (i, vs) in inv.virtual_services.iter().enumerate() {
+            let vs_ns = vs.metadata.namespace.as_deref().unwrap_or_default();
+            for d in vs
+                .spec
+                .http
+                .iter()
+                .flatten()
+                .flat_map(|r| r.route.iter().flatten())
+                .filter(|d| d.destination.subset.is_some())
+            {
+                if let HostTarget::Service(hns, hname) = resolve_host(&d.destination.host, vs_ns) {
+                    let list = subset_routes.entry((hns, hname)).or_default();
+                    if list.last() != Some(&i) {
+                        list.push(i);
+                    }
+                }
+            }
+        }
+        let mut conversions_by_parent: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut conversions_by_owner: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, (_, conv, owner)) in conversions.iter().enumerate() {
+            for (pns, _) in &conv.parents {
+                let list = conversions_by_parent.entry(pns.clone()).or_default();
+                if list.last() != Some(&i) {
+                    list.push(i);
+                }
+            }
+            conversions_by_owner
+                .entry(owner.clone())
+                .or_default()
+                .push(i);
+        }
+        Self {
+            policies: by_namespace(&inv.authorization_policies, |o| &o.metadata),
+            policy_by_ref,
+            peer_authns: indexes_by_namespace(&inv.peer_authentications, |o| &o.metadata),
+            request_authns: by_namespace(&inv.request_authentications, |o| &o.metadata),
+            telemetries: by_namespace(&inv.telemetries, |o| &o.metadata),
+            wasm_plugins: by_namespace(&inv.wasm_plugins, |o| &o.metadata),
+            envoy_filters: indexes_by_namespace(&inv.envoy_filters, |o| &o.metadata),
+            sidecars: indexes_by_namespace(&inv.sidecars, |o| &o.metadata),
+            destination_rules,
+            http_routes,
+            waypoints,
+            subset_routes,
+            conversions_by_parent,
+            conversions_by_owner,
+            targets_joined: targets
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
+    /// AuthorizationPolicies whose `metadata.namespace` is `ns`, in inventory order.
+    fn policies_in(&self, ns: &str) -> &[&'a AuthorizationPolicy] {
+        self.policies.get(ns).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// DestinationRules whose host names a Service in `ns`, with its name.
+    fn destination_rules_for(&self, ns: &str) -> &[(&'a DestinationRule, String)] {
+        self.destination_rules
+            .get(ns)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+}
+
 /// The plan for a MeshMigration spec over an inventory. `migration` names the
 /// MeshMigration (it labels every generated object).
 pub fn plan(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str) -> Plan {
@@ -699,7 +886,7 @@ pub fn plan(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str) -> Plan 
     let (cp_actions, cp_commands) = control_plane_actions(spec, &facts);
 
     // ---- VirtualService conversions, assigned to the namespace of their first target parent
-    let mut conversions: Vec<(VirtualService, routes::Conversion, String)> = Vec::new();
+    let mut conversions: Vec<(&VirtualService, routes::Conversion, String)> = Vec::new();
     for vs in &inv.virtual_services {
         let vs_ns = vs.metadata.namespace.clone().unwrap_or_default();
         let vs_ref = ObjectRef::from_meta("VirtualService", &vs.metadata);
@@ -738,13 +925,15 @@ pub fn plan(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str) -> Plan 
             .find(|ns| target_set.contains(*ns))
             .cloned()
             .unwrap_or(vs_ns);
-        conversions.push((vs.clone(), conv, owner_ns));
+        conversions.push((vs, conv, owner_ns));
     }
+    let index = Index::new(inv, &target_set, &conversions);
 
     let mut works: Vec<NsWork> = Vec::new();
     for ns in &targets {
         let w = analyze_namespace(
             &model,
+            &index,
             spec,
             &facts,
             ns,
@@ -768,7 +957,7 @@ pub fn plan(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str) -> Plan 
 
     let order = namespace_order(spec, inv, &targets, &td);
     // Windows that depend on the order of step 9 across namespaces.
-    order_windows(&mut works, &order, inv, &td, &mut findings);
+    order_windows(&mut works, &order, &index, &td, &mut findings);
 
     // ---- finalize findings: dedup, acceptance, sort
     findings.sort();
@@ -790,7 +979,11 @@ pub fn plan(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str) -> Plan 
         .map(|(new, old)| (*old, new))
         .collect();
     let manifest_steps = idx.iter().map(|i| manifests.items[*i].0).collect();
-    let manifest_values: Vec<Value> = idx.iter().map(|i| manifests.items[*i].2.clone()).collect();
+    // Moved out rather than cloned: the manifests are most of the plan's memory.
+    let manifest_values: Vec<Value> = idx
+        .iter()
+        .map(|i| std::mem::take(&mut manifests.items[*i].2))
+        .collect();
 
     let mut namespaces: Vec<NamespacePlan> = Vec::new();
     let by_name: HashMap<String, NsWork> = works.into_iter().map(|w| (w.name.clone(), w)).collect();
@@ -960,6 +1153,8 @@ fn namespace_order(
     }
     // Kahn's algorithm, stable by spec order; cycles fall back to spec order.
     let mut done: Vec<String> = Vec::new();
+    // Membership of `done` (a scan of it made this cubic in the number of namespaces).
+    let mut placed: BTreeSet<String> = BTreeSet::new();
     let mut remaining: Vec<&String> = targets.iter().collect();
     while !remaining.is_empty() {
         let pick = remaining
@@ -969,11 +1164,13 @@ fn namespace_order(
                 callers_of.get(ns.as_str()).is_none_or(|cs| {
                     cs.iter()
                         .filter(|c| c.as_str() != ns.as_str() && set.contains(c.as_str()))
-                        .all(|c| done.contains(c))
+                        .all(|c| placed.contains(c))
                 })
             })
             .unwrap_or(0);
-        done.push(remaining.remove(pick).clone());
+        let next = remaining.remove(pick).clone();
+        placed.insert(next.clone());
+        done.push(next);
     }
     done
 }
@@ -982,7 +1179,7 @@ fn namespace_order(
 fn order_windows(
     works: &mut [NsWork],
     order: &[String],
-    inv: &Inventory,
+    index: &Index<'_>,
     td: &str,
     findings: &mut Vec<Finding>,
 ) {
@@ -997,11 +1194,7 @@ fn order_windows(
             if !e.moves_to_waypoint {
                 continue;
             }
-            let Some(p) = inv
-                .authorization_policies
-                .iter()
-                .find(|p| ObjectRef::from_meta("AuthorizationPolicy", &p.metadata) == e.policy)
-            else {
+            let Some(p) = index.policy_by_ref.get(&e.policy) else {
                 continue;
             };
             let class = authz::classify(p);
@@ -1045,13 +1238,14 @@ fn order_windows(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn analyze_namespace(
-    model: &Model<'_>,
+fn analyze_namespace<'a>(
+    model: &Model<'a>,
+    index: &Index<'a>,
     spec: &MeshMigrationSpec,
     facts: &ControlPlaneFacts,
     ns: &str,
     targets: &BTreeSet<String>,
-    conversions: &[(VirtualService, routes::Conversion, String)],
+    conversions: &[(&VirtualService, routes::Conversion, String)],
     ingress: &[String],
     root: &str,
     manifests: &mut Manifests,
@@ -1179,11 +1373,10 @@ fn analyze_namespace(
     };
 
     // ---- authorization policies
-    let policies: Vec<(&AuthorizationPolicy, PolicyClass)> = inv
-        .authorization_policies
+    let policies: Vec<(&AuthorizationPolicy, PolicyClass)> = index
+        .policies_in(ns)
         .iter()
-        .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
-        .map(|p| (p, authz::classify(p)))
+        .map(|p| (*p, authz::classify(p)))
         .collect();
     let pod_addressed_workloads: BTreeSet<&str> = {
         let mut set = BTreeSet::new();
@@ -1273,11 +1466,12 @@ fn analyze_namespace(
         }
     }
     // Mesh-wide policies (root namespace) that apply to workloads here.
-    for p in inv
-        .authorization_policies
-        .iter()
-        .filter(|p| p.metadata.namespace.as_deref() == Some(root) && root != ns)
-    {
+    let root_policies: &[&AuthorizationPolicy] = if root != ns {
+        index.policies_in(root)
+    } else {
+        &[]
+    };
+    for p in root_policies {
         let class = authz::classify(p);
         if class.targeted {
             continue;
@@ -1296,7 +1490,18 @@ fn analyze_namespace(
     }
 
     // ---- PeerAuthentication
-    for pa in &inv.peer_authentications {
+    let mesh_wide_pas: Vec<usize> = index
+        .peer_authns
+        .get(root)
+        .into_iter()
+        .flatten()
+        .copied()
+        .filter(|i| cluster::mesh_wide(&inv.peer_authentications[*i], root))
+        .collect();
+    for pa in merged(index.peer_authns.get(ns), Some(&mesh_wide_pas))
+        .into_iter()
+        .map(|i| &inv.peer_authentications[i])
+    {
         let pa_ns = pa.metadata.namespace.as_deref().unwrap_or_default();
         if pa_ns != ns && !cluster::mesh_wide(pa, root) {
             continue;
@@ -1324,10 +1529,7 @@ fn analyze_namespace(
     let mut extra_copies: Vec<ExtraCopy> = Vec::new();
     macro_rules! l7_kind {
         ($list:expr, $kind:literal, $finding:expr) => {
-            for o in $list
-                .iter()
-                .filter(|o| o.metadata.namespace.as_deref() == Some(ns))
-            {
+            for o in $list.get(ns).into_iter().flatten().copied() {
                 let targeted = o.spec.target_ref.is_some()
                     || o.spec.target_refs.as_ref().is_some_and(|t| !t.is_empty());
                 if targeted {
@@ -1355,15 +1557,18 @@ fn analyze_namespace(
         };
     }
     l7_kind!(
-        inv.request_authentications,
+        index.request_authns,
         "RequestAuthentication",
         f::REQUEST_AUTHN
     );
-    l7_kind!(inv.telemetries, "Telemetry", f::TELEMETRY);
-    l7_kind!(inv.wasm_plugins, "WasmPlugin", f::WASM_PLUGIN);
+    l7_kind!(index.telemetries, "Telemetry", f::TELEMETRY);
+    l7_kind!(index.wasm_plugins, "WasmPlugin", f::WASM_PLUGIN);
 
     // ---- EnvoyFilter, Sidecar
-    for ef in &inv.envoy_filters {
+    for ef in merged(index.envoy_filters.get(ns), index.envoy_filters.get(root))
+        .into_iter()
+        .map(|i| &inv.envoy_filters[i])
+    {
         let ef_ns = ef.metadata.namespace.as_deref().unwrap_or_default();
         let sel = ef
             .spec
@@ -1388,7 +1593,10 @@ fn analyze_namespace(
             ));
         }
     }
-    for sc in &inv.sidecars {
+    for sc in merged(index.sidecars.get(ns), index.sidecars.get(root))
+        .into_iter()
+        .map(|i| &inv.sidecars[i])
+    {
         let sc_ns = sc.metadata.namespace.as_deref().unwrap_or_default();
         if sc_ns == ns || sc_ns == root {
             findings.push(Finding::new(
@@ -1400,17 +1608,9 @@ fn analyze_namespace(
     }
 
     // ---- DestinationRules for Services here
-    for dr in &inv.destination_rules {
-        let dr_ns = dr.metadata.namespace.as_deref().unwrap_or_default();
+    for (dr, hname) in index.destination_rules_for(ns) {
         let dref = ObjectRef::from_meta("DestinationRule", &dr.metadata);
-        let (hns, hname) = match resolve_host(&dr.spec.host, dr_ns) {
-            HostTarget::Service(a, b) => (a, b),
-            _ => continue,
-        };
-        if hns != ns {
-            continue;
-        }
-        if model.service(&hns, &hname).is_none() {
+        if model.service(ns, hname).is_none() {
             findings.push(Finding::new(
                 f::DR_HOST_UNRESOLVED,
                 dref,
@@ -1425,7 +1625,7 @@ fn analyze_namespace(
                 dref.clone(),
                 c.traffic_policy.join(", "),
             ));
-            w.reason(&hname, f::DR_TRAFFIC_POLICY.id, &dref);
+            w.reason(hname, f::DR_TRAFFIC_POLICY.id, &dref);
         }
         if c.tls_istio_mutual_only {
             findings.push(Finding::new(f::DR_TLS_ISTIO_MUTUAL, dref.clone(), ""));
@@ -1439,30 +1639,39 @@ fn analyze_namespace(
     }
 
     // ---- routes
-    let mine: Vec<&(VirtualService, routes::Conversion, String)> = conversions
-        .iter()
-        .filter(|(_, _, owner)| owner == ns)
+    let mine: Vec<&(&VirtualService, routes::Conversion, String)> = index
+        .conversions_by_owner
+        .get(ns)
+        .into_iter()
+        .flatten()
+        .filter_map(|i| conversions.get(*i))
         .collect();
-    for (vs, conv, _) in conversions {
+    // Conversions with a parent here, in conversion order (the order of their reasons).
+    for (vs, conv, _) in index
+        .conversions_by_parent
+        .get(ns)
+        .into_iter()
+        .flatten()
+        .filter_map(|i| conversions.get(*i))
+    {
         let vref = ObjectRef::from_meta("VirtualService", &vs.metadata);
         for (pns, psvc) in &conv.parents {
             if pns == ns {
                 w.reason(psvc, f::VS_MESH_ROUTE.id, &vref);
                 // An existing HTTPRoute on the same Service would be mixed with ours.
-                for hr in &inv.http_routes {
-                    let hns = hr.metadata.namespace.as_deref().unwrap_or_default();
+                for hr in index
+                    .http_routes
+                    .get(&(pns.as_str(), psvc.as_str()))
+                    .into_iter()
+                    .flatten()
+                {
                     let managed = hr
                         .metadata
                         .labels
                         .as_ref()
                         .and_then(|l| l.get(mn::LABEL_MANAGED_BY))
                         .is_some_and(|v| v == mn::MANAGED_BY);
-                    let on_same = hr.spec.parent_refs.iter().flatten().any(|r| {
-                        r.kind.as_deref() == Some("Service")
-                            && r.name == *psvc
-                            && r.namespace.as_deref().unwrap_or(hns) == pns
-                    });
-                    if on_same && !managed {
+                    if !managed {
                         findings.push(Finding::new(
                             f::HTTPROUTE_EXISTS,
                             ObjectRef::from_meta("HTTPRoute", &hr.metadata),
@@ -1472,20 +1681,19 @@ fn analyze_namespace(
                 }
             }
         }
-        if mine.iter().any(|(v, _, _)| std::ptr::eq(v, vs)) {
-            findings.extend(conv.findings.iter().cloned());
-            if !conv.parents.is_empty() {
-                findings.push(Finding::new(f::VS_MESH_ROUTE, vref.clone(), ""));
-            }
+    }
+    // Findings are sorted at the end, so their order here does not matter.
+    for (vs, conv, _) in &mine {
+        findings.extend(conv.findings.iter().cloned());
+        if !conv.parents.is_empty() {
+            let vref = ObjectRef::from_meta("VirtualService", &vs.metadata);
+            findings.push(Finding::new(f::VS_MESH_ROUTE, vref, ""));
         }
     }
 
     // ---- waypoint decision
     let any_need = w.services.values().any(|s| s.needs_waypoint);
-    let existing_wp = inv.gateways.iter().find(|g| {
-        g.metadata.namespace.as_deref() == Some(ns)
-            && g.spec.gateway_class_name == n::WAYPOINT_CLASS
-    });
+    let existing_wp = index.waypoints.get(ns).copied();
     match spec.waypoint.policy {
         WaypointPolicy::Never => {
             if any_need {
@@ -1648,7 +1856,7 @@ fn analyze_namespace(
             if pns != *ns && targets.contains(&pns) {
                 continue;
             }
-            for pv in routes::all_subsets(&inv.destination_rules, &pns, &psvc) {
+            for pv in routes::all_subsets_in(model, &pns, &psvc) {
                 if !per_version
                     .iter()
                     .any(|x| x.namespace == pv.namespace && x.name == pv.name)
@@ -1697,6 +1905,7 @@ fn analyze_namespace(
     // ---- policy migration
     policy_migration(
         model,
+        index,
         spec,
         facts,
         ns,
@@ -1788,19 +1997,15 @@ fn analyze_namespace(
     }
 
     // ---- step 8: subsets-only DestinationRules whose subsets only swapped routes used
-    for dr in &inv.destination_rules {
-        let dr_ns = dr.metadata.namespace.as_deref().unwrap_or_default();
-        let HostTarget::Service(hns, hname) = resolve_host(&dr.spec.host, dr_ns) else {
-            continue;
-        };
-        if hns != ns || model.service(&hns, &hname).is_none() {
+    for (dr, hname) in index.destination_rules_for(ns) {
+        if model.service(ns, hname).is_none() {
             continue;
         }
         if !classify::classify_dr(dr).subsets_only() {
             continue;
         }
         let dref = ObjectRef::from_meta("DestinationRule", &dr.metadata);
-        if dr_still_used(inv, dr, &hns, &hname, &swapped) {
+        if dr_still_used(inv, index, dr, ns, hname, &swapped) {
             continue;
         }
         w.act(
@@ -1888,6 +2093,7 @@ fn analyze_namespace(
 
 fn dr_still_used(
     inv: &Inventory,
+    index: &Index<'_>,
     dr: &DestinationRule,
     hns: &str,
     hname: &str,
@@ -1900,7 +2106,14 @@ fn dr_still_used(
         .flatten()
         .map(|s| s.name.as_str())
         .collect();
-    inv.virtual_services.iter().any(|vs| {
+    // Only VirtualServices with a subset destination on this Service can use its subsets.
+    let candidates = index
+        .subset_routes
+        .get(&(hns.to_string(), hname.to_string()))
+        .into_iter()
+        .flatten()
+        .filter_map(|i| inv.virtual_services.get(*i));
+    candidates.into_iter().any(|vs| {
         if swapped.contains(&ObjectRef::from_meta("VirtualService", &vs.metadata))
             && !routes::has_gateways(vs)
         {
@@ -2031,11 +2244,36 @@ fn add_per_version(
     }
 }
 
+/// The union of two sorted sets as a sorted JSON array of strings.
+fn sorted_union(a: &BTreeSet<String>, b: &BTreeSet<String>) -> Vec<Value> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.iter().peekable(), b.iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => match x.cmp(y) {
+                std::cmp::Ordering::Less => a.next(),
+                std::cmp::Ordering::Greater => b.next(),
+                std::cmp::Ordering::Equal => {
+                    b.next();
+                    a.next()
+                }
+            },
+            (Some(_), None) => a.next(),
+            (None, _) => b.next(),
+        };
+        match next {
+            Some(s) => out.push(Value::from(s.as_str())),
+            None => return out,
+        }
+    }
+}
+
 /// Copies of selector policies for the waypoint, bypass protection, deletions of originals
 /// and the enforcement timeline of one namespace.
 #[allow(clippy::too_many_arguments)]
 fn policy_migration(
     model: &Model<'_>,
+    index: &Index<'_>,
     spec: &MeshMigrationSpec,
     facts: &ControlPlaneFacts,
     ns: &str,
@@ -2057,11 +2295,14 @@ fn policy_migration(
     let applies = |p: &AuthorizationPolicy, wl: &Workload<'_>| {
         policy_selector(p).is_none_or(|s| selector_matches(s, wl.pod_labels))
     };
+    let root_policies: &[&AuthorizationPolicy] = if root != ns {
+        index.policies_in(root)
+    } else {
+        &[]
+    };
     let mesh_wide_allow = |wl: &Workload<'_>| {
-        model.inv.authorization_policies.iter().any(|p| {
-            p.metadata.namespace.as_deref() == Some(root)
-                && root != ns
-                && authz::Action::parse(p.spec.action.as_deref()) == AuthzAction::Allow
+        root_policies.iter().any(|p| {
+            authz::Action::parse(p.spec.action.as_deref()) == AuthzAction::Allow
                 && policy_selector(p).is_none_or(|s| selector_matches(s, wl.pod_labels))
         })
     };
@@ -2262,17 +2503,27 @@ fn policy_migration(
         let mut principals: BTreeSet<String> = callers.principals.clone();
         principals.insert(waypoint_principal.to_string());
         principals.extend(ingress.iter().cloned());
-        let mut namespaces: BTreeSet<String> = callers.namespaces.clone();
-        if callers.any {
+        // Sorted and without duplicates (the JSON array of a BTreeSet), built straight as
+        // JSON: with callers that cannot be listed it names every namespace of the
+        // migration, once per guarded Service, so intermediate copies of it are costly.
+        let namespaces: Vec<Value> = if callers.any {
             // Transitional sidecar callers inside the migration are known even when the
             // policies cannot list them.
-            namespaces.extend(targets.iter().cloned());
+            sorted_union(&callers.namespaces, targets)
+        } else {
+            callers
+                .namespaces
+                .iter()
+                .map(|n| Value::from(n.as_str()))
+                .collect()
+        };
+        if callers.any {
             findings.push(Finding::new(
                 f::BYPASS_CALLERS_UNENUMERABLE,
                 ObjectRef::new("Service", Some(ns), s),
                 format!(
                     "bypass protection admits the waypoint, ingress gateways and the migration's namespaces ({}) only",
-                    targets.iter().cloned().collect::<Vec<_>>().join(", ")
+                    index.targets_joined
                 ),
             ));
         }
@@ -2281,7 +2532,7 @@ fn policy_migration(
         let mut source = serde_json::Map::new();
         source.insert("notPrincipals".into(), json!(principals));
         if !namespaces.is_empty() {
-            source.insert("notNamespaces".into(), json!(namespaces));
+            source.insert("notNamespaces".into(), Value::Array(namespaces));
         }
         let deny = json!({
             "apiVersion": "security.istio.io/v1",

@@ -536,18 +536,16 @@ fn service_ports(svc: &Service) -> Vec<i32> {
 }
 
 fn find_subset<'d>(
+    model: &Model<'_>,
     drs: &'d [DestinationRule],
     svc_ns: &str,
     svc: &str,
     subset: &str,
     prefer_ns: &str,
 ) -> Option<(&'d DestinationRule, &'d Subset)> {
-    let mut candidates: Vec<(&DestinationRule, &Subset)> = drs
-        .iter()
-        .filter(|dr| {
-            let dr_ns = dr.metadata.namespace.as_deref().unwrap_or("default");
-            resolve_host(&dr.spec.host, dr_ns) == HostTarget::Service(svc_ns.into(), svc.into())
-        })
+    let mut candidates: Vec<(&DestinationRule, &Subset)> = model
+        .destination_rules_for(drs, svc_ns, svc)
+        .into_iter()
         .filter_map(|dr| {
             dr.spec
                 .subsets
@@ -568,12 +566,34 @@ fn find_subset<'d>(
 /// Per-version Services for every subset of every DestinationRule of a Service, in
 /// DestinationRule order.
 pub fn all_subsets(drs: &[DestinationRule], svc_ns: &str, svc: &str) -> Vec<PerVersion> {
+    let target = HostTarget::Service(svc_ns.into(), svc.into());
+    subsets_of(
+        drs.iter().filter(|dr| {
+            let dr_ns = dr.metadata.namespace.as_deref().unwrap_or("default");
+            resolve_host(&dr.spec.host, dr_ns) == target
+        }),
+        svc_ns,
+        svc,
+    )
+}
+
+/// [`all_subsets`] of the inventory's own DestinationRules, through the model's index.
+pub fn all_subsets_in(model: &Model<'_>, svc_ns: &str, svc: &str) -> Vec<PerVersion> {
+    subsets_of(
+        model.destination_rules_for(&model.inv.destination_rules, svc_ns, svc),
+        svc_ns,
+        svc,
+    )
+}
+
+/// Per-version Services of `drs`, which all resolve to Service `svc_ns`/`svc`.
+fn subsets_of<'d>(
+    drs: impl IntoIterator<Item = &'d DestinationRule>,
+    svc_ns: &str,
+    svc: &str,
+) -> Vec<PerVersion> {
     let mut out: Vec<PerVersion> = Vec::new();
     for dr in drs {
-        let dr_ns = dr.metadata.namespace.as_deref().unwrap_or("default");
-        if resolve_host(&dr.spec.host, dr_ns) != HostTarget::Service(svc_ns.into(), svc.into()) {
-            continue;
-        }
         for s in dr.spec.subsets.iter().flatten() {
             let name = dns_label(&[svc, &s.name]);
             if out.iter().any(|p| p.name == name) {
@@ -685,7 +705,7 @@ fn resolve_backend(
     };
     let mut name = svc_name.clone();
     if let Some(subset) = &d.subset {
-        match find_subset(drs, &ns, &svc_name, subset, &ctx.vs_ns) {
+        match find_subset(ctx.model, drs, &ns, &svc_name, subset, &ctx.vs_ns) {
             Some((dr, s)) => {
                 let pv_name = dns_label(&[&svc_name, subset]);
                 let dr_ref = ObjectRef::from_meta("DestinationRule", &dr.metadata);
