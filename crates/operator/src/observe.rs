@@ -40,7 +40,10 @@ where
 {
     let (reader, writer) = reflector::store();
     let kind = K::kind(&Default::default()).to_string();
-    let stream = reflector::reflector(writer, watcher(api, cfg).default_backoff())
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, cfg).default_backoff().modify(slim),
+    )
         .touched_objects()
         .filter_map(move |r| {
             future::ready(match r {
@@ -55,6 +58,20 @@ where
     triggers.push(stream);
     reader
 }
+
+/// Drops what meshmig never reads from a watched object before it is cached: managed fields
+/// and kubectl's last-applied copy are often larger than the rest of the object, and with tens
+/// of thousands of Pods they were most of the operator's memory. (Snapshots and writes read
+/// live objects, never the cache.)
+fn slim<K: Resource>(o: &mut K) {
+    let meta = o.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
+}
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 fn watch_meta<K>(
     client: &Client,
@@ -468,5 +485,29 @@ impl Stores {
             })
             .map(|p| (**p).clone())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod slim_tests {
+    use super::*;
+
+    #[test]
+    fn cached_objects_lose_managed_fields_and_last_applied_only() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "p", "namespace": "shop",
+                "labels": {"app": "web"},
+                "annotations": {LAST_APPLIED: "{\"big\": true}", "sidecar.istio.io/status": "{}"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]
+            }
+        }))
+        .unwrap();
+        slim(&mut pod);
+        assert!(pod.metadata.managed_fields.is_none());
+        let annotations = pod.metadata.annotations.unwrap();
+        assert!(!annotations.contains_key(LAST_APPLIED));
+        assert!(annotations.contains_key("sidecar.istio.io/status"));
+        assert_eq!(pod.metadata.labels.unwrap()["app"], "web");
     }
 }
