@@ -47,3 +47,4 @@ plan: ## The offline plan for the embedded bookinfo
 
 include e2e/e2e.mk
 include charts/charts.mk
+include bench/bench.mk
