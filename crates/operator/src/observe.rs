@@ -40,10 +40,7 @@ where
 {
     let (reader, writer) = reflector::store();
     let kind = K::kind(&Default::default()).to_string();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, cfg).default_backoff().modify(slim),
-    )
+    let stream = reflector::reflector(writer, watcher(api, cfg).default_backoff().modify(slim))
         .touched_objects()
         .filter_map(move |r| {
             future::ready(match r {
