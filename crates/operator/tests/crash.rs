@@ -41,17 +41,9 @@ const NAME: &str = "crash";
 
 /// Decoded snapshots of the migration, by `namespace/step`.
 async fn snapshots(rig: &Rig) -> BTreeMap<String, Value> {
-    let api: Api<ConfigMap> = rig.env.api();
-    let list = api
-        .list(&ListParams::default().labels(&format!(
-            "{}=true,{}={NAME}",
-            mn::LABEL_SNAPSHOT,
-            mn::LABEL_MIGRATION
-        )))
-        .await
-        .unwrap();
+    let items = snapshot_config_maps(rig, NAME).await;
     let mut heads: BTreeMap<String, usize> = BTreeMap::new();
-    for cm in &list.items {
+    for cm in &items {
         *heads
             .entry(format!(
                 "{}/{}",
@@ -69,8 +61,7 @@ async fn snapshots(rig: &Rig) -> BTreeMap<String, Value> {
         let (ns, step) = key.split_once('/').unwrap();
         let head_name = meshmig_operator::snapshot::config_map_name(NAME, step.parse().unwrap());
         let parts: Vec<Option<ConfigMap>> = {
-            let head = list
-                .items
+            let head = items
                 .iter()
                 .find(|c| c.name_any() == head_name && c.namespace().as_deref() == Some(ns))
                 .cloned()
@@ -80,7 +71,7 @@ async fn snapshots(rig: &Rig) -> BTreeMap<String, Value> {
             for i in 1..n {
                 let name = meshmig_operator::snapshot::part_name(&head_name, i);
                 v.push(
-                    list.items
+                    items
                         .iter()
                         .find(|c| c.name_any() == name && c.namespace().as_deref() == Some(ns))
                         .cloned(),

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use meshmig_api::names as mn;
 use meshmig_api::{MeshMigration, MigrationPhase};
 use meshmig_faultproxy::{FaultConfig, FaultKind, FaultProxy, Filter, WriteRecord};
@@ -107,19 +107,8 @@ async fn wait_supervised(
             Ok(mm) => {
                 let st = mm.status.clone().unwrap_or_default();
                 format!(
-                    "phase {:?}; {}; conditions: {}",
-                    st.phase,
-                    st.namespaces
-                        .iter()
-                        .map(|n| format!(
-                            "{} step {} {:?}: {}",
-                            n.name,
-                            n.step,
-                            n.phase,
-                            n.message.clone().unwrap_or_default()
-                        ))
-                        .collect::<Vec<_>>()
-                        .join(" | "),
+                    "{}; conditions: {}",
+                    progress(&mm),
                     st.conditions
                         .iter()
                         .filter(|c| c.status == "True")
@@ -255,17 +244,8 @@ async fn ten_percent_faults_migrate_and_roll_back_to_the_undisturbed_states() {
         "snapshot heads created: {heads:?}"
     );
     assert!(heads.values().all(|n| *n == 1), "{heads:?}");
-    let cms: Api<ConfigMap> = rig.env.api();
-    let present = cms
-        .list(&ListParams::default().labels(&format!(
-            "{}=true,{}={NAME}",
-            mn::LABEL_SNAPSHOT,
-            mn::LABEL_MIGRATION
-        )))
-        .await
-        .unwrap();
+    let present = snapshot_config_maps(&rig, NAME).await;
     let mut present_heads: Vec<String> = present
-        .items
         .iter()
         .filter(|c| {
             let step: u8 = c.labels()[mn::LABEL_STEP].parse().unwrap();

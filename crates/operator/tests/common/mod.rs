@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{CustomResourceExt, ResourceExt};
@@ -219,22 +219,7 @@ impl Rig {
                 if pred(&mm) {
                     Ok(mm)
                 } else {
-                    let st = mm.status.clone().unwrap_or_default();
-                    Err(Pending::new(format!(
-                        "phase {:?}; {}",
-                        st.phase,
-                        st.namespaces
-                            .iter()
-                            .map(|n| format!(
-                                "{} step {} {:?}: {}",
-                                n.name,
-                                n.step,
-                                n.phase,
-                                n.message.clone().unwrap_or_default()
-                            ))
-                            .collect::<Vec<_>>()
-                            .join(" | ")
-                    )))
+                    Err(Pending::new(progress(&mm)))
                 }
             },
         )
@@ -502,4 +487,37 @@ pub async fn migration_events(env: &TestEnv) -> String {
 
 pub fn phase(mm: &MeshMigration) -> Option<MigrationPhase> {
     mm.status.as_ref().and_then(|s| s.phase)
+}
+
+/// A MeshMigration's phase and per-namespace progress in one line, for failure messages.
+pub fn progress(mm: &MeshMigration) -> String {
+    let st = mm.status.clone().unwrap_or_default();
+    format!(
+        "phase {:?}; {}",
+        st.phase,
+        st.namespaces
+            .iter()
+            .map(|n| format!(
+                "{} step {} {:?}: {}",
+                n.name,
+                n.step,
+                n.phase,
+                n.message.clone().unwrap_or_default()
+            ))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    )
+}
+
+/// The snapshot ConfigMaps (heads and parts) of a migration.
+pub async fn snapshot_config_maps(rig: &Rig, migration: &str) -> Vec<ConfigMap> {
+    let api: Api<ConfigMap> = rig.env.api();
+    api.list(&ListParams::default().labels(&format!(
+        "{}=true,{}={migration}",
+        mn::LABEL_SNAPSHOT,
+        mn::LABEL_MIGRATION
+    )))
+    .await
+    .unwrap()
+    .items
 }
