@@ -212,6 +212,40 @@ pub enum LoadError {
     },
 }
 
+/// Calls `$m!` with every list of objects that have `metadata` (all but the multicluster
+/// Secrets), so sorting and its check cannot drift apart.
+macro_rules! object_lists {
+    ($m:ident) => {
+        $m!(
+            services,
+            deployments,
+            stateful_sets,
+            daemon_sets,
+            replica_sets,
+            authorization_policies,
+            peer_authentications,
+            request_authentications,
+            virtual_services,
+            destination_rules,
+            sidecars,
+            envoy_filters,
+            telemetries,
+            wasm_plugins,
+            workload_entries,
+            workload_groups,
+            service_entries,
+            gateways,
+            http_routes,
+            istios,
+            istio_cnis,
+            ztunnels,
+            config_maps,
+            mesh_migrations,
+            pods
+        )
+    };
+}
+
 impl Inventory {
     /// Loads every Kubernetes object of a (multi-document) YAML or JSON text. `kind: List`
     /// and `*List` documents (`kubectl get … -o yaml`) are expanded; kinds the planner does not
@@ -438,33 +472,7 @@ impl Inventory {
         macro_rules! by_meta {
             ($($v:ident),*) => { $( self.$v.sort_by_key(|o| key(&o.metadata)); )* };
         }
-        by_meta!(
-            services,
-            deployments,
-            stateful_sets,
-            daemon_sets,
-            replica_sets,
-            authorization_policies,
-            peer_authentications,
-            request_authentications,
-            virtual_services,
-            destination_rules,
-            sidecars,
-            envoy_filters,
-            telemetries,
-            wasm_plugins,
-            workload_entries,
-            workload_groups,
-            service_entries,
-            gateways,
-            http_routes,
-            istios,
-            istio_cnis,
-            ztunnels,
-            config_maps,
-            mesh_migrations,
-            pods
-        );
+        object_lists!(by_meta);
         self.multicluster_secrets.sort_by_key(key);
     }
 
@@ -476,36 +484,11 @@ impl Inventory {
         macro_rules! sorted {
             ($($v:ident),*) => { true $( && self.$v.windows(2).all(|w| key(&w[0].metadata) <= key(&w[1].metadata)) )* };
         }
-        sorted!(
-            services,
-            deployments,
-            stateful_sets,
-            daemon_sets,
-            replica_sets,
-            authorization_policies,
-            peer_authentications,
-            request_authentications,
-            virtual_services,
-            destination_rules,
-            sidecars,
-            envoy_filters,
-            telemetries,
-            wasm_plugins,
-            workload_entries,
-            workload_groups,
-            service_entries,
-            gateways,
-            http_routes,
-            istios,
-            istio_cnis,
-            ztunnels,
-            config_maps,
-            mesh_migrations,
-            pods
-        ) && self
-            .multicluster_secrets
-            .windows(2)
-            .all(|w| key(&w[0]) <= key(&w[1]))
+        object_lists!(sorted)
+            && self
+                .multicluster_secrets
+                .windows(2)
+                .all(|w| key(&w[0]) <= key(&w[1]))
     }
 
     /// Every object as a Kubernetes object, such that loading them back
