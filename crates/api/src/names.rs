@@ -28,6 +28,9 @@ pub const LABEL_PROBE: &str = "meshmig.io/probe";
 pub const LABEL_ROLE: &str = "meshmig.io/role";
 /// On a generated object: `Kind/namespace/name` of the object it was derived from.
 pub const ANNOTATION_SOURCE: &str = "meshmig.io/source";
+/// kubectl's copy of the last applied object: often larger than the rest of an object and
+/// never read by meshmig, so dropped when objects are cached or loaded.
+pub const ANNOTATION_LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// `"true"` stops advancing after the current action.
 pub const ANNOTATION_PAUSED: &str = "meshmig.io/paused";

@@ -8,6 +8,9 @@ mod offline;
 mod report;
 mod synth;
 
+// As the meshmig CLI, whose loading and planning it measures.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

@@ -122,6 +122,8 @@ pub fn plan_run(path: &Path) -> Result<PlanRun, Error> {
             .load_str(text, name)
             .map_err(|e| Error::Msg(e.to_string()))?;
     }
+    // As `meshmig plan` does: sorted once after loading, so plan() need not sort a copy.
+    inv.sort();
     let load_s = t.elapsed().as_secs_f64();
     drop(texts);
     let rss_after_load = proc_status_bytes("self", "VmRSS");

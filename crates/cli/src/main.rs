@@ -6,6 +6,11 @@ mod live;
 mod load;
 mod plan_cmd;
 
+// Loading large exports is parsed on every core; with glibc's allocator two threads were
+// barely faster than one (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::IsTerminal;
 use std::process::ExitCode;
 

@@ -64,11 +64,9 @@ fn slim<K: Resource>(o: &mut K) {
     let meta = o.meta_mut();
     meta.managed_fields = None;
     if let Some(a) = meta.annotations.as_mut() {
-        a.remove(LAST_APPLIED);
+        a.remove(meshmig_api::names::ANNOTATION_LAST_APPLIED);
     }
 }
-
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 fn watch_meta<K>(
     client: &Client,
@@ -488,6 +486,7 @@ impl Stores {
 #[cfg(test)]
 mod slim_tests {
     use super::*;
+    use meshmig_api::names::ANNOTATION_LAST_APPLIED as LAST_APPLIED;
 
     #[test]
     fn cached_objects_lose_managed_fields_and_last_applied_only() {

@@ -20,6 +20,8 @@ use meshmig_api::sail::{Istio, IstioCni, ZTunnel};
 use serde_json::Value;
 use thiserror::Error;
 
+use crate::documents;
+
 /// What the planner needs of a Pod. Built from a full Pod (offline) or from its metadata only
 /// (the operator watches Pods metadata-only): everything that decides a plan or a check is in
 /// labels and annotations, and spec-derived fields are `None` when unknown.
@@ -212,6 +214,14 @@ pub enum LoadError {
     },
 }
 
+/// The order of [`Inventory::sort`]: namespace, then name (absent ones as empty).
+fn sort_key(m: &ObjectMeta) -> (&str, &str) {
+    (
+        m.namespace.as_deref().unwrap_or_default(),
+        m.name.as_deref().unwrap_or_default(),
+    )
+}
+
 /// Calls `$m!` with every list of objects that have `metadata` (all but the multicluster
 /// Secrets), so sorting and its check cannot drift apart.
 macro_rules! object_lists {
@@ -249,35 +259,125 @@ macro_rules! object_lists {
 impl Inventory {
     /// Loads every Kubernetes object of a (multi-document) YAML or JSON text. `kind: List`
     /// and `*List` documents (`kubectl get … -o yaml`) are expanded; kinds the planner does not
-    /// use are counted in [`Inventory::skipped`].
+    /// use are counted in [`Inventory::skipped`]. Large texts are parsed on every core (see
+    /// [`crate::documents`]); the result, errors included, is the same as parsing in order.
     pub fn load_str(&mut self, text: &str, source_name: &str) -> Result<usize, LoadError> {
-        let options = serde_saphyr::options! {
-            budget: serde_saphyr::budget! {
-                max_events: 200_000_000,
-                max_nodes: 200_000_000,
-                max_total_scalar_bytes: 4_000_000_000,
-                max_documents: 10_000_000,
-            },
-        };
-        let docs: Vec<Value> =
-            serde_saphyr::from_multiple_with_options(text, options).map_err(|e| {
-                let line = e.location().map(|l| l.line()).unwrap_or(0);
-                let message = e.to_string();
-                let message = message.lines().next().unwrap_or_default().to_string();
-                LoadError::Yaml {
-                    source_name: source_name.to_string(),
-                    line,
-                    message,
-                }
-            })?;
-        let mut count = 0;
-        for (i, doc) in docs.into_iter().enumerate() {
-            if doc.is_null() {
-                continue;
-            }
-            count += self.add_document(doc, source_name, i + 1)?;
+        // Below this a thread costs more than it saves.
+        const MIN_BYTES_PER_THREAD: usize = 1 << 20;
+        let parts = documents::split(text);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(text.len() / MIN_BYTES_PER_THREAD)
+            .max(1);
+        if threads == 1 {
+            return self.load_parts(&parts, source_name).map(|(n, _)| n);
         }
-        Ok(count)
+        let runs = documents::balance(&parts, threads);
+        let results: Vec<Result<(Inventory, usize, usize), LoadError>> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = runs
+                    .iter()
+                    .map(|run| {
+                        scope.spawn(move || {
+                            let mut inv = Inventory::default();
+                            inv.load_parts(run, source_name)
+                                .map(|(objects, documents)| (inv, objects, documents))
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| match h.join() {
+                        Ok(r) => r,
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    })
+                    .collect()
+            });
+        // Documents are numbered across the whole text, as if parsed in one go.
+        let mut documents_before = 0;
+        let mut objects = 0;
+        for r in results {
+            match r {
+                Ok((inv, n, docs)) => {
+                    self.append(inv);
+                    objects += n;
+                    documents_before += docs;
+                }
+                Err(LoadError::NotKubernetes {
+                    source_name,
+                    document,
+                    message,
+                }) => {
+                    return Err(LoadError::NotKubernetes {
+                        source_name,
+                        document: document + documents_before,
+                        message,
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(objects)
+    }
+
+    /// Loads consecutive parts of one text; returns the objects and documents read.
+    fn load_parts(
+        &mut self,
+        parts: &[documents::Part<'_>],
+        source_name: &str,
+    ) -> Result<(usize, usize), LoadError> {
+        let mut documents = 0;
+        let mut count = 0;
+        for part in parts {
+            let options = serde_saphyr::options! {
+                budget: serde_saphyr::budget! {
+                    max_events: 200_000_000,
+                    max_nodes: 200_000_000,
+                    max_total_scalar_bytes: 4_000_000_000,
+                    max_documents: 10_000_000,
+                },
+            };
+            let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(part.text, options)
+                .map_err(|e| {
+                    let line = e
+                        .location()
+                        .map(|l| l.line() + part.first_line - 1)
+                        .unwrap_or(0);
+                    let message = e.to_string();
+                    let message = message.lines().next().unwrap_or_default().to_string();
+                    LoadError::Yaml {
+                        source_name: source_name.to_string(),
+                        line,
+                        message,
+                    }
+                })?;
+            for doc in docs {
+                documents += 1;
+                if doc.is_null() {
+                    continue;
+                }
+                count += self.add_document(doc, source_name, documents)?;
+            }
+        }
+        Ok((count, documents))
+    }
+
+    /// Moves every object of `other` into `self`, after its own (a later Namespace of the
+    /// same name wins, as when loading in order).
+    fn append(&mut self, mut other: Inventory) {
+        macro_rules! lists {
+            ($($v:ident),*) => { $( self.$v.append(&mut other.$v); )* };
+        }
+        object_lists!(lists);
+        self.multicluster_secrets
+            .append(&mut other.multicluster_secrets);
+        self.namespaces.append(&mut other.namespaces);
+        if let Some(crds) = other.crds {
+            self.crds.get_or_insert_with(BTreeMap::new).extend(crds);
+        }
+        for (k, n) in other.skipped {
+            *self.skipped.entry(k).or_default() += n;
+        }
     }
 
     fn add_document(
@@ -315,7 +415,15 @@ impl Inventory {
     }
 
     /// Adds one object given as JSON.
-    pub fn add_object(&mut self, obj: Value, source_name: &str) -> Result<(), LoadError> {
+    pub fn add_object(&mut self, mut obj: Value, source_name: &str) -> Result<(), LoadError> {
+        // Exports (`kubectl get -o yaml`) carry managed fields and kubectl's last-applied copy,
+        // often larger than the rest of the object; the planner reads neither.
+        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("managedFields");
+            if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+                a.remove(meshmig_api::names::ANNOTATION_LAST_APPLIED);
+            }
+        }
         let kind = obj
             .get("kind")
             .and_then(Value::as_str)
@@ -463,32 +571,28 @@ impl Inventory {
     /// Sorts every list by namespace and name, so the plan does not depend on the order in
     /// which objects were listed or loaded.
     pub fn sort(&mut self) {
-        fn key(m: &ObjectMeta) -> (String, String) {
-            (
-                m.namespace.clone().unwrap_or_default(),
-                m.name.clone().unwrap_or_default(),
-            )
+        // Borrowed keys: a sort compares O(n log n) times, and cloned keys cost two
+        // allocations per comparison (1.4 s of 350,000 objects).
+        fn cmp(a: &ObjectMeta, b: &ObjectMeta) -> std::cmp::Ordering {
+            sort_key(a).cmp(&sort_key(b))
         }
         macro_rules! by_meta {
-            ($($v:ident),*) => { $( self.$v.sort_by_key(|o| key(&o.metadata)); )* };
+            ($($v:ident),*) => { $( self.$v.sort_by(|a, b| cmp(&a.metadata, &b.metadata)); )* };
         }
         object_lists!(by_meta);
-        self.multicluster_secrets.sort_by_key(key);
+        self.multicluster_secrets.sort_by(cmp);
     }
 
     /// Whether every list is sorted by namespace and name (see [`Inventory::sort`]).
     pub fn is_sorted(&self) -> bool {
-        fn key(m: &ObjectMeta) -> (Option<&str>, Option<&str>) {
-            (m.namespace.as_deref(), m.name.as_deref())
-        }
         macro_rules! sorted {
-            ($($v:ident),*) => { true $( && self.$v.windows(2).all(|w| key(&w[0].metadata) <= key(&w[1].metadata)) )* };
+            ($($v:ident),*) => { true $( && self.$v.windows(2).all(|w| sort_key(&w[0].metadata) <= sort_key(&w[1].metadata)) )* };
         }
         object_lists!(sorted)
             && self
                 .multicluster_secrets
                 .windows(2)
-                .all(|w| key(&w[0]) <= key(&w[1]))
+                .all(|w| sort_key(&w[0]) <= sort_key(&w[1]))
     }
 
     /// Every object as a Kubernetes object, such that loading them back
@@ -651,6 +755,93 @@ items:
         assert_eq!(inv.namespaces.len(), 1);
         assert_eq!(inv.services.len(), 1);
         assert_eq!(inv.skipped.get("example.com/Widget"), Some(&1));
+    }
+
+    /// A text big enough to be parsed on several threads.
+    fn large_text(documents: usize, bad: Option<usize>) -> String {
+        (1..=documents)
+            .map(|i| {
+                if Some(i) == bad {
+                    "---\nname: not-kubernetes\n".to_string()
+                } else {
+                    format!(
+                        "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: s{i}\n  namespace: ns{}\n  labels: {{app: s{i}, team: t}}\nspec:\n  selector: {{app: s{i}}}\n  ports:\n  - {{name: http, port: 8080, targetPort: 8080}}\n  - {{name: grpc, port: 9090}}\n",
+                        i % 50
+                    )
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parallel_loading_equals_loading_in_order() {
+        let text = large_text(10_000, None);
+        assert!(
+            text.len() > 2 << 20,
+            "{} bytes: too small for threads",
+            text.len()
+        );
+        let mut parallel = Inventory::default();
+        assert_eq!(parallel.load_str(&text, "big.yaml"), Ok(10_000));
+        let mut serial = Inventory::default();
+        let parts = documents::split(&text);
+        assert_eq!(serial.load_parts(&parts, "big.yaml"), Ok((10_000, 10_000)));
+        assert_eq!(parallel.services, serial.services);
+        assert_eq!(
+            parallel.services[9_999].metadata.name.as_deref(),
+            Some("s10000")
+        );
+    }
+
+    #[test]
+    fn errors_of_parallel_loading_name_the_document_and_line_of_the_whole_text() {
+        let bad = 8_501;
+        let text = large_text(10_000, Some(bad));
+        let err = Inventory::default()
+            .load_str(&text, "big.yaml")
+            .unwrap_err();
+        assert!(
+            matches!(err, LoadError::NotKubernetes { document, .. } if document == bad),
+            "{err}"
+        );
+        // A YAML error late in the text reports its line in the whole text.
+        let mut text = large_text(10_000, None);
+        let line = text.lines().count() + 2;
+        text.push_str("---\napiVersion: v1\nkind: [\n");
+        match Inventory::default()
+            .load_str(&text, "big.yaml")
+            .unwrap_err()
+        {
+            LoadError::Yaml { line: l, .. } => {
+                assert!(l >= line as u64 && l <= line as u64 + 1, "{l} vs {line}")
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn exports_lose_managed_fields_and_last_applied_only() {
+        let mut inv = Inventory::default();
+        let text = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: s
+  namespace: a
+  annotations:
+    kubectl.kubernetes.io/last-applied-configuration: '{"big": true}'
+    keep: "yes"
+  managedFields:
+  - manager: kubectl
+    operation: Apply
+spec: {selector: {app: s}, ports: [{port: 80}]}
+"#;
+        inv.load_str(text, "s.yaml").unwrap();
+        let meta = &inv.services[0].metadata;
+        assert!(meta.managed_fields.is_none());
+        let annotations = meta.annotations.as_ref().unwrap();
+        assert_eq!(annotations.len(), 1);
+        assert_eq!(annotations.get("keep").map(String::as_str), Some("yes"));
     }
 
     #[test]

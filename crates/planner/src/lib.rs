@@ -7,6 +7,7 @@
 pub mod authz;
 pub mod classify;
 pub mod cluster;
+pub mod documents;
 pub mod findings;
 pub mod inventory;
 pub mod model;

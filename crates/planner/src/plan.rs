@@ -697,8 +697,9 @@ struct Index<'a> {
     conversions_by_parent: HashMap<String, Vec<usize>>,
     /// Conversions (indexes) owned by each namespace.
     conversions_by_owner: HashMap<String, Vec<usize>>,
-    /// The sorted targets joined with ", " (named in a finding of every namespace whose callers
-    /// cannot be listed).
+    /// The sorted targets for a finding of every namespace whose callers cannot be listed:
+    /// all of them when few, else the first few and a count (a finding per Service naming
+    /// thousands of namespaces made the plan's size grow with the square of the migration).
     targets_joined: String,
 }
 
@@ -828,11 +829,7 @@ impl<'a> Index<'a> {
             subset_routes,
             conversions_by_parent,
             conversions_by_owner,
-            targets_joined: targets
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join(", "),
+            targets_joined: abbreviated_list(targets, 10),
         }
     }
 
@@ -2245,6 +2242,26 @@ fn add_per_version(
 }
 
 /// The union of two sorted sets as a sorted JSON array of strings.
+/// `a, b, c` for up to `max` items; else the first `max` and how many more there are.
+fn abbreviated_list<'s>(items: impl IntoIterator<Item = &'s String>, max: usize) -> String {
+    let mut shown = Vec::new();
+    let mut more = 0usize;
+    for i in items {
+        if shown.len() < max {
+            shown.push(i.as_str());
+        } else {
+            more += 1;
+        }
+    }
+    let mut out = shown.join(", ");
+    if more > 0 {
+        out.push_str(&format!(
+            " and {more} more, listed in the policy's notNamespaces"
+        ));
+    }
+    out
+}
+
 fn sorted_union(a: &BTreeSet<String>, b: &BTreeSet<String>) -> Vec<Value> {
     let mut out = Vec::with_capacity(a.len() + b.len());
     let (mut a, mut b) = (a.iter().peekable(), b.iter().peekable());
@@ -2785,6 +2802,17 @@ fn policy_migration(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn long_namespace_lists_are_abbreviated_in_messages() {
+        let few: Vec<String> = ["a", "b"].map(String::from).to_vec();
+        assert_eq!(abbreviated_list(&few, 10), "a, b");
+        let many: Vec<String> = (0..13).map(|i| format!("ns{i:02}")).collect();
+        assert_eq!(
+            abbreviated_list(&many, 3),
+            "ns00, ns01, ns02 and 10 more, listed in the policy's notNamespaces"
+        );
+    }
     use super::*;
 
     #[test]
