@@ -36,6 +36,11 @@ pub struct PlanRun {
     pub manifests: usize,
     /// Unaccepted blockers.
     pub blockers: usize,
+    /// Namespace names listed in the generated AuthorizationPolicies' `notNamespaces`
+    /// (bypass protection of Services whose callers cannot be enumerated names every
+    /// namespace of the migration: this grows with the square of the migration's size).
+    #[serde(default)]
+    pub not_namespaces_entries: usize,
 }
 
 /// One conversion run.
@@ -154,7 +159,21 @@ pub fn plan_run(path: &Path) -> Result<PlanRun, Error> {
         actions,
         manifests: plan.manifests.len(),
         blockers: plan.summary.blockers,
+        not_namespaces_entries: not_namespaces_entries(&plan.manifests),
     })
+}
+
+/// Entries of every `spec.rules[].from[].source.notNamespaces` of `manifests`.
+fn not_namespaces_entries(manifests: &[serde_json::Value]) -> usize {
+    manifests
+        .iter()
+        .filter_map(|m| m.pointer("/spec/rules")?.as_array())
+        .flatten()
+        .filter_map(|r| r.get("from")?.as_array())
+        .flatten()
+        .filter_map(|f| f.pointer("/source/notNamespaces")?.as_array())
+        .map(Vec::len)
+        .sum()
 }
 
 /// Converts every mesh VirtualService of `path` `repeats` times with `routes::convert`.
