@@ -23,6 +23,7 @@ bench: ## Benchmarks (planner, conversion vs ingress2gateway, operator at scale)
 	start=$$(date +%s); \
 	$(CARGO) build --release -q -p meshmig-bench; \
 	$(CARGO) build --release -q -p meshmig-operator; \
+	built=$$(date +%s); \
 	mkdir -p $(BENCH_DIR); \
 	rm -f $(BENCH_DIR)/offline.json $(BENCH_DIR)/cluster-rss.json $(BENCH_DIR)/cluster-migrate.json; \
 	status=0; \
@@ -37,5 +38,5 @@ bench: ## Benchmarks (planner, conversion vs ingress2gateway, operator at scale)
 	echo "bench: migration of 20 namespaces"; \
 	$(BENCH_BIN) migrate --work-dir $(BENCH_DIR) --results $(BENCH_DIR)/cluster-migrate.json $(BENCH_MIGRATE_ARGS) || status=1; \
 	echo; \
-	$(BENCH_BIN) report --started "$$start" --out BENCHMARKS.md; \
+	$(BENCH_BIN) report --started "$$start" --built "$$built" --out BENCHMARKS.md; \
 	exit $$status

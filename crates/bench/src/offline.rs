@@ -55,10 +55,17 @@ pub struct Args {
 pub struct PlanSize {
     /// Namespaces.
     pub namespaces: usize,
+    /// Format of the corpus file: `YAML` (one document per object) or `JSON` (one List).
+    #[serde(default = "yaml")]
+    pub format: String,
     /// Corpus file.
     pub file: String,
     /// Runs.
     pub runs: Vec<PlanRun>,
+}
+
+fn yaml() -> String {
+    "YAML".into()
 }
 
 /// ingress2gateway's in-process figures (`i2gwbench`).
@@ -167,6 +174,48 @@ fn write_yaml(path: &Path, objects: &[Value]) -> Result<u64, Error> {
     Ok(text.len() as u64)
 }
 
+fn write_json_list(path: &Path, objects: Vec<Value>) -> Result<u64, Error> {
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
+    let text = serde_json::to_string_pretty(&list).map_err(|e| Error::Msg(e.to_string()))?;
+    std::fs::write(path, &text).map_err(|e| Error::io(path, e))?;
+    Ok(text.len() as u64)
+}
+
+/// Load-and-plan runs of one corpus file, each in a child process.
+fn plan_runs(
+    exe: &Path,
+    args: &Args,
+    n: usize,
+    format: &str,
+    file: &Path,
+) -> Result<PlanSize, Error> {
+    let mut size = PlanSize {
+        namespaces: n,
+        format: format.to_string(),
+        file: file.display().to_string(),
+        runs: Vec::new(),
+    };
+    let mut runs = args.runs.max(1);
+    let mut i = 0;
+    while i < runs {
+        let out = output(Command::new(exe).arg("plan-run").arg(file))?;
+        let r: PlanRun = parse("plan-run", &out)?;
+        eprintln!(
+            "offline:   {format} run {}: load {:.3} s, plan {:.3} s, peak RSS {:.0} MiB",
+            i + 1,
+            r.load_s,
+            r.plan_s,
+            r.peak_rss as f64 / 1048576.0
+        );
+        if i == 0 && r.read_s + r.load_s + r.plan_s > args.slow_seconds {
+            runs = runs.min(3);
+        }
+        size.runs.push(r);
+        i += 1;
+    }
+    Ok(size)
+}
+
 /// Runs the offline benchmarks and writes their results.
 pub fn run(args: &Args) -> Result<(), Error> {
     std::fs::create_dir_all(&args.work_dir).map_err(|e| Error::io(&args.work_dir, e))?;
@@ -177,43 +226,31 @@ pub fn run(args: &Args) -> Result<(), Error> {
     };
     for &n in &args.sizes {
         let file = args.work_dir.join(format!("corpus-{n}.yaml"));
+        let json_file = args.work_dir.join(format!("corpus-{n}.json"));
         let opts = Options {
             namespaces: n,
             seed: args.seed,
             variant: Variant::Mesh,
         };
         let t = Instant::now();
-        let bytes = write_yaml(&file, &synth::corpus(&opts))?;
+        let objects = synth::corpus(&opts);
+        let bytes = write_yaml(&file, &objects)?;
         eprintln!(
             "offline: {n} namespaces: {} ({:.1} MB, generated in {:.1} s)",
             file.display(),
             bytes as f64 / 1e6,
             t.elapsed().as_secs_f64()
         );
-        let mut size = PlanSize {
-            namespaces: n,
-            file: file.display().to_string(),
-            runs: Vec::new(),
-        };
-        let mut runs = args.runs.max(1);
-        let mut i = 0;
-        while i < runs {
-            let out = output(Command::new(&exe).arg("plan-run").arg(&file))?;
-            let r: PlanRun = parse("plan-run", &out)?;
-            eprintln!(
-                "offline:   run {}: load {:.3} s, plan {:.3} s, peak RSS {:.0} MiB",
-                i + 1,
-                r.load_s,
-                r.plan_s,
-                r.peak_rss as f64 / 1048576.0
-            );
-            if i == 0 && r.read_s + r.load_s + r.plan_s > args.slow_seconds {
-                runs = runs.min(3);
-            }
-            size.runs.push(r);
-            i += 1;
+        // The same objects as `kubectl get … -o json` prints them: one List.
+        let bytes = write_json_list(&json_file, objects)?;
+        eprintln!(
+            "offline: {n} namespaces: {} ({:.1} MB)",
+            json_file.display(),
+            bytes as f64 / 1e6
+        );
+        for (format, file) in [("YAML", &file), ("JSON", &json_file)] {
+            result.plan.push(plan_runs(&exe, args, n, format, file)?);
         }
-        result.plan.push(size);
     }
 
     // ---- conversion

@@ -4,6 +4,7 @@
 //! planner never sees a client. Secrets are reduced to their metadata on entry, so secret data
 //! can never reach a plan, a log or a snapshot.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
@@ -18,6 +19,7 @@ use meshmig_api::istio::{
 use meshmig_api::names::istio as n;
 use meshmig_api::sail::{Istio, IstioCni, ZTunnel};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use thiserror::Error;
 
 use crate::documents;
@@ -256,6 +258,71 @@ macro_rules! object_lists {
     };
 }
 
+/// A part that is one JSON object (`kubectl get … -o json`). JSON is YAML, and the JSON
+/// parser is many times faster than the YAML one.
+enum JsonDocument<'a> {
+    /// Any object but a large list.
+    Object(Value),
+    /// The items of a large `*List`, unparsed: they are parsed on every core.
+    List(Vec<&'a RawValue>),
+}
+
+/// Below this many bytes a JSON document is parsed whole.
+const LARGE_JSON: usize = 1 << 20;
+
+/// The JSON document of a part, or `None` when the part is anything else (several
+/// documents, YAML, invalid JSON): the YAML parser then reads it and reports its errors.
+fn json_document(part: &str) -> Option<JsonDocument<'_>> {
+    let mut rest = part;
+    // A part may start with a document marker and comments.
+    loop {
+        let t = rest.trim_start();
+        if let Some(after) = t.strip_prefix("---")
+            && (after.is_empty() || after.starts_with([' ', '\t', '\r', '\n']))
+        {
+            rest = after;
+        } else if t.starts_with('#') {
+            rest = t.split_once('\n').map_or("", |(_, r)| r);
+        } else {
+            rest = t;
+            break;
+        }
+    }
+    if !rest.starts_with('{') {
+        return None;
+    }
+    if rest.len() >= LARGE_JSON
+        && let Some(items) = json_list_items(rest)
+    {
+        return Some(JsonDocument::List(items));
+    }
+    // Only whole-text JSON: a trailing `---`, `...` or comment is YAML's business.
+    serde_json::from_str::<Value>(rest)
+        .ok()
+        .filter(Value::is_object)
+        .map(JsonDocument::Object)
+}
+
+/// The items of a JSON `*List` with an `apiVersion` (what [`Inventory::add_document`]
+/// expands), without building the list: a 400 MB export held as one `Value` took 6 s to
+/// parse on one core and more memory than the whole inventory.
+fn json_list_items(text: &str) -> Option<Vec<&RawValue>> {
+    #[derive(serde::Deserialize)]
+    struct Top<'a> {
+        #[serde(rename = "apiVersion", borrow)]
+        api_version: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        kind: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        items: Option<&'a RawValue>,
+    }
+    let top: Top<'_> = serde_json::from_str(text).ok()?;
+    if top.api_version.is_none_or(|v| v.is_empty()) || !top.kind?.ends_with("List") {
+        return None;
+    }
+    serde_json::from_str(top.items?.get()).ok()
+}
+
 impl Inventory {
     /// Loads every Kubernetes object of a (multi-document) YAML or JSON text. `kind: List`
     /// and `*List` documents (`kubectl get … -o yaml`) are expanded; kinds the planner does not
@@ -329,6 +396,19 @@ impl Inventory {
         let mut documents = 0;
         let mut count = 0;
         for part in parts {
+            match json_document(part.text) {
+                Some(JsonDocument::Object(doc)) => {
+                    documents += 1;
+                    count += self.add_document(doc, source_name, documents)?;
+                    continue;
+                }
+                Some(JsonDocument::List(items)) => {
+                    documents += 1;
+                    count += self.add_json_items(&items, source_name, documents)?;
+                    continue;
+                }
+                None => {}
+            }
             let options = serde_saphyr::options! {
                 budget: serde_saphyr::budget! {
                     max_events: 200_000_000,
@@ -380,6 +460,61 @@ impl Inventory {
         }
     }
 
+    /// Adds the items of a JSON list (document number `document`), parsed on every core;
+    /// the same objects in the same order, and the same first error, as one by one.
+    fn add_json_items(
+        &mut self,
+        items: &[&RawValue],
+        source_name: &str,
+        document: usize,
+    ) -> Result<usize, LoadError> {
+        // Below this a thread costs more than it saves.
+        const MIN_ITEMS_PER_THREAD: usize = 256;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(items.len() / MIN_ITEMS_PER_THREAD)
+            .max(1);
+        let add = |chunk: &[&RawValue]| {
+            let mut inv = Inventory::default();
+            let mut count = 0;
+            for raw in chunk {
+                // Already checked to be JSON; only nesting deeper than the parser allows fails.
+                let item: Value =
+                    serde_json::from_str(raw.get()).map_err(|e| LoadError::NotKubernetes {
+                        source_name: source_name.to_string(),
+                        document,
+                        message: e.to_string(),
+                    })?;
+                count += inv.add_document(item, source_name, document)?;
+            }
+            Ok::<_, LoadError>((inv, count))
+        };
+        let results: Vec<Result<(Inventory, usize), LoadError>> = if threads == 1 {
+            vec![add(items)]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = items
+                    .chunks(items.len().div_ceil(threads))
+                    .map(|chunk| scope.spawn(move || add(chunk)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| match h.join() {
+                        Ok(r) => r,
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    })
+                    .collect()
+            })
+        };
+        let mut count = 0;
+        for r in results {
+            let (inv, n) = r?;
+            self.append(inv);
+            count += n;
+        }
+        Ok(count)
+    }
+
     fn add_document(
         &mut self,
         doc: Value,
@@ -391,7 +526,7 @@ impl Inventory {
             document,
             message: message.to_string(),
         };
-        let Value::Object(map) = &doc else {
+        let Value::Object(mut map) = doc else {
             return Err(not_k8s("expected a mapping with apiVersion and kind"));
         };
         let kind = map.get("kind").and_then(Value::as_str).unwrap_or_default();
@@ -402,16 +537,15 @@ impl Inventory {
         if kind.is_empty() || api_version.is_empty() {
             return Err(not_k8s("apiVersion and kind are required"));
         }
-        if kind.ends_with("List")
-            && let Some(Value::Array(items)) = map.get("items")
-        {
+        let list = kind.ends_with("List") && map.get("items").is_some_and(Value::is_array);
+        if list && let Some(Value::Array(items)) = map.remove("items") {
             let mut count = 0;
-            for item in items.clone() {
+            for item in items {
                 count += self.add_document(item, source_name, document)?;
             }
             return Ok(count);
         }
-        self.add_object(doc, source_name).map(|()| 1)
+        self.add_object(Value::Object(map), source_name).map(|()| 1)
     }
 
     /// Adds one object given as JSON.
@@ -730,6 +864,7 @@ impl Inventory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn loads_multi_document_and_lists() {
@@ -771,6 +906,117 @@ items:
                 }
             })
             .collect()
+    }
+
+    /// Every object of the bookinfo example, as YAML.
+    fn bookinfo_yaml() -> String {
+        [
+            include_str!("../../../examples/bookinfo/00-control-plane.yaml"),
+            include_str!("../../../examples/bookinfo/10-bookinfo.yaml"),
+            include_str!("../../../examples/bookinfo/20-istio.yaml"),
+        ]
+        .join("\n---\n")
+    }
+
+    #[test]
+    fn json_documents_load_like_the_same_yaml() {
+        let yaml = bookinfo_yaml();
+        let mut from_yaml = Inventory::default();
+        let n = from_yaml.load_str(&yaml, "b.yaml").unwrap();
+        assert!(n > 20, "{n} objects");
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&yaml).unwrap();
+        let docs: Vec<Value> = docs.into_iter().filter(|d| !d.is_null()).collect();
+        // One JSON document per object, pretty and compact, after markers and comments.
+        let json = docs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                if i % 2 == 0 {
+                    format!(
+                        "---\n# object {i}\n{}\n",
+                        serde_json::to_string_pretty(d).unwrap()
+                    )
+                } else {
+                    format!("--- {}\n", serde_json::to_string(d).unwrap())
+                }
+            })
+            .collect::<String>();
+        let mut from_json = Inventory::default();
+        assert_eq!(from_json.load_str(&json, "b.json"), Ok(n));
+        assert_eq!(format!("{from_json:?}"), format!("{from_yaml:?}"));
+        // `kubectl get … -o json`: one List.
+        let list = serde_json::to_string_pretty(
+            &json!({"apiVersion": "v1", "kind": "List", "items": docs}),
+        )
+        .unwrap();
+        let mut from_list = Inventory::default();
+        assert_eq!(from_list.load_str(&list, "b.json"), Ok(n));
+        assert_eq!(format!("{from_list:?}"), format!("{from_yaml:?}"));
+    }
+
+    #[test]
+    fn a_large_json_list_loads_in_parallel_like_the_same_yaml() {
+        let yaml = large_text(10_000, None);
+        let mut from_yaml = Inventory::default();
+        assert_eq!(from_yaml.load_str(&yaml, "big.yaml"), Ok(10_000));
+        let items: Vec<Value> = documents::split(&yaml)
+            .iter()
+            .flat_map(|p| serde_saphyr::from_multiple::<Value>(p.text).unwrap())
+            .collect();
+        assert_eq!(items.len(), 10_000);
+        let list = |items: &[Value]| {
+            serde_json::to_string_pretty(
+                &json!({"apiVersion": "v1", "kind": "List", "items": items}),
+            )
+            .unwrap()
+        };
+        let text = list(&items);
+        assert!(text.len() > LARGE_JSON, "{} bytes", text.len());
+        assert!(matches!(json_document(&text), Some(JsonDocument::List(l)) if l.len() == 10_000));
+        let mut from_json = Inventory::default();
+        assert_eq!(from_json.load_str(&text, "big.json"), Ok(10_000));
+        assert_eq!(format!("{from_json:?}"), format!("{from_yaml:?}"));
+        // The first bad item's error, naming the list's document, as when loading in order.
+        let mut bad = items.clone();
+        bad[8_500] = json!({"name": "not-kubernetes"});
+        bad[100] = json!(7);
+        let text = format!("{}\n---\n{}", list(&items[..10]), list(&bad));
+        match Inventory::default()
+            .load_str(&text, "big.json")
+            .unwrap_err()
+        {
+            LoadError::NotKubernetes {
+                document, message, ..
+            } => {
+                assert_eq!(document, 2);
+                assert!(message.contains("expected a mapping"), "{message}");
+            }
+            e => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn only_a_whole_json_object_takes_the_json_path() {
+        let svc = r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"}}"#;
+        assert!(json_document(svc).is_some());
+        assert!(json_document(&format!("--- \n# c\n  {svc}\n")).is_some());
+        // YAML flow mappings, trailing comments and JSON errors go to the YAML parser.
+        assert!(json_document("{apiVersion: v1, kind: Service}").is_none());
+        assert!(json_document(&format!("{svc} # c")).is_none());
+        assert!(json_document(r#"{"a": 1"#).is_none());
+        assert!(json_document("[1, 2]").is_none());
+        assert!(json_document("---\n").is_none());
+        let mut inv = Inventory::default();
+        assert_eq!(
+            inv.load_str(&format!("{svc} # trailing comment"), "c.yaml"),
+            Ok(1)
+        );
+        // The error of a broken JSON document is the YAML parser's, with its line.
+        let text = format!("{svc}\n---\n{{\"apiVersion\": \"v1\",\n \"kind\": [}}\n");
+        match Inventory::default().load_str(&text, "c.json").unwrap_err() {
+            LoadError::Yaml { line, .. } => assert!((3..=4).contains(&line), "line {line}"),
+            e => panic!("{e}"),
+        }
     }
 
     #[test]

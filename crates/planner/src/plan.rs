@@ -850,6 +850,12 @@ impl<'a> Index<'a> {
 /// The plan for a MeshMigration spec over an inventory. `migration` names the
 /// MeshMigration (it labels every generated object).
 pub fn plan(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str) -> Plan {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    plan_on(inv, spec, migration, threads)
+}
+
+/// [`plan`] with the namespaces analyzed on up to `threads` threads.
+fn plan_on(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str, threads: usize) -> Plan {
     // The plan must not depend on listing order (the operator's caches iterate in hash
     // order); sorting a copy is only needed when the caller did not sort.
     let sorted;
@@ -926,8 +932,12 @@ pub fn plan(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str) -> Plan 
     }
     let index = Index::new(inv, &target_set, &conversions);
 
-    let mut works: Vec<NsWork> = Vec::new();
-    for ns in &targets {
+    let analyzed = for_each_parallel(&targets, threads, |ns| {
+        let mut local = Manifests {
+            migration: migration.to_string(),
+            items: Vec::new(),
+        };
+        let mut local_findings = Vec::new();
         let w = analyze_namespace(
             &model,
             &index,
@@ -938,9 +948,23 @@ pub fn plan(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str) -> Plan 
             &conversions,
             &ingress,
             &root,
-            &mut manifests,
-            &mut findings,
+            &mut local,
+            &mut local_findings,
         );
+        (w, local.items, local_findings)
+    });
+    // Concatenated in the order of the targets, exactly as one thread analyzing them in
+    // turn would have produced them; manifest indexes shift by what came before.
+    let mut works: Vec<NsWork> = Vec::with_capacity(analyzed.len());
+    for (mut w, items, local_findings) in analyzed {
+        let offset = manifests.items.len();
+        for a in w.steps.values_mut().flatten() {
+            if let Some(m) = &mut a.manifest {
+                *m += offset;
+            }
+        }
+        manifests.items.extend(items);
+        findings.extend(local_findings);
         works.push(w);
     }
 
@@ -1043,6 +1067,50 @@ pub fn plan(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str) -> Plan 
         manifest_steps,
         summary,
     }
+}
+
+/// `f` applied to every item on up to `threads` threads, results in the items' order. Namespaces are analyzed independently of each other (they only read the shared
+/// indexes), so this is the same as a sequential map; workers take the next item from a
+/// shared counter because namespaces differ widely in size.
+fn for_each_parallel<T, R, F>(items: &[T], threads: usize, f: F) -> Vec<R>
+where
+    T: Sync,
+    R: Send,
+    F: Fn(&T) -> R + Sync,
+{
+    // Below this many items a thread costs more than it saves.
+    const MIN_ITEMS_PER_THREAD: usize = 16;
+    let threads = threads.min(items.len() / MIN_ITEMS_PER_THREAD).max(1);
+    if threads == 1 {
+        return items.iter().map(&f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else {
+                            break;
+                        };
+                        out.push((i, f(item)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| match h.join() {
+                Ok(r) => r,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    });
+    results.sort_unstable_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
 }
 
 fn control_plane_actions(
@@ -2241,7 +2309,6 @@ fn add_per_version(
     }
 }
 
-/// The union of two sorted sets as a sorted JSON array of strings.
 /// `a, b, c` for up to `max` items; else the first `max` and how many more there are.
 fn abbreviated_list<'s>(items: impl IntoIterator<Item = &'s String>, max: usize) -> String {
     let mut shown = Vec::new();
@@ -2262,6 +2329,7 @@ fn abbreviated_list<'s>(items: impl IntoIterator<Item = &'s String>, max: usize)
     out
 }
 
+/// The union of two sorted sets as a sorted JSON array of strings.
 fn sorted_union(a: &BTreeSet<String>, b: &BTreeSet<String>) -> Vec<Value> {
     let mut out = Vec::with_capacity(a.len() + b.len());
     let (mut a, mut b) = (a.iter().peekable(), b.iter().peekable());
@@ -2814,6 +2882,41 @@ mod tests {
         );
     }
     use super::*;
+
+    #[test]
+    fn parallel_map_keeps_the_order_of_the_items() {
+        // Uneven work, so that workers finish out of order.
+        let items: Vec<u64> = (0..200).map(|i| (i * 7919) % 101).collect();
+        let work = |n: &u64| (0..*n * 1000).fold(*n, |a, b| a.wrapping_mul(31).wrapping_add(b));
+        let sequential: Vec<u64> = items.iter().map(work).collect();
+        for threads in [1, 2, 3, 8] {
+            assert_eq!(for_each_parallel(&items, threads, work), sequential);
+        }
+        assert!(for_each_parallel(&[] as &[u64], 4, work).is_empty());
+    }
+
+    #[test]
+    fn namespaces_analyzed_on_several_threads_give_the_plan_of_one_thread() {
+        let template = include_str!("../tests/data/namespace-template.yaml");
+        let names: Vec<String> = (0..70).map(|i| format!("team-{i:02}")).collect();
+        let mut inv = Inventory::default();
+        for n in &names {
+            inv.load_str(&template.replace("NS", n), n).unwrap();
+        }
+        inv.sort();
+        let spec: MeshMigrationSpec = serde_json::from_value(json!({
+            "controlPlane": {"mode": "Sail", "istio": "default"},
+            "waypoint": {"policy": "Auto"},
+            "namespaces": names,
+        }))
+        .unwrap();
+        let one = serde_json::to_value(plan_on(&inv, &spec, "m", 1)).unwrap();
+        assert!(one["manifests"].as_array().unwrap().len() > 70 * 3);
+        for threads in [2, 4] {
+            let many = serde_json::to_value(plan_on(&inv, &spec, "m", threads)).unwrap();
+            assert!(many == one, "{threads} threads planned differently");
+        }
+    }
 
     #[test]
     fn principal_namespaces() {

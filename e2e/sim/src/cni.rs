@@ -137,6 +137,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, token: CancellationToken) {
                     .collect::<Vec<_>>()
             },
         )
+        .with_config(crate::controller::config())
         .graceful_shutdown_on(token.cancelled_owned())
         .run(reconcile, error_policy, ctx);
     drain("cni", stream).await;

@@ -19,6 +19,13 @@ use crate::{Ctx, Error, FIELD_MANAGER, Result};
 /// How long a failed reconcile waits before it is retried.
 const RETRY: Duration = Duration::from_secs(2);
 
+/// Settings of every reconciler. Each running reconcile may hold an API connection of its
+/// own (HTTP/1.1), and idle ones stay pooled for a while: unbounded, a burst of 20,000 Pods
+/// exhausted the process's file descriptors (the benchmarks run the simulator in process).
+pub(crate) fn config() -> controller::Config {
+    controller::Config::default().concurrency(16)
+}
+
 /// `Kind namespace/name` (or `Kind name` when cluster-scoped), for messages.
 pub(crate) fn describe<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     match obj.meta().namespace.as_deref() {

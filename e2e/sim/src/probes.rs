@@ -160,6 +160,7 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action> {
 pub(crate) async fn run(ctx: Arc<Ctx>, token: CancellationToken) {
     let api: Api<Pod> = Api::all(ctx.client.clone());
     let stream = Controller::new(api, watcher::Config::default().labels(names::LABEL_PROBE))
+        .with_config(crate::controller::config())
         .graceful_shutdown_on(token.cancelled_owned())
         .run(reconcile, error_policy, ctx);
     drain("probes", stream).await;

@@ -339,6 +339,7 @@ pub(crate) async fn run<K: SailResource>(ctx: Arc<Ctx>, token: CancellationToken
         ),
     };
     let stream = controller
+        .with_config(crate::controller::config())
         .graceful_shutdown_on(token.cancelled_owned())
         .run(reconcile::<K>, error_policy, ctx);
     drain(K::COMPONENT.kind(), stream).await;

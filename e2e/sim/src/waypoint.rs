@@ -87,6 +87,7 @@ async fn reconcile_class(class: Arc<GatewayClass>, ctx: Arc<Ctx>) -> Result<Acti
 pub(crate) async fn run_gateway_classes(ctx: Arc<Ctx>, token: CancellationToken) {
     let api: Api<GatewayClass> = Api::all(ctx.client.clone());
     let stream = Controller::new(api, watcher::Config::default())
+        .with_config(crate::controller::config())
         .graceful_shutdown_on(token.cancelled_owned())
         .run(reconcile_class, error_policy, ctx);
     drain("gatewayclass", stream).await;
@@ -307,6 +308,7 @@ pub(crate) async fn run_gateways(ctx: Arc<Ctx>, token: CancellationToken) {
     )
     .owns(Api::<Deployment>::all(client.clone()), managed.clone())
     .owns(Api::<Service>::all(client), managed)
+    .with_config(crate::controller::config())
     .graceful_shutdown_on(token.cancelled_owned())
     .run(reconcile_gateway, error_policy, ctx);
     drain("waypoint", stream).await;
