@@ -4,7 +4,6 @@
 //! planner never sees a client. Secrets are reduced to their metadata on entry, so secret data
 //! can never reach a plan, a log or a snapshot.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
@@ -20,6 +19,8 @@ use meshmig_api::names::istio as n;
 use meshmig_api::sail::{Istio, IstioCni, ZTunnel};
 use serde_json::Value;
 use serde_json::value::RawValue;
+
+use crate::json::{self, JsonDocument};
 use thiserror::Error;
 
 use crate::documents;
@@ -258,71 +259,6 @@ macro_rules! object_lists {
     };
 }
 
-/// A part that is one JSON object (`kubectl get … -o json`). JSON is YAML, and the JSON
-/// parser is many times faster than the YAML one.
-enum JsonDocument<'a> {
-    /// Any object but a large list.
-    Object(Value),
-    /// The items of a large `*List`, unparsed: they are parsed on every core.
-    List(Vec<&'a RawValue>),
-}
-
-/// Below this many bytes a JSON document is parsed whole.
-const LARGE_JSON: usize = 1 << 20;
-
-/// The JSON document of a part, or `None` when the part is anything else (several
-/// documents, YAML, invalid JSON): the YAML parser then reads it and reports its errors.
-fn json_document(part: &str) -> Option<JsonDocument<'_>> {
-    let mut rest = part;
-    // A part may start with a document marker and comments.
-    loop {
-        let t = rest.trim_start();
-        if let Some(after) = t.strip_prefix("---")
-            && (after.is_empty() || after.starts_with([' ', '\t', '\r', '\n']))
-        {
-            rest = after;
-        } else if t.starts_with('#') {
-            rest = t.split_once('\n').map_or("", |(_, r)| r);
-        } else {
-            rest = t;
-            break;
-        }
-    }
-    if !rest.starts_with('{') {
-        return None;
-    }
-    if rest.len() >= LARGE_JSON
-        && let Some(items) = json_list_items(rest)
-    {
-        return Some(JsonDocument::List(items));
-    }
-    // Only whole-text JSON: a trailing `---`, `...` or comment is YAML's business.
-    serde_json::from_str::<Value>(rest)
-        .ok()
-        .filter(Value::is_object)
-        .map(JsonDocument::Object)
-}
-
-/// The items of a JSON `*List` with an `apiVersion` (what [`Inventory::add_document`]
-/// expands), without building the list: a 400 MB export held as one `Value` took 6 s to
-/// parse on one core and more memory than the whole inventory.
-fn json_list_items(text: &str) -> Option<Vec<&RawValue>> {
-    #[derive(serde::Deserialize)]
-    struct Top<'a> {
-        #[serde(rename = "apiVersion", borrow)]
-        api_version: Option<Cow<'a, str>>,
-        #[serde(borrow)]
-        kind: Option<Cow<'a, str>>,
-        #[serde(borrow)]
-        items: Option<&'a RawValue>,
-    }
-    let top: Top<'_> = serde_json::from_str(text).ok()?;
-    if top.api_version.is_none_or(|v| v.is_empty()) || !top.kind?.ends_with("List") {
-        return None;
-    }
-    serde_json::from_str(top.items?.get()).ok()
-}
-
 impl Inventory {
     /// Loads every Kubernetes object of a (multi-document) YAML or JSON text. `kind: List`
     /// and `*List` documents (`kubectl get … -o yaml`) are expanded; kinds the planner does not
@@ -396,16 +332,18 @@ impl Inventory {
         let mut documents = 0;
         let mut count = 0;
         for part in parts {
-            match json_document(part.text) {
+            match json::document(part.text) {
                 Some(JsonDocument::Object(doc)) => {
                     documents += 1;
                     count += self.add_document(doc, source_name, documents)?;
                     continue;
                 }
                 Some(JsonDocument::List(items)) => {
-                    documents += 1;
-                    count += self.add_json_items(&items, source_name, documents)?;
-                    continue;
+                    if let Some(n) = self.add_json_items(&items, source_name, documents + 1)? {
+                        documents += 1;
+                        count += n;
+                        continue;
+                    }
                 }
                 None => {}
             }
@@ -462,34 +400,40 @@ impl Inventory {
 
     /// Adds the items of a JSON list (document number `document`), parsed on every core;
     /// the same objects in the same order, and the same first error, as one by one.
+    /// `Ok(None)`, with nothing added, when an item is not for the JSON reader (see
+    /// [`json::strict`]): the YAML parser must read the whole document, as it would have
+    /// refused it before adding anything.
     fn add_json_items(
         &mut self,
         items: &[&RawValue],
         source_name: &str,
         document: usize,
-    ) -> Result<usize, LoadError> {
+    ) -> Result<Option<usize>, LoadError> {
         // Below this a thread costs more than it saves.
         const MIN_ITEMS_PER_THREAD: usize = 256;
         let threads = std::thread::available_parallelism()
             .map_or(1, usize::from)
             .min(items.len() / MIN_ITEMS_PER_THREAD)
             .max(1);
+        // Per chunk: `None` when an item is not for the JSON reader, else the objects
+        // added up to the first error and that error. Items after an error are still read,
+        // as the YAML parser would have refused any of them first.
         let add = |chunk: &[&RawValue]| {
             let mut inv = Inventory::default();
             let mut count = 0;
+            let mut error = None;
             for raw in chunk {
-                // Already checked to be JSON; only nesting deeper than the parser allows fails.
-                let item: Value =
-                    serde_json::from_str(raw.get()).map_err(|e| LoadError::NotKubernetes {
-                        source_name: source_name.to_string(),
-                        document,
-                        message: e.to_string(),
-                    })?;
-                count += inv.add_document(item, source_name, document)?;
+                let item = json::strict(raw.get())?;
+                if error.is_none() {
+                    match inv.add_document(item, source_name, document) {
+                        Ok(n) => count += n,
+                        Err(e) => error = Some(e),
+                    }
+                }
             }
-            Ok::<_, LoadError>((inv, count))
+            Some((inv, count, error))
         };
-        let results: Vec<Result<(Inventory, usize), LoadError>> = if threads == 1 {
+        let results: Vec<Option<(Inventory, usize, Option<LoadError>)>> = if threads == 1 {
             vec![add(items)]
         } else {
             std::thread::scope(|scope| {
@@ -506,13 +450,18 @@ impl Inventory {
                     .collect()
             })
         };
+        let Some(results) = results.into_iter().collect::<Option<Vec<_>>>() else {
+            return Ok(None);
+        };
         let mut count = 0;
-        for r in results {
-            let (inv, n) = r?;
+        for (inv, n, error) in results {
             self.append(inv);
             count += n;
+            if let Some(e) = error {
+                return Err(e);
+            }
         }
-        Ok(count)
+        Ok(Some(count))
     }
 
     fn add_document(
@@ -971,8 +920,8 @@ items:
             .unwrap()
         };
         let text = list(&items);
-        assert!(text.len() > LARGE_JSON, "{} bytes", text.len());
-        assert!(matches!(json_document(&text), Some(JsonDocument::List(l)) if l.len() == 10_000));
+        assert!(text.len() > json::LARGE_JSON, "{} bytes", text.len());
+        assert!(matches!(json::document(&text), Some(JsonDocument::List(l)) if l.len() == 10_000));
         let mut from_json = Inventory::default();
         assert_eq!(from_json.load_str(&text, "big.json"), Ok(10_000));
         assert_eq!(format!("{from_json:?}"), format!("{from_yaml:?}"));
@@ -993,19 +942,31 @@ items:
             }
             e => panic!("{e}"),
         }
+        // A repeated key in one item: the YAML parser reads the list, and refuses it.
+        let mut text = list(&items);
+        let at = text.find("\"name\": \"s5000\"").unwrap();
+        text.insert_str(at, "\"name\": \"twice\", ");
+        assert!(json::strict(&text).is_none());
+        match Inventory::default()
+            .load_str(&text, "big.json")
+            .unwrap_err()
+        {
+            LoadError::Yaml { message, .. } => assert!(message.contains("uplicate"), "{message}"),
+            e => panic!("{e}"),
+        }
     }
 
     #[test]
     fn only_a_whole_json_object_takes_the_json_path() {
         let svc = r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"}}"#;
-        assert!(json_document(svc).is_some());
-        assert!(json_document(&format!("--- \n# c\n  {svc}\n")).is_some());
+        assert!(json::document(svc).is_some());
+        assert!(json::document(&format!("--- \n# c\n  {svc}\n")).is_some());
         // YAML flow mappings, trailing comments and JSON errors go to the YAML parser.
-        assert!(json_document("{apiVersion: v1, kind: Service}").is_none());
-        assert!(json_document(&format!("{svc} # c")).is_none());
-        assert!(json_document(r#"{"a": 1"#).is_none());
-        assert!(json_document("[1, 2]").is_none());
-        assert!(json_document("---\n").is_none());
+        assert!(json::document("{apiVersion: v1, kind: Service}").is_none());
+        assert!(json::document(&format!("{svc} # c")).is_none());
+        assert!(json::document(r#"{"a": 1"#).is_none());
+        assert!(json::document("[1, 2]").is_none());
+        assert!(json::document("---\n").is_none());
         let mut inv = Inventory::default();
         assert_eq!(
             inv.load_str(&format!("{svc} # trailing comment"), "c.yaml"),

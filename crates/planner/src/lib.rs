@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod documents;
 pub mod findings;
 pub mod inventory;
+mod json;
 pub mod model;
 pub mod object;
 pub mod plan;
