@@ -8,7 +8,7 @@
 BENCH_DIR := target/bench
 BENCH_BIN := target/release/meshmig-bench
 # Knobs (defaults are what BENCHMARKS.md describes).
-# 5,000 namespaces take about a minute and several GiB per run (see BENCHMARKS.md).
+# A 5,000-namespace run takes 10–25 s and about 4 GiB (see BENCHMARKS.md).
 BENCH_OFFLINE_ARGS ?= --sizes 100,1000,5000 --runs 3
 BENCH_RSS_ARGS ?=
 BENCH_MIGRATE_ARGS ?=
