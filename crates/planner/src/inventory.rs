@@ -19,11 +19,10 @@ use meshmig_api::names::istio as n;
 use meshmig_api::sail::{Istio, IstioCni, ZTunnel};
 use serde_json::Value;
 use serde_json::value::RawValue;
-
-use crate::json::{self, JsonDocument};
 use thiserror::Error;
 
-use crate::documents;
+use crate::json::{self, JsonDocument};
+use crate::{documents, parallel};
 
 /// What the planner needs of a Pod. Built from a full Pod (offline) or from its metadata only
 /// (the operator watches Pods metadata-only): everything that decides a plan or a check is in
@@ -265,36 +264,17 @@ impl Inventory {
     /// use are counted in [`Inventory::skipped`]. Large texts are parsed on every core (see
     /// [`crate::documents`]); the result, errors included, is the same as parsing in order.
     pub fn load_str(&mut self, text: &str, source_name: &str) -> Result<usize, LoadError> {
-        // Below this a thread costs more than it saves.
-        const MIN_BYTES_PER_THREAD: usize = 1 << 20;
         let parts = documents::split(text);
-        let threads = std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .min(text.len() / MIN_BYTES_PER_THREAD)
-            .max(1);
+        let threads = parallel::threads_for(text.len(), 1 << 20);
         if threads == 1 {
             return self.load_parts(&parts, source_name).map(|(n, _)| n);
         }
         let runs = documents::balance(&parts, threads);
         let results: Vec<Result<(Inventory, usize, usize), LoadError>> =
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = runs
-                    .iter()
-                    .map(|run| {
-                        scope.spawn(move || {
-                            let mut inv = Inventory::default();
-                            inv.load_parts(run, source_name)
-                                .map(|(objects, documents)| (inv, objects, documents))
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| match h.join() {
-                        Ok(r) => r,
-                        Err(panic) => std::panic::resume_unwind(panic),
-                    })
-                    .collect()
+            parallel::on_threads(&runs, |run| {
+                let mut inv = Inventory::default();
+                inv.load_parts(run, source_name)
+                    .map(|(objects, documents)| (inv, objects, documents))
             });
         // Documents are numbered across the whole text, as if parsed in one go.
         let mut documents_before = 0;
@@ -409,12 +389,7 @@ impl Inventory {
         source_name: &str,
         document: usize,
     ) -> Result<Option<usize>, LoadError> {
-        // Below this a thread costs more than it saves.
-        const MIN_ITEMS_PER_THREAD: usize = 256;
-        let threads = std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .min(items.len() / MIN_ITEMS_PER_THREAD)
-            .max(1);
+        let threads = parallel::threads_for(items.len(), 256);
         // Per chunk: `None` when an item is not for the JSON reader, else the objects
         // added up to the first error and that error. Items after an error are still read,
         // as the YAML parser would have refused any of them first.
@@ -436,19 +411,8 @@ impl Inventory {
         let results: Vec<Option<(Inventory, usize, Option<LoadError>)>> = if threads == 1 {
             vec![add(items)]
         } else {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = items
-                    .chunks(items.len().div_ceil(threads))
-                    .map(|chunk| scope.spawn(move || add(chunk)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| match h.join() {
-                        Ok(r) => r,
-                        Err(panic) => std::panic::resume_unwind(panic),
-                    })
-                    .collect()
-            })
+            let chunks: Vec<&[&RawValue]> = items.chunks(items.len().div_ceil(threads)).collect();
+            parallel::on_threads(&chunks, |chunk| add(chunk))
         };
         let Some(results) = results.into_iter().collect::<Option<Vec<_>>>() else {
             return Ok(None);

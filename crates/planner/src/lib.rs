@@ -13,6 +13,7 @@ pub mod inventory;
 mod json;
 pub mod model;
 pub mod object;
+mod parallel;
 pub mod plan;
 pub mod report;
 pub mod routes;

@@ -850,7 +850,7 @@ impl<'a> Index<'a> {
 /// The plan for a MeshMigration spec over an inventory. `migration` names the
 /// MeshMigration (it labels every generated object).
 pub fn plan(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str) -> Plan {
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = crate::parallel::threads_for(usize::MAX, 1);
     plan_on(inv, spec, migration, threads)
 }
 
@@ -932,7 +932,8 @@ fn plan_on(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str, threads: 
     }
     let index = Index::new(inv, &target_set, &conversions);
 
-    let analyzed = for_each_parallel(&targets, threads, |ns| {
+    // Namespaces are analyzed independently of each other (they only read the shared indexes).
+    let analyzed = crate::parallel::map(&targets, threads, |ns| {
         let mut local = Manifests {
             migration: migration.to_string(),
             items: Vec::new(),
@@ -1067,50 +1068,6 @@ fn plan_on(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str, threads: 
         manifest_steps,
         summary,
     }
-}
-
-/// `f` applied to every item on up to `threads` threads, results in the items' order. Namespaces are analyzed independently of each other (they only read the shared
-/// indexes), so this is the same as a sequential map; workers take the next item from a
-/// shared counter because namespaces differ widely in size.
-fn for_each_parallel<T, R, F>(items: &[T], threads: usize, f: F) -> Vec<R>
-where
-    T: Sync,
-    R: Send,
-    F: Fn(&T) -> R + Sync,
-{
-    // Below this many items a thread costs more than it saves.
-    const MIN_ITEMS_PER_THREAD: usize = 16;
-    let threads = threads.min(items.len() / MIN_ITEMS_PER_THREAD).max(1);
-    if threads == 1 {
-        return items.iter().map(&f).collect();
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut results: Vec<(usize, R)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(item) = items.get(i) else {
-                            break;
-                        };
-                        out.push((i, f(item)));
-                    }
-                    out
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| match h.join() {
-                Ok(r) => r,
-                Err(panic) => std::panic::resume_unwind(panic),
-            })
-            .collect()
-    });
-    results.sort_unstable_by_key(|(i, _)| *i);
-    results.into_iter().map(|(_, r)| r).collect()
 }
 
 fn control_plane_actions(
@@ -2870,6 +2827,7 @@ fn policy_migration(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn long_namespace_lists_are_abbreviated_in_messages() {
@@ -2880,19 +2838,6 @@ mod tests {
             abbreviated_list(&many, 3),
             "ns00, ns01, ns02 and 10 more, listed in the policy's notNamespaces"
         );
-    }
-    use super::*;
-
-    #[test]
-    fn parallel_map_keeps_the_order_of_the_items() {
-        // Uneven work, so that workers finish out of order.
-        let items: Vec<u64> = (0..200).map(|i| (i * 7919) % 101).collect();
-        let work = |n: &u64| (0..*n * 1000).fold(*n, |a, b| a.wrapping_mul(31).wrapping_add(b));
-        let sequential: Vec<u64> = items.iter().map(work).collect();
-        for threads in [1, 2, 3, 8] {
-            assert_eq!(for_each_parallel(&items, threads, work), sequential);
-        }
-        assert!(for_each_parallel(&[] as &[u64], 4, work).is_empty());
     }
 
     #[test]
