@@ -199,7 +199,9 @@ impl Actor {
                 );
                 match api.list(&ListParams::default().labels(&selector)).await {
                     Ok(list) => {
-                        for cm in list {
+                        // A MeshMigration re-created under the same name carries the same
+                        // labels: only this object's ConfigMaps are its to delete.
+                        for cm in list.into_iter().filter(|c| owned_by(c, mm)) {
                             let o = ObjectRef::new("ConfigMap", Some(&ns), &cm.name_any());
                             self.delete(&o).await?;
                         }
@@ -223,7 +225,7 @@ impl Actor {
                     .map_err(|e| Error::kube("list plan ConfigMaps", e))?;
                 for cm in heads
                     .into_iter()
-                    .filter(|c| c.name_any().starts_with(&name))
+                    .filter(|c| c.name_any().starts_with(&name) && owned_by(c, mm))
                 {
                     self.delete(&ObjectRef::new(
                         "ConfigMap",
@@ -365,11 +367,7 @@ impl Actor {
         let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
         match cms.get_opt(&head).await {
             Ok(Some(existing)) => {
-                let ours = existing
-                    .owner_references()
-                    .iter()
-                    .any(|o| Some(&o.uid) == mm.metadata.uid.as_ref());
-                if ours {
+                if owned_by(&existing, mm) {
                     // Taken before this step changed anything; never overwritten.
                     return Ok(());
                 }
@@ -518,11 +516,7 @@ impl Actor {
         else {
             return Ok(None);
         };
-        if !head
-            .owner_references()
-            .iter()
-            .any(|o| Some(&o.uid) == mm.metadata.uid.as_ref())
-        {
+        if !owned_by(&head, mm) {
             // Another run's snapshot (same name, earlier MeshMigration): not ours to undo.
             return Ok(None);
         }
@@ -686,6 +680,19 @@ pub fn owner_ref(mm: &MeshMigration) -> Option<OwnerReference> {
     })
 }
 
+/// Whether `obj` belongs to this MeshMigration object, not to an earlier one of the same
+/// name: names and labels repeat when a MeshMigration is deleted and created again, uids
+/// do not.
+pub fn owned_by(obj: &impl Resource, mm: &MeshMigration) -> bool {
+    mm.meta().uid.as_ref().is_some_and(|uid| {
+        obj.meta()
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| &o.uid == uid)
+    })
+}
+
 /// Labels every object meshmig creates carries (for code outside the planner).
 pub fn managed_labels(migration: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -733,6 +740,29 @@ mod tests {
                 .with_code(code)
                 .boxed(),
         )
+    }
+
+    #[test]
+    fn only_the_same_migration_object_owns_its_config_maps() {
+        let mm = |uid: Option<&str>| {
+            let mut m = MeshMigration::new("crash", Default::default());
+            m.metadata.uid = uid.map(str::to_string);
+            m
+        };
+        let earlier = mm(Some("uid-earlier"));
+        let now = mm(Some("uid-now"));
+        let mut cm = ConfigMap::default();
+        cm.metadata.owner_references = owner_ref(&earlier).map(|o| vec![o]);
+        assert!(owned_by(&cm, &earlier));
+        assert!(
+            !owned_by(&cm, &now),
+            "same name, re-created: not the new object's"
+        );
+        assert!(!owned_by(&ConfigMap::default(), &now), "no owner");
+        assert!(
+            !owned_by(&cm, &mm(None)),
+            "an object without uid owns nothing"
+        );
     }
 
     #[test]

@@ -1354,6 +1354,30 @@ fn finish(
     }
 }
 
+/// Highest step with a snapshot of this MeshMigration object for `ns`, recorded in status
+/// or not. A step's snapshot is taken before the step changes anything and the status write
+/// that records the step comes after its work, so a crash in between leaves changes that
+/// only the snapshot knows of; a rollback starts from here too.
+fn snapshotted_top(inp: &Input<'_>, ns: &str) -> StepNumber {
+    let Some(present) = inp.present_snapshots else {
+        return 0;
+    };
+    let name = inp.mm.metadata.name.as_deref().unwrap_or_default();
+    (2..=9)
+        .rev()
+        .find(|&step| {
+            let in_ns = scope_of(step, ns)
+                .namespace()
+                .unwrap_or(inp.operator_namespace)
+                .to_string();
+            present.contains(&format!(
+                "{in_ns}/{}",
+                crate::snapshot::config_map_name(name, step)
+            ))
+        })
+        .unwrap_or(0)
+}
+
 /// Undoes steps, highest first across namespaces, down to `target`.
 fn rollback(
     inp: &Input<'_>,
@@ -1392,7 +1416,7 @@ fn rollback(
     });
     for s in statuses.iter_mut() {
         if s.phase != NamespacePhase::RollingBack {
-            let top = applied_top(s);
+            let top = applied_top(s).max(snapshotted_top(inp, &s.name));
             s.step = top;
             s.phase = NamespacePhase::RollingBack;
             s.checks.clear();

@@ -9,8 +9,8 @@ use std::io::{Read, Write};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use meshmig_api::MeshMigrationSpec;
 use meshmig_api::names as mn;
+use meshmig_api::{MeshMigration, MeshMigrationSpec, PlanRef};
 use meshmig_planner::Inventory;
 use meshmig_planner::object::dns_subdomain;
 use serde_json::Value;
@@ -116,6 +116,25 @@ pub fn parts_of(head: &ConfigMap) -> usize {
         .unwrap_or(1)
 }
 
+/// The reference to a frozen plan found in the cluster but not in status: a reconcile froze
+/// it, may have carried out the first changes, and its status write was lost (a crash, a
+/// failed request). `None` unless the head belongs to this MeshMigration object and says
+/// which spec it was planned for. The plan hash is filled in once the plan is re-derived.
+pub fn adopt(head: &ConfigMap, mm: &MeshMigration) -> Option<PlanRef> {
+    if !crate::act::owned_by(head, mm) {
+        return None;
+    }
+    let spec_hash = head.metadata.annotations.as_ref()?.get(HASH_ANNOTATION)?;
+    Some(PlanRef {
+        namespace: head.metadata.namespace.clone()?,
+        config_map: head.metadata.name.clone()?,
+        spec_hash: spec_hash.clone(),
+        generation: mm.metadata.generation.unwrap_or(0),
+        plan_hash: None,
+        config_map_uid: head.metadata.uid.clone(),
+    })
+}
+
 /// Decodes the inventory from head and parts.
 pub fn decode(parts: &[ConfigMap]) -> Result<Inventory, String> {
     let mut gz = Vec::new();
@@ -172,6 +191,46 @@ mod tests {
         for key in a.as_object().unwrap().keys() {
             pretty_assertions::assert_eq!(a[key], b[key], "plan field {key} differs");
         }
+    }
+
+    #[test]
+    fn only_a_head_of_this_migration_object_is_adopted() {
+        let mut mm = MeshMigration::new("m", MeshMigrationSpec::default());
+        mm.metadata.uid = Some("uid-now".into());
+        mm.metadata.generation = Some(3);
+        let mut earlier = mm.clone();
+        earlier.metadata.uid = Some("uid-earlier".into());
+        let inv = Inventory::default();
+        let head_of = |owner: &MeshMigration| {
+            let mut cms = encode(
+                &inv,
+                "m",
+                "meshmig-system",
+                "abc",
+                crate::act::owner_ref(owner),
+            )
+            .unwrap();
+            let mut head = cms.remove(0);
+            head.metadata.uid = Some("cm-uid".into());
+            head
+        };
+        let pr = adopt(&head_of(&mm), &mm).expect("this object's head");
+        assert_eq!(pr.config_map, config_map_name("m"));
+        assert_eq!(pr.namespace, "meshmig-system");
+        assert_eq!(
+            pr.spec_hash, "abc",
+            "the spec it was planned for, not the current one"
+        );
+        assert_eq!(pr.generation, 3);
+        assert_eq!(pr.config_map_uid.as_deref(), Some("cm-uid"));
+        assert_eq!(pr.plan_hash, None);
+        assert!(
+            adopt(&head_of(&earlier), &mm).is_none(),
+            "a leftover of an earlier object of the same name"
+        );
+        let mut no_hash = head_of(&mm);
+        no_hash.metadata.annotations = None;
+        assert!(adopt(&no_hash, &mm).is_none());
     }
 
     #[test]

@@ -16,7 +16,6 @@ use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
-use meshmig_api::MeshMigrationSpec;
 use meshmig_api::gateway::{Gateway, HTTPRoute};
 use meshmig_api::istio::{
     AuthorizationPolicy, DestinationRule, EnvoyFilter, PeerAuthentication, RequestAuthentication,
@@ -24,6 +23,7 @@ use meshmig_api::istio::{
 };
 use meshmig_api::names as mn;
 use meshmig_api::sail::{Istio, IstioCni, ZTunnel};
+use meshmig_api::{MeshMigration, MeshMigrationSpec};
 use meshmig_planner::Inventory;
 use meshmig_planner::inventory::{CrdInfo, PodInfo};
 use meshmig_planner::model::label_selector_matches;
@@ -441,8 +441,10 @@ impl Stores {
         inv
     }
 
-    /// Snapshot head ConfigMaps of a migration, as `namespace/name`.
-    pub fn snapshot_heads(&self, migration: &str) -> std::collections::BTreeSet<String> {
+    /// Snapshot head ConfigMaps of this MeshMigration object (not of an earlier one of the
+    /// same name), as `namespace/name`.
+    pub fn snapshot_heads(&self, mm: &MeshMigration) -> std::collections::BTreeSet<String> {
+        let migration = mm.metadata.name.as_deref().unwrap_or_default();
         self.config_maps
             .state()
             .iter()
@@ -454,6 +456,7 @@ impl Stores {
                     && l.and_then(|l| l.get(mn::LABEL_MIGRATION))
                         .map(String::as_str)
                         == Some(migration)
+                    && crate::act::owned_by(c.as_ref(), mm)
             })
             .map(|c| {
                 format!(

@@ -17,7 +17,7 @@ use meshmig_api::{MeshMigration, MeshMigrationStatus, MigrationPhase, OnDelete, 
 use meshmig_planner::{Inventory, Plan};
 use tracing::{info, warn};
 
-use crate::act::{Actor, owner_ref};
+use crate::act::{Actor, owned_by, owner_ref};
 use crate::conditions::{self, Desired};
 use crate::decide::{self, Decision, Input};
 use crate::error::Error;
@@ -193,6 +193,20 @@ impl Ctx {
         Ok(inv)
     }
 
+    /// A frozen plan of this MeshMigration object that status does not record (see
+    /// [`frozen::adopt`]). Asked of the API, not the cache: a miss would re-plan from a
+    /// cluster the lost reconcile may already have changed.
+    async fn unrecorded_frozen(&self, mm: &MeshMigration) -> Result<Option<PlanRef>, Error> {
+        let ns = &self.actor.operator_namespace;
+        let name = frozen::config_map_name(&mm.name_any());
+        let api: Api<ConfigMap> = Api::namespaced(self.actor.client.clone(), ns);
+        let head = api
+            .get_opt(&name)
+            .await
+            .map_err(|e| Error::kube(format!("get {ns}/{name}"), e))?;
+        Ok(head.and_then(|h| frozen::adopt(&h, mm)))
+    }
+
     async fn store_frozen(
         &self,
         mm: &MeshMigration,
@@ -355,6 +369,18 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
     let name = mm.name_any();
     let op_ns = ctx.actor.operator_namespace.clone();
     let deleting = mm.meta().deletion_timestamp.is_some();
+    // Work is carried out before the status write that records it. When that write is lost
+    // right after the plan was frozen, the cluster may already carry step 2: planning again
+    // from it would plan a different migration, so the stored plan is taken up instead.
+    let recorded = mm.status.as_ref().and_then(|s| s.plan.clone());
+    let adopted = match mm.status.as_ref() {
+        Some(s) if s.plan.is_some() || s.rollback.is_some() => None,
+        _ => ctx.unrecorded_frozen(mm).await?,
+    };
+    if let Some(pr) = &adopted {
+        info!(migration = %name, config_map = %pr.config_map, "status does not record the frozen plan of this MeshMigration (a lost status write, or a cached copy older than it): resuming with the stored plan");
+    }
+    let plan_ref = recorded.or_else(|| adopted.clone());
     if deleting {
         let rolled_back = mm
             .status
@@ -362,7 +388,7 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
             .and_then(|s| s.rollback.as_ref())
             .is_some_and(|r| r.completed && r.target <= 1);
         if mm.spec.on_delete.unwrap_or_default() == OnDelete::Retain
-            || mm.status.as_ref().and_then(|s| s.plan.as_ref()).is_none()
+            || plan_ref.is_none()
             || rolled_back
         {
             ctx.remove_finalizer(mm).await?;
@@ -379,7 +405,7 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
         ctx.write_status(mm, &status).await?;
         return Ok(Action::await_change());
     }
-    let started = mm.status.as_ref().and_then(|s| s.plan.as_ref()).is_some();
+    let started = plan_ref.is_some();
     if !started && !deleting {
         let namespaces: std::collections::BTreeSet<String> = ctx
             .stores
@@ -421,7 +447,6 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
     // ---- plan: frozen once the migration left step 1, live before
     let hash = frozen::spec_hash(&mm.spec);
     let live = ctx.stores.inventory(&mm.spec, &targets);
-    let plan_ref = mm.status.as_ref().and_then(|s| s.plan.clone());
     let mut frozen_inv: Option<Arc<Inventory>> = None;
     let plan: Plan = match &plan_ref {
         Some(pr) => {
@@ -477,7 +502,7 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
         None => meshmig_planner::plan(&live, &mm.spec, &name),
     };
     let probe_pods = ctx.stores.probe_pods_of(&name);
-    let mut present = ctx.stores.snapshot_heads(&name);
+    let mut present = ctx.stores.snapshot_heads(mm);
     // The cache may not have seen a snapshot written a moment ago: confirm absences with
     // the API before holding the migration for them.
     let refs: Vec<(String, String)> = mm
@@ -494,7 +519,7 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
             .get_opt(&cm)
             .await
             .map_err(|e| Error::kube(format!("get {ns}/{cm}"), e))?
-            .is_some()
+            .is_some_and(|c| owned_by(&c, mm))
         {
             present.insert(format!("{ns}/{cm}"));
         }
@@ -522,6 +547,17 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
     };
     let mut decision: Decision = decide::decide(&input);
 
+    if let Some(mut pr) = adopted
+        && decision.status.plan.is_none()
+        && !decision
+            .status
+            .rollback
+            .as_ref()
+            .is_some_and(|r| r.completed && r.target <= 2)
+    {
+        pr.plan_hash = Some(frozen::plan_hash(&plan));
+        decision.status.plan = Some(pr);
+    }
     // Freeze the inventory before the first change.
     if plan_ref.is_none()
         && decision.status.namespaces.iter().any(|s| s.step >= 2)

@@ -2,6 +2,9 @@
 //! bookinfo and while it rolls it back. Every trial must end in the state of an
 //! undisturbed run, with each step's snapshot taken exactly once and unchanged.
 //!
+//! A second test makes the state such a kill leaves between a reconcile's work and its
+//! status write, and checks the next operator resumes from what was stored.
+//!
 //! `MESHMIG_CRASH_TRIALS` (default 30) and `MESHMIG_CRASH_SEED` (default 20261128) control
 //! the run; results are printed and written to target/reliability/crash.txt.
 
@@ -162,7 +165,11 @@ async fn migrated_state(rig: &Rig) -> BTreeMap<String, Value> {
 }
 
 async fn wait_phase(rig: &Rig, want: MigrationPhase, secs: u64) {
-    rig.wait_mm(NAME, &format!("{want:?}"), secs, |mm| {
+    wait_phase_of(rig, NAME, want, secs).await;
+}
+
+async fn wait_phase_of(rig: &Rig, name: &str, want: MigrationPhase, secs: u64) {
+    rig.wait_mm(name, &format!("{want:?}"), secs, |mm| {
         phase(mm) == Some(want)
     })
     .await;
@@ -313,4 +320,79 @@ async fn sigkill_at_random_points_of_migration_and_rollback_changes_nothing() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/reliability");
     let _ = std::fs::create_dir_all(&dir);
     let _ = std::fs::write(dir.join("crash.txt"), &report);
+}
+
+/// What a SIGKILL between a reconcile's work and its status write leaves, made on purpose:
+/// the operator froze the plan and carried out step 2, and status does not say so. The next
+/// operator resumes with the stored plan (planning again from a cluster that step 2 already
+/// changed would plan another migration: for pods re-injected by an earlier rollback it drops
+/// step 3 and its snapshot), and a rollback undoes step 2 although status never recorded it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_status_write_lost_after_the_plan_froze_resumes_with_that_plan_and_undoes_it() {
+    const NAME: &str = "lost-write";
+    let mut rig = Rig::new(&[]).await;
+    rig.kill_operator("op-a").await;
+    rig.operator_args = vec!["--leader-election=false".into()];
+    rig.start_operator("op-a").await;
+    let baseline = rig.user_objects("bookinfo").await;
+    let held = |mm: &meshmig_api::MeshMigration| {
+        mm.status
+            .as_ref()
+            .and_then(|s| s.namespaces.first())
+            .is_some_and(|n| n.step == 3 && n.phase == meshmig_api::NamespacePhase::Waiting)
+    };
+    rig.apply_migration(NAME, json!({"pauseBefore": [3]})).await;
+    rig.wait_mm(NAME, "held before step 3", 120, held).await;
+    let plans: Api<ConfigMap> = rig.env.api_in("meshmig-system");
+    let plan_cm = meshmig_operator::frozen::config_map_name(NAME);
+    let frozen_uid = plans.get(&plan_cm).await.unwrap().uid();
+    assert!(
+        rig.user_objects("bookinfo").await != baseline,
+        "step 2 changed the control plane"
+    );
+
+    let lose_status = async |rig: &mut Rig| {
+        rig.kill_operator("op-a").await;
+        rig.migrations()
+            .patch_status(
+                NAME,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"status": null})),
+            )
+            .await
+            .unwrap();
+        let mm = rig.migrations().get(NAME).await.unwrap();
+        assert!(mm.status.is_none_or(|s| s.plan.is_none()), "status kept");
+    };
+    lose_status(&mut rig).await;
+    rig.start_operator("op-a").await;
+    let mm = rig
+        .wait_mm(NAME, "held before step 3 after the lost write", 120, held)
+        .await;
+    assert_eq!(
+        plans.get(&plan_cm).await.unwrap().uid(),
+        frozen_uid,
+        "the plan was frozen again from the changed cluster"
+    );
+    assert_eq!(
+        mm.status
+            .and_then(|s| s.plan)
+            .and_then(|p| p.config_map_uid),
+        frozen_uid,
+        "status records the stored plan"
+    );
+
+    lose_status(&mut rig).await;
+    rig.annotate(NAME, mn::ANNOTATION_ROLLBACK, Some("all"))
+        .await;
+    rig.start_operator("op-a").await;
+    wait_phase_of(&rig, NAME, MigrationPhase::RolledBack, 180).await;
+    rig.wait_available("bookinfo").await;
+    pretty_assertions::assert_eq!(
+        rig.user_objects("bookinfo").await,
+        baseline,
+        "step 2 left in place"
+    );
+    let leftovers = rig.meshmig_objects().await;
+    assert!(leftovers.is_empty(), "leftovers {leftovers:?}");
 }

@@ -604,3 +604,85 @@ fn the_shared_control_plane_step_is_carried_out_once_for_all_namespaces() {
     );
     assert_eq!(step2(&d), (1, 1), "{:#?}", d.work);
 }
+
+#[test]
+fn a_rollback_also_undoes_steps_only_their_snapshots_know_of() {
+    // A reconcile took the snapshots of steps 2 and 3 and changed the cluster, then its
+    // status write was lost: status knows nothing, the snapshots are the record.
+    let mut w = World::new();
+    let name = w.mm.metadata.name.clone().unwrap();
+    let present: std::collections::BTreeSet<String> = [
+        format!(
+            "meshmig-system/{}",
+            meshmig_operator::snapshot::config_map_name(&name, 2)
+        ),
+        format!(
+            "bookinfo/{}",
+            meshmig_operator::snapshot::config_map_name(&name, 3)
+        ),
+    ]
+    .into();
+    w.annotate(mn::ANNOTATION_ROLLBACK, "all");
+    let mut undone = Vec::new();
+    let mut deleted = Vec::new();
+    for _ in 0..20 {
+        let d = decide(&Input {
+            mm: &w.mm,
+            plan: &w.plan,
+            live: &w.live,
+            probe_pods: &[],
+            now: w.now,
+            run_token: "run",
+            deleting_with_rollback: false,
+            operator_namespace: "meshmig-system",
+            present_snapshots: Some(&present),
+            frozen: None,
+        });
+        for x in &d.work {
+            match x {
+                Work::Undo { scope, step } => undone.push((scope.clone(), *step)),
+                Work::DeleteSnapshots { scope, step } => deleted.push((scope.clone(), *step)),
+                _ => {}
+            }
+        }
+        w.mm.status = Some(d.status);
+        if w.mm.status.as_ref().unwrap().phase == Some(MigrationPhase::RolledBack) {
+            break;
+        }
+    }
+    assert_eq!(
+        w.mm.status.as_ref().unwrap().phase,
+        Some(MigrationPhase::RolledBack)
+    );
+    assert_eq!(
+        undone,
+        vec![
+            (Scope::Namespace("bookinfo".into()), 3),
+            (Scope::Cluster, 2)
+        ]
+    );
+    assert!(deleted.contains(&(Scope::Namespace("bookinfo".into()), 3)));
+    assert!(deleted.contains(&(Scope::Cluster, 2)));
+
+    // Without snapshots there is nothing to undo, and nothing is invented.
+    let mut w = World::new();
+    w.annotate(mn::ANNOTATION_ROLLBACK, "all");
+    let none = std::collections::BTreeSet::new();
+    let d = decide(&Input {
+        mm: &w.mm,
+        plan: &w.plan,
+        live: &w.live,
+        probe_pods: &[],
+        now: w.now,
+        run_token: "run",
+        deleting_with_rollback: false,
+        operator_namespace: "meshmig-system",
+        present_snapshots: Some(&none),
+        frozen: None,
+    });
+    assert!(
+        !d.work.iter().any(|x| matches!(x, Work::Undo { .. })),
+        "{:?}",
+        d.work
+    );
+}
