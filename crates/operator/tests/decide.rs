@@ -55,6 +55,11 @@ impl World {
     }
 
     fn decide(&self) -> Decision {
+        self.decide_with(None)
+    }
+
+    /// Decides with these snapshot ConfigMaps (`namespace/name`) present in the cluster.
+    fn decide_with(&self, present: Option<&std::collections::BTreeSet<String>>) -> Decision {
         decide(&Input {
             mm: &self.mm,
             plan: &self.plan,
@@ -64,7 +69,7 @@ impl World {
             run_token: "run",
             deleting_with_rollback: false,
             operator_namespace: "meshmig-system",
-            present_snapshots: None,
+            present_snapshots: present,
             frozen: None,
         })
     }
@@ -421,21 +426,7 @@ fn a_namespace_deleted_mid_way_fails_it_instead_of_holding_for_its_snapshots() {
         .map(|r| format!("{}/{}", r.namespace, r.config_map))
         .collect();
     assert!(w.ns().snapshots.len() > present.len(), "{:?}", w.ns());
-    let decide_with = |w: &World| {
-        decide(&Input {
-            mm: &w.mm,
-            plan: &w.plan,
-            live: &w.live,
-            probe_pods: &[],
-            now: w.now,
-            run_token: "run",
-            deleting_with_rollback: false,
-            operator_namespace: "meshmig-system",
-            present_snapshots: Some(&present),
-            frozen: None,
-        })
-    };
-    let d = decide_with(&w);
+    let d = w.decide_with(Some(&present));
     assert!(
         !d.work
             .iter()
@@ -462,7 +453,7 @@ fn a_namespace_deleted_mid_way_fails_it_instead_of_holding_for_its_snapshots() {
     let mut undone = Vec::new();
     let mut not_undone = 0;
     for _ in 0..20 {
-        let d = decide_with(&w);
+        let d = w.decide_with(Some(&present));
         for x in &d.work {
             if let Work::Undo { scope, step } = x {
                 undone.push((scope.clone(), *step));
@@ -626,18 +617,7 @@ fn a_rollback_also_undoes_steps_only_their_snapshots_know_of() {
     let mut undone = Vec::new();
     let mut deleted = Vec::new();
     for _ in 0..20 {
-        let d = decide(&Input {
-            mm: &w.mm,
-            plan: &w.plan,
-            live: &w.live,
-            probe_pods: &[],
-            now: w.now,
-            run_token: "run",
-            deleting_with_rollback: false,
-            operator_namespace: "meshmig-system",
-            present_snapshots: Some(&present),
-            frozen: None,
-        });
+        let d = w.decide_with(Some(&present));
         for x in &d.work {
             match x {
                 Work::Undo { scope, step } => undone.push((scope.clone(), *step)),
@@ -668,18 +648,7 @@ fn a_rollback_also_undoes_steps_only_their_snapshots_know_of() {
     let mut w = World::new();
     w.annotate(mn::ANNOTATION_ROLLBACK, "all");
     let none = std::collections::BTreeSet::new();
-    let d = decide(&Input {
-        mm: &w.mm,
-        plan: &w.plan,
-        live: &w.live,
-        probe_pods: &[],
-        now: w.now,
-        run_token: "run",
-        deleting_with_rollback: false,
-        operator_namespace: "meshmig-system",
-        present_snapshots: Some(&none),
-        frozen: None,
-    });
+    let d = w.decide_with(Some(&none));
     assert!(
         !d.work.iter().any(|x| matches!(x, Work::Undo { .. })),
         "{:?}",
