@@ -51,6 +51,55 @@ type LeaseState = (
 /// Name of the leader-election Lease in the operator's namespace.
 pub const LEASE_NAME: &str = "meshmig-operator";
 
+/// The leader-election manager of one replica.
+///
+/// Each replica applies the Lease under its own field manager. Under a shared one, two
+/// replicas that find the Lease free at the same moment both apply `holderIdentity` without a
+/// conflict (a manager may overwrite its own fields), and both believe they lead until their
+/// next sync: two controllers acting on the same MeshMigration. With one manager per
+/// identity the second apply is refused with a conflict and that replica stays standby.
+pub async fn lease_manager(
+    client: Client,
+    namespace: &str,
+    identity: &str,
+    lease_seconds: u64,
+) -> Result<kube_lease_manager::LeaseManager, String> {
+    let duration = lease_seconds.max(2);
+    kube_lease_manager::LeaseManagerBuilder::new(client, LEASE_NAME)
+        .with_namespace(namespace)
+        .with_identity(identity)
+        .with_duration(duration)
+        // Renew at half-life: a holder slowed down by a busy node (or API server) keeps
+        // the lease through one late renewal instead of losing it and restarting.
+        .with_grace((duration / 2).max(1))
+        .with_field_manager(lease_field_manager(identity))
+        .build()
+        .await
+        .map_err(|e| format!("leader election: cannot use Lease {namespace}/{LEASE_NAME}: {e}"))
+}
+
+/// The field manager a replica writes the Lease with: ours, qualified by the identity. The
+/// API server allows 128 characters; a longer identity (a Pod name can be 253) is shortened
+/// to a prefix and a digest of the whole, so it stays distinct from the other replicas'.
+pub fn lease_field_manager(identity: &str) -> String {
+    const MAX: usize = 128;
+    let name = format!("{}-lease-{identity}", meshmig_api::names::FIELD_MANAGER);
+    if name.len() <= MAX {
+        return name;
+    }
+    use sha2::{Digest, Sha256};
+    let digest: String = Sha256::digest(identity.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut end = MAX - digest.len() - 1;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}-{digest}", &name[..end])
+}
+
 /// Names of the installed CRDs.
 pub async fn discover(client: &Client) -> Result<Installed, String> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -187,22 +236,13 @@ pub async fn run(
     let mut lease_state: Option<LeaseState> = None;
     if settings.leader_election {
         let identity = format!("{}-{}", settings.instance, std::process::id());
-        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
-            .with_namespace(settings.namespace.clone())
-            .with_identity(identity.clone())
-            .with_duration(settings.lease_seconds.max(2))
-            // Renew at half-life: a holder slowed down by a busy node (or API server) keeps
-            // the lease through one late renewal instead of losing it and restarting.
-            .with_grace((settings.lease_seconds.max(2) / 2).max(1))
-            .with_field_manager(meshmig_api::names::FIELD_MANAGER)
-            .build()
-            .await
-            .map_err(|e| {
-                format!(
-                    "leader election: cannot use Lease {}/{LEASE_NAME}: {e}",
-                    settings.namespace
-                )
-            })?;
+        let manager = lease_manager(
+            client.clone(),
+            &settings.namespace,
+            &identity,
+            settings.lease_seconds,
+        )
+        .await?;
         let (mut leader_rx, task) = manager.watch().await;
         info!(identity = %identity, "waiting for the leader lease");
         let mut stop = stop_rx.clone();
@@ -347,5 +387,22 @@ mod tests {
             total > Duration::from_secs(60) && total < Duration::from_secs(300),
             "{total:?}"
         );
+    }
+
+    #[test]
+    fn each_replica_writes_the_lease_under_its_own_bounded_field_manager() {
+        let a = lease_field_manager("meshmig-operator-7d9f-abcde-1");
+        let b = lease_field_manager("meshmig-operator-7d9f-fghij-1");
+        assert_eq!(a, "meshmig-lease-meshmig-operator-7d9f-abcde-1");
+        assert_ne!(a, b);
+        // Pod names may be 253 characters; two that differ only at the end stay distinct.
+        let long_a = format!("{}-1", "x".repeat(250));
+        let long_b = format!("{}-2", "x".repeat(250));
+        let (la, lb) = (lease_field_manager(&long_a), lease_field_manager(&long_b));
+        assert!(la.len() <= 128 && lb.len() <= 128, "{la} {lb}");
+        assert_ne!(la, lb);
+        assert!(la.starts_with("meshmig-lease-xxx"), "{la}");
+        let multibyte = "é".repeat(100);
+        assert!(lease_field_manager(&multibyte).len() <= 128);
     }
 }

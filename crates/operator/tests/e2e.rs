@@ -418,6 +418,118 @@ async fn two_replicas_only_the_leader_reconciles_and_a_killed_leader_is_replaced
     );
 }
 
+/// Replicas that find the Lease free at the same moment: exactly one leads. All replicas once
+/// applied the Lease under one field manager, so a replica whose apply reached the API server
+/// after another's had won overwrote the holder without a conflict, and for a renewal period
+/// two controllers acted (seen in CI: the standby took a snapshot). The last round makes that
+/// interleaving certain: one replica's Lease writes pass a proxy that holds them for a second,
+/// so its apply arrives after the other replica has taken the free Lease.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_racing_for_a_free_lease_elect_exactly_one_leader() {
+    use meshmig_faultproxy::{FaultConfig, FaultKind, FaultProxy, Filter};
+    use meshmig_operator::run::{LEASE_NAME, lease_manager};
+    let env = meshmig_e2e_harness::TestEnv::start().await.unwrap();
+    env.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: race}\n")
+        .await
+        .unwrap();
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = env.api_in("race");
+    let slow = FaultProxy::start(
+        env.kubeconfig(),
+        FaultConfig {
+            rate: 1.0,
+            filter: Filter::only("patch", "leases"),
+            kinds: vec![FaultKind::Slow],
+            slow: (Duration::from_secs(1), Duration::from_secs(1)),
+            ..FaultConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let slow_client = {
+        let kubeconfig = kube::config::Kubeconfig::read_from(slow.kubeconfig_path()).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    };
+    // Rounds of six replicas on the API server, then the staged round: the slow replica
+    // first, the other once the proxy holds the slow one's apply of the free Lease.
+    let mut rounds: Vec<Vec<kube::Client>> = vec![vec![env.client(); 6]; 3];
+    rounds.push(vec![slow_client, env.client()]);
+    let staged = rounds.len() - 1;
+    for (round, clients) in rounds.into_iter().enumerate() {
+        let mut managers = Vec::new();
+        for (i, client) in clients.into_iter().enumerate() {
+            let id = format!("r{round}-{i}");
+            managers.push((
+                id.clone(),
+                lease_manager(client, "race", &id, 30).await.unwrap(),
+            ));
+        }
+        let (won_tx, mut won_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut racers = Vec::new();
+        for (i, (id, m)) in managers.into_iter().enumerate() {
+            if round == staged && i == 1 {
+                wait_for(
+                    "the slow replica's apply held",
+                    Duration::from_secs(20),
+                    async || {
+                        (slow.stats().call("patch leases").requests > 0)
+                            .then_some(())
+                            .ok_or_else(|| Pending::new("no Lease patch yet"))
+                    },
+                )
+                .await
+                .unwrap();
+            }
+            let won_tx = won_tx.clone();
+            racers.push(tokio::spawn(async move {
+                // A standby waits here for the Lease to expire; a leader answers at once.
+                if let Ok(true) = m.changed().await {
+                    let _ = won_tx.send((id, m));
+                }
+            }));
+        }
+        let mut leaders = vec![
+            tokio::time::timeout(Duration::from_secs(30), won_rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: nobody took the free Lease"))
+                .unwrap(),
+        ];
+        // Long enough for a delayed replica's apply, transition count and re-read (3 s).
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        for r in &racers {
+            r.abort();
+        }
+        while let Ok(other) = won_rx.try_recv() {
+            leaders.push(other);
+        }
+        let holder = leases
+            .get(LEASE_NAME)
+            .await
+            .unwrap()
+            .spec
+            .and_then(|s| s.holder_identity);
+        let ids: Vec<&str> = leaders.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(
+            ids.len(),
+            1,
+            "round {round}: leaders {ids:?}, Lease held by {holder:?}"
+        );
+        assert_eq!(holder.as_deref(), Some(ids[0]), "round {round}");
+        if round == staged {
+            // The interleaving happened: the slow replica's apply reached a taken Lease.
+            let refused = slow.writes().iter().any(|w| {
+                w.verb == "patch" && w.resource.starts_with("leases") && w.status == Some(409)
+            });
+            assert!(refused, "{:#?}", slow.writes());
+            assert_eq!(ids, [format!("r{staged}-1")]);
+        }
+        // Free the Lease for the next round's race.
+        leaders[0].1.release().await.unwrap();
+    }
+}
+
 /// An HTTP GET on 127.0.0.1 without a client library (plain HTTP/1.0).
 async fn http_get(port: u16, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
