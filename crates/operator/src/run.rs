@@ -78,26 +78,14 @@ pub async fn lease_manager(
         .map_err(|e| format!("leader election: cannot use Lease {namespace}/{LEASE_NAME}: {e}"))
 }
 
-/// The field manager a replica writes the Lease with: ours, qualified by the identity. The
-/// API server allows 128 characters; a longer identity (a Pod name can be 253) is shortened
-/// to a prefix and a digest of the whole, so it stays distinct from the other replicas'.
+/// The field manager a replica writes the Lease with: ours, qualified by the identity, within
+/// the API server's 128 characters (a Pod name alone can be 253; a longer one is shortened
+/// with a hash of the whole, so it stays distinct from the other replicas').
 pub fn lease_field_manager(identity: &str) -> String {
-    const MAX: usize = 128;
-    let name = format!("{}-lease-{identity}", meshmig_api::names::FIELD_MANAGER);
-    if name.len() <= MAX {
-        return name;
-    }
-    use sha2::{Digest, Sha256};
-    let digest: String = Sha256::digest(identity.as_bytes())
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let mut end = MAX - digest.len() - 1;
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}-{digest}", &name[..end])
+    meshmig_planner::object::bounded_name(
+        &[meshmig_api::names::FIELD_MANAGER, "lease", identity],
+        128,
+    )
 }
 
 /// Names of the installed CRDs.

@@ -445,13 +445,9 @@ async fn replicas_racing_for_a_free_lease_elect_exactly_one_leader() {
     )
     .await
     .unwrap();
-    let slow_client = {
-        let kubeconfig = kube::config::Kubeconfig::read_from(slow.kubeconfig_path()).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .unwrap();
-        kube::Client::try_from(config).unwrap()
-    };
+    let slow_client = meshmig_e2e_harness::client_for(slow.kubeconfig_path())
+        .await
+        .unwrap();
     // Rounds of six replicas on the API server, then the staged round: the slow replica
     // first, the other once the proxy holds the slow one's apply of the free Lease.
     let mut rounds: Vec<Vec<kube::Client>> = vec![vec![env.client(); 6]; 3];

@@ -67,7 +67,8 @@ pub fn dns_subdomain(parts: &[&str]) -> String {
     bounded_name(parts, 253)
 }
 
-fn bounded_name(parts: &[&str], max: usize) -> String {
+/// A name of at most `max` characters made from `parts` the way [`dns_label`] makes one.
+pub fn bounded_name(parts: &[&str], max: usize) -> String {
     let joined = parts.join("-");
     let mut name: String = joined
         .chars()

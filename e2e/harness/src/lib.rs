@@ -34,7 +34,7 @@ mod wait;
 
 pub use error::Error;
 pub use process::SimProcess;
-pub use testenv::{TestEnv, TestEnvBuilder, testenv_home};
+pub use testenv::{TestEnv, TestEnvBuilder, client_for, testenv_home};
 pub use wait::{Pending, wait_for};
 
 /// Field manager of the harness's server-side applies.

@@ -404,6 +404,12 @@ impl Drop for TestEnv {
     }
 }
 
+/// A client for `kubeconfig`, e.g. one that [`TestEnv::kubeconfig`]'s server was replaced in
+/// (a proxy in front of the API server).
+pub async fn client_for(kubeconfig: &Path) -> Result<Client> {
+    connect(kubeconfig).await.map(|(_, client)| client)
+}
+
 async fn connect(kubeconfig: &Path) -> Result<(kube::Config, Client)> {
     let parsed = Kubeconfig::read_from(kubeconfig).map_err(|e| client_error(kubeconfig, e))?;
     let config = kube::Config::from_custom_kubeconfig(parsed, &KubeConfigOptions::default())
