@@ -70,3 +70,19 @@ log "done in $(( $(date +%s) - start ))s: bookinfo runs in ambient mode"
 kubectl get pods -n bookinfo -o custom-columns='POD:.metadata.name,CONTAINERS:.spec.containers[*].name,REDIRECTION:.metadata.annotations.ambient\.istio\.io/redirection'
 kubectl get namespace bookinfo --show-labels
 kubectl get gateway,httproute,virtualservice,authorizationpolicy -n bookinfo
+
+# DEMO_ROLLBACK=<step>|all: then roll the migration back and show the Pods it leaves.
+if [ -n "${DEMO_ROLLBACK:-}" ]; then
+  log "rolling back to before step $DEMO_ROLLBACK"
+  "$BIN/meshmig" rollback bookinfo "$DEMO_ROLLBACK"
+  # watch --until-done ends with an error on RolledBack: the wait below judges.
+  "$BIN/meshmig" watch bookinfo --until-done --timeout ${DEMO_TIMEOUT:-280} --color always || true
+  if ! kubectl wait --for=condition=RolledBack meshmigration/bookinfo --timeout=10s >/dev/null; then
+    log "the rollback did not complete; operator log:"
+    tail -n 40 "$WORK/operator.log" >&2
+    exit 1
+  fi
+  log "rolled back: every Pod as before step $DEMO_ROLLBACK"
+  kubectl get pods -n bookinfo -o custom-columns='POD:.metadata.name,CONTAINERS:.spec.containers[*].name,SIDECAR:.metadata.annotations.sidecar\.istio\.io/status,REDIRECTION:.metadata.annotations.ambient\.istio\.io/redirection'
+  kubectl get namespace bookinfo --show-labels
+fi

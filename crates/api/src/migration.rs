@@ -522,6 +522,10 @@ pub struct RollbackStatus {
     /// Why it was started (the failing check, for onFailure).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The control plane (step 2) was restored ahead of step 3's restarts, so the Pods they
+    /// create are injected by the control plane as it was before the migration.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub control_plane_undone: bool,
 }
 
 /// Overall phase of a migration.

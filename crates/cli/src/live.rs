@@ -119,6 +119,20 @@ pub fn render(mm: &MeshMigration, color: bool) -> String {
         if let Some(m) = &ns.message {
             out.push_str(&format!("  {:<20} {}\n", "", c.p("2", m)));
         }
+        let rolling_back = matches!(
+            ns.phase,
+            NamespacePhase::RollingBack | NamespacePhase::RolledBack
+        );
+        if let Some(r) = st
+            .rollback
+            .as_ref()
+            .filter(|_| rolling_back && !ns.checks.is_empty())
+        {
+            out.push_str(&format!(
+                "  {:<20}   checks of the rollback to before step {}:\n",
+                "", r.target
+            ));
+        }
         for chk in &ns.checks {
             let mark = match chk.result {
                 CheckResult::Pass => c.p("32", "✓"),
@@ -335,5 +349,52 @@ pub async fn inventory(client: &Client) -> Result<Inventory, String> {
     if let Ok(Some(cm)) = cms.get_opt("cilium-config").await {
         inv.config_maps.push(cm);
     }
+    // istiod's MeshConfig (trust domain and aliases), wherever istiod runs.
+    let all: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::all(client.clone());
+    let mesh = ListParams::default().fields(&format!(
+        "metadata.name={}",
+        meshmig_planner::cluster::MESH_CONFIG_MAP
+    ));
+    if let Ok(list) = all.list(&mesh).await {
+        inv.config_maps.extend(list.items);
+    }
     Ok(inv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rollback_shows_its_checks_like_a_forward_step() {
+        let mm: MeshMigration = serde_json::from_value(serde_json::json!({
+            "apiVersion": "meshmig.io/v1alpha1", "kind": "MeshMigration",
+            "metadata": {"name": "bookinfo"},
+            "spec": {"namespaces": ["bookinfo"]},
+            "status": {
+                "phase": "Stalled",
+                "rollback": {"target": 4, "requestedBy": "annotation", "completed": false},
+                "conditions": [{"type": "Stalled", "status": "True", "reason": "RollbackCheckFailed",
+                    "message": "the rollback is undone but not verified", "lastTransitionTime": "2026-12-04T00:00:00Z"}],
+                "namespaces": [{"name": "bookinfo", "step": 3, "phase": "RollingBack",
+                    "message": "rollback to before step 4 failed its checks",
+                    "checks": [
+                        {"name": "rollouts-complete", "result": "Pass", "message": "no workload is rolling out"},
+                        {"name": "pods-meshed-as-before", "result": "Fail", "message": "Deployment bookinfo/reviews-v2 (Pod reviews-v2-abc): no sidecar"}
+                    ]}]
+            }
+        }))
+        .unwrap();
+        let view = render(&mm, false);
+        assert!(
+            view.contains("Stalled: the rollback is undone but not verified"),
+            "{view}"
+        );
+        assert!(
+            view.contains("checks of the rollback to before step 4:"),
+            "{view}"
+        );
+        assert!(view.contains("✗ pods-meshed-as-before"), "{view}");
+        assert!(view.contains("✓ rollouts-complete"), "{view}");
+    }
 }

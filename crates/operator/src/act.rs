@@ -384,91 +384,18 @@ impl Actor {
         }
         let mut entries = Vec::new();
         for a in actions {
-            let o = a.object.clone();
-            let current = match a.op {
-                Op::Verify | Op::Prepare => continue,
-                _ => self.get(&o).await?,
-            };
-            let data = current
-                .as_ref()
+            if matches!(a.op, Op::Verify | Op::Prepare) {
+                continue;
+            }
+            let current = self
+                .get(&a.object)
+                .await?
                 .map(|c| serde_json::to_value(c).unwrap_or(Value::Null));
-            let label = |d: &Option<Value>, path: &str, key: &str| -> Option<String> {
-                d.as_ref()?
-                    .pointer(path)?
-                    .get(key)?
-                    .as_str()
-                    .map(str::to_string)
-            };
-            let entry = match a.op {
-                Op::Patch => Entry::SailSpec {
-                    object: o,
-                    profile: data
-                        .as_ref()
-                        .and_then(|d| d.pointer("/spec/profile"))
-                        .cloned(),
-                    values: data
-                        .as_ref()
-                        .and_then(|d| d.pointer("/spec/values"))
-                        .cloned(),
-                },
-                Op::Create | Op::Apply => {
-                    let manifest = a
-                        .manifest
-                        .and_then(|i| plan.manifests.get(i))
-                        .or(a.patch.as_ref());
-                    Entry::Create {
-                        api_version: manifest
-                            .and_then(|m| m.get("apiVersion"))
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_string(),
-                        object: o,
-                        existed: current.is_some(),
-                    }
-                }
-                Op::Label | Op::Unlabel => Entry::Label {
-                    key: a.key.clone().unwrap_or_default(),
-                    previous: label(
-                        &data,
-                        "/metadata/labels",
-                        a.key.as_deref().unwrap_or_default(),
-                    ),
-                    object: o,
-                },
-                Op::UnlabelTemplate => Entry::TemplateLabel {
-                    key: a.key.clone().unwrap_or_default(),
-                    previous: label(
-                        &data,
-                        "/spec/template/metadata/labels",
-                        a.key.as_deref().unwrap_or_default(),
-                    ),
-                    object: o,
-                },
-                Op::Restart => Entry::Restart {
-                    previous: label(
-                        &data,
-                        "/spec/template/metadata/annotations",
-                        mn::ANNOTATION_RESTARTED_AT,
-                    ),
-                    object: o,
-                },
-                Op::Delete => match data {
-                    Some(d) => Entry::Delete {
-                        object: o,
-                        manifest: snapshot::strip_server_fields(d),
-                    },
-                    None => continue,
-                },
-                Op::RemoveMeshGateway => Entry::Gateways {
-                    previous: data
-                        .as_ref()
-                        .and_then(|d| d.pointer("/spec/gateways"))
-                        .and_then(|g| serde_json::from_value(g.clone()).ok()),
-                    object: o,
-                },
-                Op::Verify | Op::Prepare => continue,
-            };
-            entries.push(entry);
+            let manifest = a
+                .manifest
+                .and_then(|i| plan.manifests.get(i))
+                .or(a.patch.as_ref());
+            entries.extend(snapshot::entry(a, current.as_ref(), manifest));
         }
         let snap = Snapshot {
             migration: mm.name_any(),
@@ -542,7 +469,7 @@ impl Actor {
             return Ok(());
         };
         info!(migration = %mm.name_any(), step, ?scope, entries = snap.entries.len(), "undoing step");
-        for e in snap.entries.iter().rev() {
+        for e in snapshot::undo_order(&snap.entries) {
             self.undo_entry(mm, e).await?;
         }
         Ok(())

@@ -23,20 +23,20 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn new(name: &str, result: CheckResult, message: impl Into<String>) -> Self {
+    pub(crate) fn new(name: &str, result: CheckResult, message: impl Into<String>) -> Self {
         Self {
             name: name.into(),
             result,
             message: message.into(),
         }
     }
-    fn pass(name: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn pass(name: &str, message: impl Into<String>) -> Self {
         Self::new(name, CheckResult::Pass, message)
     }
-    fn pending(name: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn pending(name: &str, message: impl Into<String>) -> Self {
         Self::new(name, CheckResult::Pending, message)
     }
-    fn fail(name: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn fail(name: &str, message: impl Into<String>) -> Self {
         Self::new(name, CheckResult::Fail, message)
     }
 }
@@ -294,6 +294,81 @@ fn sail_check(
     }
 }
 
+/// Whether the Sail resources meshmig changes in step 2 run the profile they had in
+/// `before` (the frozen inventory, when known): the spec is back, Healthy, and its status
+/// describes this generation. External control planes are changed by the user, not by
+/// meshmig: nothing to wait for.
+pub fn control_plane_settled(
+    live: &Inventory,
+    spec: &MeshMigrationSpec,
+    before: Option<&Inventory>,
+) -> Result<(), String> {
+    let cp = &spec.control_plane;
+    if cp.mode != ControlPlaneMode::Sail {
+        return Ok(());
+    }
+    for (kind, name) in [
+        ("Istio", cp.istio.as_str()),
+        ("IstioCNI", cp.istio_cni.as_str()),
+    ] {
+        // Gone (deleted by the user): nothing runs a stale spec.
+        let Some((generation, profile, status)) = sail_resource(live, kind, name) else {
+            continue;
+        };
+        if let Some((_, was, _)) = before.and_then(|b| sail_resource(b, kind, name))
+            && profile != was
+        {
+            return Err(format!(
+                "{kind} {name}: spec.profile is {:?}, waiting for {:?}",
+                profile.unwrap_or(""),
+                was.unwrap_or("")
+            ));
+        }
+        let observed = status
+            .and_then(|s| s.get("observedGeneration"))
+            .and_then(Value::as_i64);
+        if observed.is_some_and(|o| o < generation) {
+            return Err(format!(
+                "{kind} {name}: the restored spec is not observed yet"
+            ));
+        }
+        match sail_state(status) {
+            Some("Healthy") => {}
+            other => {
+                return Err(format!(
+                    "{kind} {name}: status.state is {}",
+                    other.unwrap_or("not reported yet")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Generation, `spec.profile` and status of a Sail `Istio` or `IstioCNI`.
+fn sail_resource<'a>(
+    inv: &'a Inventory,
+    kind: &str,
+    name: &str,
+) -> Option<(i64, Option<&'a str>, Option<&'a Value>)> {
+    let pick =
+        |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+         p: &'a Option<String>,
+         s: &'a Option<Value>| { (m.generation.unwrap_or(0), p.as_deref(), s.as_ref()) };
+    match kind {
+        "Istio" => inv
+            .istios
+            .iter()
+            .find(|i| i.metadata.name.as_deref() == Some(name))
+            .map(|i| pick(&i.metadata, &i.spec.profile, &i.status)),
+        _ => inv
+            .istio_cnis
+            .iter()
+            .find(|i| i.metadata.name.as_deref() == Some(name))
+            .map(|i| pick(&i.metadata, &i.spec.profile, &i.status)),
+    }
+}
+
 fn daemonset_check(live: &Inventory, check: &str, ns: &str, name: &str) -> Outcome {
     match live.daemon_sets.iter().find(|d| {
         d.metadata.namespace.as_deref() == Some(ns) && d.metadata.name.as_deref() == Some(name)
@@ -357,42 +432,31 @@ fn waypoint_checks(inp: &CheckInput<'_>, out: &mut Vec<Outcome>, programmed_name
 }
 
 fn probes(inp: &CheckInput<'_>, out: &mut Vec<Outcome>) {
-    if inp.probes.is_empty() {
+    probes_outcome(&inp.probes, out);
+}
+
+/// The `probes` check from the outcomes of a checkpoint's probes.
+pub(crate) fn probes_outcome(probes: &[(String, CheckResult, String)], out: &mut Vec<Outcome>) {
+    if probes.is_empty() {
         out.push(Outcome::pass("probes", "no probes for this checkpoint"));
         return;
     }
-    let failed: Vec<&(String, CheckResult, String)> = inp
-        .probes
-        .iter()
-        .filter(|p| p.1 == CheckResult::Fail)
-        .collect();
-    let pending: Vec<&(String, CheckResult, String)> = inp
-        .probes
-        .iter()
-        .filter(|p| p.1 == CheckResult::Pending)
-        .collect();
-    if !failed.is_empty() {
-        out.push(Outcome::fail(
-            "probes",
-            failed
-                .iter()
-                .map(|p| p.2.as_str())
-                .collect::<Vec<_>>()
-                .join("; "),
-        ));
-    } else if !pending.is_empty() {
-        out.push(Outcome::pending(
-            "probes",
-            pending
-                .iter()
-                .map(|p| p.2.as_str())
-                .collect::<Vec<_>>()
-                .join("; "),
-        ));
+    let joined = |result: CheckResult| -> Option<String> {
+        let hits: Vec<&str> = probes
+            .iter()
+            .filter(|p| p.1 == result)
+            .map(|p| p.2.as_str())
+            .collect();
+        (!hits.is_empty()).then(|| hits.join("; "))
+    };
+    if let Some(m) = joined(CheckResult::Fail) {
+        out.push(Outcome::fail("probes", m));
+    } else if let Some(m) = joined(CheckResult::Pending) {
+        out.push(Outcome::pending("probes", m));
     } else {
         out.push(Outcome::pass(
             "probes",
-            format!("{} probe(s) passed", inp.probes.len()),
+            format!("{} probe(s) passed", probes.len()),
         ));
     }
 }

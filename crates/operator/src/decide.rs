@@ -143,6 +143,9 @@ pub struct Input<'a> {
     pub present_snapshots: Option<&'a BTreeSet<String>>,
     /// The frozen inventory the plan was computed from (None before it is frozen).
     pub frozen: Option<&'a Inventory>,
+    /// Snapshots of the undone steps, read by the shell for the checkpoint of a rollback
+    /// ([`rollback_snapshots_to_verify`] says which); `None` when not read.
+    pub rollback_snapshots: Option<&'a [crate::snapshot::Snapshot]>,
 }
 
 /// Objects a step is about to delete or edit that changed since the plan was frozen: the
@@ -1378,7 +1381,8 @@ fn snapshotted_top(inp: &Input<'_>, ns: &str) -> StepNumber {
         .unwrap_or(0)
 }
 
-/// Undoes steps, highest first across namespaces, down to `target`.
+/// Undoes steps, highest first across namespaces, down to `target`; then holds the
+/// rollback at its checkpoint until the namespaces are as they were before `target`.
 fn rollback(
     inp: &Input<'_>,
     old: MeshMigrationStatus,
@@ -1408,11 +1412,16 @@ fn rollback(
             ),
         });
     }
+    let control_plane_undone = old
+        .rollback
+        .as_ref()
+        .is_some_and(|r| !r.completed && r.target == target && r.control_plane_undone);
     status.rollback = Some(RollbackStatus {
         target,
-        requested_by: by.clone(),
+        requested_by: by,
         completed: false,
-        reason: reason.clone(),
+        reason,
+        control_plane_undone,
     });
     for s in statuses.iter_mut() {
         if s.phase != NamespacePhase::RollingBack {
@@ -1425,132 +1434,365 @@ fn rollback(
     }
     let lowest = target.max(2);
     let top = statuses.iter().map(|s| s.step).max().unwrap_or(0);
-    let mut more = true;
-    if top < lowest {
-        // Done.
-        for s in statuses.iter_mut() {
-            s.phase = NamespacePhase::RolledBack;
-            s.step = target.max(1);
-            s.message = Some(format!("rolled back to before step {}", target.max(1)));
-            s.snapshots.retain(|r| r.step < target);
+    let mut evaluated = Vec::new();
+    let (more, verdict) = if top < lowest {
+        let verdict = verify_rollback(inp, &mut statuses, target, &mut work, &mut evaluated);
+        if verdict == Verdict::Passed {
+            complete_rollback(&mut status, &mut statuses, target, &mut work, &mut events);
         }
-        for st in (target.max(2)..=9).rev() {
-            if st == 2 {
-                work.push(Work::DeleteSnapshots {
-                    scope: Scope::Cluster,
-                    step: 2,
-                });
-            } else {
-                for s in &statuses {
-                    work.push(Work::DeleteSnapshots {
-                        scope: Scope::Namespace(s.name.clone()),
-                        step: st,
-                    });
-                }
-            }
-        }
-        if target <= 2 {
-            work.push(Work::DeletePlan);
-            status.plan = None;
-        }
-        status.rollback = Some(RollbackStatus {
-            target,
-            requested_by: by,
-            completed: true,
-            reason,
-        });
-        events.push(EventNote {
-            warning: false,
-            reason: "RolledBack",
-            note: format!("rolled back to before step {target}"),
-        });
-        more = false;
-    } else if top == 2 {
+        (verdict == Verdict::Reading, Some(verdict))
+    } else if top == 3 && lowest == 2 && !control_plane_undone {
+        // Step 3's undo restarts workloads: their new sidecars must come from the control
+        // plane as it was, so it is restored first (everything that needs ambient is gone).
         work.push(Work::Undo {
             scope: Scope::Cluster,
             step: 2,
         });
+        for s in statuses.iter_mut() {
+            s.message =
+                Some("restored the control plane (step 2) ahead of step 3's restarts".into());
+        }
+        if let Some(r) = status.rollback.as_mut() {
+            r.control_plane_undone = true;
+        }
+        (true, None)
+    } else if top == 3
+        && control_plane_undone
+        && let Err(m) = crate::checks::control_plane_settled(inp.live, &inp.mm.spec, inp.frozen)
+    {
+        for s in statuses.iter_mut() {
+            s.message = Some(format!(
+                "waiting for the restored control plane before undoing step 3: {m}"
+            ));
+        }
+        (false, None)
+    } else if top == 2 {
+        if !control_plane_undone {
+            work.push(Work::Undo {
+                scope: Scope::Cluster,
+                step: 2,
+            });
+        }
         for s in statuses.iter_mut().filter(|s| s.step == 2) {
             s.step = 1;
             s.message = Some("undid step 2 (Control plane)".into());
         }
+        (true, None)
     } else {
-        // Undo step `top` in every namespace that has it, in reverse order. Undoing step 9
-        // restarts workloads to bring their sidecars back; step 8 is undone only once those
-        // rollouts finished, so waypoint-era objects are not removed under ambient pods.
-        let order: Vec<String> = inp.plan.namespace_order.iter().rev().cloned().collect();
-        let mut waiting = Vec::new();
-        for ns in order {
-            let Some(s) = statuses.iter_mut().find(|s| s.name == ns && s.step == top) else {
-                continue;
-            };
-            if namespace_vanished(inp.live, &ns) {
-                // Undoing would write into a terminating namespace and be refused forever.
-                events.push(EventNote {
-                    warning: true,
-                    reason: "StepNotUndone",
-                    note: format!(
-                        "{ns}: step {top} ({}) not undone: the namespace was deleted",
-                        step_name(top)
-                    ),
-                });
-                s.step = top - 1;
-                s.message = Some(format!(
-                    "namespace deleted; step {top} ({}) left as it was",
-                    step_name(top)
-                ));
-                continue;
-            }
-            if top == 8
-                && let Err(m) = crate::checks::namespace_settled(inp.live, &ns)
-            {
-                s.message = Some(format!(
-                    "waiting for rollouts before undoing step {top}: {m}"
-                ));
-                waiting.push(ns.clone());
-                continue;
-            }
-            let lost = inp.present_snapshots.and_then(|present| {
-                s.snapshots
-                    .iter()
-                    .find(|r| r.step == top)
-                    .map(|r| format!("{}/{}", r.namespace, r.config_map))
-                    .filter(|k| !present.contains(k))
-            });
-            if let Some(cm) = lost {
-                events.push(EventNote {
-                    warning: true,
-                    reason: "StepNotUndone",
-                    note: format!("{ns}: step {top} ({}) cannot be undone: its snapshot ConfigMap {cm} is missing; its changes are left as they are", step_name(top)),
-                });
-            }
-            work.push(Work::Undo {
-                scope: Scope::Namespace(ns.clone()),
-                step: top,
-            });
-            work.push(Work::CleanupProbes {
-                namespace: ns.clone(),
-                step: top,
-            });
-            s.step = top - 1;
-            s.message = Some(format!("undid step {top} ({})", step_name(top)));
-            events.push(EventNote {
-                warning: false,
-                reason: "StepUndone",
-                note: format!("{ns}: step {top} ({}) undone", step_name(top)),
-            });
-        }
-        if !waiting.is_empty() && work.is_empty() {
-            more = false;
-        }
-    }
+        (
+            undo_top(inp, &mut statuses, top, &mut work, &mut events),
+            None,
+        )
+    };
     status.namespaces = statuses;
-    let mut d = finish(inp, &old, status, work, events, more, false);
-    if !more {
-        d.waiting_on_time = false;
+    let waiting = matches!(verdict, Some(Verdict::Checking | Verdict::Failed(_)));
+    let mut d = finish(inp, &old, status, work, events, more, waiting);
+    d.evaluated = evaluated;
+    if let Some(Verdict::Failed(msg)) = verdict {
+        hold_unverified_rollback(inp, &mut d.status, msg);
     }
     d
 }
+
+/// Undoes step `top` in every namespace that has it, in reverse namespace order. Undoing
+/// step 9 restarts workloads to bring their sidecars back; step 8 is undone only once those
+/// rollouts finished, so waypoint-era objects are not removed under ambient pods. Whether
+/// more can be undone right away.
+fn undo_top(
+    inp: &Input<'_>,
+    statuses: &mut [NamespaceStatus],
+    top: StepNumber,
+    work: &mut Vec<Work>,
+    events: &mut Vec<EventNote>,
+) -> bool {
+    let order: Vec<String> = inp.plan.namespace_order.iter().rev().cloned().collect();
+    let mut waiting = false;
+    let before = work.len();
+    for ns in order {
+        let Some(s) = statuses.iter_mut().find(|s| s.name == ns && s.step == top) else {
+            continue;
+        };
+        if namespace_vanished(inp.live, &ns) {
+            // Undoing would write into a terminating namespace and be refused forever.
+            events.push(EventNote {
+                warning: true,
+                reason: "StepNotUndone",
+                note: format!(
+                    "{ns}: step {top} ({}) not undone: the namespace was deleted",
+                    step_name(top)
+                ),
+            });
+            s.step = top - 1;
+            s.message = Some(format!(
+                "namespace deleted; step {top} ({}) left as it was",
+                step_name(top)
+            ));
+            continue;
+        }
+        if top == 8
+            && let Err(m) = crate::checks::namespace_settled(inp.live, &ns)
+        {
+            s.message = Some(format!(
+                "waiting for rollouts before undoing step {top}: {m}"
+            ));
+            waiting = true;
+            continue;
+        }
+        let lost = inp.present_snapshots.and_then(|present| {
+            s.snapshots
+                .iter()
+                .find(|r| r.step == top)
+                .map(|r| format!("{}/{}", r.namespace, r.config_map))
+                .filter(|k| !present.contains(k))
+        });
+        if let Some(cm) = lost {
+            events.push(EventNote {
+                warning: true,
+                reason: "StepNotUndone",
+                note: format!("{ns}: step {top} ({}) cannot be undone: its snapshot ConfigMap {cm} is missing; its changes are left as they are", step_name(top)),
+            });
+        }
+        work.push(Work::Undo {
+            scope: Scope::Namespace(ns.clone()),
+            step: top,
+        });
+        work.push(Work::CleanupProbes {
+            namespace: ns.clone(),
+            step: top,
+        });
+        s.step = top - 1;
+        s.message = Some(format!("undid step {top} ({})", step_name(top)));
+        events.push(EventNote {
+            warning: false,
+            reason: "StepUndone",
+            note: format!("{ns}: step {top} ({}) undone", step_name(top)),
+        });
+    }
+    !(waiting && work.len() == before)
+}
+
+/// Where the checkpoint of a rollback stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// The shell has not read the undone steps' snapshots yet.
+    Reading,
+    /// Checks are pending.
+    Checking,
+    /// A check failed, or stayed pending past the checkpoint timeout: what it says.
+    Failed(String),
+    /// Every check passed in every namespace.
+    Passed,
+}
+
+/// The steps whose snapshots the checkpoint of a rollback compares with the cluster, once
+/// every step down to the target is undone (`None` before that, or when no rollback runs).
+pub fn rollback_snapshots_to_verify(mm: &MeshMigration) -> Option<Vec<(Scope, StepNumber)>> {
+    let status = mm.status.as_ref()?;
+    let r = status.rollback.as_ref().filter(|r| !r.completed)?;
+    let lowest = r.target.max(2);
+    let undone = !status.namespaces.is_empty()
+        && status
+            .namespaces
+            .iter()
+            .all(|s| s.phase == NamespacePhase::RollingBack && s.step < lowest);
+    if !undone {
+        return None;
+    }
+    let mut out = Vec::new();
+    if lowest <= 2 {
+        out.push((Scope::Cluster, 2));
+    }
+    for s in &status.namespaces {
+        out.extend((lowest.max(3)..=9).map(|step| (Scope::Namespace(s.name.clone()), step)));
+    }
+    Some(out)
+}
+
+/// Evaluates the checkpoint of the rollback in every namespace.
+fn verify_rollback(
+    inp: &Input<'_>,
+    statuses: &mut [NamespaceStatus],
+    target: StepNumber,
+    work: &mut Vec<Work>,
+    evaluated: &mut Vec<(StepNumber, Vec<Outcome>)>,
+) -> Verdict {
+    let Some(snapshots) = inp.rollback_snapshots else {
+        for s in statuses.iter_mut() {
+            s.message = Some(format!(
+                "every step down to {target} undone; verifying the rollback"
+            ));
+        }
+        return Verdict::Reading;
+    };
+    let timeout =
+        parse_duration(&inp.mm.spec.checkpoints.timeout).unwrap_or(SignedDuration::from_mins(10));
+    let mut failed = Vec::new();
+    let mut pending = false;
+    for s in statuses.iter_mut() {
+        let Some(nsp) = inp.plan.namespace(&s.name) else {
+            continue;
+        };
+        if namespace_vanished(inp.live, &s.name) {
+            continue;
+        }
+        let started = s
+            .checkpoint_started_at
+            .get_or_insert_with(|| time(inp.now))
+            .0;
+        let mut outcomes = rollback_outcomes(inp, nsp, snapshots, target, started, work);
+        if inp.now.duration_since(started) > timeout {
+            time_out(&mut outcomes, &inp.mm.spec.checkpoints.timeout);
+        }
+        s.checks = checks_status(&s.checks, &outcomes, inp.now);
+        evaluated.push((target, outcomes.clone()));
+        let summary = |r: CheckResult| {
+            outcomes
+                .iter()
+                .filter(|o| o.result == r)
+                .map(|o| format!("{}: {}", o.name, o.message))
+                .collect::<Vec<_>>()
+        };
+        let (fails, waits) = (summary(CheckResult::Fail), summary(CheckResult::Pending));
+        s.message = Some(if !fails.is_empty() {
+            failed.push(format!("{}: {}", s.name, fails.join("; ")));
+            format!(
+                "rollback to before step {target} failed its checks: {}",
+                fails.join("; ")
+            )
+        } else if !waits.is_empty() {
+            pending = true;
+            format!(
+                "verifying the rollback to before step {target}: {}",
+                waits.join("; ")
+            )
+        } else {
+            format!("rollback to before step {target} verified")
+        });
+    }
+    if !failed.is_empty() {
+        Verdict::Failed(failed.join(" | "))
+    } else if pending {
+        Verdict::Checking
+    } else {
+        Verdict::Passed
+    }
+}
+
+/// The checks of one namespace's rollback. Probes run as at the checkpoint of the last kept
+/// step: that checkpoint validated the state the rollback returns to.
+fn rollback_outcomes(
+    inp: &Input<'_>,
+    nsp: &NamespacePlan,
+    snapshots: &[crate::snapshot::Snapshot],
+    target: StepNumber,
+    started: Timestamp,
+    work: &mut Vec<Work>,
+) -> Vec<Outcome> {
+    let kept = target.saturating_sub(1);
+    let attempt = format!("rollback-{}", started.as_second());
+    let (probe_results, to_start) = probe_outcomes(inp, &nsp.name, kept, &attempt);
+    work.extend(to_start.into_iter().map(|p| Work::StartProbe(Box::new(p))));
+    let mine: Vec<crate::snapshot::Snapshot> = snapshots
+        .iter()
+        .filter(|x| x.namespace.as_deref().is_none_or(|n| n == nsp.name))
+        .cloned()
+        .collect();
+    crate::rollback::evaluate(&crate::rollback::RollbackCheckInput {
+        target,
+        ns: nsp,
+        live: inp.live,
+        snapshots: &mine,
+        migration: inp.mm.metadata.name.as_deref().unwrap_or_default(),
+        probes: probe_results,
+    })
+}
+
+/// Pending checks past the checkpoint timeout fail.
+fn time_out(outcomes: &mut [Outcome], timeout: &str) {
+    for o in outcomes
+        .iter_mut()
+        .filter(|o| o.result == CheckResult::Pending)
+    {
+        o.result = CheckResult::Fail;
+        o.message = format!("still pending after {timeout}: {}", o.message);
+    }
+}
+
+/// Every check passed: the rollback is complete, its snapshots go, and a rollback of step 2
+/// also drops the frozen plan.
+fn complete_rollback(
+    status: &mut MeshMigrationStatus,
+    statuses: &mut [NamespaceStatus],
+    target: StepNumber,
+    work: &mut Vec<Work>,
+    events: &mut Vec<EventNote>,
+) {
+    for s in statuses.iter_mut() {
+        s.phase = NamespacePhase::RolledBack;
+        s.step = target.max(1);
+        s.message = Some(format!("rolled back to before step {}", target.max(1)));
+        s.snapshots.retain(|r| r.step < target);
+        s.checkpoint_started_at = None;
+        work.push(Work::CleanupProbes {
+            namespace: s.name.clone(),
+            step: target.saturating_sub(1),
+        });
+    }
+    for st in (target.max(2)..=9).rev() {
+        if st == 2 {
+            work.push(Work::DeleteSnapshots {
+                scope: Scope::Cluster,
+                step: 2,
+            });
+        } else {
+            for s in statuses.iter() {
+                work.push(Work::DeleteSnapshots {
+                    scope: Scope::Namespace(s.name.clone()),
+                    step: st,
+                });
+            }
+        }
+    }
+    if target <= 2 {
+        work.push(Work::DeletePlan);
+        status.plan = None;
+    }
+    if let Some(r) = status.rollback.as_mut() {
+        r.completed = true;
+    }
+    events.push(EventNote {
+        warning: false,
+        reason: "RolledBack",
+        note: format!("rolled back to before step {target}"),
+    });
+}
+
+/// A rollback whose checkpoint failed is not reported as rolled back: it is Stalled, and says
+/// which workloads lack what. The checks run again on every change, so fixing the cause
+/// (e.g. restarting a workload outside the mesh) completes it.
+fn hold_unverified_rollback(inp: &Input<'_>, status: &mut MeshMigrationStatus, failed: String) {
+    let msg = format!(
+        "the rollback is undone but not verified: {failed}. Fix the cause (a workload outside the mesh needs a restart: kubectl rollout restart); meshmig checks again on every change and reports RolledBack once every check passes"
+    );
+    let now = time(inp.now);
+    let generation = inp.mm.metadata.generation;
+    for (type_, value) in [
+        (mn::CONDITION_STALLED, true),
+        (mn::CONDITION_RECONCILING, false),
+        (mn::CONDITION_READY, false),
+    ] {
+        conditions::set(
+            &mut status.conditions,
+            Desired::new(type_, value, ROLLBACK_CHECK_FAILED, msg.clone()),
+            generation,
+            &now,
+        );
+    }
+    status.phase = Some(MigrationPhase::Stalled);
+}
+
+/// Reason of the Stalled condition of a rollback whose checkpoint failed.
+pub const ROLLBACK_CHECK_FAILED: &str = "RollbackCheckFailed";
 
 /// Existing snapshot steps per scope, from status (for tests and the act layer).
 pub fn snapshot_steps(status: &MeshMigrationStatus) -> BTreeMap<String, BTreeSet<StepNumber>> {

@@ -1,7 +1,7 @@
 //! meshmig operator: runs MeshMigrations through nine checkpointed, reversible steps.
 //!
-//! Pure core (`decide`, `checks`, `conditions`, `snapshot`, `frozen`, `probes`, `validate`),
-//! thin shell (`observe` reads, `act` writes, `reconcile` wires them).
+//! Pure core (`decide`, `checks`, `rollback`, `conditions`, `snapshot`, `frozen`, `probes`,
+//! `validate`), thin shell (`observe` reads, `act` writes, `reconcile` wires them).
 #![forbid(unsafe_code)]
 
 pub mod act;
@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod observe;
 pub mod probes;
 pub mod reconcile;
+pub mod rollback;
 pub mod run;
 pub mod snapshot;
 pub mod validate;

@@ -125,6 +125,8 @@ pub struct Stores {
     pub config_maps: Store<ConfigMap>,
     /// kube-system/cilium-config (CNI compatibility).
     pub cilium: Store<ConfigMap>,
+    /// istiod's MeshConfig ConfigMaps (`istio` in any namespace): trust domain and aliases.
+    pub mesh_configs: Store<ConfigMap>,
     /// Optional kinds (None when their CRD is not installed).
     pub authorization_policies: Option<Store<AuthorizationPolicy>>,
     /// PeerAuthentications.
@@ -201,6 +203,14 @@ impl Stores {
                 watcher::Config::default().fields("metadata.name=cilium-config"),
                 &mut t,
             ),
+            mesh_configs: watch(
+                Api::<ConfigMap>::all(c.clone()),
+                watcher::Config::default().fields(&format!(
+                    "metadata.name={}",
+                    meshmig_planner::cluster::MESH_CONFIG_MAP
+                )),
+                &mut t,
+            ),
             authorization_policies: opt!(
                 AuthorizationPolicy,
                 "authorizationpolicies.security.istio.io"
@@ -252,7 +262,8 @@ impl Stores {
             self.replica_sets,
             self.crds,
             self.config_maps,
-            self.cilium
+            self.cilium,
+            self.mesh_configs
         );
         wait_opt!(
             self.authorization_policies,
@@ -402,7 +413,13 @@ impl Stores {
             }
         }
         inv.crds = Some(crds);
-        inv.config_maps = self.cilium.state().iter().map(|c| (**c).clone()).collect();
+        inv.config_maps = self
+            .cilium
+            .state()
+            .iter()
+            .chain(self.mesh_configs.state().iter())
+            .map(|c| (**c).clone())
+            .collect();
         macro_rules! copy {
             ($field:ident, all) => {
                 if let Some(s) = &self.$field {

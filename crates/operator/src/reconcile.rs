@@ -207,6 +207,26 @@ impl Ctx {
         Ok(head.and_then(|h| frozen::adopt(&h, mm)))
     }
 
+    /// The snapshots the checkpoint of a rollback compares with the cluster; a step that
+    /// never took one (or whose snapshot was lost) is left out.
+    async fn read_snapshots(
+        &self,
+        mm: &MeshMigration,
+        wanted: &[(decide::Scope, meshmig_api::StepNumber)],
+    ) -> Result<Vec<crate::snapshot::Snapshot>, Error> {
+        let mut out = Vec::new();
+        for (scope, step) in wanted {
+            match self.actor.read_snapshot(mm, scope, *step).await {
+                Ok(Some(s)) => out.push(s),
+                Ok(None) => {}
+                // An unreadable snapshot was reported when its step was undone.
+                Err(Error::Snapshot(m)) => warn!(migration = %mm.name_any(), step, "{m}"),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     async fn store_frozen(
         &self,
         mm: &MeshMigration,
@@ -524,6 +544,10 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
             present.insert(format!("{ns}/{cm}"));
         }
     }
+    let rollback_snapshots = match decide::rollback_snapshots_to_verify(mm) {
+        Some(wanted) => Some(ctx.read_snapshots(mm, &wanted).await?),
+        None => None,
+    };
     let run_token = format!(
         "{}-{}",
         mm.uid()
@@ -544,6 +568,7 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
         operator_namespace: &op_ns,
         present_snapshots: Some(&present),
         frozen: frozen_inv.as_deref(),
+        rollback_snapshots: rollback_snapshots.as_deref(),
     };
     let mut decision: Decision = decide::decide(&input);
 

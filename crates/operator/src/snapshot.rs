@@ -13,6 +13,7 @@ use meshmig_api::StepNumber;
 use meshmig_api::names as mn;
 use meshmig_planner::ObjectRef;
 use meshmig_planner::object::dns_subdomain;
+use meshmig_planner::plan::{Action, Op};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -103,6 +104,105 @@ impl Entry {
     }
 }
 
+/// When an undo entry runs. What an entry restores decides it, never its place in the
+/// list: the injector only looks at a Pod when it is created, so a rollout that runs before
+/// the namespace's injection label is back creates Pods outside the mesh for good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum UndoStage {
+    /// Labels on Namespaces and Services that decide how Pods are meshed and where traffic
+    /// goes: injection and `istio.io/rev` back, ambient enrollment and waypoint use off.
+    MeshLabels,
+    /// Pod-template labels that force injection: the rollout after them must see them.
+    TemplateLabels,
+    /// Rollout restarts: the new Pods are created under the labels restored above.
+    Restarts,
+    /// Objects created, deleted or edited by the step, which relied on those labels.
+    Dependents,
+}
+
+impl Entry {
+    /// The stage of the undo this entry belongs to.
+    pub fn undo_stage(&self) -> UndoStage {
+        match self {
+            Entry::Label { .. } => UndoStage::MeshLabels,
+            Entry::TemplateLabel { .. } => UndoStage::TemplateLabels,
+            Entry::Restart { .. } => UndoStage::Restarts,
+            Entry::Create { .. }
+            | Entry::Delete { .. }
+            | Entry::SailSpec { .. }
+            | Entry::Gateways { .. } => UndoStage::Dependents,
+        }
+    }
+}
+
+/// The entries in the order undo carries them out: stage by stage, and within a stage the
+/// reverse of the order the step made its changes.
+pub fn undo_order(entries: &[Entry]) -> Vec<&Entry> {
+    let mut out: Vec<&Entry> = entries.iter().rev().collect();
+    // Stable: the reverse action order survives inside each stage.
+    out.sort_by_key(|e| e.undo_stage());
+    out
+}
+
+/// The snapshot entry of one action: what the object (`current`, `None` when absent) was
+/// before the step. `manifest` is the generated object a create or apply writes. `None`
+/// for actions that change nothing, or that delete an object already gone.
+pub fn entry(a: &Action, current: Option<&Value>, manifest: Option<&Value>) -> Option<Entry> {
+    let o = a.object.clone();
+    let key = a.key.clone().unwrap_or_default();
+    let at = |path: &str, key: &str| -> Option<String> {
+        current?
+            .pointer(path)?
+            .get(key)?
+            .as_str()
+            .map(str::to_string)
+    };
+    Some(match a.op {
+        Op::Verify | Op::Prepare => return None,
+        Op::Patch => Entry::SailSpec {
+            object: o,
+            profile: current.and_then(|d| d.pointer("/spec/profile")).cloned(),
+            values: current.and_then(|d| d.pointer("/spec/values")).cloned(),
+        },
+        Op::Create | Op::Apply => Entry::Create {
+            api_version: manifest
+                .and_then(|m| m.get("apiVersion"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            object: o,
+            existed: current.is_some(),
+        },
+        Op::Label | Op::Unlabel => Entry::Label {
+            previous: at("/metadata/labels", &key),
+            object: o,
+            key,
+        },
+        Op::UnlabelTemplate => Entry::TemplateLabel {
+            previous: at("/spec/template/metadata/labels", &key),
+            object: o,
+            key,
+        },
+        Op::Restart => Entry::Restart {
+            previous: at(
+                "/spec/template/metadata/annotations",
+                mn::ANNOTATION_RESTARTED_AT,
+            ),
+            object: o,
+        },
+        Op::Delete => Entry::Delete {
+            object: o,
+            manifest: strip_server_fields(current?.clone()),
+        },
+        Op::RemoveMeshGateway => Entry::Gateways {
+            previous: current
+                .and_then(|d| d.pointer("/spec/gateways"))
+                .and_then(|g| serde_json::from_value(g.clone()).ok()),
+            object: o,
+        },
+    })
+}
+
 /// Everything one step changes in one scope (a namespace, or the cluster).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -113,7 +213,7 @@ pub struct Snapshot {
     pub step: StepNumber,
     /// Namespace the step ran for (`None`: cluster-scoped step 2).
     pub namespace: Option<String>,
-    /// Prior state, in action order (undo runs in reverse).
+    /// Prior state, in action order ([`undo_order`] says how undo runs them).
     pub entries: Vec<Entry>,
 }
 
@@ -378,5 +478,116 @@ mod tests {
             v,
             serde_json::json!({"metadata": {"name": "a", "labels": {"x": "y"}}, "spec": {"a": 1}})
         );
+    }
+
+    /// The embedded bookinfo's plan, whose nine steps touch every kind of entry.
+    fn bookinfo_plan() -> meshmig_planner::Plan {
+        let mut inv = meshmig_planner::Inventory::default();
+        for f in ["00-control-plane.yaml", "10-bookinfo.yaml", "20-istio.yaml"] {
+            let path = format!("{}/../../examples/bookinfo/{f}", env!("CARGO_MANIFEST_DIR"));
+            inv.load_str(&std::fs::read_to_string(path).unwrap(), f)
+                .unwrap();
+        }
+        let spec: meshmig_api::MeshMigrationSpec =
+            serde_json::from_value(serde_json::json!({"namespaces": ["bookinfo"]})).unwrap();
+        meshmig_planner::plan(&inv, &spec, "bookinfo")
+    }
+
+    /// Every object present before the step, with the label or annotation it changes.
+    fn entries_of(actions: &[Action]) -> Vec<Entry> {
+        let prior = serde_json::json!({
+            "metadata": {"labels": {"istio-injection": "enabled", "istio.io/rev": "default", "sidecar.istio.io/inject": "true"}},
+            "spec": {"gateways": ["mesh"], "template": {"metadata": {"annotations": {mn::ANNOTATION_RESTARTED_AT: "before"}}}}
+        });
+        actions
+            .iter()
+            .filter_map(|a| entry(a, Some(&prior), None))
+            .collect()
+    }
+
+    #[test]
+    fn every_step_is_undone_labels_first_then_restarts_then_dependent_objects() {
+        let plan = bookinfo_plan();
+        let ns = plan.namespace("bookinfo").unwrap();
+        let mut restarting_steps = Vec::new();
+        for step in ns.steps.iter().filter(|s| s.number >= 2) {
+            let entries = entries_of(&step.actions);
+            let order = undo_order(&entries);
+            assert_eq!(order.len(), entries.len(), "step {}", step.number);
+            let stages: Vec<UndoStage> = order.iter().map(|e| e.undo_stage()).collect();
+            assert!(
+                stages.windows(2).all(|w| w[0] <= w[1]),
+                "step {}: undo stages out of order: {stages:?}",
+                step.number
+            );
+            // Inside a stage, the changes are undone last-made first.
+            for stage in [
+                UndoStage::MeshLabels,
+                UndoStage::TemplateLabels,
+                UndoStage::Restarts,
+                UndoStage::Dependents,
+            ] {
+                let made: Vec<&Entry> = entries
+                    .iter()
+                    .rev()
+                    .filter(|e| e.undo_stage() == stage)
+                    .collect();
+                let undone: Vec<&Entry> = order
+                    .iter()
+                    .copied()
+                    .filter(|e| e.undo_stage() == stage)
+                    .collect();
+                assert_eq!(undone, made, "step {} stage {stage:?}", step.number);
+            }
+            if entries.iter().any(|e| matches!(e, Entry::Restart { .. })) {
+                restarting_steps.push(step.number);
+            }
+        }
+        assert_eq!(
+            restarting_steps,
+            [3, 9],
+            "bookinfo restarts in steps 3 and 9"
+        );
+    }
+
+    #[test]
+    fn undoing_sidecar_removal_brings_injection_back_before_any_pod_is_recreated() {
+        let plan = bookinfo_plan();
+        let ns = plan.namespace("bookinfo").unwrap();
+        let step9 = ns.steps.iter().find(|s| s.number == 9).unwrap();
+        let entries = entries_of(&step9.actions);
+        let order = undo_order(&entries);
+        let first_restart = order
+            .iter()
+            .position(|e| matches!(e, Entry::Restart { .. }))
+            .expect("step 9 restarts the workloads");
+        let injection = order
+            .iter()
+            .position(|e| {
+                matches!(e, Entry::Label { object, key, previous }
+                    if object.kind == "Namespace" && key == "istio-injection" && previous.as_deref() == Some("enabled"))
+            })
+            .expect("step 9 removes the injection label");
+        assert!(
+            injection < first_restart,
+            "the injection label must be back before the first restart: {order:#?}"
+        );
+        // The action order, reversed, would restart first: the bug this ordering fixes.
+        let naive: Vec<&Entry> = entries.iter().rev().collect();
+        let naive_restart = naive
+            .iter()
+            .position(|e| matches!(e, Entry::Restart { .. }))
+            .unwrap();
+        let naive_label = naive
+            .iter()
+            .position(|e| matches!(e, Entry::Label { .. }))
+            .unwrap();
+        assert!(naive_restart < naive_label, "{naive:#?}");
+        // Selector originals deleted after the rollout come back after the restarts.
+        let recreated = order
+            .iter()
+            .position(|e| matches!(e, Entry::Delete { .. }))
+            .expect("step 9 deletes selector originals");
+        assert!(recreated > first_restart);
     }
 }

@@ -1,6 +1,7 @@
 //! Crash-resume: the operator is SIGKILLed at seeded random points while it migrates
-//! bookinfo and while it rolls it back. Every trial must end in the state of an
-//! undisturbed run, with each step's snapshot taken exactly once and unchanged.
+//! bookinfo and while it rolls it back, to every target in turn. Every trial must end in
+//! the state of an undisturbed run — objects and the Pods' mesh state — with each step's
+//! snapshot taken exactly once and unchanged.
 //!
 //! A second test makes the state such a kill leaves between a reconcile's work and its
 //! status write, and checks the next operator resumes from what was stored.
@@ -23,6 +24,7 @@ use meshmig_api::names as mn;
 use meshmig_e2e_harness::{Pending, wait_for};
 use serde_json::{Value, json};
 
+use common::states::{self, NS, State};
 use common::*;
 
 /// xorshift64*: deterministic, dependency-free.
@@ -108,60 +110,27 @@ fn normalize(v: Value) -> Value {
     }
 }
 
-/// The migrated state: namespace labels and every meshmig-created object's spec.
-async fn migrated_state(rig: &Rig) -> BTreeMap<String, Value> {
-    let mut out = BTreeMap::new();
-    let ns = rig
-        .env
-        .api::<k8s_openapi::api::core::v1::Namespace>()
-        .get("bookinfo")
-        .await
-        .unwrap();
-    out.insert("Namespace/bookinfo".into(), json!(ns.labels()));
-    for (g, v, k, p) in [
-        ("", "v1", "Service", "services"),
-        (
-            "security.istio.io",
-            "v1",
-            "AuthorizationPolicy",
-            "authorizationpolicies",
-        ),
-        (
-            "networking.istio.io",
-            "v1",
-            "DestinationRule",
-            "destinationrules",
-        ),
-        (
-            "networking.istio.io",
-            "v1",
-            "VirtualService",
-            "virtualservices",
-        ),
-        ("gateway.networking.k8s.io", "v1", "Gateway", "gateways"),
-        ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
-    ] {
-        for o in rig
-            .dynamic(g, v, k, p, Some("bookinfo"))
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-        {
-            let mut labels = o.labels().clone();
-            labels.remove("meshmig.io/step");
-            let mut spec = o.data.get("spec").cloned().unwrap_or(Value::Null);
-            // Allocated by the API server each time a Service is created.
-            if let Some(m) = spec.as_object_mut() {
-                m.remove("clusterIP");
-                m.remove("clusterIPs");
-            }
-            out.insert(
-                format!("{k}/{}", o.name_any()),
-                json!({"labels": labels, "spec": spec}),
-            );
-        }
-    }
-    out
+/// Rollback targets of the rollback trials, in turn (1: `all`).
+const ROLLBACK_TARGETS: [u8; 9] = [1, 9, 8, 7, 6, 5, 4, 3, 2];
+
+/// Everything as before the migration: the user's objects, the Pods' mesh state, and
+/// nothing of meshmig's left.
+async fn assert_original(
+    rig: &Rig,
+    baseline: &BTreeMap<String, Value>,
+    pods: &State,
+    what: &str,
+    any_hbone: bool,
+) {
+    states::assert_state_as(rig, pods, what, any_hbone).await;
+    rig.wait_available(NS).await;
+    assert_eq!(
+        &rig.user_objects(NS).await,
+        baseline,
+        "{what}: the user's objects differ"
+    );
+    let leftovers = rig.meshmig_objects().await;
+    assert!(leftovers.is_empty(), "{what}: leftovers {leftovers:?}");
 }
 
 async fn wait_phase(rig: &Rig, want: MigrationPhase, secs: u64) {
@@ -215,13 +184,16 @@ async fn sigkill_at_random_points_of_migration_and_rollback_changes_nothing() {
     rig.operator_args = vec!["--leader-election=false".into()];
     rig.start_operator("op-a").await;
     let baseline = rig.user_objects("bookinfo").await;
+    // What a rollback to each target must leave, from a run held before every step.
+    let before = states::reference(&rig, NAME).await;
+    gone(&rig).await;
 
     // The undisturbed reference run.
     let t0 = Instant::now();
     rig.apply_migration(NAME, json!({})).await;
     wait_phase(&rig, MigrationPhase::Completed, 180).await;
     let migrate_time = t0.elapsed();
-    let reference_state = migrated_state(&rig).await;
+    let reference_state = rig.namespace_state(NS).await;
     let reference_snapshots = snapshots(&rig).await;
     assert_eq!(
         reference_snapshots.len(),
@@ -240,8 +212,14 @@ async fn sigkill_at_random_points_of_migration_and_rollback_changes_nothing() {
         .await;
     wait_phase(&rig, MigrationPhase::RolledBack, 180).await;
     let rollback_time = t1.elapsed();
-    rig.wait_available("bookinfo").await;
-    assert_eq!(rig.user_objects("bookinfo").await, baseline);
+    assert_original(
+        &rig,
+        &baseline,
+        &before[&2],
+        "the undisturbed rollback",
+        false,
+    )
+    .await;
     gone(&rig).await;
 
     let mut outcomes = Vec::new();
@@ -259,7 +237,7 @@ async fn sigkill_at_random_points_of_migration_and_rollback_changes_nothing() {
             kills.push(at);
         }
         wait_phase(&rig, MigrationPhase::Completed, 240).await;
-        let state = migrated_state(&rig).await;
+        let state = rig.namespace_state(NS).await;
         pretty_assertions::assert_eq!(
             state,
             reference_state,
@@ -283,9 +261,14 @@ async fn sigkill_at_random_points_of_migration_and_rollback_changes_nothing() {
             break;
         }
 
-        // A rollback trial.
-        rig.annotate(NAME, mn::ANNOTATION_ROLLBACK, Some("all"))
-            .await;
+        // A rollback trial, to each target in turn.
+        let target = ROLLBACK_TARGETS[(trial / 2) % ROLLBACK_TARGETS.len()];
+        rig.annotate(
+            NAME,
+            mn::ANNOTATION_ROLLBACK,
+            Some(&states::rollback_value(target)),
+        )
+        .await;
         let mut kills = Vec::new();
         for _ in 0..=rng.below(2) {
             let at = Duration::from_millis(rng.below(rollback_time.as_millis() as u64));
@@ -295,19 +278,30 @@ async fn sigkill_at_random_points_of_migration_and_rollback_changes_nothing() {
             rig.start_operator("op-a").await;
             kills.push(at);
         }
-        wait_phase(&rig, MigrationPhase::RolledBack, 240).await;
-        rig.wait_available("bookinfo").await;
-        let after = rig.user_objects("bookinfo").await;
-        assert_eq!(
-            after, baseline,
-            "trial {trial}: state after rollback differs (kills at {kills:?})"
-        );
-        let leftovers = rig.meshmig_objects().await;
-        assert!(
-            leftovers.is_empty(),
-            "trial {trial}: leftovers {leftovers:?}"
-        );
-        outcomes.push(format!("trial {trial:2}: rollback, SIGKILL at {kills:?}: rolled back, every original object identical, nothing left"));
+        states::rolled_back(&rig, NAME, target, 240).await;
+        let what = format!("trial {trial}: rollback to {target} (kills at {kills:?})");
+        states::assert_state_as(
+            &rig,
+            &before[&target.max(2)],
+            &what,
+            states::any_hbone(target),
+        )
+        .await;
+        if target > 1 {
+            // The rest of the way, undisturbed, to compare with the original objects.
+            states::roll_back(&rig, NAME, 1).await;
+        }
+        // After a rollback to 3, step 3's restarts already ran under the ambient control
+        // plane; the rest of the way restores the control plane but restarts nothing.
+        assert_original(
+            &rig,
+            &baseline,
+            &before[&2],
+            &what,
+            states::any_hbone(target),
+        )
+        .await;
+        outcomes.push(format!("trial {trial:2}: rollback to {target}, SIGKILL at {kills:?}: rolled back, Pods and objects as before step {target}, then every original object identical, nothing left"));
         trial += 1;
         gone(&rig).await;
     }

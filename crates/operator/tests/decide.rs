@@ -9,6 +9,7 @@ use meshmig_api::names as mn;
 use meshmig_api::{CheckResult, MeshMigration, MigrationPhase, NamespacePhase, OnFailure};
 use meshmig_operator::conditions::is_true;
 use meshmig_operator::decide::{Decision, Input, Scope, Work, decide};
+use meshmig_operator::snapshot::{Entry, Snapshot};
 use meshmig_planner::{Inventory, Plan, plan};
 
 fn bookinfo() -> (Inventory, MeshMigration) {
@@ -40,6 +41,8 @@ struct World {
     mm: MeshMigration,
     plan: Plan,
     now: Timestamp,
+    /// What the shell would read for the checkpoint of a rollback.
+    snapshots: Vec<Snapshot>,
 }
 
 impl World {
@@ -51,6 +54,7 @@ impl World {
             mm,
             plan,
             now: Timestamp::from_second(1_800_000_000).unwrap(),
+            snapshots: Vec::new(),
         }
     }
 
@@ -71,6 +75,7 @@ impl World {
             operator_namespace: "meshmig-system",
             present_snapshots: present,
             frozen: None,
+            rollback_snapshots: Some(&self.snapshots),
         })
     }
 
@@ -80,6 +85,22 @@ impl World {
         self.mm.status = Some(d.status.clone());
         self.now = self.now.checked_add(SignedDuration::from_secs(1)).unwrap();
         d
+    }
+
+    /// Every Deployment finished its rollout, as a cooperative cluster's would.
+    fn settle_rollouts(&mut self) {
+        for d in &mut self.live.deployments {
+            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            d.metadata.generation = Some(1);
+            d.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+                observed_generation: Some(1),
+                replicas: Some(want),
+                updated_replicas: Some(want),
+                available_replicas: Some(want),
+                ready_replicas: Some(want),
+                ..Default::default()
+            });
+        }
     }
 
     fn ns(&self) -> meshmig_api::NamespaceStatus {
@@ -198,6 +219,7 @@ fn make_sail_healthy(w: &mut World) {
 #[test]
 fn on_failure_rollback_undoes_the_started_steps() {
     let mut w = World::new();
+    w.settle_rollouts();
     w.mm.spec.on_failure = Some(OnFailure::Rollback);
     w.step();
     w.step();
@@ -262,16 +284,19 @@ fn pause_before_holds_a_step_until_approved_and_paused_holds() {
 }
 
 #[test]
-fn full_run_with_a_cooperative_cluster_then_rollback_all_undoes_every_step_in_reverse() {
+fn full_run_with_a_cooperative_cluster_then_rollback_all_undoes_every_step_in_reverse_the_control_plane_before_step_three()
+ {
     let mut w = World::new();
     make_sail_healthy(&mut w);
+    w.settle_rollouts();
     // Run until a checkpoint needs something the synthetic world lacks.
     for _ in 0..10 {
         w.step();
     }
     let reached = w.ns().step;
     assert!(reached >= 3, "reached step {reached}: {:?}", w.ns());
-    // Roll everything back: steps are undone highest first, step 2 (cluster) last.
+    // Roll everything back: steps are undone highest first, except that the control plane
+    // (step 2) is restored before step 3's restarts, so their sidecars come from it.
     w.annotate(mn::ANNOTATION_ROLLBACK, "all");
     let mut undone = Vec::new();
     for _ in 0..20 {
@@ -285,7 +310,8 @@ fn full_run_with_a_cooperative_cluster_then_rollback_all_undoes_every_step_in_re
             break;
         }
     }
-    let expected: Vec<u8> = (2..=reached).rev().collect();
+    let mut expected: Vec<u8> = (4..=reached).rev().collect();
+    expected.extend([2, 3]);
     assert_eq!(undone, expected);
     let status = w.mm.status.as_ref().unwrap();
     assert!(is_true(&status.conditions, mn::CONDITION_ROLLED_BACK));
@@ -601,6 +627,8 @@ fn a_rollback_also_undoes_steps_only_their_snapshots_know_of() {
     // A reconcile took the snapshots of steps 2 and 3 and changed the cluster, then its
     // status write was lost: status knows nothing, the snapshots are the record.
     let mut w = World::new();
+    w.settle_rollouts();
+    make_sail_healthy(&mut w);
     let name = w.mm.metadata.name.clone().unwrap();
     let present: std::collections::BTreeSet<String> = [
         format!(
@@ -637,8 +665,8 @@ fn a_rollback_also_undoes_steps_only_their_snapshots_know_of() {
     assert_eq!(
         undone,
         vec![
-            (Scope::Namespace("bookinfo".into()), 3),
-            (Scope::Cluster, 2)
+            (Scope::Cluster, 2),
+            (Scope::Namespace("bookinfo".into()), 3)
         ]
     );
     assert!(deleted.contains(&(Scope::Namespace("bookinfo".into()), 3)));
@@ -653,5 +681,192 @@ fn a_rollback_also_undoes_steps_only_their_snapshots_know_of() {
         !d.work.iter().any(|x| matches!(x, Work::Undo { .. })),
         "{:?}",
         d.work
+    );
+}
+
+/// A Pod of reviews-v2 as the API shows it (metadata only, as the operator watches Pods).
+fn reviews_v2_pod(w: &mut World, annotations: &str, labels: &str) {
+    w.live.pods.clear();
+    w.live
+        .load_str(
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: reviews-v2-abc, namespace: bookinfo, labels: {{app: reviews, version: v2{labels}}}, annotations: {{{annotations}}}}}\nstatus: {{phase: Running}}\n"
+            ),
+            "pod",
+        )
+        .unwrap();
+}
+
+/// bookinfo migrated up to step 5 (step 6 waits), then rolled back to before step 4.
+fn rolled_back_to_four(w: &mut World) {
+    w.settle_rollouts();
+    w.mm.status = Some(meshmig_api::MeshMigrationStatus {
+        namespaces: vec![meshmig_api::NamespaceStatus {
+            name: "bookinfo".into(),
+            step: 6,
+            phase: NamespacePhase::Waiting,
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    w.annotate(mn::ANNOTATION_ROLLBACK, "4");
+}
+
+#[test]
+fn a_rollback_is_reported_only_once_every_pod_runs_as_before_and_names_the_ones_that_do_not() {
+    let mut w = World::new();
+    rolled_back_to_four(&mut w);
+    // Recreated while injection was still off: no sidecar, and not captured either.
+    reviews_v2_pod(&mut w, "", "");
+    let mut undone = Vec::new();
+    for _ in 0..4 {
+        let d = w.step();
+        undone.extend(d.work.iter().filter_map(|x| match x {
+            Work::Undo { step, .. } => Some(*step),
+            _ => None,
+        }));
+    }
+    assert_eq!(undone, [5, 4]);
+    let status = w.mm.status.clone().unwrap();
+    assert_eq!(status.phase, Some(MigrationPhase::RollingBack));
+    assert!(!is_true(&status.conditions, mn::CONDITION_ROLLED_BACK));
+    let ns = w.ns();
+    let check = ns
+        .checks
+        .iter()
+        .find(|c| c.name == "pods-meshed-as-before")
+        .unwrap_or_else(|| panic!("{:?}", ns.checks));
+    assert_eq!(check.result, CheckResult::Pending);
+    assert!(
+        check.message.contains("Deployment bookinfo/reviews-v2")
+            && check.message.contains("outside the mesh")
+            && check.message.contains("a sidecar that speaks HBONE"),
+        "{}",
+        check.message
+    );
+
+    // Past the checkpoint timeout: Stalled, naming the workload and what it lacks.
+    w.now = w.now.checked_add(SignedDuration::from_mins(6)).unwrap();
+    let d = w.step();
+    let status = w.mm.status.clone().unwrap();
+    assert_eq!(status.phase, Some(MigrationPhase::Stalled));
+    let stalled = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == mn::CONDITION_STALLED)
+        .unwrap();
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", "RollbackCheckFailed")
+    );
+    assert!(
+        stalled.message.contains("reviews-v2"),
+        "{}",
+        stalled.message
+    );
+    assert!(!is_true(&status.conditions, mn::CONDITION_RECONCILING));
+    assert!(!is_true(&status.conditions, mn::CONDITION_ROLLED_BACK));
+    assert!(
+        !d.work
+            .iter()
+            .any(|x| matches!(x, Work::DeleteSnapshots { .. })),
+        "snapshots stay while the rollback is unverified: {:?}",
+        d.work
+    );
+
+    // Restarted by hand, now with an HBONE sidecar: the rollback completes.
+    reviews_v2_pod(
+        &mut w,
+        "sidecar.istio.io/status: '{}'",
+        ", networking.istio.io/tunnel: http",
+    );
+    let d = w.step();
+    let status = w.mm.status.clone().unwrap();
+    assert_eq!(
+        status.phase,
+        Some(MigrationPhase::RolledBack),
+        "{:?}",
+        w.ns()
+    );
+    assert!(is_true(&status.conditions, mn::CONDITION_ROLLED_BACK));
+    assert!(!is_true(&status.conditions, mn::CONDITION_STALLED));
+    assert!(d.work.contains(&Work::DeleteSnapshots {
+        scope: Scope::Namespace("bookinfo".into()),
+        step: 4
+    }));
+    assert!(
+        w.ns().checks.iter().all(|c| c.result == CheckResult::Pass),
+        "{:?}",
+        w.ns().checks
+    );
+}
+
+#[test]
+fn a_rollback_waits_for_what_its_snapshots_recorded_to_be_back() {
+    let mut w = World::new();
+    rolled_back_to_four(&mut w);
+    reviews_v2_pod(
+        &mut w,
+        "sidecar.istio.io/status: '{}'",
+        ", networking.istio.io/tunnel: http",
+    );
+    // Step 5 recorded an injection label the cluster no longer has (a stand-in for any
+    // recorded change that did not come back).
+    w.snapshots = vec![Snapshot {
+        migration: "bookinfo".into(),
+        step: 5,
+        namespace: Some("bookinfo".into()),
+        entries: vec![Entry::Label {
+            object: meshmig_planner::ObjectRef::namespace("bookinfo"),
+            key: "istio-injection".into(),
+            previous: Some("disabled".into()),
+        }],
+    }];
+    for _ in 0..4 {
+        w.step();
+    }
+    let ns = w.ns();
+    let check = ns
+        .checks
+        .iter()
+        .find(|c| c.name == "snapshot-restored")
+        .unwrap_or_else(|| panic!("{:?}", ns.checks));
+    assert_eq!(check.result, CheckResult::Pending);
+    assert!(
+        check.message.contains(
+            "Namespace//bookinfo: label istio-injection is \"enabled\", was \"disabled\""
+        ),
+        "{}",
+        check.message
+    );
+    assert_eq!(
+        w.mm.status.as_ref().unwrap().phase,
+        Some(MigrationPhase::RollingBack)
+    );
+    // Without the shell's reading, the checkpoint asks for it instead of judging.
+    let d = decide(&Input {
+        mm: &w.mm,
+        plan: &w.plan,
+        live: &w.live,
+        probe_pods: &[],
+        now: w.now,
+        run_token: "run",
+        deleting_with_rollback: false,
+        operator_namespace: "meshmig-system",
+        present_snapshots: None,
+        frozen: None,
+        rollback_snapshots: None,
+    });
+    assert!(d.more);
+    assert_eq!(
+        meshmig_operator::decide::rollback_snapshots_to_verify(&w.mm),
+        Some(vec![
+            (Scope::Namespace("bookinfo".into()), 4),
+            (Scope::Namespace("bookinfo".into()), 5),
+            (Scope::Namespace("bookinfo".into()), 6),
+            (Scope::Namespace("bookinfo".into()), 7),
+            (Scope::Namespace("bookinfo".into()), 8),
+            (Scope::Namespace("bookinfo".into()), 9),
+        ])
     );
 }

@@ -74,6 +74,7 @@ async fn rollback_all_after_each_step_restores_every_original_object() {
     let rig = Rig::new(&[]).await;
     let baseline = rig.user_objects("bookinfo").await;
     assert!(baseline.len() > 10);
+    let original = common::states::state(&rig).await;
     for k in 2u8..=9 {
         let name = format!("rb-{k}");
         let spec = if k < 9 {
@@ -128,6 +129,10 @@ async fn rollback_all_after_each_step_restores_every_original_object() {
             leftovers.is_empty(),
             "after rollback from step {k}, meshmig objects remain: {leftovers:?}"
         );
+        // Every Pod is back in the mesh mode it had (the control plane is restored before
+        // step 3's restarts, so even the HBONE setting is as before).
+        common::states::assert_state(&rig, &original, &format!("after rollback from step {k}"))
+            .await;
         rig.delete_migration(&name).await;
     }
 }

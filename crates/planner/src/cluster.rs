@@ -68,6 +68,11 @@ pub struct ControlPlaneFacts {
     pub version: Option<String>,
     /// Trust domain used for principals.
     pub trust_domain: String,
+    /// MeshConfig `trustDomainAliases`: sidecars and waypoints accept them (and a policy's
+    /// `cluster.local/...` principal) as the trust domain; ztunnel compares principals
+    /// exactly and accepts neither.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trust_domain_aliases: Vec<String>,
     /// Whether the control plane is already in ambient mode.
     pub ambient: bool,
     /// The Sail Istio resource or istiod Deployment that was found.
@@ -84,15 +89,70 @@ fn values_get<'a>(values: Option<&'a Value>, path: &[&str]) -> Option<&'a Value>
     Some(v)
 }
 
+/// The MeshConfig fields the planner reads.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct MeshSettings {
+    trust_domain: Option<String>,
+    trust_domain_aliases: Option<Vec<String>>,
+    root_namespace: Option<String>,
+}
+
+impl MeshSettings {
+    /// From a MeshConfig document (Sail's `values.meshConfig`, or the `mesh` key of the
+    /// `istio` ConfigMap).
+    fn of(mesh: Option<&Value>) -> Self {
+        let text = |k: &str| mesh?.get(k)?.as_str().map(str::to_string);
+        Self {
+            trust_domain: text("trustDomain"),
+            trust_domain_aliases: mesh
+                .and_then(|m| m.get("trustDomainAliases"))
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                }),
+            root_namespace: text("rootNamespace"),
+        }
+    }
+
+    /// What istiod runs with: the `mesh` key of the ConfigMap `istio` in its namespace
+    /// (rendered by Sail or Helm from the values, defaults included).
+    fn of_config_map(inv: &Inventory, istio_namespace: &str) -> Self {
+        let mesh = inv
+            .config_maps
+            .iter()
+            .find(|c| {
+                c.metadata.name.as_deref() == Some(MESH_CONFIG_MAP)
+                    && c.metadata.namespace.as_deref() == Some(istio_namespace)
+            })
+            .and_then(|c| c.data.as_ref()?.get("mesh"))
+            .and_then(|m| serde_saphyr::from_str::<Value>(m).ok());
+        Self::of(mesh.as_ref())
+    }
+
+    /// `self`, with what it leaves unset taken from `other`.
+    fn or(self, other: Self) -> Self {
+        Self {
+            trust_domain: self.trust_domain.or(other.trust_domain),
+            trust_domain_aliases: self.trust_domain_aliases.or(other.trust_domain_aliases),
+            root_namespace: self.root_namespace.or(other.root_namespace),
+        }
+    }
+}
+
+/// Name of the ConfigMap holding istiod's MeshConfig (default revision).
+pub const MESH_CONFIG_MAP: &str = "istio";
+
 /// Control plane facts and step-1 findings.
 pub fn analyze(inv: &Inventory, spec: &MeshMigrationSpec) -> (ControlPlaneFacts, Vec<Finding>) {
     let cp = &spec.control_plane;
     let mut findings = Vec::new();
     let mut version = None;
-    let mut trust_domain = None;
+    let mut from_values = MeshSettings::default();
     let mut ambient = false;
     let mut object = None;
-    let mut root_namespace = cp.istio_namespace.clone();
     let mut multicluster = false;
     match cp.mode {
         ControlPlaneMode::Sail => {
@@ -104,14 +164,7 @@ pub fn analyze(inv: &Inventory, spec: &MeshMigrationSpec) -> (ControlPlaneFacts,
                 object = Some(ObjectRef::new("Istio", None, &cp.istio));
                 version = istio.spec.version.clone();
                 let values = istio.spec.values.as_ref();
-                trust_domain = values_get(values, &["meshConfig", "trustDomain"])
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
-                if let Some(r) =
-                    values_get(values, &["meshConfig", "rootNamespace"]).and_then(Value::as_str)
-                {
-                    root_namespace = r.to_string();
-                }
+                from_values = MeshSettings::of(values_get(values, &["meshConfig"]));
                 ambient = istio.spec.profile.as_deref() == Some("ambient");
                 multicluster = values_get(values, &["global", "multiCluster", "enabled"])
                     .and_then(Value::as_bool)
@@ -242,17 +295,22 @@ pub fn analyze(inv: &Inventory, spec: &MeshMigrationSpec) -> (ControlPlaneFacts,
             }
         }
     }
+    // The running config first: Sail's values may omit what its profile sets.
+    let mesh = MeshSettings::of_config_map(inv, &cp.istio_namespace).or(from_values);
     let facts = ControlPlaneFacts {
         mode: cp.mode,
         version,
         trust_domain: cp
             .trust_domain
             .clone()
-            .or(trust_domain)
+            .or(mesh.trust_domain)
             .unwrap_or_else(|| "cluster.local".into()),
+        trust_domain_aliases: mesh.trust_domain_aliases.unwrap_or_default(),
         ambient,
         object,
-        root_namespace,
+        root_namespace: mesh
+            .root_namespace
+            .unwrap_or_else(|| cp.istio_namespace.clone()),
     };
     (facts, findings)
 }
@@ -299,5 +357,44 @@ mod tests {
         assert_eq!(v("istio/pilot:latest"), None);
         assert!(v("1.23.4").unwrap() < MIN_VERSION);
         assert!(v("1.24.0").unwrap() >= MIN_VERSION);
+    }
+
+    fn facts(yaml: &str, spec_td: Option<&str>) -> ControlPlaneFacts {
+        let mut inv = Inventory::default();
+        inv.load_str(yaml, "t").unwrap();
+        let mut spec = MeshMigrationSpec::default();
+        spec.control_plane.trust_domain = spec_td.map(str::to_string);
+        analyze(&inv, &spec).0
+    }
+
+    const SAIL: &str = "apiVersion: sailoperator.io/v1\nkind: Istio\nmetadata: {name: default}\nspec: {version: v1.27.0, values: {meshConfig: {trustDomain: from.values, rootNamespace: values-root}}}\n";
+    const MESH: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |\n    trustDomain: from.configmap\n    trustDomainAliases: [old.td, cluster.local]\n";
+
+    #[test]
+    fn the_trust_domain_comes_from_the_spec_then_the_running_mesh_config_then_sail_values() {
+        let f = facts(&format!("{SAIL}---\n{MESH}"), None);
+        assert_eq!(f.trust_domain, "from.configmap");
+        assert_eq!(f.trust_domain_aliases, ["old.td", "cluster.local"]);
+        // The ConfigMap sets no root namespace: Sail's values do.
+        assert_eq!(f.root_namespace, "values-root");
+        let f = facts(SAIL, None);
+        assert_eq!(f.trust_domain, "from.values");
+        assert!(f.trust_domain_aliases.is_empty());
+        assert_eq!(
+            facts(&format!("{SAIL}---\n{MESH}"), Some("from.spec")).trust_domain,
+            "from.spec"
+        );
+        assert_eq!(facts("", None).trust_domain, "cluster.local");
+    }
+
+    #[test]
+    fn an_external_control_plane_reads_the_mesh_config_map() {
+        let mut inv = Inventory::default();
+        inv.load_str(MESH, "t").unwrap();
+        let mut spec = MeshMigrationSpec::default();
+        spec.control_plane.mode = ControlPlaneMode::External;
+        let f = analyze(&inv, &spec).0;
+        assert_eq!(f.trust_domain, "from.configmap");
+        assert_eq!(f.root_namespace, "istio-system");
     }
 }

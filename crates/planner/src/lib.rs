@@ -11,6 +11,7 @@ pub mod documents;
 pub mod findings;
 pub mod inventory;
 mod json;
+pub mod mesh_mode;
 pub mod model;
 pub mod object;
 mod parallel;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses part of it
 
+pub mod states;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -467,6 +469,152 @@ impl Rig {
             .expect("bypass protection");
         assert!(bypass.data["spec"]["selector"]["matchLabels"].is_object());
         assert!(bypass.data["spec"].get("targetRefs").is_none());
+    }
+}
+
+impl Rig {
+    /// Waits until no workload of `ns` is rolling out and no Pod of it is terminating, so
+    /// the Pods listed next are the ones that stay.
+    pub async fn wait_settled(&self, ns: &str) {
+        let deployments: Api<Deployment> = self.env.api_in(ns);
+        let pods: Api<Pod> = self.env.api_in(ns);
+        let r = wait_for(
+            format!("rollouts of {ns} settled"),
+            Duration::from_secs(120),
+            async || {
+                let mut busy = Vec::new();
+                for d in deployments.list(&ListParams::default()).await? {
+                    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                    let st = d.status.clone().unwrap_or_default();
+                    if st.observed_generation.unwrap_or(0) < d.metadata.generation.unwrap_or(0)
+                        || st.updated_replicas.unwrap_or(0) < want
+                        || st.available_replicas.unwrap_or(0) < want
+                        || st.replicas.unwrap_or(0) != want
+                    {
+                        busy.push(d.name_any());
+                    }
+                }
+                for p in pods.list(&ListParams::default()).await? {
+                    if p.metadata.deletion_timestamp.is_some() && !is_probe(&p) {
+                        busy.push(format!("Pod {} terminating", p.name_any()));
+                    }
+                }
+                if busy.is_empty() {
+                    Ok(())
+                } else {
+                    Err(Pending::new(format!("busy: {busy:?}")))
+                }
+            },
+        )
+        .await;
+        if let Err(e) = r {
+            panic!("{e}\noperator log:\n{}", self.log_tail());
+        }
+    }
+
+    /// How the Pods of `ns` take part in the mesh, per workload: for each Pod its containers,
+    /// init containers, `sidecar.istio.io/status`, ztunnel redirection and HBONE tunnel
+    /// label. Pod names, restart tokens and probe Pods are left out: they differ between
+    /// runs that leave the mesh in the same state.
+    pub async fn pod_mesh_state(&self, ns: &str) -> BTreeMap<String, Vec<Value>> {
+        let pods: Api<Pod> = self.env.api_in(ns);
+        let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for p in pods.list(&ListParams::default()).await.unwrap() {
+            if p.metadata.deletion_timestamp.is_some() || is_probe(&p) {
+                continue;
+            }
+            let spec = p.spec.clone().unwrap_or_default();
+            let names = |cs: &[k8s_openapi::api::core::v1::Container]| {
+                cs.iter().map(|c| c.name.clone()).collect::<Vec<_>>()
+            };
+            let annotation = |k: &str| p.annotations().get(k).cloned();
+            out.entry(workload_of(&p)).or_default().push(json!({
+                "containers": names(&spec.containers),
+                "initContainers": names(spec.init_containers.as_deref().unwrap_or_default()),
+                "sidecarStatus": annotation(n::SIDECAR_STATUS),
+                "redirection": annotation(n::REDIRECTION),
+                "tunnel": p.labels().get(n::TUNNEL),
+            }));
+        }
+        for v in out.values_mut() {
+            v.sort_by_key(|x| x.to_string());
+        }
+        out
+    }
+
+    /// Namespace labels and, for every object meshmig creates or changes in `ns` (theirs
+    /// and the user's), labels and spec: what a rollback to some step must leave as it was
+    /// at that step.
+    pub async fn namespace_state(&self, ns: &str) -> BTreeMap<String, Value> {
+        let mut out = BTreeMap::new();
+        let nsobj = self.env.api::<Namespace>().get(ns).await.unwrap();
+        out.insert(format!("Namespace/{ns}"), json!(nsobj.labels()));
+        for (g, v, k, p) in [
+            ("", "v1", "Service", "services"),
+            (
+                "security.istio.io",
+                "v1",
+                "AuthorizationPolicy",
+                "authorizationpolicies",
+            ),
+            (
+                "networking.istio.io",
+                "v1",
+                "DestinationRule",
+                "destinationrules",
+            ),
+            (
+                "networking.istio.io",
+                "v1",
+                "VirtualService",
+                "virtualservices",
+            ),
+            ("gateway.networking.k8s.io", "v1", "Gateway", "gateways"),
+            ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
+        ] {
+            for o in self
+                .dynamic(g, v, k, p, Some(ns))
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+            {
+                let mut labels = o.labels().clone();
+                labels.remove(mn::LABEL_STEP);
+                let mut spec = o.data.get("spec").cloned().unwrap_or(Value::Null);
+                // Allocated by the API server each time a Service is created.
+                if let Some(m) = spec.as_object_mut() {
+                    m.remove("clusterIP");
+                    m.remove("clusterIPs");
+                }
+                out.insert(
+                    format!("{k}/{}", o.name_any()),
+                    json!({"labels": labels, "spec": spec}),
+                );
+            }
+        }
+        out
+    }
+}
+
+fn is_probe(p: &Pod) -> bool {
+    p.labels().contains_key(mn::LABEL_PROBE)
+}
+
+/// The Deployment (or other controller) a Pod belongs to: a ReplicaSet's name less its hash.
+fn workload_of(p: &Pod) -> String {
+    let owner = p
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    match owner {
+        Some(o) if o.kind == "ReplicaSet" => match o.name.rsplit_once('-') {
+            Some((deployment, _)) => format!("Deployment/{deployment}"),
+            None => format!("ReplicaSet/{}", o.name),
+        },
+        Some(o) => format!("{}/{}", o.kind, o.name),
+        None => format!("Pod/{}", p.name_any()),
     }
 }
 
