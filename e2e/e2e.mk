@@ -1,8 +1,10 @@
-# End-to-end test environment: a real Kubernetes control plane (e2e/testenv) and the mesh
-# simulator (e2e/sim). Included from the top-level Makefile; see e2e/README.md.
+# End-to-end test environment: a real Kubernetes control plane (e2e/testenv), the mesh
+# simulator (e2e/sim) and Istio's own code as a test oracle (e2e/istio). Included from the
+# top-level Makefile; see e2e/README.md.
 
 E2E_DIR := target/testenv
 TESTENV_BUILD := e2e/testenv/build.sh
+ISTIO_BUILD := e2e/istio/build.sh
 CARGO ?= cargo
 MESHMIG_SIM := target/debug/meshmig-sim
 
@@ -20,10 +22,25 @@ endif
 # the build failed: the tests then run build.sh themselves and report why.)
 test: export MESHMIG_TESTENV_HOME = $(testenv_home)
 
-.PHONY: testenv cluster cluster-down
+# Directory of the meshmig-istio build (bin/meshmig-istio), found the same way, for the
+# meshmig-istio-oracle tests.
+ifeq ($(strip $(MESHMIG_ISTIO_HOME)),)
+istio_home = $(eval istio_home := $$(shell bash $(ISTIO_BUILD) | tail -n 1))$(istio_home)
+else
+istio_home := $(MESHMIG_ISTIO_HOME)
+endif
+
+test istio-oracle: export MESHMIG_ISTIO_HOME = $(istio_home)
+
+.PHONY: testenv istio-oracle cluster cluster-down
 
 testenv: ## Build the test API server (cached outside the repo; the first build takes minutes)
 	bash $(TESTENV_BUILD)
+
+istio-oracle: ## Build meshmig-istio (Istio's code; cached outside the repo) and run the oracle tests
+	@[[ -x "$$MESHMIG_ISTIO_HOME/bin/meshmig-istio" ]] || { echo "no meshmig-istio build (see the output of $(ISTIO_BUILD) above)"; exit 1; }
+	@echo "meshmig-istio: $$MESHMIG_ISTIO_HOME/bin/meshmig-istio"
+	$(CARGO) test -p meshmig-istio-oracle
 
 cluster: ## Start a 2-node test cluster and the mesh simulator in the background
 	@if [[ -f $(E2E_DIR)/testenv.pid ]] && kill -0 "$$(cat $(E2E_DIR)/testenv.pid)" 2>/dev/null; then \

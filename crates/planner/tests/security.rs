@@ -1,19 +1,28 @@
 //! Security property of every plan in the fixture corpus: after the migration, no request is
 //! admitted that the original policies denied.
 //!
-//! A small evaluator of AuthorizationPolicy semantics is run over a grid of requests
-//! (callers × methods × paths × ports) for every migrated workload, before (the sidecar
-//! enforces the originals in full) and after (the waypoint enforces the targetRefs copies in
-//! full and the destination's ztunnel enforces the remaining selector policies at L4, seeing
-//! the waypoint's identity; callers that skip the waypoint meet ztunnel alone).
+//! Every migrated workload is judged on a grid of requests (callers × methods × paths ×
+//! ports), before (the sidecar enforces the originals in full) and after (the waypoint
+//! enforces the targetRefs copies in full and the destination's ztunnel enforces the
+//! remaining selector policies, seeing the waypoint's identity; callers that skip the
+//! waypoint meet ztunnel alone).
+//!
+//! The ztunnel leg is Istio's: istiod's own conversion of each remaining policy into the
+//! `Authorization` it sends to ztunnel (`e2e/istio`, through `meshmig-istio-oracle`),
+//! evaluated by the ztunnel matcher, never meshmig's model of it. The sidecar and waypoint
+//! legs enforce policies in full; a small evaluator of AuthorizationPolicy semantics plays
+//! them (Envoy's RBAC filter does not run here).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use meshmig_api::MeshMigrationSpec;
 use meshmig_api::istio::{AuthorizationPolicy, Condition, Operation, Rule, Source};
+use meshmig_istio_oracle::oracle::{Oracle, ZtunnelOptions};
+use meshmig_istio_oracle::ztunnel::{Authorization, Decision, Identity, Request, decide};
 use meshmig_planner::model::{Model, namespace_injection, selector_matches, service_selector};
 use meshmig_planner::plan::{Op, Plan, injected_namespaces, plan};
 use meshmig_planner::{Inventory, Severity};
@@ -129,22 +138,6 @@ fn condition_matches(c: &Condition, r: &Req) -> Option<bool> {
     Some(pos(&c.values, value.as_deref()) && neg(&c.not_values, value.as_deref()))
 }
 
-fn l7_condition(c: &Condition) -> bool {
-    !matches!(
-        c.key.as_str(),
-        "source.principal"
-            | "source.namespace"
-            | "destination.port"
-            | "source.ip"
-            | "destination.ip"
-    )
-}
-
-fn rule_has_l7(rule: &Rule) -> bool {
-    let c = meshmig_planner::authz::classify_rule(rule, 0);
-    c.has_l7()
-}
-
 /// Full (sidecar/waypoint) match of a rule.
 fn rule_matches_full(rule: &Rule, r: &Req) -> bool {
     let from = rule.from.as_ref().is_none_or(|fs| {
@@ -171,64 +164,123 @@ fn rule_matches_full(rule: &Rule, r: &Req) -> bool {
     from && to && when
 }
 
-/// What ztunnel does with a rule: ALLOW rules with L7 parts are dropped; DENY rules lose
-/// their L7 parts, and are ignored when nothing is left.
-fn rule_matches_l4(rule: &Rule, r: &Req, allow: bool) -> bool {
-    if rule_has_l7(rule) {
-        if allow {
-            return false;
-        }
-        let class = meshmig_planner::authz::classify_rule(rule, 0);
-        if !class.has_l4() {
-            return false;
-        }
-    }
-    let from = rule.from.as_ref().is_none_or(|fs| {
-        fs.iter()
-            .any(|f| f.source.as_ref().is_none_or(|s| source_matches(s, r, true)))
-    });
-    let to = rule.to.as_ref().is_none_or(|ts| {
-        ts.iter().any(|t| {
-            t.operation
-                .as_ref()
-                .is_none_or(|o| operation_matches(o, r, true))
-        })
-    });
-    let when = rule
-        .when
-        .iter()
-        .flatten()
-        .filter(|c| !l7_condition(c))
-        .all(|c| condition_matches(c, r).unwrap_or(true));
-    from && to && when
-}
-
 fn action(p: &AuthorizationPolicy) -> &str {
     p.spec.action.as_deref().unwrap_or("ALLOW")
 }
 
-fn allowed(policies: &[&AuthorizationPolicy], r: &Req, l4: bool) -> bool {
-    let matches = |p: &AuthorizationPolicy, allow: bool| {
-        p.spec.rules.iter().flatten().any(|rule| {
-            if l4 {
-                rule_matches_l4(rule, r, allow)
-            } else {
-                rule_matches_full(rule, r)
-            }
-        })
+/// Whether a proxy enforcing `policies` in full (a sidecar or a waypoint) admits `r`.
+fn allowed(policies: &[&AuthorizationPolicy], r: &Req) -> bool {
+    let matches = |p: &AuthorizationPolicy| {
+        p.spec
+            .rules
+            .iter()
+            .flatten()
+            .any(|rule| rule_matches_full(rule, r))
     };
     for p in policies {
-        match action(p) {
-            "DENY" if matches(p, false) => return false,
-            // External authorization: treat a match as a denial on the full path; ztunnel
-            // does not run it at all.
-            "CUSTOM" if !l4 && matches(p, false) => return false,
-            _ => {}
+        // External authorization: treat a match as a denial.
+        if matches!(action(p), "DENY" | "CUSTOM") && matches(p) {
+            return false;
         }
     }
     let allows: Vec<&&AuthorizationPolicy> =
         policies.iter().filter(|p| action(p) == "ALLOW").collect();
-    allows.is_empty() || allows.iter().any(|p| matches(p, true))
+    allows.is_empty() || allows.iter().any(|p| matches(p))
+}
+
+/// Istio's conversion of every policy ztunnel would be given, by the policy's content.
+struct Conversions(HashMap<String, Option<Authorization>>);
+
+fn policy_key(p: &AuthorizationPolicy) -> String {
+    serde_json::to_string(p).unwrap()
+}
+
+impl Conversions {
+    /// Converts every policy with istiod's own code, in one call per root namespace.
+    fn of(policies: Vec<(String, AuthorizationPolicy)>) -> Self {
+        let oracle = Oracle::get().unwrap_or_else(|e| panic!("Istio's code is the judge: {e}"));
+        // istiod keys policies by namespace/name: inventories of the corpus reuse names, so
+        // each call holds each name once.
+        let mut batches: Vec<(String, BTreeMap<String, AuthorizationPolicy>)> = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (root, p) in policies {
+            let key = policy_key(&p);
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            let name =
+                |x: &AuthorizationPolicy| (x.metadata.namespace.clone(), x.metadata.name.clone());
+            let free = batches
+                .iter_mut()
+                .find(|(r, b)| *r == root && b.values().all(|x| name(x) != name(&p)));
+            match free {
+                Some((_, b)) => {
+                    b.insert(key, p);
+                }
+                None => batches.push((root, BTreeMap::from([(key, p)]))),
+            }
+        }
+        let mut out = HashMap::new();
+        for (root, ps) in batches {
+            let objects: Vec<serde_json::Value> = ps
+                .values()
+                .map(|p| {
+                    let mut v = serde_json::to_value(p).unwrap();
+                    v["apiVersion"] = "security.istio.io/v1".into();
+                    v["kind"] = "AuthorizationPolicy".into();
+                    v
+                })
+                .collect();
+            let opts = ZtunnelOptions {
+                root_namespace: root,
+                ..Default::default()
+            };
+            let converted = oracle.ztunnel(&objects, &opts).unwrap();
+            assert_eq!(converted.len(), objects.len());
+            for (key, c) in ps.keys().zip(converted) {
+                let auth = c.authorization.map(|a| {
+                    Authorization::from_json(&a.to_string())
+                        .unwrap_or_else(|e| panic!("istiod's Authorization {a}: {e}"))
+                });
+                out.insert(key.clone(), auth);
+            }
+        }
+        Conversions(out)
+    }
+
+    /// Whether the destination's ztunnel admits `r`, enforcing `policies` (already selected
+    /// for the workload) as istiod converts them.
+    fn ztunnel_allows(&self, policies: &[&AuthorizationPolicy], r: &Req) -> bool {
+        let auths: Vec<&Authorization> = policies
+            .iter()
+            .filter_map(|p| {
+                self.0
+                    .get(&policy_key(p))
+                    .unwrap_or_else(|| panic!("not converted: {}", policy_key(p)))
+                    .as_ref()
+            })
+            .collect();
+        decide(auths, &ztunnel_request(r)) == Decision::Allow
+    }
+}
+
+/// The grid's request as ztunnel sees it: the peer identity, addresses of the test's own
+/// (documentation ranges, which no fixture's ipBlocks name), the port.
+fn ztunnel_request(r: &Req) -> Request {
+    let source = r.principal.as_deref().map(|p| {
+        let parts: Vec<&str> = p.split('/').collect();
+        Identity::new(
+            parts.first().copied().unwrap_or_default(),
+            parts.get(2).copied().unwrap_or_default(),
+            parts.get(4).copied().unwrap_or_default(),
+        )
+    });
+    Request {
+        source,
+        source_ip: IpAddr::from([192, 0, 2, 10]),
+        destination_ip: IpAddr::from([198, 51, 100, 20]),
+        destination_port: r.port.parse().unwrap_or(0),
+    }
 }
 
 fn applied_manifests(plan: &Plan) -> BTreeSet<usize> {
@@ -251,14 +303,37 @@ fn deleted(plan: &Plan) -> BTreeSet<String> {
         .collect()
 }
 
+/// One inventory of the corpus and its plan.
+struct Case {
+    name: String,
+    inv: Inventory,
+    plan: Plan,
+}
+
+impl Case {
+    /// Every policy a ztunnel of this case may be given: the originals and the generated
+    /// ones, with the root namespace istiod reads them under.
+    fn policies(&self) -> Vec<(String, AuthorizationPolicy)> {
+        let root = self.plan.control_plane.root_namespace.clone();
+        let generated = self
+            .plan
+            .manifests
+            .iter()
+            .filter(|m| m["kind"] == "AuthorizationPolicy")
+            .map(|m| serde_json::from_value(m.clone()).unwrap());
+        self.inv
+            .authorization_policies
+            .iter()
+            .cloned()
+            .chain(generated)
+            .map(|p| (root.clone(), p))
+            .collect()
+    }
+}
+
 /// Checks one inventory; returns the number of requests evaluated.
-fn check(
-    name: &str,
-    inv: &Inventory,
-    spec: &MeshMigrationSpec,
-    failures: &mut Vec<String>,
-) -> usize {
-    let plan = plan(inv, spec, "sec");
+fn check(case: &Case, conversions: &Conversions, failures: &mut Vec<String>) -> usize {
+    let (name, inv, plan) = (&case.name, &case.inv, &case.plan);
     let unaccepted: Vec<&str> = plan
         .blockers()
         .filter(|f| f.id != "enforcement-fail-open")
@@ -275,8 +350,8 @@ fn check(
         .map(|f| f.object.to_string())
         .collect();
     let model = Model::new(inv);
-    let applied = applied_manifests(&plan);
-    let deleted = deleted(&plan);
+    let applied = applied_manifests(plan);
+    let deleted = deleted(plan);
     let generated: Vec<(usize, AuthorizationPolicy)> = plan
         .manifests
         .iter()
@@ -397,17 +472,16 @@ fn check(
                                     port: port.clone(),
                                     host: host.clone(),
                                 };
-                                let before = allowed(&originals, &req, false);
+                                let before = allowed(&originals, &req);
                                 evaluated += 1;
                                 if served {
-                                    let through = allowed(&copies, &req, false)
-                                        && allowed(
+                                    let through = allowed(&copies, &req)
+                                        && conversions.ztunnel_allows(
                                             &remaining,
                                             &Req {
                                                 principal: Some(waypoint.clone()),
                                                 ..req.clone()
                                             },
-                                            true,
                                         );
                                     if through && !before {
                                         failures.push(format!("{name}: {sname} via waypoint admits {req:?}, which the original policies denied"));
@@ -425,7 +499,7 @@ fn check(
                                     ))
                                 });
                                 if direct_possible && !accepted_window {
-                                    let direct = allowed(&remaining, &req, true);
+                                    let direct = conversions.ztunnel_allows(&remaining, &req);
                                     if direct && !before {
                                         failures.push(format!("{name}: {sname} directly admits {req:?}, which the original policies denied"));
                                     }
@@ -450,9 +524,7 @@ fn no_generated_policy_admits_what_the_originals_denied() {
         .collect();
     cases.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/bookinfo"));
     cases.sort();
-    let mut failures = Vec::new();
-    let mut total = 0;
-    let mut checked = 0;
+    let mut corpus = Vec::new();
     for dir in cases {
         let mut inv = Inventory::default();
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -475,12 +547,19 @@ fn no_generated_policy_admits_what_the_originals_denied() {
                 ..Default::default()
             },
         };
-        let n = check(
-            &dir.file_name().unwrap().to_string_lossy(),
-            &inv,
-            &spec,
-            &mut failures,
-        );
+        let plan = plan(&inv, &spec, "sec");
+        corpus.push(Case {
+            name: dir.file_name().unwrap().to_string_lossy().into_owned(),
+            inv,
+            plan,
+        });
+    }
+    let conversions = Conversions::of(corpus.iter().flat_map(Case::policies).collect());
+    let mut failures = Vec::new();
+    let mut total = 0;
+    let mut checked = 0;
+    for case in &corpus {
+        let n = check(case, &conversions, &mut failures);
         if n > 0 {
             checked += 1;
         }
@@ -502,18 +581,28 @@ fn no_generated_policy_admits_what_the_originals_denied() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    println!("security: {checked} inventories, {total} requests, 0 violations");
+    println!(
+        "security: {checked} inventories, {total} requests, {} policies converted by istiod, 0 violations",
+        conversions.0.len()
+    );
 }
 
 #[test]
 fn the_evaluator_itself_distinguishes() {
-    // Sanity: an ALLOW on GET denies POST; at L4 the same rule is dropped (deny all).
+    // Sanity: in full, an ALLOW on GET denies POST; istiod drops that rule for ztunnel, so
+    // ztunnel denies everything. An L7-only DENY denies /admin in full and never fires at
+    // ztunnel (its only match is empty).
     let p: AuthorizationPolicy = serde_saphyr::from_str(
         "metadata: {name: p, namespace: a}\nspec: {rules: [{to: [{operation: {methods: [GET]}}]}]}",
     )
     .unwrap();
+    let d: AuthorizationPolicy = serde_saphyr::from_str("metadata: {name: d, namespace: a}\nspec: {action: DENY, rules: [{to: [{operation: {paths: [/admin]}}]}]}").unwrap();
+    let conversions = Conversions::of(vec![
+        ("istio-system".into(), p.clone()),
+        ("istio-system".into(), d.clone()),
+    ]);
     let get = Req {
-        principal: None,
+        principal: Some("cluster.local/ns/a/sa/x".into()),
         method: "GET",
         path: "/",
         port: "80".into(),
@@ -523,17 +612,16 @@ fn the_evaluator_itself_distinguishes() {
         method: "POST",
         ..get.clone()
     };
-    assert!(allowed(&[&p], &get, false));
-    assert!(!allowed(&[&p], &post, false));
-    assert!(!allowed(&[&p], &get, true));
-    let d: AuthorizationPolicy = serde_saphyr::from_str("metadata: {name: d, namespace: a}\nspec: {action: DENY, rules: [{to: [{operation: {paths: [/admin]}}]}]}").unwrap();
+    assert!(allowed(&[&p], &get));
+    assert!(!allowed(&[&p], &post));
+    assert!(!conversions.ztunnel_allows(&[&p], &get));
     let admin = Req {
         path: "/admin",
         ..get.clone()
     };
-    assert!(!allowed(&[&d], &admin, false));
+    assert!(!allowed(&[&d], &admin));
     assert!(
-        allowed(&[&d], &admin, true),
+        conversions.ztunnel_allows(&[&d], &admin),
         "an L7-only DENY does nothing at ztunnel"
     );
 }
