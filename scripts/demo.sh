@@ -75,9 +75,9 @@ kubectl get gateway,httproute,virtualservice,authorizationpolicy -n bookinfo
 if [ -n "${DEMO_ROLLBACK:-}" ]; then
   log "rolling back to before step $DEMO_ROLLBACK"
   "$BIN/meshmig" rollback bookinfo "$DEMO_ROLLBACK"
-  # watch --until-done ends with an error on RolledBack: the wait below judges.
-  "$BIN/meshmig" watch bookinfo --until-done --timeout ${DEMO_TIMEOUT:-280} --color always || true
-  if ! kubectl wait --for=condition=RolledBack meshmigration/bookinfo --timeout=10s >/dev/null; then
+  # Done when the rollback asked for is RolledBack (its checkpoint passed).
+  if ! "$BIN/meshmig" watch bookinfo --until-done --timeout ${DEMO_TIMEOUT:-280} --color always \
+    || ! kubectl wait --for=condition=RolledBack meshmigration/bookinfo --timeout=10s >/dev/null; then
     log "the rollback did not complete; operator log:"
     tail -n 40 "$WORK/operator.log" >&2
     exit 1

@@ -178,8 +178,40 @@ pub async fn status(name: Option<&str>, color: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// The rollback the annotation asks for (`all` = 1).
+fn requested_rollback(mm: &MeshMigration) -> Option<u8> {
+    match mm.annotations().get(mn::ANNOTATION_ROLLBACK)?.trim() {
+        "all" => Some(1),
+        s => s.parse().ok(),
+    }
+}
+
+/// Whether what was asked of a MeshMigration is done: `Ok` when it reached it (Completed,
+/// or, while the rollback annotation asks for one, RolledBack to that target), `Err` with
+/// the phase when it stopped short, `None` while it is under way.
+fn finished(mm: &MeshMigration) -> Option<Result<(), MigrationPhase>> {
+    let status = mm.status.as_ref()?;
+    let phase = status.phase?;
+    let rolled_back_to = status
+        .rollback
+        .as_ref()
+        .filter(|r| r.completed)
+        .map(|r| r.target);
+    match (requested_rollback(mm), phase) {
+        (Some(t), MigrationPhase::RolledBack) if rolled_back_to == Some(t) => Some(Ok(())),
+        // Completed, or rolled back to an earlier target: the rollback has not begun yet.
+        (Some(_), MigrationPhase::Completed | MigrationPhase::RolledBack) => None,
+        (None, MigrationPhase::Completed) => Some(Ok(())),
+        (_, p @ (MigrationPhase::Failed | MigrationPhase::Stalled | MigrationPhase::RolledBack)) => {
+            Some(Err(p))
+        }
+        _ => None,
+    }
+}
+
 /// `meshmig watch NAME`: prints the view whenever it changes; with `until_done`, returns
-/// when the migration is Completed (Ok), or Failed, Stalled or RolledBack (Err).
+/// when what was asked is done: Completed, or the requested rollback (Ok); Failed, Stalled
+/// or an unrequested RolledBack (Err).
 pub async fn watch(
     name: &str,
     color: bool,
@@ -216,15 +248,11 @@ pub async fn watch(
             last = view;
         }
         if until_done {
-            match mm.status.as_ref().and_then(|s| s.phase) {
-                Some(MigrationPhase::Completed) => return Ok(()),
+            match finished(&mm) {
+                Some(Ok(())) => return Ok(()),
                 // A failure already there when the watch began is what the user may just
                 // have approved or fixed: wait for the next change before giving up.
-                Some(
-                    p @ (MigrationPhase::Failed
-                    | MigrationPhase::Stalled
-                    | MigrationPhase::RolledBack),
-                ) if !first => {
+                Some(Err(p)) if !first => {
                     return Err(format!("MeshMigration {name} is {p:?}"));
                 }
                 _ => {}
@@ -364,6 +392,49 @@ pub async fn inventory(client: &Client) -> Result<Inventory, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with(annotation: Option<&str>, status: serde_json::Value) -> MeshMigration {
+        let mut mm: MeshMigration = serde_json::from_value(serde_json::json!({
+            "apiVersion": "meshmig.io/v1alpha1", "kind": "MeshMigration",
+            "metadata": {"name": "bookinfo"},
+            "spec": {"namespaces": ["bookinfo"]},
+            "status": status,
+        }))
+        .unwrap();
+        if let Some(a) = annotation {
+            mm.annotations_mut()
+                .insert(mn::ANNOTATION_ROLLBACK.into(), a.into());
+        }
+        mm
+    }
+
+    #[test]
+    fn a_watch_waits_for_the_rollback_it_was_asked_for() {
+        let completed = serde_json::json!({"phase": "Completed"});
+        let rolled = |t: u8| {
+            serde_json::json!({"phase": "RolledBack",
+                "rollback": {"target": t, "requestedBy": "annotation", "completed": true}})
+        };
+        assert_eq!(finished(&with(None, completed.clone())), Some(Ok(())));
+        // Just asked: the status still says Completed.
+        assert_eq!(finished(&with(Some("4"), completed)), None);
+        assert_eq!(finished(&with(Some("4"), rolled(4))), Some(Ok(())));
+        assert_eq!(finished(&with(Some("all"), rolled(1))), Some(Ok(())));
+        // Extended from 4 to 2: not there yet.
+        assert_eq!(finished(&with(Some("2"), rolled(4))), None);
+        assert_eq!(
+            finished(&with(None, rolled(4))),
+            Some(Err(MigrationPhase::RolledBack))
+        );
+        assert_eq!(
+            finished(&with(Some("4"), serde_json::json!({"phase": "Stalled"}))),
+            Some(Err(MigrationPhase::Stalled))
+        );
+        assert_eq!(
+            finished(&with(Some("4"), serde_json::json!({"phase": "RollingBack"}))),
+            None
+        );
+    }
 
     #[test]
     fn a_rollback_shows_its_checks_like_a_forward_step() {
