@@ -93,6 +93,11 @@ pub mod istio {
     pub const ENABLE_HBONE: &str = "ISTIO_META_ENABLE_HBONE";
     /// istiod env var that turns on ambient support (non-Sail installs).
     pub const PILOT_ENABLE_AMBIENT: &str = "PILOT_ENABLE_AMBIENT";
+    /// AuthorizationPolicy annotation: evaluate and log, do not enforce.
+    pub const DRY_RUN: &str = "istio.io/dry-run";
+    /// istiod env: send `istio.io/dry-run` policies to ztunnel, marked dry-run (1.29+).
+    pub const AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY: &str =
+        "AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY";
     /// Secret label marking a remote-cluster secret (multicluster).
     pub const MULTICLUSTER_SECRET: &str = "istio/multiCluster";
     /// Pod label set by SPIRE-managed identity.

@@ -79,6 +79,21 @@ pub struct ControlPlaneFacts {
     pub object: Option<ObjectRef>,
     /// Mesh root namespace (where mesh-wide policies live).
     pub root_namespace: String,
+    /// istiod runs with `AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY=true`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run_authz_flag: bool,
+}
+
+impl ControlPlaneFacts {
+    /// What istiod and ztunnel of this control plane do with AuthorizationPolicies.
+    pub fn ztunnel_semantics(&self) -> crate::authz::ZtunnelSemantics {
+        crate::authz::ZtunnelSemantics {
+            version: self.version.as_deref().and_then(parse_version),
+            dry_run_flag: self.dry_run_authz_flag,
+            trust_domain: self.trust_domain.clone(),
+            root_namespace: self.root_namespace.clone(),
+        }
+    }
 }
 
 fn values_get<'a>(values: Option<&'a Value>, path: &[&str]) -> Option<&'a Value> {
@@ -142,6 +157,12 @@ impl MeshSettings {
     }
 }
 
+/// A boolean env value as istiod reads it (Go's `strconv.ParseBool`), or a YAML boolean.
+fn truthy(v: &Value) -> bool {
+    v.as_bool()
+        .unwrap_or_else(|| matches!(v.as_str(), Some("1" | "t" | "T" | "true" | "TRUE" | "True")))
+}
+
 /// Name of the ConfigMap holding istiod's MeshConfig (default revision).
 pub const MESH_CONFIG_MAP: &str = "istio";
 
@@ -151,6 +172,7 @@ pub fn analyze(inv: &Inventory, spec: &MeshMigrationSpec) -> (ControlPlaneFacts,
     let mut findings = Vec::new();
     let mut version = None;
     let mut from_values = MeshSettings::default();
+    let mut dry_run_authz_flag = false;
     let mut ambient = false;
     let mut object = None;
     let mut multicluster = false;
@@ -165,6 +187,15 @@ pub fn analyze(inv: &Inventory, spec: &MeshMigrationSpec) -> (ControlPlaneFacts,
                 version = istio.spec.version.clone();
                 let values = istio.spec.values.as_ref();
                 from_values = MeshSettings::of(values_get(values, &["meshConfig"]));
+                dry_run_authz_flag = values_get(
+                    values,
+                    &[
+                        "pilot",
+                        "env",
+                        n::AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY,
+                    ],
+                )
+                .is_some_and(truthy);
                 ambient = istio.spec.profile.as_deref() == Some("ambient");
                 multicluster = values_get(values, &["global", "multiCluster", "enabled"])
                     .and_then(Value::as_bool)
@@ -195,11 +226,16 @@ pub fn analyze(inv: &Inventory, spec: &MeshMigrationSpec) -> (ControlPlaneFacts,
                     .and_then(|c| c.image.as_deref())
                     .and_then(parse_version)
                     .map(|v| v.to_string());
-                ambient = discovery.is_some_and(|c| {
-                    c.env.iter().flatten().any(|e| {
-                        e.name == n::PILOT_ENABLE_AMBIENT && e.value.as_deref() == Some("true")
+                let env = |name: &str| {
+                    discovery.is_some_and(|c| {
+                        c.env.iter().flatten().any(|e| {
+                            e.name == name
+                                && e.value.as_deref().is_some_and(|v| truthy(&Value::from(v)))
+                        })
                     })
-                });
+                };
+                ambient = env(n::PILOT_ENABLE_AMBIENT);
+                dry_run_authz_flag = env(n::AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY);
             }
         }
     }
@@ -311,6 +347,7 @@ pub fn analyze(inv: &Inventory, spec: &MeshMigrationSpec) -> (ControlPlaneFacts,
         root_namespace: mesh
             .root_namespace
             .unwrap_or_else(|| cp.istio_namespace.clone()),
+        dry_run_authz_flag,
     };
     (facts, findings)
 }

@@ -129,7 +129,16 @@ catalogue! {
         "Behind a waypoint the destination sees the waypoint's identity and IP, not the caller's, so the rule moves to the waypoint too.";
     AUTHZ_TRUST_DOMAINS = "authz-trust-domains", Blocker,
         "An AuthorizationPolicy uses trustDomains/notTrustDomains",
-        "ztunnel silently ignores trust-domain conditions, so the policy would be weaker in ambient. Rewrite the rule with principals before migrating.";
+        "istiod drops trust-domain conditions when it converts a policy for ztunnel (its status still says Accepted), so ztunnel enforces the rule without them: an ALLOW admits every trust domain, a DENY refuses them all. Rewrite the rule with principals before migrating.";
+    AUTHZ_PRINCIPAL_ALIAS = "authz-principal-alias", Warning,
+        "A policy left to ztunnel names principals through cluster.local or a trust-domain alias",
+        "Sidecars read cluster.local and every trustDomainAliases entry as the mesh's trust domain; ztunnel compares principals exactly. Name the callers with the mesh's trust domain (and each alias you still need) before step 9.";
+    AUTHZ_DRY_RUN = "authz-dry-run", Info,
+        "A dry-run AuthorizationPolicy (istio.io/dry-run) stays dry-run",
+        "A dry-run policy enforces nothing in a sidecar. Its waypoint copies keep the istio.io/dry-run annotation, and meshmig derives nothing enforcing from it (no waypoint need, no bypass protection, no ALLOW union). From Istio 1.25 ztunnel does not enforce it either.";
+    AUTHZ_DRY_RUN_ENFORCED = "authz-dry-run-enforced", Warning,
+        "Istio 1.24's ztunnel enforces a dry-run AuthorizationPolicy",
+        "ztunnel in Istio 1.24 ignores istio.io/dry-run: once the selected workloads run without sidecars, the policy decides. Remove the policy (or the annotation, if you meant it), or upgrade to 1.25 or newer first.";
     AUTHZ_UNKNOWN_FIELD = "authz-unknown-field", Warning,
         "An AuthorizationPolicy uses a field meshmig does not know",
         "The field is treated as L7 (the policy moves to the waypoint). Check that the waypoint copy behaves as intended.";

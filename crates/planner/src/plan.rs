@@ -420,6 +420,9 @@ struct NsWork {
     /// Workloads that restart in steps 3 and 9.
     restart: Vec<ObjectRef>,
     restart_hbone: Vec<ObjectRef>,
+    /// Per guarded Service, the namespaces whose sidecar callers its bypass protection lets
+    /// past without the waypoint.
+    bypass_admits: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl NsWork {
@@ -617,6 +620,273 @@ fn allow_callers(
     c
 }
 
+/// The waypoint-targeted copy of a selector policy for Service `svc`. A dry-run policy's
+/// copy is dry-run too.
+fn waypoint_copy(p: &AuthorizationPolicy, svc: &str, ns: &str) -> Value {
+    let mut spec_v = serde_json::to_value(&p.spec).unwrap_or(Value::Null);
+    if let Some(m) = spec_v.as_object_mut() {
+        m.remove("selector");
+        m.remove("targetRef");
+        m.insert(
+            "targetRefs".into(),
+            serde_json::to_value(vec![PolicyTargetReference::service(svc)]).unwrap_or(Value::Null),
+        );
+    }
+    let name = dns_subdomain(&[
+        p.metadata.name.as_deref().unwrap_or_default(),
+        svc,
+        "waypoint",
+    ]);
+    let mut metadata = json!({"name": name, "namespace": ns});
+    if let Some(v) = p
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(n::DRY_RUN))
+    {
+        metadata["annotations"] = json!({ n::DRY_RUN: v });
+    }
+    json!({
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": metadata,
+        "spec": spec_v,
+    })
+}
+
+/// Dry-run policies: a dry-run copy on the waypoint of every served Service whose workloads
+/// they select (so what they would decide stays observable), nothing enforcing, and, where
+/// this Istio's ztunnel enforces dry-run policies (1.24), the window that opens.
+#[allow(clippy::too_many_arguments)]
+fn dry_run_copies(
+    model: &Model<'_>,
+    ns: &str,
+    served: &BTreeSet<String>,
+    dry_runs: &[(&AuthorizationPolicy, PolicyClass)],
+    injected: &[&Workload<'_>],
+    manifests: &mut Manifests,
+    w: &mut NsWork,
+    findings: &mut Vec<Finding>,
+) {
+    for (p, c) in dry_runs {
+        let pref = ObjectRef::from_meta("AuthorizationPolicy", &p.metadata);
+        let svcs: BTreeSet<String> = model
+            .selected_workloads(ns, policy_selector(p))
+            .iter()
+            .filter(|wl| {
+                injected
+                    .iter()
+                    .any(|i| i.name == wl.name && i.kind == wl.kind)
+            })
+            .flat_map(|wl| model.workload_services(wl))
+            .map(|s| svc_name(s).to_string())
+            .collect();
+        let copied: Vec<&String> = svcs.iter().filter(|s| served.contains(*s)).collect();
+        for s in &copied {
+            let (mi, obj) = manifests.add(5, "policy-copy", Some(&pref), waypoint_copy(p, s, ns));
+            w.act(
+                5,
+                Action {
+                    manifest: Some(mi),
+                    ..Action::new(
+                        Op::Create,
+                        obj,
+                        format!("dry-run waypoint copy of {pref} for Service {s}"),
+                    )
+                },
+            );
+        }
+        findings.push(Finding::new(
+            f::AUTHZ_DRY_RUN,
+            pref.clone(),
+            if copied.is_empty() {
+                "no waypoint serves its Services: left as it is".to_string()
+            } else {
+                format!("copied as dry-run for {}", abbreviated_list(copied, 10))
+            },
+        ));
+        if c.has_effect(authz::ZtunnelEffect::DryRunEnforced) {
+            dry_run_enforced(&pref, &svcs, w, findings);
+        }
+    }
+}
+
+/// Istio 1.24's ztunnel enforces dry-run policies: once a workload runs without a sidecar,
+/// its dry-run policies decide (fail-closed where they deny, or where an ALLOW excludes).
+fn dry_run_enforced(
+    pref: &ObjectRef,
+    svcs: &BTreeSet<String>,
+    w: &mut NsWork,
+    findings: &mut Vec<Finding>,
+) {
+    findings.push(Finding::new(f::AUTHZ_DRY_RUN_ENFORCED, pref.clone(), ""));
+    for s in svcs {
+        let reason = "Istio 1.24's ztunnel enforces this dry-run policy: once its workloads run without sidecars it refuses what the sidecar only logged".to_string();
+        findings.push(Finding::new(
+            f::ENFORCEMENT_FAIL_CLOSED,
+            pref.clone(),
+            format!("Service {s}, step 9: {reason}"),
+        ));
+        w.enforcement.push(Enforcement {
+            service: s.clone(),
+            policy: pref.clone(),
+            moves_to_waypoint: false,
+            by_step: (1..=9u8)
+                .map(|k| StepEnforcement {
+                    step: k,
+                    enforced_by: if k < 9 { vec![] } else { vec!["ztunnel"] },
+                })
+                .collect(),
+            windows: vec![Window {
+                from_step: 9,
+                to_step: 9,
+                kind: "fail-closed",
+                reason,
+            }],
+        });
+    }
+}
+
+/// The namespaces whose sidecar callers bypass protection admits: those the ALLOW policies
+/// name (alone or in principals), and, when the callers cannot be listed, every namespace
+/// of the migration.
+fn admitted_namespaces(callers: &Callers, targets: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut out: BTreeSet<String> = callers.namespaces.clone();
+    out.extend(
+        callers
+            .principals
+            .iter()
+            .filter_map(|p| principal_namespace(p))
+            .map(str::to_string),
+    );
+    if callers.any {
+        out.extend(targets.iter().cloned());
+    }
+    out
+}
+
+/// The moved DENY policies of Service `s` that apply to every workload it selects (only
+/// those may narrow its bypass protection).
+fn svc_denies<'p>(
+    moved: &BTreeMap<usize, BTreeSet<String>>,
+    policies: &[(&'p AuthorizationPolicy, PolicyClass)],
+    s: &str,
+    selected: &[&Workload<'_>],
+) -> Vec<&'p AuthorizationPolicy> {
+    moved
+        .iter()
+        .filter(|(_, svcs)| svcs.contains(s))
+        .map(|(i, _)| &policies[*i])
+        .filter(|(_, c)| c.action == AuthzAction::Deny && !c.dry_run)
+        .filter(|(p, _)| {
+            !selected.is_empty()
+                && selected.iter().all(|wl| {
+                    policy_selector(p).is_none_or(|sel| selector_matches(sel, wl.pod_labels))
+                })
+        })
+        .map(|(p, _)| *p)
+        .collect()
+}
+
+/// The admitted namespaces one of `denies` refuses every request from.
+fn refused_namespaces(
+    admitted: &BTreeSet<String>,
+    denies: Vec<&AuthorizationPolicy>,
+    sem: &authz::ZtunnelSemantics,
+) -> BTreeSet<String> {
+    if denies.is_empty() {
+        return BTreeSet::new();
+    }
+    admitted
+        .iter()
+        .filter(|n| {
+            denies
+                .iter()
+                .any(|p| authz::matches_every_peer_in(p, sem, n))
+        })
+        .cloned()
+        .collect()
+}
+
+/// A moved DENY protects nobody from callers that skip the waypoint: sidecar callers
+/// outside the migration that bypass protection admits reach the workloads through ztunnel
+/// alone, once the original is gone (and before that ztunnel enforces only what istiod
+/// converts of it). Fail-open for those it could deny, until they migrate.
+fn deny_outside_windows(
+    p: &AuthorizationPolicy,
+    sem: &authz::ZtunnelSemantics,
+    admitted: &BTreeSet<String>,
+    targets: &BTreeSet<String>,
+) -> Vec<Window> {
+    let outside: Vec<&str> = admitted
+        .iter()
+        .filter(|n| !targets.contains(*n))
+        .filter(|n| authz::may_match_peer_in(p, sem, n))
+        .map(String::as_str)
+        .collect();
+    if outside.is_empty() {
+        return Vec::new();
+    }
+    vec![Window {
+        from_step: 9,
+        to_step: 9,
+        kind: "fail-open",
+        reason: format!(
+            "sidecar callers from {} (outside this migration) are admitted by bypass protection and skip the waypoint copy of this DENY until they migrate",
+            outside.join(", ")
+        ),
+    }]
+}
+
+/// During the step-9 rollout, sidecar callers still running reach the new pods directly,
+/// where ztunnel enforces the original only as istiod converts it: where that admits what
+/// the policy denied (a DENY that never fires, or an ALLOW whose trust-domain conditions
+/// are dropped), it is fail-open for the callers it concerns. Those are the namespace's own
+/// sidecar callers, and with unordered step 9 the other namespaces' admitted ones too.
+fn rollout_fail_open(
+    p: &AuthorizationPolicy,
+    c: &PolicyClass,
+    sem: &authz::ZtunnelSemantics,
+    ns: &str,
+    admitted: &BTreeSet<String>,
+    ordering: meshmig_api::Ordering,
+) -> Option<Window> {
+    if !c.ztunnel_fail_open() {
+        return None;
+    }
+    let concurrent: Vec<&str> = std::iter::once(ns)
+        .chain(
+            admitted
+                .iter()
+                .map(String::as_str)
+                .filter(|_| ordering != meshmig_api::Ordering::Listed),
+        )
+        // An ALLOW that ztunnel widens concerns every caller; a DENY only those it names.
+        .filter(|n| c.action != AuthzAction::Deny || authz::may_match_peer_in(p, sem, n))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if concurrent.is_empty() {
+        return None;
+    }
+    let what = if !matches!(c.action, AuthzAction::Allow | AuthzAction::Deny) {
+        "ztunnel does not enforce this policy at all (CUSTOM and AUDIT policies run only in proxies)"
+    } else if c.action == AuthzAction::Deny {
+        "ztunnel does not fire this DENY as written (istiod drops its L7 conditions, and a block or condition made only of them never matches)"
+    } else {
+        "ztunnel admits more than this policy (istiod drops its trust-domain conditions)"
+    };
+    Some(Window {
+        from_step: 9,
+        to_step: 9,
+        kind: "fail-open",
+        reason: format!(
+            "during the step-9 rollout, sidecar callers in {} reach the new pods directly, and {what} until it is removed",
+            concurrent.join(", ")
+        ),
+    })
+}
+
 /// Whether a DENY policy's source conditions could match traffic that arrives from the
 /// waypoint (negative identity forms that do not exclude it, or IP conditions).
 fn deny_matches_waypoint(
@@ -701,6 +971,8 @@ struct Index<'a> {
     /// all of them when few, else the first few and a count (a finding per Service naming
     /// thousands of namespaces made the plan's size grow with the square of the migration).
     targets_joined: String,
+    /// What this control plane's istiod and ztunnel do with AuthorizationPolicies.
+    sem: authz::ZtunnelSemantics,
 }
 
 fn by_namespace<'a, T>(
@@ -742,6 +1014,7 @@ impl<'a> Index<'a> {
         inv: &'a Inventory,
         targets: &BTreeSet<String>,
         conversions: &[(&'a VirtualService, routes::Conversion, String)],
+        sem: authz::ZtunnelSemantics,
     ) -> Self {
         let mut policy_by_ref = HashMap::new();
         for p in &inv.authorization_policies {
@@ -830,6 +1103,7 @@ impl<'a> Index<'a> {
             conversions_by_parent,
             conversions_by_owner,
             targets_joined: abbreviated_list(targets, 10),
+            sem,
         }
     }
 
@@ -930,7 +1204,7 @@ fn plan_on(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str, threads: 
             .unwrap_or(vs_ns);
         conversions.push((vs, conv, owner_ns));
     }
-    let index = Index::new(inv, &target_set, &conversions);
+    let index = Index::new(inv, &target_set, &conversions, facts.ztunnel_semantics());
 
     // Namespaces are analyzed independently of each other (they only read the shared indexes).
     let analyzed = crate::parallel::map(&targets, threads, |ns| {
@@ -977,7 +1251,7 @@ fn plan_on(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str, threads: 
         }
     }
 
-    let order = namespace_order(spec, inv, &targets, &td);
+    let order = namespace_order(spec, inv, &targets, &td, &index.sem);
     // Windows that depend on the order of step 9 across namespaces.
     order_windows(&mut works, &order, &index, &td, &mut findings);
 
@@ -1148,6 +1422,7 @@ fn namespace_order(
     inv: &Inventory,
     targets: &[String],
     td: &str,
+    sem: &authz::ZtunnelSemantics,
 ) -> Vec<String> {
     if spec.ordering != Some(meshmig_api::Ordering::Auto) {
         return targets.to_vec();
@@ -1160,7 +1435,7 @@ fn namespace_order(
         if !set.contains(ns) {
             continue;
         }
-        let class = authz::classify(p);
+        let class = authz::classify_with(p, sem);
         if class.action != AuthzAction::Allow {
             continue;
         }
@@ -1219,7 +1494,25 @@ fn order_windows(
             let Some(p) = index.policy_by_ref.get(&e.policy) else {
                 continue;
             };
-            let class = authz::classify(p);
+            let class = authz::classify_with(p, &index.sem);
+            if class.action == AuthzAction::Deny {
+                let admitted = w.bypass_admits.get(&e.service).cloned().unwrap_or_default();
+                let later: Vec<&str> = admitted
+                    .iter()
+                    .filter(|ns| pos.get(ns.as_str()).is_some_and(|i| *i > my))
+                    .filter(|ns| authz::may_match_peer_in(p, &index.sem, ns))
+                    .map(String::as_str)
+                    .collect();
+                if !later.is_empty() {
+                    let reason = format!(
+                        "sidecar callers in {} (step 9 after {}) are admitted by bypass protection and skip the waypoint copy of this DENY until they run without sidecars; list them first",
+                        later.join(", "),
+                        w.name
+                    );
+                    push_order_window(e, reason, findings);
+                }
+                continue;
+            }
             if class.action != AuthzAction::Allow || class.rules.iter().all(|r| r.identity_only()) {
                 continue;
             }
@@ -1242,21 +1535,27 @@ fn order_windows(
                 "sidecar callers in {list} (step 9 after {}) skip the waypoint copy until they run without sidecars; use ordering: Auto or list callers first",
                 w.name
             );
-            if !e.windows.iter().any(|x| x.reason == reason) {
-                e.windows.push(Window {
-                    from_step: 9,
-                    to_step: 9,
-                    kind: "fail-open",
-                    reason: reason.clone(),
-                });
-                findings.push(Finding::new(
-                    f::ENFORCEMENT_FAIL_OPEN,
-                    e.policy.clone(),
-                    format!("Service {}, steps 9-9: {reason}", e.service),
-                ));
-            }
+            push_order_window(e, reason, findings);
         }
     }
+}
+
+/// A step-9 fail-open window of a moved policy, and its finding, once.
+fn push_order_window(e: &mut Enforcement, reason: String, findings: &mut Vec<Finding>) {
+    if e.windows.iter().any(|x| x.reason == reason) {
+        return;
+    }
+    findings.push(Finding::new(
+        f::ENFORCEMENT_FAIL_OPEN,
+        e.policy.clone(),
+        format!("Service {}, steps 9-9: {reason}", e.service),
+    ));
+    e.windows.push(Window {
+        from_step: 9,
+        to_step: 9,
+        kind: "fail-open",
+        reason,
+    });
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1295,6 +1594,7 @@ fn analyze_namespace<'a>(
         },
         restart: Vec::new(),
         restart_hbone: Vec::new(),
+        bypass_admits: BTreeMap::new(),
     };
     for check in step_checks(1) {
         w.act(1, Action::new(Op::Verify, ns_ref.clone(), check));
@@ -1395,11 +1695,13 @@ fn analyze_namespace<'a>(
     };
 
     // ---- authorization policies
-    let policies: Vec<(&AuthorizationPolicy, PolicyClass)> = index
+    // Dry-run policies enforce nothing in a sidecar: they are copied as dry-run and never
+    // shape what meshmig enforces (waypoint needs, bypass protection, the ALLOW union).
+    let (dry_runs, policies): (Vec<(&AuthorizationPolicy, PolicyClass)>, Vec<_>) = index
         .policies_in(ns)
         .iter()
-        .map(|p| (*p, authz::classify(p)))
-        .collect();
+        .map(|p| (*p, authz::classify_with(p, &index.sem)))
+        .partition(|(_, c)| c.dry_run && !c.targeted);
     let pod_addressed_workloads: BTreeSet<&str> = {
         let mut set = BTreeSet::new();
         for svc in model.services_in(ns) {
@@ -1494,7 +1796,7 @@ fn analyze_namespace<'a>(
         &[]
     };
     for p in root_policies {
-        let class = authz::classify(p);
+        let class = authz::classify_with(p, &index.sem);
         if class.targeted {
             continue;
         }
@@ -1942,6 +2244,9 @@ fn analyze_namespace<'a>(
         manifests,
         &mut w,
         findings,
+    );
+    dry_run_copies(
+        model, ns, &served, &dry_runs, &injected, manifests, &mut w, findings,
     );
 
     // ---- step 6
@@ -2416,28 +2721,7 @@ fn policy_migration(
         let (p, _) = &policies[*i];
         let pref = ObjectRef::from_meta("AuthorizationPolicy", &p.metadata);
         for s in svcs {
-            let mut spec_v = serde_json::to_value(&p.spec).unwrap_or(Value::Null);
-            if let Some(m) = spec_v.as_object_mut() {
-                m.remove("selector");
-                m.remove("targetRef");
-                m.insert(
-                    "targetRefs".into(),
-                    serde_json::to_value(vec![PolicyTargetReference::service(s)])
-                        .unwrap_or(Value::Null),
-                );
-            }
-            let name = dns_subdomain(&[
-                p.metadata.name.as_deref().unwrap_or_default(),
-                s,
-                "waypoint",
-            ]);
-            let v = json!({
-                "apiVersion": "security.istio.io/v1",
-                "kind": "AuthorizationPolicy",
-                "metadata": {"name": name, "namespace": ns},
-                "spec": spec_v,
-            });
-            let (mi, obj) = manifests.add(5, "policy-copy", Some(&pref), v);
+            let (mi, obj) = manifests.add(5, "policy-copy", Some(&pref), waypoint_copy(p, s, ns));
             w.act(
                 5,
                 Action {
@@ -2542,7 +2826,26 @@ fn policy_migration(
                 has_allow = true;
             }
         }
-        let mut principals: BTreeSet<String> = callers.principals.clone();
+        // Namespaces a moved DENY refuses outright are not admitted: letting their sidecar
+        // callers past would skip the DENY's waypoint copy (and denying them is exact).
+        let refused = refused_namespaces(
+            &admitted_namespaces(&callers, targets),
+            svc_denies(
+                &moved,
+                policies,
+                s,
+                &model.selected_workloads(ns, Some(&selector)),
+            ),
+            &index.sem,
+        );
+        // The callers as the sidecar matched them (cluster.local and aliases read as the
+        // trust domain): ztunnel compares the generated principals exactly.
+        let mut principals: BTreeSet<String> = callers
+            .principals
+            .iter()
+            .filter(|p| principal_namespace(p).is_none_or(|n| !refused.contains(n)))
+            .flat_map(|p| authz::sidecar_principals(p, td, &facts.trust_domain_aliases))
+            .collect();
         principals.insert(waypoint_principal.to_string());
         principals.extend(ingress.iter().cloned());
         // Sorted and without duplicates (the JSON array of a BTreeSet), built straight as
@@ -2558,17 +2861,31 @@ fn policy_migration(
                 .iter()
                 .map(|n| Value::from(n.as_str()))
                 .collect()
-        };
+        }
+        .into_iter()
+        .filter(|n| n.as_str().is_none_or(|n| !refused.contains(n)))
+        .collect();
         if callers.any {
             findings.push(Finding::new(
                 f::BYPASS_CALLERS_UNENUMERABLE,
                 ObjectRef::new("Service", Some(ns), s),
                 format!(
-                    "bypass protection admits the waypoint, ingress gateways and the migration's namespaces ({}) only",
-                    index.targets_joined
+                    "bypass protection admits the waypoint, ingress gateways and the migration's namespaces ({}) only{}",
+                    index.targets_joined,
+                    if refused.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            ", less those a DENY refuses outright ({})",
+                            abbreviated_list(&refused, 10)
+                        )
+                    }
                 ),
             ));
         }
+        let mut admits = admitted_namespaces(&callers, targets);
+        admits.retain(|n| !refused.contains(n));
+        w.bypass_admits.insert(s.clone(), admits);
         enumerable_by_svc.insert(s.clone(), !callers.any && exact_all);
         unknown_callers_by_svc.insert(s.clone(), callers.any);
         let mut source = serde_json::Map::new();
@@ -2720,7 +3037,7 @@ fn policy_migration(
                     reason: "traffic through the waypoint carries the waypoint's identity and IP, which this DENY's source conditions match, until the original is removed after the step-9 rollout".into(),
                 });
             }
-            if c.ztunnel.contains(&authz::ZtunnelEffect::DenyBroadened) {
+            if c.action == AuthzAction::Deny && c.ztunnel_fail_closed() {
                 windows.push(Window {
                     from_step: 9,
                     to_step: 9,
@@ -2728,6 +3045,18 @@ fn policy_migration(
                     reason: "during the step-9 rollout ztunnel enforces this DENY without its L7 conditions until it is removed".into(),
                 });
             }
+            let admitted = w.bypass_admits.get(s).cloned().unwrap_or_default();
+            if c.action == AuthzAction::Deny {
+                windows.extend(deny_outside_windows(p, &index.sem, &admitted, targets));
+            }
+            windows.extend(rollout_fail_open(
+                p,
+                c,
+                &index.sem,
+                ns,
+                &admitted,
+                spec.ordering.unwrap_or_default(),
+            ));
             for win in &windows {
                 let kind = if win.kind == "fail-open" {
                     f::ENFORCEMENT_FAIL_OPEN
@@ -2779,27 +3108,69 @@ fn policy_migration(
         }
         for s in svcs {
             let mut windows = Vec::new();
-            if c.needs_waypoint() {
-                // Only reachable when no waypoint serves the Service (policy Never, or the
-                // Service opted out): ztunnel cannot enforce it as written.
-                let open = c.ztunnel.iter().any(|e| {
-                    matches!(
-                        e,
-                        authz::ZtunnelEffect::DenyIgnored | authz::ZtunnelEffect::NotEnforced
-                    )
+            let aliased = authz::alias_dependent_principals(
+                p,
+                &facts.trust_domain,
+                &facts.trust_domain_aliases,
+            );
+            if !aliased.is_empty() {
+                let (kind, id) = if c.action == AuthzAction::Deny {
+                    ("fail-open", f::ENFORCEMENT_FAIL_OPEN)
+                } else {
+                    ("fail-closed", f::ENFORCEMENT_FAIL_CLOSED)
+                };
+                let reason = format!(
+                    "ztunnel compares principals exactly: {} no longer match the callers the sidecar matched through the trust domain {} and its aliases",
+                    aliased.join(", "),
+                    facts.trust_domain
+                );
+                findings.push(Finding::new(
+                    f::AUTHZ_PRINCIPAL_ALIAS,
+                    pref.clone(),
+                    aliased.join(", "),
+                ));
+                findings.push(Finding::new(
+                    id,
+                    pref.clone(),
+                    format!("Service {s}, step 9: {reason}"),
+                ));
+                windows.push(Window {
+                    from_step: 9,
+                    to_step: 9,
+                    kind,
+                    reason,
                 });
+            }
+            // ztunnel enforces it from step 9 as istiod converts it (reachable with L7 parts
+            // only when no waypoint serves the Service: policy Never, or the Service opted
+            // out); each direction in which that differs from the sidecar is a window.
+            for (differs, kind, id, what) in [
+                (
+                    c.ztunnel_fail_open(),
+                    "fail-open",
+                    f::ENFORCEMENT_FAIL_OPEN,
+                    "admits requests the sidecar refused",
+                ),
+                (
+                    c.ztunnel_fail_closed(),
+                    "fail-closed",
+                    f::ENFORCEMENT_FAIL_CLOSED,
+                    "refuses requests the sidecar admitted",
+                ),
+            ] {
+                if !differs {
+                    continue;
+                }
                 let win = Window {
                     from_step: 9,
                     to_step: 9,
-                    kind: if open { "fail-open" } else { "fail-closed" },
-                    reason: "no waypoint serves this Service, and ztunnel cannot enforce the policy's L7 parts".into(),
+                    kind,
+                    reason: format!(
+                        "no waypoint serves this Service, and ztunnel, enforcing the policy as istiod converts it, {what}"
+                    ),
                 };
                 findings.push(Finding::new(
-                    if open {
-                        f::ENFORCEMENT_FAIL_OPEN
-                    } else {
-                        f::ENFORCEMENT_FAIL_CLOSED
-                    },
+                    id,
                     pref.clone(),
                     format!("Service {s}, step 9: {}", win.reason),
                 ));

@@ -7,6 +7,11 @@ use meshmig_planner::plan::{Op, Plan, plan};
 use serde_json::Value;
 
 fn bookinfo() -> Plan {
+    let (inv, spec) = bookinfo_inventory();
+    plan(&inv, &spec, "bookinfo")
+}
+
+fn bookinfo_inventory() -> (Inventory, meshmig_api::MeshMigrationSpec) {
     let mut inv = Inventory::default();
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/bookinfo");
     let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -22,7 +27,7 @@ fn bookinfo() -> Plan {
         .unwrap();
     }
     let mm = inv.mesh_migrations.first().unwrap().clone();
-    plan(&inv, &mm.spec, "bookinfo")
+    (inv, mm.spec)
 }
 
 fn manifests<'a>(p: &'a Plan, kind: &str) -> Vec<&'a Value> {
@@ -257,4 +262,49 @@ fn the_plan_does_not_depend_on_input_order() {
     inv.destination_rules.reverse();
     let b = serde_json::to_value(plan(&inv, &spec, "x")).unwrap();
     assert_eq!(a, b);
+}
+
+#[test]
+fn dry_run_policies_never_yield_an_enforcing_object() {
+    let (mut inv, spec) = bookinfo_inventory();
+    for p in &mut inv.authorization_policies {
+        p.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert("istio.io/dry-run".into(), "true".into());
+    }
+    let p = plan(&inv, &spec, "bookinfo");
+    let policies = manifests(&p, "AuthorizationPolicy");
+    assert!(
+        !policies.is_empty(),
+        "the dry-run policies are still copied"
+    );
+    for m in &policies {
+        assert_eq!(
+            m["metadata"]["annotations"]["istio.io/dry-run"], "true",
+            "an enforcing policy was generated: {m:#}"
+        );
+        assert!(
+            m["spec"]["targetRefs"].is_array(),
+            "not a waypoint copy: {m:#}"
+        );
+    }
+    // Nothing is deleted or enforced because of them.
+    let deleted: Vec<String> = p
+        .namespaces
+        .iter()
+        .flat_map(|n| &n.steps)
+        .flat_map(|s| &s.actions)
+        .filter(|a| a.op == Op::Delete && a.object.kind == "AuthorizationPolicy")
+        .map(|a| a.object.to_string())
+        .collect();
+    assert!(deleted.is_empty(), "{deleted:?}");
+    // The same plan without the annotation generates bypass protection: the test can fail.
+    let (inv, spec) = bookinfo_inventory();
+    let enforcing = plan(&inv, &spec, "bookinfo");
+    assert!(
+        manifests(&enforcing, "AuthorizationPolicy")
+            .iter()
+            .any(|m| m["metadata"]["annotations"]["istio.io/dry-run"].is_null())
+    );
 }

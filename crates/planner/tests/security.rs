@@ -168,8 +168,25 @@ fn action(p: &AuthorizationPolicy) -> &str {
     p.spec.action.as_deref().unwrap_or("ALLOW")
 }
 
+/// A dry-run policy is evaluated and logged by a sidecar or waypoint, never enforced
+/// (`istio.io/dry-run`, read as a Go boolean).
+fn dry_run(p: &AuthorizationPolicy) -> bool {
+    let v = p
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("istio.io/dry-run"));
+    matches!(
+        v.map(String::as_str),
+        Some("1" | "t" | "T" | "true" | "TRUE" | "True")
+    )
+}
+
 /// Whether a proxy enforcing `policies` in full (a sidecar or a waypoint) admits `r`.
 fn allowed(policies: &[&AuthorizationPolicy], r: &Req) -> bool {
+    let enforced: Vec<&AuthorizationPolicy> =
+        policies.iter().copied().filter(|p| !dry_run(p)).collect();
+    let policies = &enforced[..];
     let matches = |p: &AuthorizationPolicy| {
         p.spec
             .rules
