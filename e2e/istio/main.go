@@ -26,6 +26,8 @@ commands:
   ztunnel [flags]          istiod's AuthorizationPolicy -> ztunnel Authorization conversion
   rbac --for sidecar|waypoint [flags]
                            the Envoy RBAC filters istiod builds for one proxy
+  routes --for sidecar|waypoint [flags]
+                           the HTTP routes istiod builds for one proxy, normalised
 
 Run "meshmig-istio <command> -h" for the flags of a command.
 `
@@ -44,6 +46,8 @@ func main() {
 		parse = parseZtunnel
 	case "rbac":
 		parse = parseRBAC
+	case "routes":
+		parse = parseRoutes
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return

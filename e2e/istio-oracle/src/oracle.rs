@@ -3,7 +3,7 @@
 //!
 //! Each call is one process with every object on stdin (a JSON array) and one JSON
 //! document on stdout; thousands of objects per call are fine. The JSON shapes are
-//! documented in `e2e/istio/README.md`.
+//! documented in `e2e/istio/README.md`: `validate`, `ztunnel`, `rbac` and `routes`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -363,6 +363,547 @@ pub struct AttachedPolicies {
     pub custom: Vec<String>,
 }
 
+/// The proxy whose HTTP routes `routes` builds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteProxy {
+    /// A sidecar in `namespace`: its outbound RDS route configurations (one per port, named
+    /// by the port number), with every VirtualService and DestinationRule it sees.
+    Sidecar {
+        /// The workload's namespace.
+        namespace: String,
+        /// The workload's labels (for `sourceLabels` matches).
+        labels: BTreeMap<String, String>,
+    },
+    /// A waypoint: the route configuration of each of its per-Service filter chains, for
+    /// the Services istiod's ambient index binds to it (`istio.io/use-waypoint`).
+    Waypoint {
+        /// The waypoint's namespace.
+        namespace: String,
+        /// Its Gateway's name (the input must hold that Gateway).
+        gateway: String,
+    },
+}
+
+/// Options of `routes`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutesOptions {
+    /// The proxy.
+    pub proxy: RouteProxy,
+    /// Also return every Envoy route as protojson ([`Route::raw`]).
+    pub raw: bool,
+}
+
+impl RoutesOptions {
+    /// A sidecar without labels in `namespace`.
+    pub fn sidecar(namespace: &str) -> Self {
+        Self {
+            proxy: RouteProxy::Sidecar {
+                namespace: namespace.into(),
+                labels: BTreeMap::new(),
+            },
+            raw: false,
+        }
+    }
+
+    /// The waypoint `gateway` in `namespace`.
+    pub fn waypoint(namespace: &str, gateway: &str) -> Self {
+        Self {
+            proxy: RouteProxy::Waypoint {
+                namespace: namespace.into(),
+                gateway: gateway.into(),
+            },
+            raw: false,
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        let mut args = match &self.proxy {
+            RouteProxy::Sidecar { namespace, labels } => {
+                let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                vec![
+                    "--for=sidecar".to_string(),
+                    format!("--namespace={namespace}"),
+                    format!("--labels={}", labels.join(",")),
+                ]
+            }
+            RouteProxy::Waypoint { namespace, gateway } => vec![
+                "--for=waypoint".to_string(),
+                format!("--namespace={namespace}"),
+                format!("--gateway={gateway}"),
+            ],
+        };
+        if self.raw {
+            args.push("--raw".into());
+        }
+        args
+    }
+}
+
+/// The HTTP routes istiod builds for one proxy, from `routes`, normalised (see
+/// `e2e/istio/README.md` for every field).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Routes {
+    /// The proxy, and for a waypoint the Services bound to it.
+    pub proxy: RoutesProxy,
+    /// Route configurations: a sidecar's RDS configurations, or one per waypoint filter
+    /// chain.
+    pub route_configs: Vec<RouteConfig>,
+    /// Every cluster a route or mirror names, resolved by istiod.
+    pub clusters: BTreeMap<String, ClusterInfo>,
+    /// Input objects istiod never saw: kinds it does not read, or objects its validation
+    /// rejects (each with the reason).
+    pub ignored: Vec<String>,
+}
+
+impl Routes {
+    /// A sidecar's virtual host for `hostname` in the route configuration of `port`.
+    pub fn sidecar_virtual_host(&self, port: u16, hostname: &str) -> Option<&VirtualHost> {
+        let name = port.to_string();
+        self.route_configs
+            .iter()
+            .filter(|rc| rc.name == name)
+            .flat_map(|rc| rc.virtual_hosts.iter())
+            .find(|vh| vh.domains.iter().any(|d| d == hostname))
+    }
+
+    /// A waypoint's route configuration for a Service's `hostname` and `port` (its HTTP
+    /// filter chain).
+    pub fn waypoint_route_config(&self, hostname: &str, port: u16) -> Option<&RouteConfig> {
+        self.route_configs.iter().find(|rc| {
+            rc.service.as_ref().is_some_and(|s| {
+                s.hostname == hostname && s.port == u32::from(port) && s.protocol == "http"
+            })
+        })
+    }
+}
+
+/// The proxy `routes` answered for.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoutesProxy {
+    /// `sidecar` or `waypoint`.
+    #[serde(rename = "type")]
+    pub proxy_type: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The waypoint's Gateway.
+    #[serde(default)]
+    pub gateway: String,
+    /// Waypoint: the Services bound to it, `namespace/hostname`, sorted.
+    #[serde(default)]
+    pub services: Vec<String>,
+}
+
+/// One Envoy route configuration.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Its name (a sidecar's: the port number).
+    pub name: String,
+    /// Waypoint: the filter chain, `inbound-vip|<port>|<protocol>|<hostname>`.
+    #[serde(default)]
+    pub filter_chain: String,
+    /// Waypoint: the Service port the filter chain serves.
+    #[serde(default)]
+    pub service: Option<ServicePort>,
+    /// Virtual hosts, in order.
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+/// A Service port a waypoint filter chain serves.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePort {
+    /// The Service's hostname.
+    pub hostname: String,
+    /// The port.
+    pub port: u32,
+    /// `http` or `tcp`.
+    pub protocol: String,
+}
+
+/// An Envoy virtual host.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualHost {
+    /// Its name.
+    pub name: String,
+    /// Its domains (Host header matches).
+    pub domains: Vec<String>,
+    /// Its routes, in order: the first that matches wins.
+    pub routes: Vec<Route>,
+    /// Request header operations of the virtual host.
+    pub request_headers: HeaderOps,
+    /// Response header operations of the virtual host.
+    pub response_headers: HeaderOps,
+    /// Fields set on the virtual host that are not modelled.
+    pub unsupported: Vec<String>,
+}
+
+/// An Envoy route.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Route {
+    /// Its name.
+    pub name: String,
+    /// The Istio config it came from (`/apis/networking.istio.io/v1/namespaces/<ns>/virtual-service/<name>`;
+    /// for a Gateway API route, the name is `<ns>~<hostname>` of istiod's internal VirtualService).
+    #[serde(default)]
+    pub config: String,
+    /// What it matches.
+    #[serde(rename = "match")]
+    pub route_match: RouteMatch,
+    /// What it does.
+    pub action: Action,
+    /// Request header operations.
+    pub request_headers: HeaderOps,
+    /// Response header operations.
+    pub response_headers: HeaderOps,
+    /// CORS policy (per-filter config of `envoy.filters.http.cors`).
+    pub cors: Option<Cors>,
+    /// Fault injection (per-filter config of `envoy.filters.http.fault`).
+    pub fault: Option<Fault>,
+    /// Names of every per-filter config on the route.
+    pub per_filter_config: Vec<String>,
+    /// Fields set on the route that are not modelled.
+    pub unsupported: Vec<String>,
+    /// The Envoy route as protojson (with [`RoutesOptions::raw`]).
+    #[serde(default)]
+    pub raw: Option<Value>,
+}
+
+/// An Envoy route match.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteMatch {
+    /// The path matcher.
+    pub path: PathMatch,
+    /// Header matchers (all must match); a method is the `:method` pseudo-header.
+    pub headers: Vec<HeaderMatch>,
+    /// Query parameter matchers (all must match).
+    pub query_params: Vec<QueryMatch>,
+    /// Parts of the match that are not modelled: a route with any cannot be evaluated.
+    pub unsupported: Vec<String>,
+}
+
+/// A path matcher.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathMatch {
+    /// `prefix`, `exact`, `regex`, `pathSeparatedPrefix`, `template`, `connect` or `none`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The prefix, path or RE2 regex.
+    pub value: String,
+    /// Envoy's `case_sensitive` (default true).
+    pub case_sensitive: bool,
+}
+
+/// A string matcher.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StringMatch {
+    /// `exact`, `prefix`, `suffix`, `contains`, `regex`, `present`, `absent`, `range` or
+    /// `custom`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The value (a regex is RE2, matched against the whole value).
+    #[serde(default)]
+    pub value: String,
+    /// Case-insensitive.
+    #[serde(default)]
+    pub ignore_case: bool,
+}
+
+/// A header matcher.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderMatch {
+    /// The header name (`:method` for the method).
+    pub name: String,
+    /// How its value must match.
+    #[serde(rename = "match")]
+    pub value: StringMatch,
+    /// Envoy's `invert_match`.
+    #[serde(default)]
+    pub invert: bool,
+    /// Envoy's `treat_missing_header_as_empty`.
+    #[serde(default)]
+    pub missing_as_empty: bool,
+}
+
+/// A query parameter matcher.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QueryMatch {
+    /// The parameter name.
+    pub name: String,
+    /// How its value must match.
+    #[serde(rename = "match")]
+    pub value: StringMatch,
+}
+
+/// What a route does: exactly one of the options is set, as `kind` says.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Action {
+    /// `route`, `redirect`, `directResponse`, `nonForwarding`, `filterAction` or `none`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Forwarding.
+    #[serde(default)]
+    pub route: Option<RouteAction>,
+    /// A redirect.
+    #[serde(default)]
+    pub redirect: Option<RedirectAction>,
+    /// A fixed response.
+    #[serde(default)]
+    pub direct_response: Option<DirectResponse>,
+}
+
+/// Forwarding to clusters.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteAction {
+    /// One cluster without a weight, or weighted clusters.
+    pub clusters: Vec<WeightedCluster>,
+    /// Envoy's `cluster_header`.
+    #[serde(default)]
+    pub cluster_header: String,
+    /// Replaces the matched prefix (the whole path for an exact or regex match).
+    pub prefix_rewrite: Option<String>,
+    /// Replaces every match of `pattern` in the path.
+    pub regex_rewrite: Option<RegexRewrite>,
+    /// Replaces the Host header.
+    pub host_rewrite: Option<String>,
+    /// Host header becomes the upstream host's name.
+    #[serde(default)]
+    pub auto_host_rewrite: bool,
+    /// Go duration (`0s`: disabled); `None`: Envoy's default of 15 s.
+    pub timeout: Option<String>,
+    /// Idle timeout.
+    pub idle_timeout: Option<String>,
+    /// Retry policy.
+    pub retry: Option<RetryPolicy>,
+    /// Request mirrors.
+    pub mirrors: Vec<Mirror>,
+    /// Hash policies (protojson).
+    pub hash_policy: Vec<Value>,
+    /// The status Envoy answers with when a cluster does not exist (Envoy's default: 503;
+    /// istiod sets 500 for Gateway API routes, as the spec requires).
+    pub cluster_not_found_status: u16,
+    /// Fields set that are not modelled.
+    pub unsupported: Vec<String>,
+}
+
+/// A (weighted) cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WeightedCluster {
+    /// Cluster name (a key of [`Routes::clusters`]).
+    pub name: String,
+    /// Its weight; `None` for a route to a single cluster.
+    pub weight: Option<u32>,
+    /// Request header operations for this cluster.
+    pub request_headers: HeaderOps,
+    /// Response header operations for this cluster.
+    pub response_headers: HeaderOps,
+    /// Host rewrite for this cluster.
+    pub host_rewrite: Option<String>,
+}
+
+/// A regex rewrite.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegexRewrite {
+    /// RE2 pattern.
+    pub pattern: String,
+    /// Substitution (`\1` for a capture group).
+    pub substitution: String,
+}
+
+/// A retry policy.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Envoy's `retry_on`.
+    pub retry_on: String,
+    /// Envoy's `num_retries` (`None`: Envoy's default, 1).
+    pub num_retries: Option<u32>,
+    /// Per-try timeout.
+    pub per_try_timeout: Option<String>,
+    /// Retriable status codes.
+    pub retriable_status_codes: Vec<u32>,
+    /// Retry host predicates (names).
+    pub host_predicates: Vec<String>,
+    /// `host_selection_retry_max_attempts`.
+    #[serde(default)]
+    pub host_selection_max_attempts: i64,
+    /// Back-off base interval.
+    pub backoff_base: Option<String>,
+    /// Back-off maximum interval.
+    pub backoff_max: Option<String>,
+    /// Fields set that are not modelled.
+    pub unsupported: Vec<String>,
+}
+
+/// A request mirror.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Mirror {
+    /// Cluster name.
+    pub cluster: String,
+    /// Percent of requests mirrored.
+    pub percent: f64,
+    /// Envoy's `trace_sampled`.
+    #[serde(default)]
+    pub trace_sampled: Option<bool>,
+}
+
+/// A redirect.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedirectAction {
+    /// New scheme (empty: unchanged).
+    #[serde(default)]
+    pub scheme: String,
+    /// New host (empty: unchanged).
+    #[serde(default)]
+    pub host: String,
+    /// New port (0: unchanged).
+    #[serde(default)]
+    pub port: u32,
+    /// New path (may carry a query).
+    pub path: Option<String>,
+    /// Replaces the matched prefix.
+    pub prefix_rewrite: Option<String>,
+    /// Regex rewrite of the path.
+    pub regex_rewrite: Option<RegexRewrite>,
+    /// Status code.
+    pub code: u16,
+    /// Drops the query.
+    #[serde(default)]
+    pub strip_query: bool,
+}
+
+/// A fixed response.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DirectResponse {
+    /// Status code.
+    pub status: u32,
+    /// Body.
+    #[serde(default)]
+    pub body: String,
+}
+
+/// Header operations.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderOps {
+    /// Headers added or set, in order.
+    pub add: Vec<HeaderValue>,
+    /// Headers removed.
+    pub remove: Vec<String>,
+}
+
+/// A header added or set.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderValue {
+    /// Name.
+    pub name: String,
+    /// Value.
+    pub value: String,
+    /// `append`, `addIfAbsent`, `overwrite` or `overwriteIfExists`.
+    pub action: String,
+}
+
+/// A CORS policy.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cors {
+    /// Allowed origins.
+    pub allow_origins: Vec<StringMatch>,
+    /// Allowed methods (comma-separated).
+    #[serde(default)]
+    pub allow_methods: String,
+    /// Allowed headers.
+    #[serde(default)]
+    pub allow_headers: String,
+    /// Exposed headers.
+    #[serde(default)]
+    pub expose_headers: String,
+    /// Max age (seconds, as a string).
+    #[serde(default)]
+    pub max_age: String,
+    /// Allow credentials.
+    pub allow_credentials: Option<bool>,
+    /// Percent of requests the policy is enforced for (`None`: all).
+    pub filter_enabled: Option<f64>,
+    /// Percent of requests it is evaluated in shadow mode for.
+    pub shadow_enabled: Option<f64>,
+    /// Other boolean settings, when set.
+    #[serde(default)]
+    pub other: BTreeMap<String, bool>,
+}
+
+/// Fault injection.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fault {
+    /// Fixed delay.
+    #[serde(default)]
+    pub delay_fixed: String,
+    /// Percent of requests delayed.
+    pub delay_percent: Option<f64>,
+    /// HTTP status of an abort.
+    #[serde(default)]
+    pub abort_status: u32,
+    /// gRPC status of an abort.
+    #[serde(default)]
+    pub abort_grpc_status: u32,
+    /// Percent of requests aborted.
+    pub abort_percent: Option<f64>,
+    /// Parts not modelled.
+    pub unsupported: Vec<String>,
+}
+
+/// istiod's view of a cluster: its Service and, for a subset, the subset's labels.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterInfo {
+    /// `outbound`, `inbound-vip`, … (empty for a cluster such as `PassthroughCluster`).
+    pub direction: String,
+    /// The subset part of the name (a waypoint's is `<protocol>[/<subset>]`).
+    pub subset: String,
+    /// The Service's hostname.
+    pub hostname: String,
+    /// The port.
+    pub port: u32,
+    /// Whether istiod knows a Service with that hostname.
+    pub resolved: bool,
+    /// The Service's namespace.
+    #[serde(default)]
+    pub namespace: String,
+    /// The Service's name.
+    #[serde(default)]
+    pub name: String,
+    /// The Service's selector.
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    /// The subset's labels (`None` without a subset).
+    #[serde(default)]
+    pub subset_labels: Option<BTreeMap<String, String>>,
+    /// The DestinationRule (`namespace/name`) the proxy takes the subset from.
+    #[serde(default)]
+    pub subset_rule: String,
+    /// Whether that rule has the subset (`None` without a subset).
+    #[serde(default)]
+    pub subset_found: Option<bool>,
+}
+
 /// A located `meshmig-istio` binary.
 #[derive(Clone, Debug)]
 pub struct Oracle {
@@ -405,6 +946,13 @@ impl Oracle {
     /// The Envoy RBAC istiod builds for the proxy from those of `policies` that attach to it.
     pub fn rbac(&self, policies: &[Value], opts: &RbacOptions) -> Result<Rbac, Error> {
         self.run("rbac", &opts.args(), policies)
+    }
+
+    /// The HTTP routes istiod builds for one proxy from `objects` (Services, Pods,
+    /// Namespaces, VirtualServices, DestinationRules, Gateway API Gateways and routes, …;
+    /// kinds istiod does not read are listed in [`Routes::ignored`]).
+    pub fn routes(&self, objects: &[Value], opts: &RoutesOptions) -> Result<Routes, Error> {
+        self.run("routes", &opts.args(), objects)
     }
 
     /// [`Self::run`] for the subcommands that answer with one entry per object.

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use meshmig_istio_oracle::oracle::{
-    Error, Oracle, Outcome, Proxy, RbacOptions, ZtunnelConversion, ZtunnelOptions,
+    Error, Oracle, Outcome, Proxy, RbacOptions, RoutesOptions, ZtunnelConversion, ZtunnelOptions,
 };
 use serde_json::{Value, json};
 
@@ -410,5 +410,193 @@ fn rbac_for_a_sidecar_selects_by_labels_and_builds_a_deny_on_the_method() -> Res
     let rbac = Oracle::get()?.rbac(&policies, &RbacOptions::new(waypoint))?;
     assert_eq!(rbac.policies.allow, ["shop/waypoint-only"]);
     assert!(rbac.policies.deny.is_empty(), "{:?}", rbac.policies);
+    Ok(())
+}
+
+/// A namespace with a Service `web` (two versions) and a Deployment (which istiod ignores).
+fn shop(namespace_labels: Value) -> Vec<Value> {
+    vec![
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": "shop", "labels": namespace_labels}}),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "shop"},
+               "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 8080}]}}),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web-v1", "namespace": "shop"},
+               "spec": {"selector": {"matchLabels": {"app": "web"}},
+                        "template": {"metadata": {"labels": {"app": "web", "version": "v1"}}}}}),
+    ]
+}
+
+#[test]
+fn routes_for_a_sidecar_follow_the_virtual_service_and_its_subsets() -> Result<(), Error> {
+    let mut objects = shop(json!({"istio-injection": "enabled"}));
+    objects.push(json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"host": "web", "subsets": [{"name": "v1", "labels": {"version": "v1"}},
+                                            {"name": "v2", "labels": {"version": "v2"}}]},
+    }));
+    objects.push(json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"hosts": ["web"], "http": [
+            {"name": "jason", "match": [{"headers": {"end-user": {"exact": "jason"}}}],
+             "route": [{"destination": {"host": "web", "subset": "v2"}}], "timeout": "3s"},
+            {"name": "split", "route": [{"destination": {"host": "web", "subset": "v1"}, "weight": 90},
+                                        {"destination": {"host": "web", "subset": "v2"}, "weight": 10}]},
+        ]},
+    }));
+    let routes = Oracle::get()?.routes(&objects, &RoutesOptions::sidecar("shop"))?;
+    assert_eq!(routes.proxy.proxy_type, "sidecar");
+    assert!(
+        routes
+            .ignored
+            .iter()
+            .any(|i| i.contains("Deployment shop/web-v1")),
+        "{:?}",
+        routes.ignored
+    );
+    let vh = routes
+        .sidecar_virtual_host(8080, "web.shop.svc.cluster.local")
+        .expect("a virtual host for web");
+    assert!(vh.domains.iter().any(|d| d == "web"), "{:?}", vh.domains);
+    let names: Vec<&str> = vh.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["jason", "split"]);
+    let jason = &vh.routes[0];
+    assert!(
+        jason
+            .config
+            .ends_with("/namespaces/shop/virtual-service/web"),
+        "{}",
+        jason.config
+    );
+    assert_eq!(jason.route_match.path.kind, "prefix");
+    assert_eq!(jason.route_match.headers[0].name, "end-user");
+    assert_eq!(
+        (
+            jason.route_match.headers[0].value.kind.as_str(),
+            jason.route_match.headers[0].value.value.as_str()
+        ),
+        ("exact", "jason")
+    );
+    let action = jason.action.route.as_ref().expect("a route action");
+    assert_eq!(action.timeout.as_deref(), Some("3s"));
+    assert_eq!(
+        action.clusters[0].name,
+        "outbound|8080|v2|web.shop.svc.cluster.local"
+    );
+    assert_eq!(action.clusters[0].weight, None);
+    let split = vh.routes[1].action.route.as_ref().expect("a route action");
+    let weights: Vec<(&str, Option<u32>)> = split
+        .clusters
+        .iter()
+        .map(|c| (c.name.as_str(), c.weight))
+        .collect();
+    assert_eq!(
+        weights,
+        [
+            ("outbound|8080|v1|web.shop.svc.cluster.local", Some(90)),
+            ("outbound|8080|v2|web.shop.svc.cluster.local", Some(10)),
+        ]
+    );
+    // No timeout on the VirtualService: istiod disables Envoy's 15 s default.
+    assert_eq!(split.timeout.as_deref(), Some("0s"));
+    let v2 = &routes.clusters["outbound|8080|v2|web.shop.svc.cluster.local"];
+    assert!(v2.resolved);
+    assert_eq!((v2.namespace.as_str(), v2.name.as_str()), ("shop", "web"));
+    assert_eq!(v2.selector, BTreeMap::from([("app".into(), "web".into())]));
+    assert_eq!(
+        v2.subset_labels,
+        Some(BTreeMap::from([("version".into(), "v2".into())]))
+    );
+    assert_eq!(v2.subset_found, Some(true));
+    assert_eq!(v2.subset_rule, "shop/web");
+    Ok(())
+}
+
+#[test]
+fn routes_for_a_waypoint_come_from_the_http_route_with_api_server_defaults() -> Result<(), Error> {
+    let mut objects =
+        shop(json!({"istio.io/dataplane-mode": "ambient", "istio.io/use-waypoint": "waypoint"}));
+    objects.push(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web-v2", "namespace": "shop"},
+        "spec": {"selector": {"app": "web", "version": "v2"}, "ports": [{"name": "http", "port": 8080}]},
+    }));
+    objects.push(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "waypoint", "namespace": "shop"},
+        "spec": {"gatewayClassName": "istio-waypoint",
+                 "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
+    }));
+    // No path in either match, no weight, no group/kind: the API server's CRD defaults fill
+    // them in (without them istiod's conversion would fail).
+    objects.push(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}], "rules": [
+            {"name": "jason", "matches": [{"headers": [{"name": "end-user", "value": "jason"}]}],
+             "backendRefs": [{"name": "web-v2", "port": 8080}]},
+            {"backendRefs": [{"name": "web", "port": 8080}],
+             "filters": [{"type": "RequestRedirect", "requestRedirect": {"hostname": "example.com"}}]},
+        ]},
+    }));
+    let mut opts = RoutesOptions::waypoint("shop", "waypoint");
+    opts.raw = true;
+    let routes = Oracle::get()?.routes(&objects, &opts)?;
+    assert_eq!(routes.proxy.proxy_type, "waypoint");
+    assert_eq!(
+        routes.proxy.services,
+        [
+            "shop/web-v2.shop.svc.cluster.local",
+            "shop/web.shop.svc.cluster.local"
+        ]
+    );
+    let rc = routes
+        .waypoint_route_config("web.shop.svc.cluster.local", 8080)
+        .expect("a filter chain for web");
+    assert_eq!(
+        rc.filter_chain,
+        "inbound-vip|8080|http|web.shop.svc.cluster.local"
+    );
+    let vh = &rc.virtual_hosts[0];
+    assert_eq!(vh.domains, ["*"]);
+    let jason = &vh.routes[0];
+    assert_eq!(jason.name, "jason");
+    assert!(jason.raw.is_some());
+    assert_eq!(jason.route_match.headers[0].value.kind, "exact");
+    let action = jason.action.route.as_ref().expect("a route action");
+    assert_eq!(
+        action.clusters[0].name,
+        "inbound-vip|8080|http|web-v2.shop.svc.cluster.local"
+    );
+    // Gateway API requires 500 for a backend that cannot be resolved.
+    assert_eq!(action.cluster_not_found_status, 500);
+    let v2 = &routes.clusters["inbound-vip|8080|http|web-v2.shop.svc.cluster.local"];
+    assert_eq!(
+        v2.selector,
+        BTreeMap::from([
+            ("app".into(), "web".into()),
+            ("version".into(), "v2".into())
+        ])
+    );
+    assert_eq!(v2.subset_labels, None);
+    // The redirect: istiod derives the port from the request's (the Service port) when the
+    // filter names neither a port nor a scheme; 302 is the CRD's default code.
+    let redirect = vh.routes[1].action.redirect.as_ref().expect("a redirect");
+    assert_eq!(
+        (redirect.host.as_str(), redirect.port, redirect.code),
+        ("example.com", 8080, 302)
+    );
+    Ok(())
+}
+
+#[test]
+fn routes_for_a_waypoint_need_its_gateway() -> Result<(), Error> {
+    let objects = shop(json!({}));
+    match Oracle::get()?.routes(&objects, &RoutesOptions::waypoint("shop", "waypoint")) {
+        Err(Error::Failed { stderr, .. }) => {
+            assert!(stderr.contains("no Gateway shop/waypoint"), "{stderr}");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
     Ok(())
 }
