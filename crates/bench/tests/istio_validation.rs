@@ -47,6 +47,9 @@ struct Input {
     /// The CRDs the inventory says are from Gateway API's experimental channel (filled in
     /// when planned): the planner then uses their extra fields.
     experimental_crds: BTreeSet<String>,
+    /// VirtualServices whose HTTPRoute the plan itself says exceeds Gateway API's limits
+    /// (blocker `vs-httproute-limits`): the API server must refuse exactly those.
+    over_limits: BTreeSet<String>,
 }
 
 /// One generated manifest and the input whose plan produced it.
@@ -138,6 +141,7 @@ fn fixture_inputs() -> Vec<Input> {
             name: dir.file_name().unwrap().to_string_lossy().into_owned(),
             texts: yaml_files(dir),
             experimental_crds: BTreeSet::new(),
+            over_limits: BTreeSet::new(),
         })
         .filter(|i| !i.texts.is_empty())
         .collect()
@@ -149,6 +153,7 @@ fn bookinfo_input() -> Input {
         name: "examples/bookinfo".into(),
         texts: yaml_files(&repo_root().join("examples/bookinfo")),
         experimental_crds: BTreeSet::new(),
+        over_limits: BTreeSet::new(),
     }
 }
 
@@ -174,6 +179,7 @@ fn synthetic_input() -> Input {
         name: format!("{SYNTHETIC_NAMESPACES} namespaces"),
         texts: vec![read(&file)],
         experimental_crds: BTreeSet::new(),
+        over_limits: BTreeSet::new(),
     }
 }
 
@@ -205,7 +211,14 @@ fn plan_input(input: &mut Input) -> Vec<Value> {
             ("fixture".to_string(), spec)
         }
     };
-    plan(&inv, &spec, &name).manifests
+    let p = plan(&inv, &spec, &name);
+    input.over_limits = p
+        .findings
+        .iter()
+        .filter(|f| f.id == "vs-httproute-limits")
+        .map(|f| f.object.to_string())
+        .collect();
+    p.manifests
 }
 
 fn corpus() -> &'static Corpus {
@@ -702,10 +715,17 @@ async fn refusal_inherited(
 #[tokio::test(flavor = "multi_thread")]
 async fn api_server_accepts_every_generated_manifest() {
     let corpus = corpus();
-    let (experimental, standard): (Vec<&Generated>, Vec<&Generated>) = corpus
+    let (over_limits, checked): (Vec<&Generated>, Vec<&Generated>) = corpus
         .manifests
         .iter()
         .filter(|g| corpus.group_of(g) != BOOKINFO)
+        .partition(|g| {
+            let source = g.object["metadata"]["annotations"][ANNOTATION_SOURCE].as_str();
+            kind(&g.object) == "HTTPRoute"
+                && source.is_some_and(|s| corpus.input_of(g).over_limits.contains(s))
+        });
+    let (experimental, standard): (Vec<&Generated>, Vec<&Generated>) = checked
+        .into_iter()
         .partition(|g| !corpus.input_of(g).experimental_crds.is_empty());
     let started = Instant::now();
     let env = TestEnv::start().await.unwrap();
@@ -723,6 +743,18 @@ async fn api_server_accepts_every_generated_manifest() {
     for (g, message) in std::mem::take(&mut result.refused) {
         report_refusal(corpus, &client, &resources, g, &message, &mut refused).await;
     }
+    // What the plan blocks as over Gateway API's limits, the API server refuses: the
+    // blocker is right, and these are not applied unless a user accepts it.
+    assert!(
+        !over_limits.is_empty(),
+        "the corpus has a route over the limits"
+    );
+    let limits = dry_run_all(corpus, &client, &resources, &over_limits).await;
+    assert!(
+        limits.accepted.is_empty() && limits.refused.iter().all(|(_, m)| m.contains("Too many")),
+        "routes the plan says exceed the limits: {:?}",
+        limits.refused.iter().map(|(_, m)| m).collect::<Vec<_>>()
+    );
     let experimental_result = dry_run_experimental(corpus, &env, &experimental).await;
     for (g, message) in &experimental_result.refused {
         let _ = writeln!(

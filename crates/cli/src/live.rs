@@ -202,9 +202,10 @@ fn finished(mm: &MeshMigration) -> Option<Result<(), MigrationPhase>> {
         // Completed, or rolled back to an earlier target: the rollback has not begun yet.
         (Some(_), MigrationPhase::Completed | MigrationPhase::RolledBack) => None,
         (None, MigrationPhase::Completed) => Some(Ok(())),
-        (_, p @ (MigrationPhase::Failed | MigrationPhase::Stalled | MigrationPhase::RolledBack)) => {
-            Some(Err(p))
-        }
+        (
+            _,
+            p @ (MigrationPhase::Failed | MigrationPhase::Stalled | MigrationPhase::RolledBack),
+        ) => Some(Err(p)),
         _ => None,
     }
 }
@@ -431,7 +432,10 @@ mod tests {
             Some(Err(MigrationPhase::Stalled))
         );
         assert_eq!(
-            finished(&with(Some("4"), serde_json::json!({"phase": "RollingBack"}))),
+            finished(&with(
+                Some("4"),
+                serde_json::json!({"phase": "RollingBack"})
+            )),
             None
         );
     }

@@ -1,10 +1,12 @@
 //! Reading YAML files and directories into an Inventory.
 
+use std::borrow::Cow;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use meshmig_planner::Inventory;
+use meshmig_planner::inventory::{Origin, locate};
+use meshmig_planner::{Inventory, LoadError, ObjectRef, documents};
 
 /// The embedded bookinfo example (`examples/bookinfo`), used when no path is given.
 pub const BOOKINFO: &[(&str, &str)] = &[
@@ -47,15 +49,80 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
+/// One input, kept so that an error about an object can say where the object is: the
+/// inventory does not record it (see [`meshmig_planner::inventory::locate`]).
+enum Source {
+    /// A file, read again when needed.
+    File(PathBuf),
+    /// Standard input, which cannot be read twice.
+    Stdin(String),
+    /// An embedded example file.
+    Embedded(&'static str, &'static str),
+}
+
+/// The inventory of the inputs, and the inputs.
+pub struct Loaded {
+    /// Every object of the inputs, sorted, identical copies once.
+    pub inv: Inventory,
+    sources: Vec<Source>,
+}
+
+impl Loaded {
+    /// An inventory that did not come from inputs (`--live`).
+    pub fn without_sources(inv: Inventory) -> Self {
+        Self {
+            inv,
+            sources: Vec::new(),
+        }
+    }
+
+    /// Where the inputs hold each of `objects`, in input order. A file that cannot be read
+    /// again is passed over: this only makes a message more precise.
+    pub fn origins(&self, objects: &[ObjectRef]) -> Vec<(ObjectRef, Origin)> {
+        let mut found = Vec::new();
+        for source in &self.sources {
+            let (name, text) = match source {
+                Source::File(p) => match fs::read_to_string(p) {
+                    Ok(text) => (p.display().to_string(), Cow::Owned(text)),
+                    Err(_) => continue,
+                },
+                Source::Stdin(text) => (STDIN.to_string(), Cow::Borrowed(text.as_str())),
+                Source::Embedded(name, text) => (name.to_string(), Cow::Borrowed(*text)),
+            };
+            found.extend(locate(&text, &name, objects));
+        }
+        found
+    }
+
+    /// Forgets standard input (its text can be large) once no message needs it.
+    pub fn into_inventory(self) -> Inventory {
+        self.inv
+    }
+}
+
+/// How standard input is named in messages.
+const STDIN: &str = "<stdin>";
+
+/// Loads one text, refusing an empty one: an empty file is usually an export that failed.
+fn load_text(inv: &mut Inventory, text: &str, name: &str) -> Result<(), String> {
+    if documents::is_blank(text) {
+        return Err(format!("{name}: empty: no Kubernetes objects"));
+    }
+    inv.load_str(text, name).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 /// Loads every path (file, directory, or `-` for standard input). Errors are one line and
-/// name the file.
-pub fn load(paths: &[PathBuf]) -> Result<Inventory, String> {
+/// name the file. An object given more than once is loaded once when the copies are
+/// identical, and is an error naming every copy when they are not.
+pub fn load(paths: &[PathBuf]) -> Result<Loaded, String> {
     let mut inv = Inventory::default();
+    let mut sources = Vec::new();
     if paths.is_empty() {
         for (name, text) in BOOKINFO {
-            inv.load_str(text, name).map_err(|e| e.to_string())?;
+            load_text(&mut inv, text, name)?;
+            sources.push(Source::Embedded(name, text));
         }
-        return Ok(inv);
     }
     for path in paths {
         if path.as_os_str() == "-" {
@@ -63,7 +130,8 @@ pub fn load(paths: &[PathBuf]) -> Result<Inventory, String> {
             std::io::stdin()
                 .read_to_string(&mut text)
                 .map_err(|e| format!("standard input: {e}"))?;
-            inv.load_str(&text, "<stdin>").map_err(|e| e.to_string())?;
+            load_text(&mut inv, &text, STDIN)?;
+            sources.push(Source::Stdin(text));
             continue;
         }
         let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -82,13 +150,36 @@ pub fn load(paths: &[PathBuf]) -> Result<Inventory, String> {
         };
         for file in files {
             let text = fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-            let name = file.display().to_string();
-            inv.load_str(&text, &name).map_err(|e| e.to_string())?;
+            load_text(&mut inv, &text, &file.display().to_string())?;
+            sources.push(Source::File(file));
         }
     }
     if inv.is_empty() {
         return Err("no Kubernetes objects meshmig uses were found in the input".into());
     }
-    inv.sort();
-    Ok(inv)
+    let conflicts = inv.dedup();
+    let loaded = Loaded { inv, sources };
+    match conflicts.first() {
+        Some(first) => Err(conflict_message(&loaded, first, conflicts.len() - 1)),
+        None => Ok(loaded),
+    }
+}
+
+/// The error for an object given more than once with different contents, naming every
+/// copy, and how many other objects are in the same case.
+fn conflict_message(loaded: &Loaded, object: &ObjectRef, others: usize) -> String {
+    let origins = loaded
+        .origins(std::slice::from_ref(object))
+        .into_iter()
+        .map(|(_, at)| at)
+        .collect();
+    let error = LoadError::Conflict {
+        object: object.to_string(),
+        origins,
+    };
+    match others {
+        0 => error.to_string(),
+        1 => format!("{error} (1 other object too)"),
+        n => format!("{error} ({n} other objects too)"),
+    }
 }

@@ -5,14 +5,15 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 use meshmig_api::{
-    BypassProtection, ControlPlaneMode, MeshMigrationSpec, Ordering, WaypointPolicy,
+    BypassProtection, ControlPlaneMode, MeshMigration, MeshMigrationSpec, Ordering, WaypointPolicy,
 };
 use meshmig_planner::plan::{injected_namespaces, plan};
 use meshmig_planner::report::{Style, render};
+use meshmig_planner::{ObjectRef, findings};
 use serde_json::Value;
 
 use crate::ColorChoice;
-use crate::load::load;
+use crate::load::{Loaded, load};
 
 /// Output format.
 #[derive(Clone, Copy, Debug, ValueEnum, Default, PartialEq, Eq)]
@@ -101,20 +102,60 @@ pub enum Bypass {
     Deferred,
 }
 
+/// Refuses `--accept` entries whose id is not a finding: they would accept nothing.
+fn check_accept_flags(accept: &[String]) -> Result<(), String> {
+    for entry in accept {
+        findings::check_accepted(entry)
+            .map_err(|u| format!("unknown finding `{}` in --accept; {}", u.id, u.hint()))?;
+    }
+    Ok(())
+}
+
+/// Refuses a MeshMigration whose `spec.acceptedFindings` names an unknown finding, as the
+/// operator does (it stalls with reason UnknownFinding before changing anything): a plan of
+/// it would be one the operator refuses to start.
+fn check_accepted_findings(m: &MeshMigration, loaded: &Loaded) -> Result<(), String> {
+    for (i, entry) in m.spec.accepted_findings.iter().enumerate() {
+        let Err(u) = findings::check_accepted(entry) else {
+            continue;
+        };
+        let oref = ObjectRef::from_meta("MeshMigration", &m.metadata);
+        let at = loaded
+            .origins(std::slice::from_ref(&oref))
+            .first()
+            .map(|(_, at)| format!("{at}: "))
+            .unwrap_or_default();
+        return Err(format!(
+            "{at}{oref}: spec.acceptedFindings[{i}] is `{entry}`, but `{}` is not a finding id (a misspelt id accepts nothing); {}",
+            u.id,
+            u.hint()
+        ));
+    }
+    Ok(())
+}
+
+/// The inventory of the cluster (`--live`) or of the paths.
+fn inventory(args: &PlanArgs) -> Result<Loaded, String> {
+    if !args.live {
+        return load(&args.paths);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let inv = rt.block_on(async {
+        let client = crate::live::client().await?;
+        crate::live::inventory(&client).await
+    })?;
+    Ok(Loaded::without_sources(inv))
+}
+
 /// Runs `meshmig plan`.
 pub fn run(args: &PlanArgs) -> Result<ExitCode, String> {
-    let inv = if args.live {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-        rt.block_on(async {
-            let client = crate::live::client().await?;
-            crate::live::inventory(&client).await
-        })?
-    } else {
-        load(&args.paths)?
-    };
+    // Before reading the input, which can take long.
+    check_accept_flags(&args.accept)?;
+    let loaded = inventory(args)?;
+    let inv = &loaded.inv;
     let found = match &args.name {
         Some(name) => inv
             .mesh_migrations
@@ -139,6 +180,9 @@ pub fn run(args: &PlanArgs) -> Result<ExitCode, String> {
             names.join(", ")
         ));
     }
+    if let Some(m) = found {
+        check_accepted_findings(m, &loaded)?;
+    }
     let (name, mut spec) = match found {
         Some(m) => (
             m.metadata.name.clone().unwrap_or_else(|| "meshmig".into()),
@@ -153,7 +197,7 @@ pub fn run(args: &PlanArgs) -> Result<ExitCode, String> {
         spec.namespaces = Some(args.namespaces.clone());
         spec.namespace_selector = None;
     } else if spec.namespaces.is_none() && spec.namespace_selector.is_none() {
-        let injected = injected_namespaces(&inv);
+        let injected = injected_namespaces(inv);
         if injected.is_empty() {
             return Err(
                 "no namespace has sidecar injection enabled; name the namespaces with --namespace"
@@ -185,6 +229,8 @@ pub fn run(args: &PlanArgs) -> Result<ExitCode, String> {
         spec.ordering = Some(Ordering::Auto);
     }
     spec.accepted_findings.extend(args.accept.iter().cloned());
+    // Standard input's text is no longer needed for messages: free it before planning.
+    let inv = loaded.into_inventory();
     let plan = plan(&inv, &spec, &name);
     match args.output {
         Output::Text => print!(

@@ -301,10 +301,11 @@ fn sail_check(
 pub fn control_plane_settled(
     live: &Inventory,
     spec: &MeshMigrationSpec,
+    mode: ControlPlaneMode,
     before: Option<&Inventory>,
 ) -> Result<(), String> {
     let cp = &spec.control_plane;
-    if cp.mode != ControlPlaneMode::Sail {
+    if mode != ControlPlaneMode::Sail {
         return Ok(());
     }
     for (kind, name) in [
@@ -631,7 +632,8 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
         }
         2 => {
             let cp = &inp.spec.control_plane;
-            match cp.mode {
+            // The planned mode: an istiod without a Sail Istio is planned as External.
+            match inp.plan.control_plane.mode {
                 ControlPlaneMode::Sail => {
                     out.push(sail_check(
                         live,

@@ -1458,7 +1458,12 @@ fn rollback(
         (true, None)
     } else if top == 3
         && control_plane_undone
-        && let Err(m) = crate::checks::control_plane_settled(inp.live, &inp.mm.spec, inp.frozen)
+        && let Err(m) = crate::checks::control_plane_settled(
+            inp.live,
+            &inp.mm.spec,
+            inp.plan.control_plane.mode,
+            inp.frozen,
+        )
     {
         for s in statuses.iter_mut() {
             s.message = Some(format!(

@@ -403,13 +403,9 @@ impl Stores {
         let mut crds = std::collections::BTreeMap::new();
         for c in self.crds.state() {
             if let Some(name) = c.metadata.name.clone() {
-                let channel = c
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get("gateway.networking.k8s.io/channel"))
-                    .cloned();
-                crds.insert(name, CrdInfo { channel });
+                let annotations = c.metadata.annotations.as_ref();
+                let info = CrdInfo::from_annotations(|k| annotations?.get(k).map(String::as_str));
+                crds.insert(name, info);
             }
         }
         inv.crds = Some(crds);

@@ -180,15 +180,13 @@ pub fn validate_before_start(mm: &MeshMigration, facts: &ClusterFacts) -> Option
         }
     }
     for (i, accepted) in spec.accepted_findings.iter().enumerate() {
-        let id = accepted.split('@').next().unwrap_or_default();
-        if !meshmig_planner::findings::CATALOGUE
-            .iter()
-            .any(|k| k.id == id)
-        {
+        if let Err(u) = meshmig_planner::findings::check_accepted(accepted) {
             return Some(SpecProblem {
                 field: format!("spec.acceptedFindings[{i}]"),
                 message: format!(
-                    "spec.acceptedFindings[{i}] is {accepted}, but {id} is not a finding id (see `meshmig findings`); a misspelt id accepts nothing"
+                    "spec.acceptedFindings[{i}] is {accepted}, but {} is not a finding id (a misspelt id accepts nothing); {}",
+                    u.id,
+                    u.hint()
                 ),
                 reason: "UnknownFinding",
             });

@@ -88,6 +88,27 @@ pub fn classify_dr(dr: &DestinationRule) -> DrClass {
     }
 }
 
+/// What a PeerAuthentication's top-level mode (not its port-level ones) applies to, in the
+/// words of a finding: `mesh-wide` in the root namespace without a selector,
+/// `namespace-wide` elsewhere without one, else `workload-wide` (every port of the selected
+/// workloads). A mesh-wide DISABLE reported as workload-wide hides that every namespace,
+/// not one workload, relies on it.
+pub fn peer_authn_scope(pa: &PeerAuthentication, root: &str) -> &'static str {
+    let selects = pa
+        .spec
+        .selector
+        .as_ref()
+        .and_then(|s| s.match_labels.as_ref())
+        .is_some_and(|m| !m.is_empty());
+    if selects {
+        "workload-wide"
+    } else if crate::cluster::mesh_wide(pa, root) {
+        "mesh-wide"
+    } else {
+        "namespace-wide"
+    }
+}
+
 /// mTLS modes a PeerAuthentication sets, workload-wide and per port.
 pub fn peer_authn_modes(pa: &PeerAuthentication) -> Vec<(Option<String>, String)> {
     let mut out = Vec::new();
@@ -139,6 +160,35 @@ mod tests {
             "spec: {host: r, subsets: [{name: v1, labels: {v: '1'}, trafficPolicy: {loadBalancer: {simple: RANDOM}}}]}",
         ));
         assert!(c.subset_policy && !c.subsets_only() && !c.needs_waypoint());
+    }
+
+    #[test]
+    fn peer_authn_scopes() {
+        let pa = |yaml: &str| -> PeerAuthentication { serde_saphyr::from_str(yaml).unwrap() };
+        let root = "istio-system";
+        assert_eq!(
+            peer_authn_scope(
+                &pa("metadata: {name: d, namespace: istio-system}\nspec: {mtls: {mode: DISABLE}}"),
+                root
+            ),
+            "mesh-wide"
+        );
+        assert_eq!(
+            peer_authn_scope(
+                &pa("metadata: {name: d, namespace: shop}\nspec: {mtls: {mode: DISABLE}}"),
+                root
+            ),
+            "namespace-wide"
+        );
+        assert_eq!(
+            peer_authn_scope(
+                &pa(
+                    "metadata: {name: d, namespace: istio-system}\nspec: {selector: {matchLabels: {app: db}}, mtls: {mode: DISABLE}}"
+                ),
+                root
+            ),
+            "workload-wide"
+        );
     }
 
     #[test]

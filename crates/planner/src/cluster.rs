@@ -1,9 +1,11 @@
 //! Cluster-level facts and step-1 prerequisites: Istio version, control plane mode, trust
 //! domain, multicluster, VMs, SPIRE, CNI, Gateway API CRDs.
 
+use k8s_openapi::api::apps::v1::Deployment;
 use meshmig_api::istio::PeerAuthentication;
 use meshmig_api::names::istio as n;
-use meshmig_api::{ControlPlaneMode, MeshMigrationSpec};
+use meshmig_api::sail::Istio;
+use meshmig_api::{ControlPlaneMode, ControlPlaneSpec, MeshMigrationSpec};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -166,83 +168,147 @@ fn truthy(v: &Value) -> bool {
 /// Name of the ConfigMap holding istiod's MeshConfig (default revision).
 pub const MESH_CONFIG_MAP: &str = "istio";
 
+/// What the control plane object of the inventory says, in either mode.
+#[derive(Default)]
+struct ControlPlaneSeen {
+    object: Option<ObjectRef>,
+    version: Option<String>,
+    mesh: MeshSettings,
+    ambient: bool,
+    dry_run_authz_flag: bool,
+    multicluster: bool,
+}
+
+/// The Sail `Istio` named in the spec.
+fn sail_istio<'a>(inv: &'a Inventory, cp: &ControlPlaneSpec) -> Option<&'a Istio> {
+    inv.istios
+        .iter()
+        .find(|i| i.metadata.name.as_deref() == Some(&cp.istio))
+}
+
+/// The istiod Deployment (`istiod`, `istiod-<revision>`) in the control plane's namespace.
+fn istiod_deployment<'a>(inv: &'a Inventory, cp: &ControlPlaneSpec) -> Option<&'a Deployment> {
+    inv.deployments.iter().find(|d| {
+        d.metadata.namespace.as_deref() == Some(&cp.istio_namespace)
+            && d.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("istiod"))
+    })
+}
+
+/// Whether Sail deployed it: Sail's Helm post-renderer makes its IstioRevision the owner of
+/// every object it renders.
+fn sail_managed(d: &Deployment) -> bool {
+    d.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.api_version.split('/').next() == Some(SAIL_GROUP))
+}
+
+/// API group of the Sail operator's kinds.
+const SAIL_GROUP: &str = "sailoperator.io";
+
+/// The mode to plan with, and the istiod Deployment when it was detected: the spec's mode,
+/// except that a Sail spec (the default, so often not chosen) with no Sail `Istio` of that
+/// name but an istiod that Sail does not manage is a Helm or istioctl install. Planning it as
+/// Sail would patch an `Istio` that does not exist and never learn the version.
+fn effective_mode<'a>(
+    inv: &'a Inventory,
+    cp: &ControlPlaneSpec,
+) -> (ControlPlaneMode, Option<&'a Deployment>) {
+    if cp.mode != ControlPlaneMode::Sail || sail_istio(inv, cp).is_some() {
+        return (cp.mode, None);
+    }
+    match istiod_deployment(inv, cp).filter(|d| !sail_managed(d)) {
+        Some(d) => (ControlPlaneMode::External, Some(d)),
+        None => (cp.mode, None),
+    }
+}
+
+/// The facts a Sail `Istio` gives.
+fn sail_facts(istio: &Istio, name: &str) -> ControlPlaneSeen {
+    let values = istio.spec.values.as_ref();
+    ControlPlaneSeen {
+        object: Some(ObjectRef::new("Istio", None, name)),
+        version: istio.spec.version.clone(),
+        mesh: MeshSettings::of(values_get(values, &["meshConfig"])),
+        ambient: istio.spec.profile.as_deref() == Some("ambient"),
+        dry_run_authz_flag: values_get(
+            values,
+            &[
+                "pilot",
+                "env",
+                n::AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY,
+            ],
+        )
+        .is_some_and(truthy),
+        multicluster: values_get(values, &["global", "multiCluster", "enabled"])
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    }
+}
+
+/// The facts an istiod Deployment gives: the version from its image, the flags from its
+/// environment.
+fn istiod_facts(d: &Deployment) -> ControlPlaneSeen {
+    let containers = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    let discovery = containers
+        .iter()
+        .find(|c| c.name == "discovery")
+        .or(containers.first());
+    let env = |name: &str| {
+        discovery.is_some_and(|c| {
+            c.env.iter().flatten().any(|e| {
+                e.name == name && e.value.as_deref().is_some_and(|v| truthy(&Value::from(v)))
+            })
+        })
+    };
+    ControlPlaneSeen {
+        object: Some(ObjectRef::from_meta("Deployment", &d.metadata)),
+        version: discovery
+            .and_then(|c| c.image.as_deref())
+            .and_then(parse_version)
+            .map(|v| v.to_string()),
+        ambient: env(n::PILOT_ENABLE_AMBIENT),
+        dry_run_authz_flag: env(n::AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY),
+        ..Default::default()
+    }
+}
+
 /// Control plane facts and step-1 findings.
 pub fn analyze(inv: &Inventory, spec: &MeshMigrationSpec) -> (ControlPlaneFacts, Vec<Finding>) {
     let cp = &spec.control_plane;
     let mut findings = Vec::new();
-    let mut version = None;
-    let mut from_values = MeshSettings::default();
-    let mut dry_run_authz_flag = false;
-    let mut ambient = false;
-    let mut object = None;
-    let mut multicluster = false;
-    match cp.mode {
-        ControlPlaneMode::Sail => {
-            if let Some(istio) = inv
-                .istios
-                .iter()
-                .find(|i| i.metadata.name.as_deref() == Some(&cp.istio))
-            {
-                object = Some(ObjectRef::new("Istio", None, &cp.istio));
-                version = istio.spec.version.clone();
-                let values = istio.spec.values.as_ref();
-                from_values = MeshSettings::of(values_get(values, &["meshConfig"]));
-                dry_run_authz_flag = values_get(
-                    values,
-                    &[
-                        "pilot",
-                        "env",
-                        n::AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY,
-                    ],
-                )
-                .is_some_and(truthy);
-                ambient = istio.spec.profile.as_deref() == Some("ambient");
-                multicluster = values_get(values, &["global", "multiCluster", "enabled"])
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
-            }
-        }
-        ControlPlaneMode::External => {
-            let istiod = inv.deployments.iter().find(|d| {
-                d.metadata.namespace.as_deref() == Some(&cp.istio_namespace)
-                    && d.metadata
-                        .name
-                        .as_deref()
-                        .is_some_and(|n| n.starts_with("istiod"))
-            });
-            if let Some(d) = istiod {
-                object = Some(ObjectRef::from_meta("Deployment", &d.metadata));
-                let containers = d
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.template.spec.as_ref())
-                    .map(|s| s.containers.as_slice())
-                    .unwrap_or_default();
-                let discovery = containers
-                    .iter()
-                    .find(|c| c.name == "discovery")
-                    .or(containers.first());
-                version = discovery
-                    .and_then(|c| c.image.as_deref())
-                    .and_then(parse_version)
-                    .map(|v| v.to_string());
-                let env = |name: &str| {
-                    discovery.is_some_and(|c| {
-                        c.env.iter().flatten().any(|e| {
-                            e.name == name
-                                && e.value.as_deref().is_some_and(|v| truthy(&Value::from(v)))
-                        })
-                    })
-                };
-                ambient = env(n::PILOT_ENABLE_AMBIENT);
-                dry_run_authz_flag = env(n::AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY);
-            }
-        }
+    let (mode, detected) = effective_mode(inv, cp);
+    let seen = match mode {
+        ControlPlaneMode::Sail => sail_istio(inv, cp)
+            .map(|i| sail_facts(i, &cp.istio))
+            .unwrap_or_default(),
+        ControlPlaneMode::External => istiod_deployment(inv, cp)
+            .map(istiod_facts)
+            .unwrap_or_default(),
+    };
+    if let Some(d) = detected {
+        findings.push(Finding::new(
+            f::CONTROL_PLANE_EXTERNAL_DETECTED,
+            ObjectRef::from_meta("Deployment", &d.metadata),
+            format!(
+                "no Sail Istio `{}` in the inventory, and Sail does not manage this istiod",
+                cp.istio
+            ),
+        ));
     }
-    match (&object, &version) {
+    match (&seen.object, &seen.version) {
         (None, _) => findings.push(Finding::new(
             f::CONTROL_PLANE_NOT_FOUND,
-            match cp.mode {
+            match mode {
                 ControlPlaneMode::Sail => ObjectRef::new("Istio", None, &cp.istio),
                 ControlPlaneMode::External => {
                     ObjectRef::new("Deployment", Some(&cp.istio_namespace), "istiod")
@@ -272,7 +338,7 @@ pub fn analyze(inv: &Inventory, spec: &MeshMigrationSpec) -> (ControlPlaneFacts,
             "remote-cluster secret",
         ));
     }
-    if multicluster {
+    if seen.multicluster {
         findings.push(Finding::new(
             f::MULTICLUSTER,
             ObjectRef::new("Istio", None, &cp.istio),
@@ -332,22 +398,22 @@ pub fn analyze(inv: &Inventory, spec: &MeshMigrationSpec) -> (ControlPlaneFacts,
         }
     }
     // The running config first: Sail's values may omit what its profile sets.
-    let mesh = MeshSettings::of_config_map(inv, &cp.istio_namespace).or(from_values);
+    let mesh = MeshSettings::of_config_map(inv, &cp.istio_namespace).or(seen.mesh);
     let facts = ControlPlaneFacts {
-        mode: cp.mode,
-        version,
+        mode,
+        version: seen.version,
         trust_domain: cp
             .trust_domain
             .clone()
             .or(mesh.trust_domain)
             .unwrap_or_else(|| "cluster.local".into()),
         trust_domain_aliases: mesh.trust_domain_aliases.unwrap_or_default(),
-        ambient,
-        object,
+        ambient: seen.ambient,
+        object: seen.object,
         root_namespace: mesh
             .root_namespace
             .unwrap_or_else(|| cp.istio_namespace.clone()),
-        dry_run_authz_flag,
+        dry_run_authz_flag: seen.dry_run_authz_flag,
     };
     (facts, findings)
 }
@@ -422,6 +488,65 @@ mod tests {
             "from.spec"
         );
         assert_eq!(facts("", None).trust_domain, "cluster.local");
+    }
+
+    const ISTIOD: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: istiod, namespace: istio-system}\nspec:\n  selector: {matchLabels: {app: istiod}}\n  template:\n    metadata: {labels: {app: istiod}}\n    spec:\n      containers:\n      - name: discovery\n        image: docker.io/istio/pilot:1.26.1\n        env: [{name: PILOT_ENABLE_AMBIENT, value: \"true\"}]\n";
+
+    fn analyzed(yaml: &str, mode: ControlPlaneMode) -> (ControlPlaneFacts, Vec<&'static str>) {
+        let mut inv = Inventory::default();
+        inv.load_str(yaml, "t").unwrap();
+        let mut spec = MeshMigrationSpec::default();
+        spec.control_plane.mode = mode;
+        let (facts, findings) = analyze(&inv, &spec);
+        (facts, findings.iter().map(|f| f.id).collect())
+    }
+
+    #[test]
+    fn a_default_spec_on_a_helm_istiod_is_planned_as_external() {
+        let (facts, ids) = analyzed(ISTIOD, ControlPlaneMode::Sail);
+        assert_eq!(facts.mode, ControlPlaneMode::External);
+        assert_eq!(facts.version.as_deref(), Some("1.26.1"));
+        assert!(facts.ambient);
+        assert_eq!(
+            facts.object.map(|o| o.to_string()).as_deref(),
+            Some("Deployment/istio-system/istiod")
+        );
+        assert!(
+            ids.contains(&f::CONTROL_PLANE_EXTERNAL_DETECTED.id),
+            "{ids:?}"
+        );
+        assert!(!ids.contains(&f::CONTROL_PLANE_NOT_FOUND.id), "{ids:?}");
+        assert!(!ids.contains(&f::ISTIO_VERSION_UNKNOWN.id), "{ids:?}");
+        // Chosen explicitly: nothing was detected.
+        let (facts, ids) = analyzed(ISTIOD, ControlPlaneMode::External);
+        assert_eq!(facts.mode, ControlPlaneMode::External);
+        assert!(
+            !ids.contains(&f::CONTROL_PLANE_EXTERNAL_DETECTED.id),
+            "{ids:?}"
+        );
+    }
+
+    #[test]
+    fn sail_stays_sail_when_its_istio_exists_or_it_manages_istiod() {
+        let (facts, ids) = analyzed(&format!("{SAIL}---\n{ISTIOD}"), ControlPlaneMode::Sail);
+        assert_eq!(facts.mode, ControlPlaneMode::Sail);
+        assert_eq!(facts.version.as_deref(), Some("v1.27.0"));
+        assert!(
+            !ids.contains(&f::CONTROL_PLANE_EXTERNAL_DETECTED.id),
+            "{ids:?}"
+        );
+        // Sail's istiod without its Istio in the inventory: the Istio is missing, not Sail.
+        let owned = ISTIOD.replace(
+            "namespace: istio-system}",
+            "namespace: istio-system, ownerReferences: [{apiVersion: sailoperator.io/v1, kind: IstioRevision, name: default, uid: u1}]}",
+        );
+        let (facts, ids) = analyzed(&owned, ControlPlaneMode::Sail);
+        assert_eq!(facts.mode, ControlPlaneMode::Sail);
+        assert!(ids.contains(&f::CONTROL_PLANE_NOT_FOUND.id), "{ids:?}");
+        // Nothing at all: Sail, not found.
+        let (facts, ids) = analyzed("", ControlPlaneMode::Sail);
+        assert_eq!(facts.mode, ControlPlaneMode::Sail);
+        assert!(ids.contains(&f::CONTROL_PLANE_NOT_FOUND.id), "{ids:?}");
     }
 
     #[test]

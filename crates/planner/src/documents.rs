@@ -61,7 +61,7 @@ pub fn split(text: &str) -> Vec<Part<'_>> {
             content |= has_content(&bare[3..]);
         } else if bare.starts_with('%') && (!content || ended) {
             directive = true;
-        } else if bare == "..." || bare.starts_with("... ") {
+        } else if is_document_end(bare) {
             ended = true;
         } else if has_content(bare) {
             content = true;
@@ -75,6 +75,78 @@ pub fn split(text: &str) -> Vec<Part<'_>> {
         });
     }
     parts
+}
+
+/// Whether a line is a document end marker (`...`).
+fn is_document_end(line: &str) -> bool {
+    line == "..." || line.starts_with("... ")
+}
+
+/// Whether `text` holds no document at all: only blank lines, comments, markers and
+/// directives. An empty file is usually an export that failed (`kubectl get … > file` with
+/// an error on stderr), not an inventory without objects.
+pub fn is_blank(text: &str) -> bool {
+    text.lines().all(|line| {
+        let bare = line.trim_end_matches('\r');
+        if is_document_start(bare) {
+            return !has_content(&bare[3..]);
+        }
+        !has_content(bare) || is_document_end(bare) || bare.starts_with('%')
+    })
+}
+
+/// The line on which the first document of `part` starts: its first content line (a
+/// marker line counts when it holds content, `--- {a: 1}`), else the part's first line.
+pub fn content_line(part: &Part<'_>) -> u64 {
+    (part.first_line..)
+        .zip(part.text.lines())
+        .find(|(_, line)| {
+            let bare = line.trim_end_matches('\r');
+            if is_document_start(bare) {
+                has_content(&bare[3..])
+            } else {
+                has_content(bare) && !is_document_end(bare) && !bare.starts_with('%')
+            }
+        })
+        .map_or(part.first_line, |(n, _)| n)
+}
+
+/// The first line holding Helm template syntax where YAML would read a value, with the
+/// template: `{{` starting a line (`{{- if .Values.x }}`), a list item or a mapping value
+/// (`name: {{ .Values.name }}`). There YAML reads a flow mapping keyed by a flow mapping,
+/// which no Kubernetes object has, so the parser fails with words about scalars; quoted
+/// templates (`"{{ … }}"`) are plain strings to it.
+pub fn template_line(text: &str) -> Option<(u64, String)> {
+    (1..)
+        .zip(text.lines())
+        .find(|(_, line)| starts_value_with_template(line))
+        .map(|(n, line)| (n, template_of(line)))
+}
+
+/// Whether a line starts a value (or itself) with `{{`.
+fn starts_value_with_template(line: &str) -> bool {
+    let mut t = line.trim_start();
+    while let Some(rest) = t.strip_prefix('-').filter(|r| r.starts_with([' ', '\t'])) {
+        t = rest.trim_start();
+    }
+    t.starts_with("{{")
+        || t.split_once(": ")
+            .is_some_and(|(_, value)| value.trim_start().starts_with("{{"))
+}
+
+/// The first `{{ … }}` of a line (to the line end when unclosed), at most 60 characters.
+pub fn template_of(line: &str) -> String {
+    let Some(start) = line.find("{{") else {
+        return String::new();
+    };
+    let rest = &line[start..];
+    let end = rest.find("}}").map_or(rest.len(), |e| e + 2);
+    let template = rest[..end].trim_end();
+    if template.chars().count() > 60 {
+        format!("{}…", template.chars().take(59).collect::<String>())
+    } else {
+        template.to_string()
+    }
 }
 
 /// Splits `parts` into at most `n` runs of consecutive parts of similar size in bytes.
@@ -159,6 +231,54 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn blank_texts_hold_no_document() {
+        for text in [
+            "",
+            "\n\n",
+            "# only a comment\n---\n",
+            "---\n...\n",
+            "%YAML 1.2\n---\r\n",
+        ] {
+            assert!(is_blank(text), "{text:?}");
+        }
+        for text in ["a: 1\n", "--- {a: 1}\n", "# c\n---\nkind: List\n", "~\n"] {
+            assert!(!is_blank(text), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_part_starts_at_its_first_content_line() {
+        let text = "# header\n---\n\napiVersion: v1\n---\n# c\nkind: x\n--- {a: 1}\n";
+        let lines: Vec<u64> = split(text).iter().map(content_line).collect();
+        assert_eq!(lines, [4, 7, 8]);
+        assert_eq!(content_line(&split("")[0]), 1);
+    }
+
+    #[test]
+    fn helm_templates_are_found_where_yaml_reads_values() {
+        assert_eq!(
+            template_line("a: 1\nmetadata:\n  name: {{ .Values.name }}\n"),
+            Some((3, "{{ .Values.name }}".to_string()))
+        );
+        assert_eq!(
+            template_line("{{- if .Values.enabled }}\napiVersion: v1\n").map(|(l, _)| l),
+            Some(1)
+        );
+        assert_eq!(
+            template_line("ports:\n- - {{ .Values.port }}\n").map(|(l, _)| l),
+            Some(2)
+        );
+        // Quoted, or inside a plain scalar: a string to YAML.
+        assert_eq!(
+            template_line("summary: \"{{ $labels.pod }} is down\"\n"),
+            None
+        );
+        assert_eq!(template_line("name: web-{{ .Values.x }}\n"), None);
+        assert_eq!(template_of("x {{ unclosed"), "{{ unclosed");
+        assert!(template_of(&format!("{{{{ {} }}}}", "a".repeat(100))).ends_with('…'));
     }
 
     #[test]

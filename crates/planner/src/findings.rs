@@ -68,6 +68,9 @@ catalogue! {
     CONTROL_PLANE_NOT_FOUND = "control-plane-not-found", Warning,
         "No Istio control plane was found in the inventory",
         "The plan assumes a Sail-managed control plane named in spec.controlPlane. Include the Sail Istio resource (or the istiod Deployment for External mode) in the inventory.";
+    CONTROL_PLANE_EXTERNAL_DETECTED = "control-plane-external-detected", Info,
+        "istiod runs without a Sail Istio resource: the control plane is planned as External",
+        "spec.controlPlane.mode is Sail (the default), but the inventory holds no Sail Istio of that name and an istiod Deployment that Sail does not manage runs in spec.controlPlane.istioNamespace: Istio was installed with Helm or istioctl. The version and ambient mode are read from istiod, and step 2 lists the commands to run instead of patching Sail resources. Set spec.controlPlane.mode: External in the MeshMigration (the operator follows the spec), or include the Sail Istio resource if Sail manages this control plane.";
     MULTICLUSTER = "multicluster", Blocker,
         "The mesh spans several clusters",
         "Remote-cluster secrets (label istio/multiCluster=true) or multicluster values were found. Multicluster ambient is not supported by this migration; migrate each cluster separately after removing the remote secrets, or accept the finding if you know what you are doing.";
@@ -130,6 +133,12 @@ catalogue! {
     AUTHZ_TRUST_DOMAINS = "authz-trust-domains", Blocker,
         "An AuthorizationPolicy uses trustDomains/notTrustDomains",
         "istiod drops trust-domain conditions when it converts a policy for ztunnel (its status still says Accepted), so ztunnel enforces the rule without them: an ALLOW admits every trust domain, a DENY refuses them all. Rewrite the rule with principals before migrating.";
+    AUTHZ_PARTIAL_SELECTOR = "authz-partial-selector", Blocker,
+        "A policy that moves to the waypoint selects only some of a Service's workloads",
+        "Waypoint policies attach to Services: its copy, and the Service's bypass protection (including the ALLOW that admits the waypoint), would apply to every workload of the Service, also those the policy never applied to (a workload without ALLOW policies would start refusing every caller but the waypoint). Give those workloads their own Service, or widen the policy's selector to the whole Service, first.";
+    AUTHZ_L7_UNMESHED = "authz-l7-unmeshed", Blocker,
+        "An L7 policy selects a workload that runs no sidecar",
+        "Nothing enforces it today; from step 6 ztunnel captures the workload and enforces the policy as istiod converts it (an ALLOW with L7 rules then refuses every caller, a DENY may never fire), and no waypoint copy covers it. Inject the workload first, opt it out of ambient (istio.io/dataplane-mode: none), or drop the policy's L7 rules.";
     AUTHZ_PRINCIPAL_ALIAS = "authz-principal-alias", Warning,
         "A policy left to ztunnel names principals through cluster.local or a trust-domain alias",
         "Sidecars read cluster.local and every trustDomainAliases entry as the mesh's trust domain; ztunnel compares principals exactly. Name the callers with the mesh's trust domain (and each alias you still need) before step 9.";
@@ -227,6 +236,30 @@ catalogue! {
     VS_PREFIX_NOT_SEGMENT = "vs-prefix-not-segment", Warning,
         "A prefix match is not segment-aligned",
         "PathPrefix matches whole path segments: `/api` no longer matches `/apix`. Check that no client depends on that.";
+    VS_PREFIX_TRAILING_SLASH = "vs-prefix-trailing-slash", Blocker,
+        "A prefix match ends in a slash",
+        "As an HTTPRoute PathPrefix, `/v1/` also matches `/v1` (istiod drops the trailing slash), which the VirtualService sent elsewhere. Match `/v1` explicitly in an earlier rule, or accept the finding if `/v1` may take this route.";
+    VS_HTTPROUTE_LIMITS = "vs-httproute-limits", Blocker,
+        "The converted HTTPRoute exceeds Gateway API's size limits",
+        "An HTTPRoute holds at most 16 rules, 64 matches per rule and 128 matches in all, and at most 16 backendRefs and 16 filters per rule; the API server would refuse it mid-migration. Split the VirtualService by host first (rule order between HTTPRoutes is not preserved).";
+    VS_GATEWAY_SUBSET_THROUGH_WAYPOINT = "vs-gateway-subset-through-waypoint", Blocker,
+        "A gateway VirtualService routes to subsets of a Service whose ingress traffic moves to the waypoint",
+        "From step 7 the Service has istio.io/ingress-use-waypoint: istiod gives the gateway's clusters for it, subset clusters included, the waypoint's endpoints, and the waypoint's HTTPRoute picks the backend, so the gateway route's subset choice is lost. Route by a header the mesh route matches, or give the subsets their own Services, first.";
+    VS_GATEWAY_THROUGH_WAYPOINT = "vs-gateway-through-waypoint", Warning,
+        "A gateway VirtualService routes to a Service whose ingress traffic moves to the waypoint",
+        "From step 7 the gateway sends this traffic to the waypoint, which enforces the Service's policy copies and applies its HTTPRoute: ingress traffic follows the mesh route from then on.";
+    VS_EXPORT_TO = "vs-export-to", Blocker,
+        "A VirtualService is exported to some namespaces only",
+        "exportTo limits a VirtualService to callers in the listed namespaces; its HTTPRoute, attached to the Service and served by the waypoint, would route every caller. Export it to every namespace (\"*\") first, or keep the namespace in sidecar mode.";
+    DR_EXPORT_TO = "dr-export-to", Blocker,
+        "A DestinationRule the migration relies on is exported to some namespaces only",
+        "exportTo limits a DestinationRule to callers in the listed namespaces; the waypoint applies its traffic policy and subsets to every caller. Export it to every namespace (\"*\") first.";
+    VS_CORS_UNSUPPORTED = "vs-cors-unsupported", Blocker,
+        "A route has a CORS policy and the installed Gateway API has no CORS filter",
+        "HTTPRoute's CORS filter is in the standard channel from Gateway API v1.5 (before, only in the experimental channel); without it the policy would be dropped and browsers refused. Upgrade the Gateway API CRDs, or install the experimental channel, first.";
+    VS_CORS_PREFLIGHT = "vs-cors-preflight", Warning,
+        "CORS preflights the policy does not match are answered by the waypoint",
+        "A VirtualService forwards unmatched CORS preflight requests to the app unless unmatchedPreflights is IGNORE; istiod's HTTPRoute CORS filter always answers them itself. Set unmatchedPreflights: IGNORE first if the app relies on seeing them, or accept the change.";
     VS_RULE_PRECEDENCE = "vs-rule-precedence", Blocker,
         "Route order would change under Gateway API precedence",
         "VirtualService rules are first-match; HTTPRoute picks the most specific match (exact path, longest prefix, method, most headers, most query params). A later, more specific rule would now win. Reorder or narrow the VirtualService rules first.";
@@ -328,6 +361,82 @@ impl Finding {
     }
 }
 
+/// The finding id of an `acceptedFindings` entry (`id` or `id@Kind/namespace/name`).
+pub fn accepted_id(entry: &str) -> &str {
+    entry.split_once('@').map_or(entry, |(id, _)| id)
+}
+
+/// An `acceptedFindings` entry whose id is not in the [`CATALOGUE`]: it accepts nothing, so
+/// a misspelt id would leave the blocker it meant in place without a word.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownFinding {
+    /// The id as given.
+    pub id: String,
+    /// The catalogue id it is probably a misspelling of (see [`closest_id`]).
+    pub closest: Option<&'static str>,
+}
+
+impl UnknownFinding {
+    /// What to do: "did you mean `…`?", else where the ids are listed.
+    pub fn hint(&self) -> String {
+        match self.closest {
+            Some(id) => format!("did you mean `{id}`?"),
+            None => "`meshmig findings` lists the ids".to_string(),
+        }
+    }
+}
+
+/// Checks that an `acceptedFindings` entry names a finding of the catalogue.
+pub fn check_accepted(entry: &str) -> Result<(), UnknownFinding> {
+    let id = accepted_id(entry);
+    if CATALOGUE.iter().any(|k| k.id == id) {
+        return Ok(());
+    }
+    Err(UnknownFinding {
+        id: id.to_string(),
+        closest: closest_id(id),
+    })
+}
+
+/// The catalogue id nearest to `id` by edit distance (a swap of two neighbouring letters
+/// counts as one edit), when it is near enough to be a misspelling: at most a third of the
+/// id's length, and at least 2 edits are allowed. Ties go to the catalogue's first.
+pub fn closest_id(id: &str) -> Option<&'static str> {
+    let id = id.trim().to_ascii_lowercase();
+    let allowed = (id.chars().count() / 3).max(2);
+    CATALOGUE
+        .iter()
+        .map(|k| (edit_distance(&id, k.id), k.id))
+        .filter(|(d, _)| *d <= allowed)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, known)| known)
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions and swaps of
+/// adjacent characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    // Three rows of the dynamic-programming table: two back (for swaps), one back, current.
+    let mut before: Vec<usize> = vec![0; b.len() + 1];
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut current = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut d = (previous[j] + 1)
+                .min(current[j - 1] + 1)
+                .min(previous[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d = d.min(before[j - 2] + 1);
+            }
+            current[j] = d;
+        }
+        before = std::mem::replace(&mut previous, current);
+    }
+    previous[b.len()]
+}
+
 /// The catalogue as Markdown (the content of `docs/findings.md`).
 pub fn catalogue_markdown() -> String {
     let mut out = String::from(
@@ -377,6 +486,37 @@ mod tests {
                 k.id
             );
         }
+    }
+
+    #[test]
+    fn misspelt_ids_get_the_closest_known_id() {
+        assert_eq!(closest_id("vs-fault-injecton"), Some("vs-fault-injection"));
+        assert_eq!(closest_id("vs-fualt-injection"), Some("vs-fault-injection"));
+        assert_eq!(closest_id("VS-FAULT-INJECTION"), Some("vs-fault-injection"));
+        assert_eq!(
+            closest_id("sidecar-resource-ignore"),
+            Some("sidecar-resource-ignored")
+        );
+        assert_eq!(closest_id("envoyfiltr"), Some("envoyfilter"));
+        assert_eq!(closest_id("nothing-like-any-id-at-all"), None);
+        assert_eq!(closest_id(""), None);
+        assert_eq!(edit_distance("ab", "ba"), 1);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
+
+    #[test]
+    fn accepted_entries_must_name_a_known_finding() {
+        assert_eq!(check_accepted("vs-fault-injection"), Ok(()));
+        assert_eq!(
+            check_accepted("vs-fault-injection@VirtualService/bookinfo/ratings"),
+            Ok(())
+        );
+        let e = check_accepted("vs-fault-injecton@VirtualService/bookinfo/ratings").unwrap_err();
+        assert_eq!(e.id, "vs-fault-injecton");
+        assert_eq!(e.hint(), "did you mean `vs-fault-injection`?");
+        let e = check_accepted("no-such-thing-whatsoever").unwrap_err();
+        assert_eq!(e.hint(), "`meshmig findings` lists the ids");
     }
 
     #[test]

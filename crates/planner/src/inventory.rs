@@ -22,6 +22,7 @@ use serde_json::value::RawValue;
 use thiserror::Error;
 
 use crate::json::{self, JsonDocument};
+use crate::object::ObjectRef;
 use crate::{documents, parallel};
 
 /// What the planner needs of a Pod. Built from a full Pod (offline) or from its metadata only
@@ -116,6 +117,23 @@ pub fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
 pub struct CrdInfo {
     /// `gateway.networking.k8s.io/channel` annotation, if any.
     pub channel: Option<String>,
+    /// `gateway.networking.k8s.io/bundle-version` annotation (e.g. `v1.6.3`), if any.
+    pub bundle_version: Option<String>,
+}
+
+impl CrdInfo {
+    /// Gateway API's annotation naming the channel a CRD comes from.
+    pub const CHANNEL: &'static str = "gateway.networking.k8s.io/channel";
+    /// Gateway API's annotation naming the release a CRD comes from.
+    pub const BUNDLE_VERSION: &'static str = "gateway.networking.k8s.io/bundle-version";
+
+    /// From a CRD's annotations (looked up by name).
+    pub fn from_annotations<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Self {
+        Self {
+            channel: get(Self::CHANNEL).map(str::to_string),
+            bundle_version: get(Self::BUNDLE_VERSION).map(str::to_string),
+        }
+    }
 }
 
 /// A typed snapshot of the cluster objects the planner reasons about.
@@ -179,20 +197,38 @@ pub struct Inventory {
     pub mesh_migrations: Vec<MeshMigration>,
     /// Kinds that were skipped, with counts (`group/Kind`).
     pub skipped: BTreeMap<String, usize>,
+    /// Namespaces and CRDs loaded twice with different contents (their maps hold one of
+    /// each name); reported by [`Inventory::dedup`].
+    conflicts: Vec<ObjectRef>,
 }
 
 /// Why an input could not be loaded.
 #[derive(Debug, Error, PartialEq)]
 pub enum LoadError {
     /// The text is not valid YAML.
-    #[error("{source_name}:{line}: invalid YAML: {message}")]
+    #[error("{source_name}{}: invalid YAML: {message}", position(*.line, *.column))]
     Yaml {
         /// File or stream name.
         source_name: String,
         /// 1-based line, 0 when unknown.
         line: u64,
-        /// Parser message.
+        /// 1-based column, 0 when unknown.
+        column: u64,
+        /// What is wrong, without a position (the line above is the only one).
         message: String,
+    },
+    /// The text is a Helm chart template, not its output.
+    #[error(
+        "{source_name}{}: looks like an unrendered Helm template (`{template}`): run `helm template` first and plan its output",
+        position(*.line, 0)
+    )]
+    HelmTemplate {
+        /// File or stream name.
+        source_name: String,
+        /// 1-based line of the first template, 0 when unknown.
+        line: u64,
+        /// The template, e.g. `{{ .Values.name }}`.
+        template: String,
     },
     /// A document is not a Kubernetes object.
     #[error("{source_name}: document {document} is not a Kubernetes object: {message}")]
@@ -214,6 +250,207 @@ pub enum LoadError {
         /// Decoder message.
         message: String,
     },
+    /// The input gives one object (kind, namespace and name) more than once, with different
+    /// contents: which copy to plan is not meshmig's guess.
+    #[error(
+        "{object} is given {} with different contents: {}; keep one (identical copies are loaded once)",
+        times(.origins.len()),
+        places(.origins)
+    )]
+    Conflict {
+        /// `Kind/namespace/name`.
+        object: String,
+        /// Where each copy is.
+        origins: Vec<Origin>,
+    },
+}
+
+/// `:line:column`, `:line`, or nothing when unknown.
+fn position(line: u64, column: u64) -> String {
+    match (line, column) {
+        (0, _) => String::new(),
+        (l, 0) => format!(":{l}"),
+        (l, c) => format!(":{l}:{c}"),
+    }
+}
+
+/// "twice", "3 times"; "more than once" when not every copy was found again.
+fn times(n: usize) -> String {
+    match n {
+        0 | 1 => "more than once".into(),
+        2 => "twice".into(),
+        n => format!("{n} times"),
+    }
+}
+
+/// "a, b and c".
+fn places(origins: &[Origin]) -> String {
+    let all: Vec<String> = origins.iter().map(Origin::to_string).collect();
+    match all.split_last() {
+        None => "the inputs could not be read again to say where".into(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// Where an object was read: file, line and number of its document, and its item when the
+/// document is a `List`. Printed `a.yaml:14 (document 2)` or `a.json:1 (document 1, item 7)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// File or stream name.
+    pub source_name: String,
+    /// 1-based document index in the file.
+    pub document: usize,
+    /// 1-based line on which the document starts.
+    pub line: u64,
+    /// 1-based index in the document's `items`, when it is a `List`.
+    pub item: Option<usize>,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{} (document {}",
+            self.source_name, self.line, self.document
+        )?;
+        if let Some(item) = self.item {
+            write!(f, ", item {item}")?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// The YAML parser's options: budgets for exports of hundreds of MB; a repeated key is an
+/// error unless `first_wins` (only to name the object of that error).
+fn yaml_options(first_wins: bool) -> serde_saphyr::Options {
+    let duplicate_keys = if first_wins {
+        serde_saphyr::DuplicateKeyPolicy::FirstWins
+    } else {
+        serde_saphyr::DuplicateKeyPolicy::Error
+    };
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_events: 200_000_000,
+            max_nodes: 200_000_000,
+            max_total_scalar_bytes: 4_000_000_000,
+            max_documents: 10_000_000,
+        },
+        duplicate_keys: duplicate_keys,
+    }
+}
+
+/// The YAML parser's error for `part`, at its line in the whole text. The parser's own text
+/// is not used whole: it repeats the position relative to the part (a second, different line
+/// number) and speaks to programmers ("set DuplicateKeyPolicy in Options").
+fn yaml_error(e: &serde_saphyr::Error, part: &documents::Part<'_>, source_name: &str) -> LoadError {
+    use serde_saphyr::MessageFormatter;
+    let location = e.location().filter(|l| l.line() > 0);
+    let line_in_part = location.map_or(0, |l| l.line());
+    let column = location.map_or(0, |l| l.column());
+    let message = match e.without_snippet() {
+        serde_saphyr::Error::DuplicateMappingKey { key, .. } => {
+            duplicate_key_message(part, key.as_deref(), line_in_part, column)
+        }
+        inner => serde_saphyr::UserMessageFormatter
+            .format_message(inner)
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect(),
+    };
+    LoadError::Yaml {
+        source_name: source_name.to_string(),
+        line: location.map_or(0, |_| line_in_part + part.first_line - 1),
+        column,
+        message,
+    }
+}
+
+/// Which key is repeated, where its first occurrence is, and in which object.
+fn duplicate_key_message(
+    part: &documents::Part<'_>,
+    key: Option<&str>,
+    line_in_part: u64,
+    column: u64,
+) -> String {
+    let object = object_of_part(part)
+        .map(|o| format!("{o}: "))
+        .unwrap_or_default();
+    let Some(key) = key else {
+        return format!("{object}a key is repeated in one mapping; keep one");
+    };
+    let first = first_key_line(part.text, key, line_in_part, column)
+        .map(|l| format!(" (first on line {})", l + part.first_line - 1))
+        .unwrap_or_default();
+    format!("{object}key `{key}` is repeated in one mapping{first}; keep one")
+}
+
+/// `Kind/namespace/name` of a part that is one object, read keeping the first of repeated
+/// keys. Large parts (a `List` export) are not parsed again for it.
+fn object_of_part(part: &documents::Part<'_>) -> Option<String> {
+    if part.text.len() > json::LARGE_JSON {
+        return None;
+    }
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple_with_options(part.text, yaml_options(true)).ok()?;
+    let [doc] = docs.as_slice() else {
+        return None;
+    };
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_string();
+    let kind = text(doc.get("kind"));
+    if kind.is_empty() || (kind.ends_with("List") && doc.get("items").is_some()) {
+        return None;
+    }
+    let meta = doc.get("metadata");
+    Some(format!(
+        "{kind}/{}/{}",
+        text(meta.and_then(|m| m.get("namespace"))),
+        text(meta.and_then(|m| m.get("name")))
+    ))
+}
+
+/// The earlier line (1-based, in `text`) of the block mapping that holds `key` at the same
+/// column as the repeated one at `line`/`column`, if it is written in block style.
+fn first_key_line(text: &str, key: &str, line: u64, column: u64) -> Option<u64> {
+    let lines: Vec<&str> = text.lines().collect();
+    let index = usize::try_from(line).ok()?.checked_sub(1)?;
+    let want = usize::try_from(column).ok()?.checked_sub(1)?;
+    for (i, l) in lines.get(..index)?.iter().enumerate().rev() {
+        let (col, item, rest) = key_start(l);
+        if rest.is_empty() || rest.starts_with('#') || col > want {
+            continue;
+        }
+        let named = [
+            format!("{key}:"),
+            format!("\"{key}\":"),
+            format!("'{key}':"),
+        ]
+        .iter()
+        .any(|k| rest.starts_with(k.as_str()));
+        if col == want && named {
+            return Some(i as u64 + 1);
+        }
+        if col < want || item {
+            // Left the mapping: a less indented key, or the `- ` line its list item starts on.
+            return None;
+        }
+    }
+    None
+}
+
+/// Column (0-based) of where a block line's key starts, after indentation and list markers
+/// (`- - key: v`), whether there was a marker, and the text from the key on.
+fn key_start(line: &str) -> (usize, bool, &str) {
+    let mut rest = line.trim_start();
+    let mut item = false;
+    while let Some(r) = rest
+        .strip_prefix('-')
+        .filter(|r| r.starts_with([' ', '\t']))
+    {
+        rest = r.trim_start();
+        item = true;
+    }
+    (line.len() - rest.len(), item, rest)
 }
 
 /// The order of [`Inventory::sort`]: namespace, then name (absent ones as empty).
@@ -264,6 +501,12 @@ impl Inventory {
     /// use are counted in [`Inventory::skipped`]. Large texts are parsed on every core (see
     /// [`crate::documents`]); the result, errors included, is the same as parsing in order.
     pub fn load_str(&mut self, text: &str, source_name: &str) -> Result<usize, LoadError> {
+        self.load_text(text, source_name)
+            .map_err(|e| e.explained_by_templates(text))
+    }
+
+    /// [`Inventory::load_str`] without the Helm template diagnosis.
+    fn load_text(&mut self, text: &str, source_name: &str) -> Result<usize, LoadError> {
         let parts = documents::split(text);
         let threads = parallel::threads_for(text.len(), 1 << 20);
         if threads == 1 {
@@ -327,28 +570,9 @@ impl Inventory {
                 }
                 None => {}
             }
-            let options = serde_saphyr::options! {
-                budget: serde_saphyr::budget! {
-                    max_events: 200_000_000,
-                    max_nodes: 200_000_000,
-                    max_total_scalar_bytes: 4_000_000_000,
-                    max_documents: 10_000_000,
-                },
-            };
-            let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(part.text, options)
-                .map_err(|e| {
-                    let line = e
-                        .location()
-                        .map(|l| l.line() + part.first_line - 1)
-                        .unwrap_or(0);
-                    let message = e.to_string();
-                    let message = message.lines().next().unwrap_or_default().to_string();
-                    LoadError::Yaml {
-                        source_name: source_name.to_string(),
-                        line,
-                        message,
-                    }
-                })?;
+            let docs: Vec<Value> =
+                serde_saphyr::from_multiple_with_options(part.text, yaml_options(false))
+                    .map_err(|e| yaml_error(&e, part, source_name))?;
             for doc in docs {
                 documents += 1;
                 if doc.is_null() {
@@ -369,9 +593,12 @@ impl Inventory {
         object_lists!(lists);
         self.multicluster_secrets
             .append(&mut other.multicluster_secrets);
-        self.namespaces.append(&mut other.namespaces);
-        if let Some(crds) = other.crds {
-            self.crds.get_or_insert_with(BTreeMap::new).extend(crds);
+        self.conflicts.append(&mut other.conflicts);
+        for ns in std::mem::take(&mut other.namespaces).into_values() {
+            self.insert_namespace(ns);
+        }
+        for (name, info) in other.crds.into_iter().flatten() {
+            self.insert_crd(name, info);
         }
         for (k, n) in other.skipped {
             *self.skipped.entry(k).or_default() += n;
@@ -490,6 +717,14 @@ impl Inventory {
                 .to_string()
         };
         let object = format!("{kind}/{}/{}", meta(&obj, "namespace"), meta(&obj, "name"));
+        // No Kubernetes name holds a brace: this is a chart's template, not its output.
+        if object.contains("{{") {
+            return Err(LoadError::HelmTemplate {
+                source_name: source_name.to_string(),
+                line: 0,
+                template: documents::template_of(&object),
+            });
+        }
         let invalid = |e: serde_json::Error| LoadError::Invalid {
             source_name: source_name.to_string(),
             object: object.clone(),
@@ -497,21 +732,23 @@ impl Inventory {
         };
         macro_rules! push {
             ($vec:expr) => {
-                $vec.push(serde_json::from_value(obj).map_err(invalid)?)
+                $vec.push(decode(obj).map_err(invalid)?)
             };
         }
         match (group, kind.as_str()) {
             ("", "Namespace") => {
-                let ns: Namespace = serde_json::from_value(obj).map_err(invalid)?;
-                let name = ns.metadata.name.clone().unwrap_or_default();
-                self.namespaces.insert(name, ns);
+                let ns: Namespace = decode(obj).map_err(invalid)?;
+                self.insert_namespace(ns);
             }
             ("", "Service") => push!(self.services),
             ("", "Pod") => {
-                let pod: Pod = serde_json::from_value(obj).map_err(invalid)?;
+                let pod: Pod = decode(obj).map_err(invalid)?;
                 self.pods.push(PodInfo::from_pod(&pod));
             }
-            ("", "ConfigMap") => push!(self.config_maps),
+            // No status to decode.
+            ("", "ConfigMap") => self
+                .config_maps
+                .push(serde_json::from_value(obj).map_err(invalid)?),
             ("", "Secret") => {
                 // Only the metadata of remote-cluster secrets is kept; data never enters.
                 let meta: ObjectMeta = obj
@@ -556,15 +793,9 @@ impl Inventory {
             ("meshmig.io", "MeshMigration") => push!(self.mesh_migrations),
             ("apiextensions.k8s.io", "CustomResourceDefinition") => {
                 let name = meta(&obj, "name");
-                let channel = obj
-                    .get("metadata")
-                    .and_then(|m| m.get("annotations"))
-                    .and_then(|a| a.get("gateway.networking.k8s.io/channel"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
-                self.crds
-                    .get_or_insert_with(BTreeMap::new)
-                    .insert(name, CrdInfo { channel });
+                let annotations = obj.get("metadata").and_then(|m| m.get("annotations"));
+                let info = CrdInfo::from_annotations(|k| annotations?.get(k)?.as_str());
+                self.insert_crd(name, info);
             }
             _ => {
                 let key = if group.is_empty() {
@@ -576,6 +807,81 @@ impl Inventory {
             }
         }
         Ok(())
+    }
+
+    /// Adds a Namespace; a later one of the same name replaces it, as when loading in order,
+    /// and is a conflict when it differs (see [`Inventory::dedup`]).
+    fn insert_namespace(&mut self, ns: Namespace) {
+        let name = ns.metadata.name.clone().unwrap_or_default();
+        if let Some(old) = self.namespaces.insert(name.clone(), ns)
+            && Some(&old) != self.namespaces.get(&name)
+        {
+            self.conflicts.push(ObjectRef::namespace(&name));
+        }
+    }
+
+    /// Adds a CRD, like [`Inventory::insert_namespace`].
+    fn insert_crd(&mut self, name: String, info: CrdInfo) {
+        let crds = self.crds.get_or_insert_with(BTreeMap::new);
+        if let Some(old) = crds.insert(name.clone(), info)
+            && Some(&old) != crds.get(&name)
+        {
+            self.conflicts
+                .push(ObjectRef::new("CustomResourceDefinition", None, &name));
+        }
+    }
+
+    /// Sorts (see [`Inventory::sort`]) and keeps one copy of every object that was loaded
+    /// more than once identically: exports of overlapping selections (`kubectl get` of a
+    /// namespace and of a kind) repeat objects. Returns the objects loaded more than once
+    /// with different contents, sorted; both copies stay, so the caller must refuse the
+    /// input. Copies are compared as loaded: without managed fields and kubectl's
+    /// last-applied annotation, a Pod as its [`PodInfo`], a status that does not decode
+    /// dropped.
+    pub fn dedup(&mut self) -> Vec<ObjectRef> {
+        self.sort();
+        let mut conflicts = std::mem::take(&mut self.conflicts);
+        macro_rules! dedup_lists {
+            ($($v:ident: $kind:expr),*) => {
+                $( dedup_sorted(&mut self.$v, |o| &o.metadata, $kind, &mut conflicts); )*
+            };
+        }
+        dedup_lists!(
+            services: "Service",
+            pods: "Pod",
+            deployments: "Deployment",
+            stateful_sets: "StatefulSet",
+            daemon_sets: "DaemonSet",
+            replica_sets: "ReplicaSet",
+            authorization_policies: AuthorizationPolicy::KIND,
+            peer_authentications: PeerAuthentication::KIND,
+            request_authentications: RequestAuthentication::KIND,
+            virtual_services: VirtualService::KIND,
+            destination_rules: DestinationRule::KIND,
+            sidecars: Sidecar::KIND,
+            envoy_filters: EnvoyFilter::KIND,
+            telemetries: Telemetry::KIND,
+            wasm_plugins: WasmPlugin::KIND,
+            workload_entries: WorkloadEntry::KIND,
+            workload_groups: WorkloadGroup::KIND,
+            service_entries: ServiceEntry::KIND,
+            gateways: "Gateway",
+            http_routes: "HTTPRoute",
+            istios: Istio::KIND,
+            istio_cnis: IstioCni::KIND,
+            ztunnels: ZTunnel::KIND,
+            config_maps: "ConfigMap",
+            mesh_migrations: "MeshMigration"
+        );
+        dedup_sorted(
+            &mut self.multicluster_secrets,
+            |m| m,
+            "Secret",
+            &mut conflicts,
+        );
+        conflicts.sort();
+        conflicts.dedup();
+        conflicts
     }
 
     /// Number of objects held (skipped kinds excluded).
@@ -760,8 +1066,17 @@ impl Inventory {
         }));
         for (name, info) in self.crds.iter().flatten() {
             let mut meta = serde_json::json!({"name": name});
-            if let Some(c) = &info.channel {
-                meta["annotations"] = serde_json::json!({"gateway.networking.k8s.io/channel": c});
+            let mut annotations = serde_json::Map::new();
+            for (k, v) in [
+                (CrdInfo::CHANNEL, &info.channel),
+                (CrdInfo::BUNDLE_VERSION, &info.bundle_version),
+            ] {
+                if let Some(v) = v {
+                    annotations.insert(k.into(), v.clone().into());
+                }
+            }
+            if !annotations.is_empty() {
+                meta["annotations"] = Value::Object(annotations);
             }
             out.push(serde_json::json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": meta}));
         }
@@ -771,6 +1086,244 @@ impl Inventory {
                 .map(|o| with_type(o, "meshmig.io/v1alpha1", "MeshMigration")),
         );
         out
+    }
+}
+
+/// A kind whose `status` is decoded apart from the rest (see [`decode`]).
+trait WithStatus: serde::de::DeserializeOwned {
+    /// Sets the status from its JSON; `None` when it does not decode.
+    fn set_status(&mut self, status: Value);
+}
+
+macro_rules! with_status {
+    ($($t:ty),*) => {
+        $(impl WithStatus for $t {
+            fn set_status(&mut self, status: Value) {
+                self.status = serde_json::from_value(status).unwrap_or(None);
+            }
+        })*
+    };
+}
+
+with_status!(
+    Namespace,
+    Service,
+    Pod,
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+    ReplicaSet,
+    AuthorizationPolicy,
+    PeerAuthentication,
+    RequestAuthentication,
+    VirtualService,
+    DestinationRule,
+    Sidecar,
+    EnvoyFilter,
+    Telemetry,
+    WasmPlugin,
+    WorkloadEntry,
+    WorkloadGroup,
+    ServiceEntry,
+    Gateway,
+    HTTPRoute,
+    Istio,
+    IstioCni,
+    ZTunnel,
+    MeshMigration
+);
+
+/// Decodes an object, its `status` apart: a status that does not decode is dropped instead of
+/// refusing the object. Statuses are written by controllers of versions meshmig does not know
+/// (an HTTPRoute parent without `controllerName`), and the planner plans from specs: of a
+/// status it reads only a Pod's phase.
+fn decode<T: WithStatus>(mut obj: Value) -> Result<T, serde_json::Error> {
+    let status = obj.as_object_mut().and_then(|m| m.remove("status"));
+    let mut decoded: T = serde_json::from_value(obj)?;
+    if let Some(status) = status {
+        decoded.set_status(status);
+    }
+    Ok(decoded)
+}
+
+/// A reference to an object as loaded, an empty namespace as none.
+fn object_ref(kind: &str, meta: &ObjectMeta) -> ObjectRef {
+    let namespace = meta.namespace.as_deref().filter(|n| !n.is_empty());
+    ObjectRef::new(kind, namespace, meta.name.as_deref().unwrap_or_default())
+}
+
+/// Removes the later of consecutive identical objects with the same namespace and name from
+/// a sorted list; adds to `conflicts` those that differ (and keeps both).
+fn dedup_sorted<T: PartialEq>(
+    list: &mut Vec<T>,
+    meta: impl Fn(&T) -> &ObjectMeta,
+    kind: &str,
+    conflicts: &mut Vec<ObjectRef>,
+) {
+    list.dedup_by(|later, earlier| {
+        if sort_key(meta(later)) != sort_key(meta(earlier)) {
+            return false;
+        }
+        if later != earlier {
+            conflicts.push(object_ref(kind, meta(later)));
+            return false;
+        }
+        true
+    });
+}
+
+/// Where `text` holds one of `objects` (of the kinds an [`Inventory`] keeps), in text order.
+/// The inventory keeps no origins (a 350,000-object export would pay for them on every
+/// load), so an error about a loaded object reads its inputs again to say where it is.
+/// Documents are numbered as when loading; a text that does not load yields what was found
+/// before its error.
+pub fn locate(text: &str, source_name: &str, objects: &[ObjectRef]) -> Vec<(ObjectRef, Origin)> {
+    let mut found = Vec::new();
+    let mut document = 0;
+    for part in documents::split(text) {
+        let line = documents::content_line(&part);
+        let Some(docs) = part_documents(&part) else {
+            break;
+        };
+        for doc in docs {
+            document += 1;
+            let origin = Origin {
+                source_name: source_name.to_string(),
+                document,
+                line,
+                item: None,
+            };
+            locate_in(doc, &origin, objects, &mut found);
+        }
+    }
+    found
+}
+
+/// The documents of a part, read as when loading; `None` when it does not parse.
+fn part_documents(part: &documents::Part<'_>) -> Option<Vec<Value>> {
+    match json::document(part.text) {
+        Some(JsonDocument::Object(doc)) => return Some(vec![doc]),
+        Some(JsonDocument::List(items)) => {
+            if let Some(items) = items.iter().map(|r| json::strict(r.get())).collect() {
+                return Some(vec![
+                    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": Value::Array(items)}),
+                ]);
+            }
+        }
+        None => {}
+    }
+    serde_saphyr::from_multiple_with_options(part.text, yaml_options(false)).ok()
+}
+
+/// Adds `doc` (or each item of a `List`) to `found` when it is one of `objects`.
+fn locate_in(
+    doc: Value,
+    origin: &Origin,
+    objects: &[ObjectRef],
+    found: &mut Vec<(ObjectRef, Origin)>,
+) {
+    let Value::Object(mut map) = doc else {
+        return;
+    };
+    let kind = map
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    if kind.ends_with("List")
+        && origin.item.is_none()
+        && let Some(Value::Array(items)) = map.remove("items")
+    {
+        for (i, item) in items.into_iter().enumerate() {
+            let at = Origin {
+                item: Some(i + 1),
+                ..origin.clone()
+            };
+            locate_in(item, &at, objects, found);
+        }
+        return;
+    }
+    let Some(meta) = map
+        .get("metadata")
+        .and_then(|m| serde_json::from_value::<ObjectMeta>(m.clone()).ok())
+    else {
+        return;
+    };
+    let oref = object_ref(&kind, &meta);
+    if !objects.contains(&oref) {
+        return;
+    }
+    // Only what the inventory keeps: not an Istio `Gateway` for a Gateway API one.
+    let mut probe = Inventory::default();
+    if probe.add_object(Value::Object(map), "").is_ok() && probe.len() == 1 {
+        found.push((oref, origin.clone()));
+    }
+}
+
+impl LoadError {
+    /// The error to report for a text that failed to load: when the text is a Helm chart
+    /// template, that is the cause, whatever the parser tripped over.
+    fn explained_by_templates(self, text: &str) -> Self {
+        let source_name = match &self {
+            LoadError::HelmTemplate { line: 0, .. } => {
+                return self.with_template_line(text);
+            }
+            LoadError::HelmTemplate { .. } | LoadError::Conflict { .. } => return self,
+            LoadError::Yaml {
+                source_name, line, ..
+            } => {
+                // The line the parser stopped at holds a template (quoted or not).
+                let at = usize::try_from(*line)
+                    .ok()
+                    .and_then(|l| text.lines().nth(l.checked_sub(1)?))
+                    .filter(|l| l.contains("{{"));
+                if let Some(l) = at {
+                    return LoadError::HelmTemplate {
+                        source_name: source_name.clone(),
+                        line: *line,
+                        template: documents::template_of(l),
+                    };
+                }
+                source_name
+            }
+            LoadError::NotKubernetes { source_name, .. }
+            | LoadError::Invalid { source_name, .. } => source_name,
+        };
+        match documents::template_line(text) {
+            Some((line, template)) => LoadError::HelmTemplate {
+                source_name: source_name.clone(),
+                line,
+                template,
+            },
+            None => self,
+        }
+    }
+
+    /// A template error found in an object's name, at the first line holding that template
+    /// (else any).
+    fn with_template_line(self, text: &str) -> Self {
+        let LoadError::HelmTemplate {
+            source_name,
+            template,
+            ..
+        } = self
+        else {
+            return self;
+        };
+        let first_with = |needle: &str| {
+            (1..)
+                .zip(text.lines())
+                .find(|(_, l)| l.contains(needle))
+                .map(|(n, _)| n)
+        };
+        let line = first_with(&template)
+            .or_else(|| first_with("{{"))
+            .unwrap_or(0);
+        LoadError::HelmTemplate {
+            source_name,
+            line,
+            template,
+        }
     }
 }
 
@@ -915,7 +1468,9 @@ items:
             .load_str(&text, "big.json")
             .unwrap_err()
         {
-            LoadError::Yaml { message, .. } => assert!(message.contains("uplicate"), "{message}"),
+            LoadError::Yaml { message, .. } => {
+                assert!(message.contains("key `name` is repeated"), "{message}")
+            }
             e => panic!("{e}"),
         }
     }
@@ -1033,6 +1588,257 @@ spec: {selector: {app: s}, ports: [{port: 80}]}
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_yaml_error_names_one_line_that_of_the_whole_text() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: [\n";
+        let err = Inventory::default().load_str(text, "bad.yaml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "bad.yaml:7:18: invalid YAML: unclosed bracket '['"
+        );
+    }
+
+    #[test]
+    fn a_repeated_key_is_named_with_its_lines_and_object() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\n  name: web2\n";
+        let err = Inventory::default().load_str(text, "s.yaml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "s.yaml:10:3: invalid YAML: Service/shop/web: key `name` is repeated in one mapping (first on line 8); keep one"
+        );
+        // In a list item: the item's first line; the earlier item's key is not it.
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: ns1}\nspec:\n  ports:\n  - port: 1\n    name: a\n  - name: b\n    port: 2\n    name: c\n";
+        let err = Inventory::default().load_str(text, "p.yaml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "p.yaml:10:5: invalid YAML: Service/ns1/s: key `name` is repeated in one mapping (first on line 8); keep one"
+        );
+        let text = "apiVersion: v1\nkind: Service\nmetadata:\n  labels: {}\n  - x\n";
+        let err = Inventory::default().load_str(text, "o.yaml").unwrap_err();
+        assert!(!err.to_string().contains("Options"), "{err}");
+    }
+
+    #[test]
+    fn helm_templates_are_named_with_their_line() {
+        let cases = [
+            (
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: {{ .Values.name }}\n",
+                "t.yaml:4: looks like an unrendered Helm template (`{{ .Values.name }}`): run `helm template` first and plan its output",
+            ),
+            (
+                "{{- if .Values.enabled }}\napiVersion: v1\nkind: Service\n",
+                "t.yaml:1: looks like an unrendered Helm template (`{{- if .Values.enabled }}`)",
+            ),
+            // Quoted: YAML reads a string, but no object is named with braces.
+            (
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: \"{{ .Release.Name }}-web\"\n",
+                "t.yaml:4: looks like an unrendered Helm template (`{{ .Release.Name }}`)",
+            ),
+            // A template the parser trips over inside quotes.
+            (
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: \"{{ include \"x\" . }}\"\n",
+                "t.yaml:4: looks like an unrendered Helm template (`{{ include \"x\" . }}`)",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = Inventory::default().load_str(text, "t.yaml").unwrap_err();
+            assert!(
+                err.to_string().starts_with(expected),
+                "{err}\nvs {expected}"
+            );
+        }
+        // Templates in strings of a loaded object are data, and another error stays itself.
+        let rule = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: alerts, namespace: m}\ndata: {summary: \"{{ $labels.pod }} is down\"}\n";
+        assert_eq!(Inventory::default().load_str(rule, "r.yaml"), Ok(1));
+        let err = Inventory::default()
+            .load_str(&format!("{rule}---\nkind: [\n"), "r.yaml")
+            .unwrap_err();
+        assert!(matches!(err, LoadError::Yaml { .. }), "{err}");
+    }
+
+    /// One object of each kind the inventory keeps, with `status`.
+    fn with_status(api_version: &str, kind: &str, status: &str) -> String {
+        let spec = match kind {
+            "HTTPRoute" => "spec: {parentRefs: [{name: svc, kind: Service, group: \"\"}]}\n",
+            "Gateway" => {
+                "spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}\n"
+            }
+            "ConfigMap" => "data: {a: b}\n",
+            "MeshMigration" => "spec: {namespaces: [ns1]}\n",
+            _ => "",
+        };
+        format!(
+            "---\napiVersion: {api_version}\nkind: {kind}\nmetadata: {{name: x, namespace: ns1}}\n{spec}status: {status}\n"
+        )
+    }
+
+    const KEPT_KINDS: &[(&str, &str)] = &[
+        ("v1", "Namespace"),
+        ("v1", "Service"),
+        ("v1", "Pod"),
+        ("v1", "ConfigMap"),
+        ("apps/v1", "Deployment"),
+        ("apps/v1", "StatefulSet"),
+        ("apps/v1", "DaemonSet"),
+        ("apps/v1", "ReplicaSet"),
+        ("security.istio.io/v1", "AuthorizationPolicy"),
+        ("security.istio.io/v1", "PeerAuthentication"),
+        ("security.istio.io/v1", "RequestAuthentication"),
+        ("networking.istio.io/v1", "VirtualService"),
+        ("networking.istio.io/v1", "DestinationRule"),
+        ("networking.istio.io/v1", "Sidecar"),
+        ("networking.istio.io/v1alpha3", "EnvoyFilter"),
+        ("networking.istio.io/v1", "ServiceEntry"),
+        ("networking.istio.io/v1", "WorkloadEntry"),
+        ("networking.istio.io/v1", "WorkloadGroup"),
+        ("telemetry.istio.io/v1", "Telemetry"),
+        ("extensions.istio.io/v1alpha1", "WasmPlugin"),
+        ("gateway.networking.k8s.io/v1", "Gateway"),
+        ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+        ("sailoperator.io/v1", "Istio"),
+        ("sailoperator.io/v1", "IstioCNI"),
+        ("sailoperator.io/v1", "ZTunnel"),
+        ("meshmig.io/v1alpha1", "MeshMigration"),
+    ];
+
+    #[test]
+    fn a_status_that_does_not_decode_is_dropped_and_the_object_kept() {
+        // Wrong for every typed status: conditions, phase, parents, replicas.
+        let broken =
+            "{conditions: 7, phase: [1], parents: 7, replicas: x, loadBalancer: 7, listeners: 7}";
+        for (api_version, kind) in KEPT_KINDS {
+            let mut inv = Inventory::default();
+            let text = with_status(api_version, kind, broken);
+            assert_eq!(inv.load_str(&text, "s.yaml"), Ok(1), "{kind}");
+            assert_eq!(inv.len(), 1, "{kind}");
+            let object = &inv.to_objects()[0];
+            assert_eq!(object["metadata"]["name"], "x", "{kind}");
+            // Istio and Sail views keep any status verbatim; the typed ones drop it.
+            let verbatim = api_version.contains("istio.io") || api_version.starts_with("sail");
+            assert_eq!(object.get("status").is_some(), verbatim, "{kind}: {object}");
+        }
+        // The case found in the field: a parent status without controllerName.
+        let mut inv = Inventory::default();
+        let text = with_status(
+            "gateway.networking.k8s.io/v1",
+            "HTTPRoute",
+            "{parents: [{parentRef: {name: svc}, conditions: []}]}",
+        );
+        assert_eq!(inv.load_str(&text, "r.yaml"), Ok(1));
+        assert!(inv.http_routes[0].status.is_none());
+        assert_eq!(
+            inv.http_routes[0].spec.parent_refs.as_ref().map(Vec::len),
+            Some(1)
+        );
+        // A status that decodes is kept: a Pod's phase.
+        let mut inv = Inventory::default();
+        inv.load_str(&with_status("v1", "Pod", "{phase: Running}"), "p.yaml")
+            .unwrap();
+        assert_eq!(inv.pods[0].phase.as_deref(), Some("Running"));
+        let mut inv = Inventory::default();
+        inv.load_str(&with_status("v1", "Pod", "{phase: null}"), "p.yaml")
+            .unwrap();
+        assert_eq!(inv.pods[0].phase, None);
+    }
+
+    const AP: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec: {action: DENY, rules: [{}]}\n";
+
+    #[test]
+    fn identical_copies_are_loaded_once() {
+        let mut inv = Inventory::default();
+        let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n";
+        inv.load_str(&format!("{AP}---\n{ns}---\n{AP}"), "a.yaml")
+            .unwrap();
+        // `kubectl get -o json` of an overlapping selection: the same objects again.
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+            serde_saphyr::from_str::<Value>(AP).unwrap(),
+            serde_saphyr::from_str::<Value>(ns).unwrap(),
+        ]});
+        inv.load_str(&list.to_string(), "b.json").unwrap();
+        assert_eq!(inv.authorization_policies.len(), 3);
+        assert_eq!(inv.dedup(), Vec::<ObjectRef>::new());
+        assert_eq!(inv.authorization_policies.len(), 1);
+        assert_eq!(inv.namespaces.len(), 1);
+        assert!(inv.is_sorted());
+    }
+
+    #[test]
+    fn different_copies_are_conflicts() {
+        let mut inv = Inventory::default();
+        inv.load_str(AP, "a.yaml").unwrap();
+        inv.load_str(&AP.replace("DENY", "ALLOW"), "b.yaml")
+            .unwrap();
+        let ns = |labels: &str| {
+            format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop, labels: {{{labels}}}}}\n"
+            )
+        };
+        inv.load_str(&ns("a: '1'"), "c.yaml").unwrap();
+        inv.load_str(&ns("a: '2'"), "d.yaml").unwrap();
+        assert_eq!(
+            inv.dedup(),
+            [
+                ObjectRef::new("AuthorizationPolicy", Some("shop"), "p"),
+                ObjectRef::namespace("shop"),
+            ]
+        );
+        // Both copies stay: the caller refuses the input.
+        assert_eq!(inv.authorization_policies.len(), 2);
+    }
+
+    #[test]
+    fn conflicts_are_found_across_the_threads_of_a_large_text() {
+        let ns = |v: &str| {
+            format!(
+                "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: twice, labels: {{v: '{v}'}}}}\n"
+            )
+        };
+        let text = format!("{}{}{}", ns("1"), large_text(10_000, None), ns("2"));
+        assert!(text.len() > 2 << 20, "too small for threads");
+        let mut inv = Inventory::default();
+        inv.load_str(&text, "big.yaml").unwrap();
+        assert_eq!(inv.dedup(), [ObjectRef::namespace("twice")]);
+    }
+
+    #[test]
+    fn located_objects_name_file_document_line_and_item() {
+        let gateway = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: shop}\nspec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}\n";
+        let istio_gateway =
+            gateway.replace("gateway.networking.k8s.io/v1", "networking.istio.io/v1");
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "other", "namespace": "shop"}},
+            serde_saphyr::from_str::<Value>(AP).unwrap(),
+        ]});
+        let text = format!("# export\n---\n{AP}---\n{istio_gateway}---\n{list}\n---\n\n{gateway}");
+        let wanted = [
+            ObjectRef::new("AuthorizationPolicy", Some("shop"), "p"),
+            ObjectRef::new("Gateway", Some("shop"), "g"),
+        ];
+        let found: Vec<String> = locate(&text, "x.yaml", &wanted)
+            .iter()
+            .map(|(o, at)| format!("{o} {at}"))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "AuthorizationPolicy/shop/p x.yaml:3 (document 1)",
+                "AuthorizationPolicy/shop/p x.yaml:13 (document 3, item 2)",
+                "Gateway/shop/g x.yaml:16 (document 4)",
+            ]
+        );
+        let conflict = LoadError::Conflict {
+            object: wanted[0].to_string(),
+            origins: locate(&text, "x.yaml", &wanted[..1])
+                .into_iter()
+                .map(|(_, at)| at)
+                .collect(),
+        };
+        assert_eq!(
+            conflict.to_string(),
+            "AuthorizationPolicy/shop/p is given twice with different contents: x.yaml:3 (document 1) and x.yaml:13 (document 3, item 2); keep one (identical copies are loaded once)"
+        );
     }
 
     #[test]

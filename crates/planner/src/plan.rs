@@ -747,6 +747,73 @@ fn dry_run_enforced(
     }
 }
 
+/// The workloads of Service `svc` a policy's selector leaves out, when there are any: its
+/// waypoint copy (targetRefs the Service) and the Service's bypass protection would apply
+/// to them too.
+fn partially_selected(
+    model: &Model<'_>,
+    ns: &str,
+    svc: &str,
+    p: &AuthorizationPolicy,
+) -> Option<String> {
+    let sel = policy_selector(p)?;
+    let service = model.service(ns, svc)?;
+    let missed: Vec<String> = model
+        .service_workloads(service)
+        .into_iter()
+        .filter(|wl| !selector_matches(sel, wl.pod_labels))
+        .map(|wl| format!("{} {}", wl.kind.as_str(), wl.name))
+        .collect();
+    (!missed.is_empty()).then(|| abbreviated_list(&missed, 5))
+}
+
+/// Gateway VirtualServices that route to Service `svc` of `ns`, which gets
+/// `istio.io/ingress-use-waypoint`: istiod then gives the gateway's every cluster of the
+/// Service, subset clusters included, the waypoint's endpoints (`findServiceWaypoint` in its
+/// endpoint builder), and the waypoint's HTTPRoute for the Service picks the backend. A
+/// subset the gateway route chose no longer applies (blocker); without one, ingress traffic
+/// now follows the mesh route (warning).
+fn gateway_routes_through_waypoint(inv: &Inventory, ns: &str, svc: &str) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for vs in inv
+        .virtual_services
+        .iter()
+        .filter(|v| routes::has_gateways(v))
+    {
+        let vs_ns = vs.metadata.namespace.as_deref().unwrap_or_default();
+        let dests = vs
+            .spec
+            .http
+            .iter()
+            .flatten()
+            .flat_map(|r| r.route.iter().flatten())
+            .map(|d| &d.destination)
+            .filter(|d| resolve_host(&d.host, vs_ns) == HostTarget::Service(ns.into(), svc.into()));
+        let subsets: BTreeSet<&str> = dests.clone().filter_map(|d| d.subset.as_deref()).collect();
+        if dests.count() == 0 {
+            continue;
+        }
+        let vref = ObjectRef::from_meta("VirtualService", &vs.metadata);
+        out.push(if subsets.is_empty() {
+            Finding::new(
+                f::VS_GATEWAY_THROUGH_WAYPOINT,
+                vref,
+                format!("ingress traffic it sends to {ns}/{svc} goes through the waypoint from step 7, where {svc}'s HTTPRoute (if any) decides the backend"),
+            )
+        } else {
+            Finding::new(
+                f::VS_GATEWAY_SUBSET_THROUGH_WAYPOINT,
+                vref,
+                format!(
+                    "its routes to subsets {} of {ns}/{svc} go through the waypoint from step 7, where {svc}'s HTTPRoute decides the backend instead",
+                    subsets.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        });
+    }
+    out
+}
+
 /// The namespaces whose sidecar callers bypass protection admits: those the ALLOW policies
 /// name (alone or in principals), and, when the callers cannot be listed, every namespace
 /// of the migration.
@@ -1150,12 +1217,11 @@ fn plan_on(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str, threads: 
         migration: migration.to_string(),
         items: Vec::new(),
     };
-    let experimental = inv
-        .crds
-        .as_ref()
-        .and_then(|c| c.get("httproutes.gateway.networking.k8s.io"))
-        .and_then(|c| c.channel.as_deref())
-        == Some("experimental");
+    let convert_opts = ConvertOptions::for_crd(
+        inv.crds
+            .as_ref()
+            .and_then(|c| c.get("httproutes.gateway.networking.k8s.io")),
+    );
     let ingress = ingress_principals(&model, &td);
     let root = facts.root_namespace.clone();
 
@@ -1184,15 +1250,9 @@ fn plan_on(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str, threads: 
             findings.push(Finding::new(f::VS_GATEWAY_ONLY, vs_ref, ""));
             continue;
         }
-        let conv = routes::convert(
-            &model,
-            vs,
-            &inv.destination_rules,
-            ConvertOptions {
-                experimental_channel: experimental,
-            },
-        );
-        if conv.keeps_gateways {
+        let conv = routes::convert(&model, vs, &inv.destination_rules, convert_opts);
+        // Only when something is generated: a VirtualService that is not converted stays.
+        if conv.keeps_gateways && !conv.routes.is_empty() {
             findings.push(Finding::new(f::VS_MESH_AND_GATEWAY, vs_ref.clone(), ""));
         }
         let owner_ns = conv
@@ -1349,7 +1409,9 @@ fn control_plane_actions(
     facts: &ControlPlaneFacts,
 ) -> (Vec<Action>, Vec<String>) {
     let cp = &spec.control_plane;
-    match cp.mode {
+    // The mode analysis settled on, not the spec's: a default (Sail) spec on a Helm or
+    // istioctl install is planned as External (see `cluster::analyze`).
+    match facts.mode {
         ControlPlaneMode::Sail => {
             let mut actions = vec![
                 Action {
@@ -1738,16 +1800,33 @@ fn analyze_namespace<'a>(
                 unknown.join(", "),
             ));
         }
-        let selected: Vec<&Workload<'_>> = model
+        let (selected, others): (Vec<&Workload<'_>>, Vec<&Workload<'_>>) = model
             .selected_workloads(ns, policy_selector(p))
             .into_iter()
-            .filter(|wl| {
+            .partition(|wl| {
                 injected
                     .iter()
                     .any(|i| i.name == wl.name && i.kind == wl.kind)
+            });
+        // Workloads without a sidecar that step 6 puts in ambient: from then ztunnel
+        // enforces this policy on them as istiod converts it, and no copy covers them.
+        let unmeshed: Vec<String> = others
+            .iter()
+            .filter(|wl| {
+                // `sidecar.istio.io/inject: "false"` keeps the sidecar away, not ztunnel.
+                let dataplane = wl.pod_labels.get(n::DATAPLANE_MODE).map(String::as_str);
+                dataplane != Some("none") && !wl.host_network
             })
+            .map(|wl| format!("{} {}", wl.kind.as_str(), wl.name))
             .collect();
-        if class.needs_waypoint() {
+        if class.needs_waypoint() && !unmeshed.is_empty() {
+            findings.push(Finding::new(
+                f::AUTHZ_L7_UNMESHED,
+                pref.clone(),
+                format!("selects {} (no sidecar)", unmeshed.join(", ")),
+            ));
+        }
+        if class.needs_waypoint() && !selected.is_empty() {
             let id = if matches!(class.action, AuthzAction::Allow | AuthzAction::Deny) {
                 findings.push(Finding::new(
                     f::AUTHZ_L7,
@@ -1834,7 +1913,7 @@ fn analyze_namespace<'a>(
         for (port, mode) in classify::peer_authn_modes(pa) {
             let where_ = port
                 .map(|p| format!("port {p}"))
-                .unwrap_or_else(|| "workload-wide".into());
+                .unwrap_or_else(|| classify::peer_authn_scope(pa, root).into());
             match mode.as_str() {
                 "DISABLE" => findings.push(Finding::new(
                     f::PEER_AUTHN_DISABLE,
@@ -1950,6 +2029,21 @@ fn analyze_namespace<'a>(
                 c.traffic_policy.join(", "),
             ));
             w.reason(hname, f::DR_TRAFFIC_POLICY.id, &dref);
+        }
+        let relied_on =
+            c.needs_waypoint() || dr.spec.subsets.as_ref().is_some_and(|s| !s.is_empty());
+        if let Some(to) = dr
+            .spec
+            .export_to
+            .as_ref()
+            .filter(|t| !t.is_empty() && !t.iter().any(|x| x == "*"))
+            && relied_on
+        {
+            findings.push(Finding::new(
+                f::DR_EXPORT_TO,
+                dref.clone(),
+                format!("exportTo: {to:?}"),
+            ));
         }
         if c.tls_istio_mutual_only {
             findings.push(Finding::new(f::DR_TLS_ISTIO_MUTUAL, dref.clone(), ""));
@@ -2286,6 +2380,7 @@ fn analyze_namespace<'a>(
                 ObjectRef::new("Service", Some(ns), &s),
                 "",
             ));
+            findings.extend(gateway_routes_through_waypoint(inv, ns, &s));
         }
     }
     for (i, obj, vref, _) in &route_manifests {
@@ -2704,6 +2799,15 @@ fn policy_migration(
                     pref.clone(),
                     "",
                 ));
+            }
+            for s in &svcs {
+                if let Some(missed) = partially_selected(model, ns, s, policies[*i].0) {
+                    findings.push(Finding::new(
+                        f::AUTHZ_PARTIAL_SELECTOR,
+                        pref.clone(),
+                        format!("selects only some of Service {s}'s workloads: not {missed}"),
+                    ));
+                }
             }
             for s in &svcs {
                 moved.entry(*i).or_default().insert(s.clone());

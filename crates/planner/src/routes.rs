@@ -28,8 +28,10 @@ pub enum HostTarget {
     External,
 }
 
-/// Resolves a host as Istio does for Kubernetes Services: a short name is relative to
-/// `from_ns`; `name.ns`, `name.ns.svc` and `name.ns.svc.<domain>` name a Service in `ns`.
+/// Resolves a host as Istio does for Kubernetes Services: a short name (no dot) is
+/// relative to `from_ns`; only a full `name.ns.svc.<domain>` names a Service in another
+/// namespace. Istio never expands a dotted name (`name.ns`, `name.ns.svc`): it is taken as
+/// written, matches no Service, and a rule naming it applies to nothing.
 pub fn resolve_host(host: &str, from_ns: &str) -> HostTarget {
     if host.contains('*') {
         return HostTarget::Wildcard;
@@ -37,8 +39,9 @@ pub fn resolve_host(host: &str, from_ns: &str) -> HostTarget {
     let parts: Vec<&str> = host.split('.').collect();
     match parts.as_slice() {
         [name] => HostTarget::Service(from_ns.into(), (*name).into()),
-        [name, ns] => HostTarget::Service((*ns).into(), (*name).into()),
-        [name, ns, "svc", ..] => HostTarget::Service((*ns).into(), (*name).into()),
+        [name, ns, "svc", domain @ ..] if !domain.is_empty() => {
+            HostTarget::Service((*ns).into(), (*name).into())
+        }
         _ => HostTarget::External,
     }
 }
@@ -96,11 +99,36 @@ pub struct Conversion {
     pub keeps_gateways: bool,
 }
 
-/// Conversion options.
+/// Conversion options: which optional HTTPRoute fields the installed Gateway API has.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConvertOptions {
     /// The installed HTTPRoute CRD is from the experimental channel (has `retry`).
     pub experimental_channel: bool,
+    /// It has the `CORS` filter (the experimental channel, or the standard one from v1.5).
+    pub cors_filter: bool,
+}
+
+/// The release whose standard channel has the HTTPRoute CORS filter.
+const CORS_STANDARD_SINCE: (u64, u64) = (1, 5);
+
+impl ConvertOptions {
+    /// From the installed HTTPRoute CRD. Without one (an offline plan of an inventory that
+    /// holds no CRDs) the standard channel of a current release is assumed: the operator
+    /// decides again from the cluster's CRD.
+    pub fn for_crd(crd: Option<&crate::inventory::CrdInfo>) -> Self {
+        let experimental = crd.and_then(|c| c.channel.as_deref()) == Some("experimental");
+        let version = crd.and_then(|c| c.bundle_version.as_deref()).and_then(|v| {
+            let mut it = v
+                .trim_start_matches('v')
+                .split('.')
+                .map(|x| x.parse::<u64>());
+            Some((it.next()?.ok()?, it.next()?.ok()?))
+        });
+        Self {
+            experimental_channel: experimental,
+            cors_filter: experimental || version.is_none_or(|v| v >= CORS_STANDARD_SINCE),
+        }
+    }
 }
 
 struct Ctx<'m, 'a> {
@@ -119,6 +147,23 @@ impl Ctx<'_, '_> {
             self.out.findings.push(finding);
         }
     }
+}
+
+/// `name.ns` or `name.ns.svc` where `ns` is a namespace: meant as a Service, but Istio takes
+/// it as written.
+fn looks_like_short_service_name(model: &Model<'_>, host: &str) -> bool {
+    let parts: Vec<&str> = host.split('.').collect();
+    match parts.as_slice() {
+        [_, ns] | [_, ns, "svc"] => model.namespace(ns).is_some(),
+        _ => false,
+    }
+}
+
+fn managed_by_meshmig(m: &ObjectMeta) -> bool {
+    m.labels
+        .as_ref()
+        .and_then(|l| l.get(meshmig_api::names::LABEL_MANAGED_BY))
+        .is_some_and(|v| v == meshmig_api::names::MANAGED_BY)
 }
 
 fn route_label(r: &HttpRoute, i: usize) -> String {
@@ -160,6 +205,10 @@ pub fn convert(
     for host in vs.spec.hosts.iter().flatten() {
         match resolve_host(host, &vs_ns) {
             HostTarget::Wildcard => ctx.finding(f::VS_WILDCARD_HOST, format!("host `{host}`")),
+            HostTarget::External if looks_like_short_service_name(model, host) => ctx.finding(
+                f::VS_HOST_UNRESOLVED,
+                format!("host `{host}` is not expanded by Istio (only a short name or name.namespace.svc.<domain> names a Service), so this VirtualService matches nothing today"),
+            ),
             HostTarget::External => ctx.finding(
                 f::VS_HOST_UNRESOLVED,
                 format!("host `{host}` is not a Kubernetes Service name"),
@@ -196,11 +245,71 @@ pub fn convert(
     for (ns, names) in parents_by_ns {
         ctx.route_ns = ns.clone();
         let route = build_route(&mut ctx, &names, destination_rules, opts);
+        check_limits(&mut ctx, &route);
         ctx.out.routes.push(route);
     }
-    check_precedence(&mut ctx);
+    if !ctx.out.routes.is_empty() {
+        check_export_to(&mut ctx);
+        check_precedence(&mut ctx);
+    }
     ctx.out
 }
+
+/// A VirtualService exported to fewer than every namespace applies only to callers there;
+/// its HTTPRoute, attached to the Service, applies to every caller of the waypoint.
+fn check_export_to(ctx: &mut Ctx<'_, '_>) {
+    let Some(to) = ctx.vs.spec.export_to.as_ref().filter(|t| !t.is_empty()) else {
+        return;
+    };
+    if to.iter().any(|t| t == "*") {
+        return;
+    }
+    ctx.finding(
+        f::VS_EXPORT_TO,
+        format!("exportTo: {to:?} (its HTTPRoute would route every caller)"),
+    );
+}
+
+/// Gateway API's limits on one HTTPRoute (its CRD's validation): beyond them the API server
+/// refuses the route when step 7 applies it.
+fn check_limits(ctx: &mut Ctx<'_, '_>, route: &Value) {
+    let rules = route
+        .pointer("/spec/rules")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let count = |r: &Value, key: &str| r.get(key).and_then(Value::as_array).map_or(0, Vec::len);
+    let mut over = Vec::new();
+    if rules.len() > MAX_RULES {
+        over.push(format!("{} rules (at most {MAX_RULES})", rules.len()));
+    }
+    let total: usize = rules.iter().map(|r| count(r, "matches")).sum();
+    if total > MAX_MATCHES_TOTAL {
+        over.push(format!(
+            "{total} matches in all (at most {MAX_MATCHES_TOTAL})"
+        ));
+    }
+    for (i, r) in rules.iter().enumerate() {
+        for (key, max) in [
+            ("matches", MAX_MATCHES_PER_RULE),
+            ("backendRefs", MAX_PER_RULE),
+            ("filters", MAX_PER_RULE),
+        ] {
+            if count(r, key) > max {
+                over.push(format!("rule {i}: {} {key} (at most {max})", count(r, key)));
+            }
+        }
+    }
+    if !over.is_empty() {
+        ctx.finding(f::VS_HTTPROUTE_LIMITS, over.join("; "));
+    }
+}
+
+/// Gateway API's HTTPRoute limits (its CRD's schema and CEL rules).
+const MAX_RULES: usize = 16;
+const MAX_MATCHES_PER_RULE: usize = 64;
+const MAX_MATCHES_TOTAL: usize = 128;
+const MAX_PER_RULE: usize = 16;
 
 fn build_route(
     ctx: &mut Ctx<'_, '_>,
@@ -313,13 +422,18 @@ fn regex_escape(s: &str) -> String {
     regex::escape(s)
 }
 
-fn string_match_to_regex(m: &StringMatch) -> Option<(bool, String)> {
+/// A header or query-parameter match as (exact?, value). An empty match (`{}`) is Istio's
+/// presence match: any value, including the empty one, so the regex `.*` (a header or
+/// parameter that is absent never matches a regex).
+fn string_match_to_regex(m: &StringMatch) -> (bool, String) {
     if let Some(e) = &m.exact {
-        Some((true, e.clone()))
+        (true, e.clone())
     } else if let Some(p) = &m.prefix {
-        Some((false, format!("^{}.*", regex_escape(p))))
+        (false, format!("^{}.*", regex_escape(p)))
+    } else if let Some(r) = &m.regex {
+        (false, r.clone())
     } else {
-        m.regex.as_ref().map(|r| (false, r.clone()))
+        (false, ".*".to_string())
     }
 }
 
@@ -340,6 +454,14 @@ fn convert_match(
                 ctx.finding(
                     f::VS_PREFIX_NOT_SEGMENT,
                     format!("{where_}: prefix `{p}` would also have matched `{p}x`"),
+                );
+            }
+            if let Some(bare) = p.strip_suffix('/').filter(|b| !b.is_empty()) {
+                // istiod drops the trailing slash of a PathPrefix (checked with its route
+                // generation); a regex would rank below the rules it must precede.
+                ctx.finding(
+                    f::VS_PREFIX_TRAILING_SLASH,
+                    format!("{where_}: prefix `{p}` as a PathPrefix also matches `{bare}`"),
                 );
             }
             HttpRouteRulesMatchesPath {
@@ -370,34 +492,32 @@ fn convert_match(
             );
             continue;
         }
-        if let Some((exact, value)) = string_match_to_regex(sm) {
-            headers.push(HttpRouteRulesMatchesHeaders {
-                name: name.clone(),
-                r#type: Some(if exact {
-                    HttpRouteRulesMatchesHeadersType::Exact
-                } else {
-                    HttpRouteRulesMatchesHeadersType::RegularExpression
-                }),
-                value,
-            });
-        }
+        let (exact, value) = string_match_to_regex(sm);
+        headers.push(HttpRouteRulesMatchesHeaders {
+            name: name.clone(),
+            r#type: Some(if exact {
+                HttpRouteRulesMatchesHeadersType::Exact
+            } else {
+                HttpRouteRulesMatchesHeadersType::RegularExpression
+            }),
+            value,
+        });
     }
     if !headers.is_empty() {
         out.headers = Some(headers);
     }
     let mut query = Vec::new();
     for (name, sm) in m.query_params.iter().flatten() {
-        if let Some((exact, value)) = string_match_to_regex(sm) {
-            query.push(HttpRouteRulesMatchesQueryParams {
-                name: name.clone(),
-                r#type: Some(if exact {
-                    HttpRouteRulesMatchesQueryParamsType::Exact
-                } else {
-                    HttpRouteRulesMatchesQueryParamsType::RegularExpression
-                }),
-                value,
-            });
-        }
+        let (exact, value) = string_match_to_regex(sm);
+        query.push(HttpRouteRulesMatchesQueryParams {
+            name: name.clone(),
+            r#type: Some(if exact {
+                HttpRouteRulesMatchesQueryParamsType::Exact
+            } else {
+                HttpRouteRulesMatchesQueryParamsType::RegularExpression
+            }),
+            value,
+        });
     }
     if !query.is_empty() {
         out.query_params = Some(query);
@@ -708,6 +828,17 @@ fn resolve_backend(
         match find_subset(ctx.model, drs, &ns, &svc_name, subset, &ctx.vs_ns) {
             Some((dr, s)) => {
                 let pv_name = dns_label(&[&svc_name, subset]);
+                if ctx
+                    .model
+                    .service(&ns, &pv_name)
+                    .is_some_and(|x| !managed_by_meshmig(&x.metadata))
+                {
+                    // The route would send this subset's traffic to someone else's Service.
+                    ctx.finding(
+                        f::PER_VERSION_SERVICE_CONFLICT,
+                        format!("{where_}: subset `{subset}` of {ns}/{svc_name} needs Service {ns}/{pv_name}, which exists"),
+                    );
+                }
                 let dr_ref = ObjectRef::from_meta("DestinationRule", &dr.metadata);
                 let pv = PerVersion {
                     namespace: ns.clone(),
@@ -842,7 +973,14 @@ fn convert_rule(
                         replace_prefix_match: None,
                         r#type: HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath,
                     }),
-                port: redirect.port.and_then(|p| i32::try_from(p).ok()),
+                // Without a port or scheme the sidecar redirects to the scheme's default
+                // port; a waypoint would take the request's port (checked with istiod).
+                port: redirect
+                    .port
+                    .and_then(|p| i32::try_from(p).ok())
+                    .or_else(|| {
+                        (redirect.scheme.is_none() && redirect.derive_port.is_none()).then_some(80)
+                    }),
                 scheme: redirect.scheme.as_deref().and_then(|s| match s {
                     "http" => Some(HttpRouteRulesFiltersRequestRedirectScheme::Http),
                     "https" => Some(HttpRouteRulesFiltersRequestRedirectScheme::Https),
@@ -898,7 +1036,21 @@ fn convert_rule(
             });
         }
     }
-    if let Some(cors) = &r.cors_policy {
+    if r.cors_policy.is_some() && !opts.cors_filter {
+        ctx.finding(
+            f::VS_CORS_UNSUPPORTED,
+            format!("{where_}: corsPolicy (the installed HTTPRoute CRD has no CORS filter)"),
+        );
+    }
+    if let Some(cors) = r.cors_policy.as_ref().filter(|_| opts.cors_filter) {
+        if cors
+            .extra
+            .get("unmatchedPreflights")
+            .and_then(Value::as_str)
+            != Some("IGNORE")
+        {
+            ctx.finding(f::VS_CORS_PREFLIGHT, format!("{where_}: corsPolicy"));
+        }
         let mut origins: Vec<String> = cors.allow_origin.clone().unwrap_or_default();
         for o in cors.allow_origins.iter().flatten() {
             match (&o.exact, &o.prefix, &o.regex) {
@@ -991,10 +1143,16 @@ fn convert_rule(
     let mut retry = None;
     if let Some(rt) = &r.retries {
         let mut notes = Vec::new();
-        if let Some(ptt) = rt.per_try_timeout.as_deref().and_then(gateway_duration) {
-            let t = timeouts.get_or_insert_with(HttpRouteRulesTimeouts::default);
-            t.backend_request = Some(ptt);
-            notes.push("perTryTimeout becomes timeouts.backendRequest");
+        // Without a retry, istiod makes backendRequest the whole request's timeout
+        // (checked with its route generation), so it stands for perTryTimeout only beside one.
+        match rt.per_try_timeout.as_deref().and_then(gateway_duration) {
+            Some(ptt) if opts.experimental_channel => {
+                let t = timeouts.get_or_insert_with(HttpRouteRulesTimeouts::default);
+                t.backend_request = Some(ptt);
+                notes.push("perTryTimeout becomes timeouts.backendRequest");
+            }
+            Some(_) => notes.push("perTryTimeout is lost with the retries"),
+            None => {}
         }
         let codes: Vec<u16> = rt
             .retry_on
@@ -1145,9 +1303,7 @@ impl MatchKey {
             |map: Option<&BTreeMap<String, StringMatch>>| -> BTreeMap<String, (bool, String)> {
                 map.into_iter()
                     .flatten()
-                    .filter_map(|(k, v)| {
-                        string_match_to_regex(v).map(|x| (k.to_ascii_lowercase(), x))
-                    })
+                    .map(|(k, v)| (k.to_ascii_lowercase(), string_match_to_regex(v)))
                     .collect()
             };
         Self {
@@ -1185,6 +1341,19 @@ impl MatchKey {
             (1, 1) => {
                 prefix_covers(&self.path, &other.path) || prefix_covers(&other.path, &self.path)
             }
+            (0, 2) => regex_matches(&self.path, &other.path),
+            (2, 0) => regex_matches(&other.path, &self.path),
+            (0, _) | (_, 0) => {
+                let lit = |k: &MatchKey| {
+                    if k.path_type == 0 {
+                        regex_literal_prefix(&k.path)
+                    } else {
+                        k.path.clone()
+                    }
+                };
+                let (a, b) = (lit(self), lit(other));
+                a.starts_with(&b) || b.starts_with(&a)
+            }
             _ => true,
         };
         let method_overlap = match (&self.method, &other.method) {
@@ -1208,6 +1377,40 @@ impl MatchKey {
 /// Whether a VirtualService prefix (string prefix) can match a path the other one matches.
 fn prefix_covers(prefix: &str, path: &str) -> bool {
     path.starts_with(prefix)
+}
+
+/// Whether a path regex (matched in full, as Envoy does) matches `path`; true when it does
+/// not compile (then nothing can be ruled out).
+fn regex_matches(re: &str, path: &str) -> bool {
+    regex::Regex::new(&format!("^(?:{re})$")).map_or(true, |r| r.is_match(path))
+}
+
+/// The literal text every match of a path regex starts with ("" when it cannot be told:
+/// an alternation, or a pattern from the first character).
+fn regex_literal_prefix(re: &str) -> String {
+    let re = re.strip_prefix('^').unwrap_or(re);
+    if re.contains('|') {
+        return String::new();
+    }
+    let mut out = String::new();
+    let mut chars = re.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            // An escaped punctuation character is itself; `\d` and the like are classes.
+            '\\' => match chars.next() {
+                Some(n) if n.is_ascii_punctuation() => out.push(n),
+                _ => break,
+            },
+            '.' | '$' | '*' | '+' | '?' | '(' | ')' | '[' | ']' | '{' | '}' => break,
+            c => out.push(c),
+        }
+        // A quantified last character may be absent.
+        if matches!(chars.peek(), Some('*' | '?' | '{')) {
+            out.pop();
+            break;
+        }
+    }
+    out
 }
 
 fn check_precedence(ctx: &mut Ctx<'_, '_>) {
@@ -1257,10 +1460,9 @@ mod tests {
             resolve_host("reviews", "bookinfo"),
             Service("bookinfo".into(), "reviews".into())
         );
-        assert_eq!(
-            resolve_host("reviews.other", "bookinfo"),
-            Service("other".into(), "reviews".into())
-        );
+        // Istio never expands a dotted short name: it names no Service.
+        assert_eq!(resolve_host("reviews.other", "bookinfo"), External);
+        assert_eq!(resolve_host("reviews.other.svc", "bookinfo"), External);
         assert_eq!(
             resolve_host("reviews.other.svc.cluster.local", "bookinfo"),
             Service("other".into(), "reviews".into())
@@ -1301,5 +1503,175 @@ mod tests {
         let mut h2 = m("/");
         h2.headers.insert("end-user".into(), (true, "bob".into()));
         assert!(!h1.may_overlap(&h2));
+    }
+
+    const SHOP: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: shop}\nspec: {selector: {app: api}, ports: [{name: http, port: 8080}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {selector: {app: web}, ports: [{name: http, port: 8080}]}\n";
+
+    /// Converts a VirtualService (YAML `spec:` body) of namespace shop, host api.
+    fn convert_spec(spec: &str, opts: ConvertOptions) -> Conversion {
+        let mut inv = crate::Inventory::default();
+        inv.load_str(SHOP, "shop").unwrap();
+        inv.load_str(
+            &format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: api, namespace: shop}}\nspec:\n{spec}"),
+            "vs",
+        )
+        .unwrap();
+        let model = Model::new(&inv);
+        convert(
+            &model,
+            &inv.virtual_services[0],
+            &inv.destination_rules,
+            opts,
+        )
+    }
+
+    fn ids(c: &Conversion) -> Vec<&'static str> {
+        c.findings.iter().map(|f| f.id).collect()
+    }
+
+    #[test]
+    fn a_header_presence_match_stays_a_condition() {
+        let c = convert_spec(
+            "  hosts: [api]\n  http:\n  - match: [{headers: {x-debug: {}}, queryParams: {trace: {}}}]\n    route: [{destination: {host: web}}]\n  - route: [{destination: {host: api}}]\n",
+            ConvertOptions::for_crd(None),
+        );
+        let m = &c.routes[0]["spec"]["rules"][0]["matches"][0];
+        assert_eq!(
+            m["headers"][0],
+            serde_json::json!({"name": "x-debug", "type": "RegularExpression", "value": ".*"})
+        );
+        assert_eq!(m["queryParams"][0]["value"], ".*");
+    }
+
+    #[test]
+    fn a_prefix_ending_in_a_slash_is_a_blocker_and_a_dotted_host_names_nothing() {
+        let c = convert_spec(
+            "  hosts: [api]\n  http:\n  - match: [{uri: {prefix: /v1/}}]\n    route: [{destination: {host: web}}]\n",
+            ConvertOptions::for_crd(None),
+        );
+        assert!(
+            ids(&c).contains(&"vs-prefix-trailing-slash"),
+            "{:?}",
+            c.findings
+        );
+        let c = convert_spec(
+            "  hosts: [api.shop]\n  http:\n  - route: [{destination: {host: web}}]\n",
+            ConvertOptions::for_crd(None),
+        );
+        assert!(c.routes.is_empty());
+        assert!(ids(&c).contains(&"vs-host-unresolved"));
+    }
+
+    #[test]
+    fn routes_that_cannot_overlap_raise_no_precedence_blocker() {
+        let c = convert_spec(
+            "  hosts: [api]\n  http:\n  - match: [{uri: {prefix: /api/}}]\n    route: [{destination: {host: web}}]\n  - match: [{uri: {regex: '/img/[0-9]+'}}]\n    route: [{destination: {host: api}}]\n",
+            ConvertOptions::for_crd(None),
+        );
+        assert!(!ids(&c).contains(&"vs-rule-precedence"), "{:?}", c.findings);
+        let key = |t: u8, p: &str| MatchKey {
+            path_type: t,
+            path: p.into(),
+            method: None,
+            headers: BTreeMap::new(),
+            query: BTreeMap::new(),
+        };
+        assert!(!key(0, "/img/[0-9]+").may_overlap(&key(1, "/api/")));
+        assert!(key(0, "/img/[0-9]+").may_overlap(&key(1, "/im")));
+        assert!(key(0, "/img/[0-9]+").may_overlap(&key(2, "/img/42")));
+        assert!(!key(0, "/img/[0-9]+").may_overlap(&key(2, "/img/x")));
+        assert!(key(0, "/a|/b").may_overlap(&key(1, "/b")));
+        assert_eq!(regex_literal_prefix("^/v1/items?"), "/v1/item");
+        assert_eq!(regex_literal_prefix("/a\\.b.*"), "/a.b");
+    }
+
+    #[test]
+    fn an_http_route_over_gateway_api_limits_is_a_blocker() {
+        let mut spec = "  hosts: [api]\n  http:\n".to_string();
+        for i in 0..17 {
+            spec.push_str(&format!(
+                "  - match: [{{uri: {{exact: /r{i}}}}}]\n    route: [{{destination: {{host: web}}}}]\n"
+            ));
+        }
+        let c = convert_spec(&spec, ConvertOptions::for_crd(None));
+        let f = c
+            .findings
+            .iter()
+            .find(|f| f.id == "vs-httproute-limits")
+            .unwrap();
+        assert!(f.message.contains("17 rules (at most 16)"), "{}", f.message);
+    }
+
+    #[test]
+    fn an_export_restricted_virtual_service_is_a_blocker() {
+        let c = convert_spec(
+            "  hosts: [api]\n  exportTo: [\".\"]\n  http:\n  - route: [{destination: {host: web}}]\n",
+            ConvertOptions::for_crd(None),
+        );
+        assert!(ids(&c).contains(&"vs-export-to"));
+        let c = convert_spec(
+            "  hosts: [api]\n  exportTo: [\"*\"]\n  http:\n  - route: [{destination: {host: web}}]\n",
+            ConvertOptions::for_crd(None),
+        );
+        assert!(!ids(&c).contains(&"vs-export-to"));
+    }
+
+    #[test]
+    fn redirects_and_per_try_timeouts_keep_what_the_sidecar_did() {
+        let c = convert_spec(
+            "  hosts: [api]\n  http:\n  - match: [{uri: {exact: /old}}]\n    redirect: {uri: /new, authority: web.example.com}\n  - route: [{destination: {host: web}}]\n    retries: {attempts: 2, perTryTimeout: 2s}\n",
+            ConvertOptions::for_crd(None),
+        );
+        let rules = &c.routes[0]["spec"]["rules"];
+        assert_eq!(rules[0]["filters"][0]["requestRedirect"]["port"], 80);
+        // No retry field in the standard channel: no backendRequest either (istiod would
+        // make it the whole request's timeout).
+        assert!(
+            rules[1]["timeouts"]["backendRequest"].is_null(),
+            "{rules:#}"
+        );
+        let c = convert_spec(
+            "  hosts: [api]\n  http:\n  - route: [{destination: {host: web}}]\n    retries: {attempts: 2, perTryTimeout: 2s}\n",
+            ConvertOptions {
+                experimental_channel: true,
+                cors_filter: true,
+            },
+        );
+        assert_eq!(
+            c.routes[0]["spec"]["rules"][0]["timeouts"]["backendRequest"],
+            "2s"
+        );
+    }
+
+    #[test]
+    fn retries_and_cors_follow_the_installed_gateway_api() {
+        let crd = |channel: &str, version: &str| crate::inventory::CrdInfo {
+            channel: Some(channel.into()),
+            bundle_version: Some(version.into()),
+        };
+        let o = ConvertOptions::for_crd(Some(&crd("standard", "v1.4.1")));
+        assert!(!o.experimental_channel && !o.cors_filter);
+        let o = ConvertOptions::for_crd(Some(&crd("standard", "v1.6.3")));
+        assert!(!o.experimental_channel && o.cors_filter);
+        let o = ConvertOptions::for_crd(Some(&crd("experimental", "v1.4.1")));
+        assert!(o.experimental_channel && o.cors_filter);
+        let o = ConvertOptions::for_crd(None);
+        assert!(!o.experimental_channel && o.cors_filter);
+        let spec = "  hosts: [api]\n  http:\n  - corsPolicy: {allowOrigins: [{exact: https://a.example}]}\n    route: [{destination: {host: web}}]\n";
+        let old = convert_spec(
+            spec,
+            ConvertOptions::for_crd(Some(&crd("standard", "v1.4.1"))),
+        );
+        assert!(ids(&old).contains(&"vs-cors-unsupported"));
+        assert!(old.routes[0]["spec"]["rules"][0]["filters"].is_null());
+        let new = convert_spec(
+            spec,
+            ConvertOptions::for_crd(Some(&crd("standard", "v1.6.3"))),
+        );
+        assert!(!ids(&new).contains(&"vs-cors-unsupported"));
+        assert_eq!(
+            new.routes[0]["spec"]["rules"][0]["filters"][0]["type"],
+            "CORS"
+        );
     }
 }

@@ -15,10 +15,8 @@
 //! `Authorization.groups[].rules[].matches[]`: groups are OR-ed, the rules (ztunnel calls them
 //! clauses) of a group AND-ed, the matches of a rule OR-ed, and the fields of a match AND-ed.
 //!
-//! ```ignore
-//! let applicable = policies.iter().filter(|p| applies_to(p, "shop", &workload_policies));
-//! assert_eq!(decide(applicable, &request), Decision::Deny);
-//! ```
+//! Callers select the policies a workload is subject to with [`applies_to`], then ask
+//! [`decide`] for the verdict.
 
 use std::fmt;
 use std::marker::PhantomData;
