@@ -529,6 +529,66 @@ fn exists(live: &Inventory, o: &ObjectRef) -> bool {
     }
 }
 
+/// The check that step 5's policies are accepted by ztunnel (selector policies).
+const OBJECTS_ACCEPTED: &str = "objects-accepted";
+/// The check that step 5's waypoint copies are accepted by the waypoint (step 7).
+const POLICIES_ACCEPTED: &str = "policies-accepted";
+/// istiod's status condition on a policy it sends to ztunnel.
+const ZTUNNEL_ACCEPTED: &str = "ZtunnelAccepted";
+/// istiod's status condition on a targetRefs policy its waypoint enforces.
+const WAYPOINT_ACCEPTED: &str = "WaypointAccepted";
+
+/// Whether step 5's AuthorizationPolicies of one sort (selector policies for
+/// `ZtunnelAccepted`, targetRefs copies for `WaypointAccepted`) carry istiod's condition as
+/// True. A False one waits, with istiod's reason and message (and fails at the timeout); a
+/// control plane that writes no policy status is not judged.
+fn policies_accepted(inp: &CheckInput<'_>, check: &str, condition: &str) -> Outcome {
+    let targeted = condition == WAYPOINT_ACCEPTED;
+    let mut refused = Vec::new();
+    let mut seen = 0;
+    for a in actions(inp.ns, 5, Op::Create).filter(|a| a.object.kind == "AuthorizationPolicy") {
+        let Some(p) = inp.live.authorization_policies.iter().find(|p| {
+            p.metadata.namespace.as_deref() == a.object.namespace.as_deref()
+                && p.metadata.name.as_deref() == Some(&a.object.name)
+        }) else {
+            continue;
+        };
+        let is_targeted = p.spec.target_refs.as_ref().is_some_and(|t| !t.is_empty());
+        if is_targeted != targeted {
+            continue;
+        }
+        let Some(c) = status_condition(p.status.as_ref(), condition) else {
+            continue;
+        };
+        seen += 1;
+        if c.get("status").and_then(Value::as_str) != Some("True") {
+            let field = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or_default();
+            refused.push(format!(
+                "{}: {condition}={} ({}): {}",
+                a.object,
+                field("status"),
+                field("reason"),
+                field("message")
+            ));
+        }
+    }
+    if !refused.is_empty() {
+        Outcome::pending(check, refused.join("; "))
+    } else if seen == 0 {
+        Outcome::pass(check, format!("no {condition} status reported by the control plane"))
+    } else {
+        Outcome::pass(check, format!("{seen} policy(ies) {condition}=True"))
+    }
+}
+
+fn status_condition<'s>(status: Option<&'s Value>, type_: &str) -> Option<&'s Value> {
+    status?
+        .get("conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some(type_))
+}
+
 /// Evaluates the checkpoint of `step`.
 pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
     let mut out = Vec::new();
@@ -883,10 +943,9 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
                     format!("not found yet: {}", missing.join(", ")),
                 ));
             }
-            out.push(Outcome::pass(
-                "objects-accepted",
-                "every generated object was accepted by the API server",
-            ));
+            // Selector policies (bypass protection) must be taken by ztunnel; the targetRefs
+            // copies stay WaypointAccepted=False (AncestorNotBound) until step 7 binds.
+            out.push(policies_accepted(inp, OBJECTS_ACCEPTED, ZTUNNEL_ACCEPTED));
             probes(inp, &mut out);
         }
         6 => {
@@ -972,7 +1031,21 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
                         });
                     !bound
                 })
-                .map(|s| format!("Service {ns}/{}", s.name))
+                .map(|s| {
+                    // istiod says why (e.g. WaypointIsNotReady): pass its words on.
+                    let why = live
+                        .services
+                        .iter()
+                        .find(|x| {
+                            x.metadata.namespace.as_deref() == Some(ns)
+                                && x.metadata.name.as_deref() == Some(&s.name)
+                        })
+                        .and_then(|x| x.status.as_ref()?.conditions.as_ref())
+                        .and_then(|cs| cs.iter().find(|c| c.type_ == n::WAYPOINT_BOUND))
+                        .map(|c| format!(" ({}: {})", c.reason, c.message))
+                        .unwrap_or_default();
+                    format!("Service {ns}/{}{why}", s.name)
+                })
                 .collect();
             if unbound.is_empty() {
                 out.push(Outcome::pass(
@@ -1028,6 +1101,7 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
                     "every HTTPRoute is Accepted and replaces its VirtualService",
                 ));
             }
+            out.push(policies_accepted(inp, POLICIES_ACCEPTED, WAYPOINT_ACCEPTED));
             probes(inp, &mut out);
         }
         8 => {

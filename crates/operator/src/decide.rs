@@ -380,15 +380,29 @@ fn waypoint_programmed(live: &Inventory, ns: &NamespacePlan) -> Result<(), Strin
             cs.iter()
                 .any(|c| c.type_ == "Programmed" && c.status == "True")
         });
-    if programmed {
-        Ok(())
-    } else {
-        Err(format!(
+    // istiod sets Programmed once the waypoint's Service has an address, before any of its
+    // Pods is ready: the Deployment must be available too.
+    let available = live.deployments.iter().any(|d| {
+        d.metadata.namespace.as_deref() == Some(&ns.name)
+            && d.metadata.name.as_deref() == Some(&ns.waypoint.name)
+            && d.status
+                .as_ref()
+                .is_some_and(|s| s.available_replicas.unwrap_or(0) >= 1)
+    });
+    match (programmed, available) {
+        (true, true) => Ok(()),
+        (false, _) => Err(format!(
             "guard: Gateway {}/{} is not Programmed; {} is set only on a ready waypoint",
             ns.name,
             ns.waypoint.name,
             n::USE_WAYPOINT
-        ))
+        )),
+        (true, false) => Err(format!(
+            "guard: Gateway {}/{} is Programmed but its Deployment has no available replica; {} is set only on a ready waypoint",
+            ns.name,
+            ns.waypoint.name,
+            n::USE_WAYPOINT
+        )),
     }
 }
 

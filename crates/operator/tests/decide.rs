@@ -870,3 +870,83 @@ fn a_rollback_waits_for_what_its_snapshots_recorded_to_be_back() {
         ])
     );
 }
+
+#[test]
+fn step_seven_waits_for_the_waypoint_deployment_as_istiod_programs_the_gateway_before_it() {
+    let mut w = World::new();
+    w.mm.status = Some(meshmig_api::MeshMigrationStatus {
+        namespaces: vec![meshmig_api::NamespaceStatus {
+            name: "bookinfo".into(),
+            step: 7,
+            phase: NamespacePhase::Waiting,
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    // istiod's waypoint Gateway: Programmed as soon as its Service has an address.
+    w.live
+        .load_str(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: bookinfo}\nspec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}\nstatus: {conditions: [{type: Programmed, status: 'True', reason: Programmed, message: ok, lastTransitionTime: '2026-12-04T00:00:00Z'}]}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: waypoint, namespace: bookinfo}\nspec: {selector: {matchLabels: {a: b}}, template: {metadata: {labels: {a: b}}}}\nstatus: {availableReplicas: 0}\n",
+            "waypoint",
+        )
+        .unwrap();
+    let d = w.decide();
+    let msg = d.status.namespaces[0].message.clone().unwrap();
+    assert_eq!(d.status.namespaces[0].phase, NamespacePhase::Waiting);
+    assert!(msg.contains("no available replica"), "{msg}");
+    for d in &mut w.live.deployments {
+        if d.metadata.name.as_deref() == Some("waypoint") {
+            d.status.as_mut().unwrap().available_replicas = Some(1);
+        }
+    }
+    let d = w.decide();
+    assert_ne!(
+        d.status.namespaces[0].phase,
+        NamespacePhase::Waiting,
+        "{:?}",
+        d.status.namespaces[0].message
+    );
+}
+
+#[test]
+fn a_waypoint_copy_istiod_does_not_accept_holds_step_seven_with_its_message() {
+    let mut w = World::new();
+    w.settle_rollouts();
+    w.mm.status = Some(meshmig_api::MeshMigrationStatus {
+        namespaces: vec![meshmig_api::NamespaceStatus {
+            name: "bookinfo".into(),
+            step: 7,
+            phase: NamespacePhase::Validating,
+            checkpoint_started_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(w.now)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    // The copy of reviews-viewer as step 5 created it, with the status istiod writes while
+    // the Service is not bound.
+    let copy = w
+        .plan
+        .manifests
+        .iter()
+        .find(|m| m["metadata"]["annotations"]["meshmig.io/source"] == "AuthorizationPolicy/bookinfo/reviews-viewer")
+        .unwrap()
+        .clone();
+    let mut copy = copy;
+    copy["status"] = serde_json::json!({"conditions": [{"type": "WaypointAccepted", "status": "False", "reason": "AncestorNotBound", "message": "the Service is not bound to a waypoint"}]});
+    w.live
+        .load_str(&serde_json::to_string(&copy).unwrap(), "copy")
+        .unwrap();
+    let d = w.decide();
+    let check = d.status.namespaces[0]
+        .checks
+        .iter()
+        .find(|c| c.name == "policies-accepted")
+        .unwrap_or_else(|| panic!("{:?}", d.status.namespaces[0].checks))
+        .clone();
+    assert_eq!(check.result, CheckResult::Pending);
+    assert!(
+        check.message.contains("WaypointAccepted=False (AncestorNotBound): the Service is not bound"),
+        "{}",
+        check.message
+    );
+}

@@ -327,6 +327,7 @@ pub fn step_checks(step: StepNumber) -> Vec<&'static str> {
             "waypoint-programmed",
             "services-bound",
             "routes-accepted",
+            "policies-accepted",
             "probes",
         ],
         8 => vec!["objects-removed", "migrated-objects-present", "probes"],
