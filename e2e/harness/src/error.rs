@@ -7,8 +7,9 @@ use std::time::Duration;
 /// `Result<(), Box<dyn Error>>` reports a failure through `Debug`.
 #[derive(thiserror::Error)]
 pub enum Error {
-    /// `e2e/testenv/build.sh` failed or printed no usable directory.
-    #[error("building the test API server with {script} failed: {message}")]
+    /// `e2e/testenv/build.sh` (or `e2e/istio/build.sh`, for istiod) failed or printed no
+    /// usable directory.
+    #[error("building with {script} failed: {message}")]
     Build {
         /// The build script.
         script: PathBuf,
@@ -69,6 +70,14 @@ pub enum Error {
         status: String,
         /// Its standard error.
         stderr: String,
+    },
+    /// istiod's configuration could not be rendered from the istio-discovery chart's values.
+    #[error("rendering {what} from the istio-discovery chart: {message}")]
+    Render {
+        /// The file or value being rendered.
+        what: String,
+        /// What went wrong.
+        message: String,
     },
     /// The simulator failed.
     #[error("mesh simulator: {0}")]

@@ -1,7 +1,8 @@
 //! Test harness for meshmig: a real Kubernetes control plane (`e2e/testenv`: etcd,
 //! kube-apiserver, kube-controller-manager, kube-scheduler and a fake node agent) per test,
 //! with the Istio, Gateway API and Sail CRDs installed, plus the mesh simulator
-//! ([`meshmig_sim`]) in-process or as a child process.
+//! ([`meshmig_sim`]) in-process or as a child process, or a real istiod
+//! ([`TestEnv::start_istiod`]).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -21,18 +22,24 @@
 //! ```
 //!
 //! Environment variables: `MESHMIG_TESTENV_HOME` (a `build.sh` output directory: skips the
-//! build), `MESHMIG_E2E_KEEP=1` (keep every environment's directory; directories of
+//! build), `MESHMIG_ISTIO_HOME` (an `e2e/istio/build.sh` output directory, for istiod),
+//! `MESHMIG_E2E_KEEP=1` (keep every environment's directory; directories of
 //! environments dropped by a failing test are always kept), `KUBECTL` (kubectl binary).
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 mod apply;
 mod error;
+mod istiod;
 mod process;
 mod testenv;
 mod wait;
 
 pub use error::Error;
+pub use istiod::{
+    DEFAULT_VALIDATOR, INJECTOR_WEBHOOK, ISTIOD_NAMESPACE, Istiod, IstiodOptions, IstiodPorts,
+    REVISION_VALIDATOR, istio_home,
+};
 pub use process::SimProcess;
 pub use testenv::{TestEnv, TestEnvBuilder, client_for, testenv_home};
 pub use wait::{Pending, wait_for};

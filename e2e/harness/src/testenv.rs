@@ -16,6 +16,7 @@ use tempfile::TempDir;
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
+use crate::istiod::{Istiod, IstiodOptions};
 use crate::process::{self, SimProcess};
 use crate::{Error, Result, SimConfig, SimHandle, apply};
 
@@ -359,6 +360,20 @@ impl TestEnv {
     /// environment, waiting until it is ready; its log goes to the environment's directory.
     pub async fn spawn_simulator(&self, binary: impl AsRef<Path>) -> Result<SimProcess> {
         SimProcess::spawn(binary.as_ref(), &self.kubeconfig, self.dir()).await
+    }
+
+    /// Starts a real istiod (`pilot-discovery` from `e2e/istio/build.sh`) against this
+    /// environment, with its webhooks, and waits until it is ready; its files and log are in
+    /// `istiod/` of the environment's directory. One per environment; keep the handle (declared
+    /// after the environment, so it is dropped first).
+    pub async fn start_istiod(&self, options: IstiodOptions) -> Result<Istiod> {
+        Istiod::start(
+            self.client(),
+            &self.kubeconfig,
+            self.dir().join("istiod"),
+            options,
+        )
+        .await
     }
 
     /// Stops the environment without blocking the runtime, then removes its directory (or
