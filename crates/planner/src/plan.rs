@@ -655,6 +655,26 @@ fn waypoint_copy(p: &AuthorizationPolicy, svc: &str, ns: &str) -> Value {
     })
 }
 
+/// Step 5 creates the waypoint copy of policy `p` for Service `svc`.
+fn add_waypoint_copy(
+    manifests: &mut Manifests,
+    w: &mut NsWork,
+    p: &AuthorizationPolicy,
+    svc: &str,
+    ns: &str,
+    what: &str,
+) {
+    let pref = ObjectRef::from_meta("AuthorizationPolicy", &p.metadata);
+    let (mi, obj) = manifests.add(5, "policy-copy", Some(&pref), waypoint_copy(p, svc, ns));
+    w.act(
+        5,
+        Action {
+            manifest: Some(mi),
+            ..Action::new(Op::Create, obj, format!("{what} of {pref} for Service {svc}"))
+        },
+    );
+}
+
 /// Dry-run policies: a dry-run copy on the waypoint of every served Service whose workloads
 /// they select (so what they would decide stays observable), nothing enforcing, and, where
 /// this Istio's ztunnel enforces dry-run policies (1.24), the window that opens.
@@ -684,18 +704,7 @@ fn dry_run_copies(
             .collect();
         let copied: Vec<&String> = svcs.iter().filter(|s| served.contains(*s)).collect();
         for s in &copied {
-            let (mi, obj) = manifests.add(5, "policy-copy", Some(&pref), waypoint_copy(p, s, ns));
-            w.act(
-                5,
-                Action {
-                    manifest: Some(mi),
-                    ..Action::new(
-                        Op::Create,
-                        obj,
-                        format!("dry-run waypoint copy of {pref} for Service {s}"),
-                    )
-                },
-            );
+            add_waypoint_copy(manifests, w, p, s, ns, "dry-run waypoint copy");
         }
         findings.push(Finding::new(
             f::AUTHZ_DRY_RUN,
@@ -2824,20 +2833,8 @@ fn policy_migration(
     // ---- copies (step 5)
     for (i, svcs) in &moved {
         let (p, _) = &policies[*i];
-        let pref = ObjectRef::from_meta("AuthorizationPolicy", &p.metadata);
         for s in svcs {
-            let (mi, obj) = manifests.add(5, "policy-copy", Some(&pref), waypoint_copy(p, s, ns));
-            w.act(
-                5,
-                Action {
-                    manifest: Some(mi),
-                    ..Action::new(
-                        Op::Create,
-                        obj,
-                        format!("waypoint copy of {pref} for Service {s}"),
-                    )
-                },
-            );
+            add_waypoint_copy(manifests, w, p, s, ns, "waypoint copy");
         }
     }
     for (oref, value, sel, _) in extra {
