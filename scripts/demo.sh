@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# make demo: a real API server (e2e/testenv) + the mesh simulator + bookinfo in sidecar
-# mode, migrated to ambient by the operator while progress is printed.
+# make demo: a real API server (e2e/testenv) + the real istiod (e2e/istio) with the mesh
+# simulator beside it + bookinfo in sidecar mode, migrated to ambient by the operator while
+# progress is printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -8,15 +9,21 @@ log() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
 
 log "building the test API server (cached after the first build)"
 TESTENV_HOME=$(e2e/testenv/build.sh | tail -n 1)
-log "building meshmig, meshmig-operator and the mesh simulator"
-cargo build -q -p meshmig -p meshmig-operator -p meshmig-sim
+log "building istiod from istio.io/istio (cached after the first build)"
+MESHMIG_ISTIO_HOME=$(e2e/istio/build.sh | tail -n 1)
+export MESHMIG_ISTIO_HOME
+log "building meshmig, meshmig-operator and the mesh (istiod + simulator) launcher"
+cargo build -q -p meshmig -p meshmig-operator -p meshmig-sim -p meshmig-e2e-harness
 BIN=$ROOT/target/debug
 
 WORK=$(mktemp -d -t meshmig-demo.XXXXXX)
 PIDS=()
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  # Last started first: the operator and istiod stop before their API server does.
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    kill "${PIDS[i]}" 2>/dev/null || true
+    wait "${PIDS[i]}" 2>/dev/null || true
+  done
   if [ -z "${KEEP:-}" ]; then rm -rf "$WORK"; else echo "kept $WORK" >&2; fi
 }
 trap cleanup EXIT
@@ -37,10 +44,16 @@ done
 export KUBECONFIG=$(awk '/^READY /{print $2}' "$WORK/up.out")
 kubectl version 2>/dev/null | grep -i server >&2 || true
 
-log "starting the mesh simulator (Sail, injection webhook, CNI, waypoints)"
-"$BIN/meshmig-sim" --kubeconfig "$KUBECONFIG" > "$WORK/sim.log" 2>&1 &
+log "starting istiod, and beside it the simulator for Sail, istio-cni, ztunnel and traffic"
+"$BIN/meshmig-mesh" --kubeconfig "$KUBECONFIG" --dir "$WORK/istiod" > "$WORK/mesh.out" 2> "$WORK/mesh.log" &
 PIDS+=($!)
-sleep 1
+for _ in $(seq 1 600); do
+  grep -q '^READY' "$WORK/mesh.out" 2>/dev/null && break
+  kill -0 "${PIDS[1]}" 2>/dev/null || { tail -n 20 "$WORK/mesh.log" >&2; exit 1; }
+  sleep 0.1
+done
+grep -q '^READY' "$WORK/mesh.out" || { echo "istiod not ready after 60s" >&2; tail -n 20 "$WORK/mesh.log" >&2; exit 1; }
+sed 's/^READY //' "$WORK/mesh.out" >&2
 
 log "deploying bookinfo in sidecar mode"
 kubectl apply -f examples/bookinfo/00-control-plane.yaml -f examples/bookinfo/10-bookinfo.yaml >/dev/null

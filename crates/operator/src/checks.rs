@@ -575,7 +575,10 @@ fn policies_accepted(inp: &CheckInput<'_>, check: &str, condition: &str) -> Outc
     if !refused.is_empty() {
         Outcome::pending(check, refused.join("; "))
     } else if seen == 0 {
-        Outcome::pass(check, format!("no {condition} status reported by the control plane"))
+        Outcome::pass(
+            check,
+            format!("no {condition} status reported by the control plane"),
+        )
     } else {
         Outcome::pass(check, format!("{seen} policy(ies) {condition}=True"))
     }

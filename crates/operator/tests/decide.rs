@@ -917,7 +917,9 @@ fn a_waypoint_copy_istiod_does_not_accept_holds_step_seven_with_its_message() {
             name: "bookinfo".into(),
             step: 7,
             phase: NamespacePhase::Validating,
-            checkpoint_started_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(w.now)),
+            checkpoint_started_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                w.now,
+            )),
             ..Default::default()
         }],
         ..Default::default()
@@ -928,7 +930,10 @@ fn a_waypoint_copy_istiod_does_not_accept_holds_step_seven_with_its_message() {
         .plan
         .manifests
         .iter()
-        .find(|m| m["metadata"]["annotations"]["meshmig.io/source"] == "AuthorizationPolicy/bookinfo/reviews-viewer")
+        .find(|m| {
+            m["metadata"]["annotations"]["meshmig.io/source"]
+                == "AuthorizationPolicy/bookinfo/reviews-viewer"
+        })
         .unwrap()
         .clone();
     let mut copy = copy;
@@ -945,7 +950,9 @@ fn a_waypoint_copy_istiod_does_not_accept_holds_step_seven_with_its_message() {
         .clone();
     assert_eq!(check.result, CheckResult::Pending);
     assert!(
-        check.message.contains("WaypointAccepted=False (AncestorNotBound): the Service is not bound"),
+        check
+            .message
+            .contains("WaypointAccepted=False (AncestorNotBound): the Service is not bound"),
         "{}",
         check.message
     );

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use meshmig_api::names as mn;
-use meshmig_api::{MigrationPhase, NamespacePhase};
+use meshmig_api::{CheckResult, MigrationPhase, NamespacePhase};
 use meshmig_e2e_harness::{Pending, wait_for};
 use serde_json::json;
 use tokio::process::Command;
@@ -187,17 +187,10 @@ async fn pause_before_holds_until_approved_and_paused_holds_until_removed() {
 async fn failing_probe_at_step_seven_rolls_back_with_the_check_named() {
     let rig = Rig::new(&[]).await;
     let baseline = rig.user_objects("bookinfo").await;
-    // The simulator fails this probe.
-    rig.env
-        .apply_yaml(&format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {}, namespace: {}}}\ndata: {{l7-check: fail}}\n",
-            meshmig_sim::PROBES_CONFIGMAP,
-            meshmig_sim::SIM_NAMESPACE
-        ))
-        .await
-        .unwrap();
+    // A probe that is wrong about the policy: ratings may not read reviews (reviews-viewer
+    // admits productpage only), so istiod's RBAC for the reviews sidecar answers 403.
     rig.apply_migration("failing", json!({"onFailure": "Rollback", "checkpoints": {"probes": [
-        {"name": "l7-check", "fromNamespace": "bookinfo", "serviceAccount": "bookinfo-productpage", "url": "http://reviews.bookinfo:9080/", "expect": {"status": 200}, "steps": [7]}
+        {"name": "l7-check", "fromNamespace": "bookinfo", "serviceAccount": "bookinfo-ratings", "url": "http://reviews.bookinfo:9080/", "expect": {"status": 200}, "steps": [7]}
     ]}}))
     .await;
     let mm = rig
@@ -219,6 +212,7 @@ async fn failing_probe_at_step_seven_rolls_back_with_the_check_named() {
         .find(|c| c.type_ == mn::CONDITION_ROLLED_BACK)
         .unwrap();
     assert!(cond.message.contains("l7-check"), "{}", cond.message);
+    assert!(reason.contains("403"), "the probe's own answer: {reason}");
     let events = migration_events(&rig.env).await;
     assert!(
         events
@@ -887,5 +881,123 @@ async fn a_source_object_edited_after_planning_fails_the_step_that_would_replace
     assert!(
         !ns.labels()
             .contains_key(meshmig_api::names::istio::USE_WAYPOINT)
+    );
+}
+
+/// With the real istiod, a Service bound to a waypoint that does not exist gets
+/// `istio.io/WaypointBound=False` from istiod: step 7's checkpoint holds with istiod's reason
+/// and message, and proceeds once the binding is fixed.
+#[tokio::test(flavor = "multi_thread")]
+async fn step_seven_holds_while_istiod_reports_a_service_not_bound() {
+    let rig = Rig::new(&[]).await;
+    rig.apply_migration("bound", json!({"pauseBefore": [7]}))
+        .await;
+    rig.wait_mm("bound", "held before step 7", 180, |mm| {
+        mm.status
+            .as_ref()
+            .and_then(|s| s.namespaces.first())
+            .is_some_and(|n| n.step == 7 && n.phase == NamespacePhase::Waiting)
+    })
+    .await;
+    // The Service's own label wins over the namespace's that step 7 sets.
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> = rig.env.api_in("bookinfo");
+    let label = |v: Option<&str>| json!({"metadata": {"labels": {"istio.io/use-waypoint": v}}});
+    services
+        .patch(
+            "reviews",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&label(Some("ghost"))),
+        )
+        .await
+        .unwrap();
+    rig.annotate("bound", mn::ANNOTATION_APPROVE, Some("7"))
+        .await;
+    let mm = rig
+        .wait_mm("bound", "step 7 held by services-bound", 120, |mm| {
+            mm.status
+                .as_ref()
+                .and_then(|s| s.namespaces.first())
+                .and_then(|n| n.checks.iter().find(|c| c.name == "services-bound"))
+                .is_some_and(|c| {
+                    c.result == CheckResult::Pending
+                        && c.message.contains("Service bookinfo/reviews (")
+                })
+        })
+        .await;
+    let ns = &mm.status.as_ref().unwrap().namespaces[0];
+    let check = ns
+        .checks
+        .iter()
+        .find(|c| c.name == "services-bound")
+        .unwrap();
+    println!("istiod says: {}", check.message);
+    // Still there a while later: the checkpoint does not pass on its own.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let mm = rig.migrations().get("bound").await.unwrap();
+    let ns = &mm.status.as_ref().unwrap().namespaces[0];
+    assert_eq!(
+        (ns.step, ns.phase),
+        (7, NamespacePhase::Validating),
+        "{:?}",
+        ns.message
+    );
+    services
+        .patch(
+            "reviews",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&label(None)),
+        )
+        .await
+        .unwrap();
+    rig.wait_mm("bound", "Completed", 180, |mm| {
+        phase(mm) == Some(MigrationPhase::Completed)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_that_opens_access_mid_migration_fails_the_gate() {
+    let rig = Rig::new(&[]).await;
+    rig.apply_migration("opened", json!({"pauseBefore": [9], "checkpoints": {"probes": [
+        {"name": "ratings-may-not-read-reviews", "fromNamespace": "bookinfo", "serviceAccount": "bookinfo-ratings", "url": "http://reviews.bookinfo:9080/", "expect": {"denied": true}}
+    ]}}))
+    .await;
+    rig.wait_mm("opened", "held before step 9", 180, |mm| {
+        mm.status
+            .as_ref()
+            .and_then(|s| s.namespaces.first())
+            .is_some_and(|n| n.step == 9 && n.phase == NamespacePhase::Waiting)
+    })
+    .await;
+    // Someone admits ratings at the waypoint, where reviews is enforced once its callers leave
+    // their sidecars in step 9. Nothing in the simulator is told: the probe's request is
+    // judged by istiod's RBAC for the waypoint.
+    rig.env
+        .apply_yaml(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+             metadata: {name: reviews-open, namespace: bookinfo}\n\
+             spec:\n  targetRefs: [{kind: Service, group: '', name: reviews}]\n  action: ALLOW\n\
+             \x20 rules: [{from: [{source: {principals: [cluster.local/ns/bookinfo/sa/bookinfo-ratings]}}]}]\n",
+        )
+        .await
+        .unwrap();
+    rig.annotate("opened", mn::ANNOTATION_APPROVE, Some("9"))
+        .await;
+    let mm = rig
+        .wait_mm("opened", "step 9 failed by the probe", 240, |mm| {
+            mm.status
+                .as_ref()
+                .and_then(|s| s.namespaces.first())
+                .is_some_and(|n| n.step == 9 && n.phase == NamespacePhase::Failed)
+        })
+        .await;
+    let ns = &mm.status.as_ref().unwrap().namespaces[0];
+    let probes = ns.checks.iter().find(|c| c.name == "probes").unwrap();
+    println!("probes: {}", probes.message);
+    assert_eq!(probes.result, CheckResult::Fail, "{probes:?}");
+    assert!(
+        probes.message.contains("ratings-may-not-read-reviews") && probes.message.contains("200"),
+        "{}",
+        probes.message
     );
 }

@@ -670,7 +670,11 @@ fn add_waypoint_copy(
         5,
         Action {
             manifest: Some(mi),
-            ..Action::new(Op::Create, obj, format!("{what} of {pref} for Service {svc}"))
+            ..Action::new(
+                Op::Create,
+                obj,
+                format!("{what} of {pref} for Service {svc}"),
+            )
         },
     );
 }

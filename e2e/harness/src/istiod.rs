@@ -939,6 +939,71 @@ fn validating_webhooks(base: &str) -> [(&'static str, Value); 2] {
     ]
 }
 
+/// An istiod the simulator can restart (its Sail plays the operator that manages istiod).
+pub struct SharedIstiod {
+    istiod: tokio::sync::Mutex<Istiod>,
+    ambient: std::sync::atomic::AtomicBool,
+    version: String,
+}
+
+impl SharedIstiod {
+    /// Shares a running istiod.
+    pub fn new(istiod: Istiod) -> Self {
+        Self {
+            ambient: std::sync::atomic::AtomicBool::new(istiod.ambient()),
+            version: istiod.version().to_string(),
+            istiod: tokio::sync::Mutex::new(istiod),
+        }
+    }
+
+    /// Its log.
+    pub async fn log_path(&self) -> PathBuf {
+        self.istiod.lock().await.log_path()
+    }
+
+    /// Its resident memory now.
+    pub async fn rss_bytes(&self) -> Option<u64> {
+        self.istiod.lock().await.rss_bytes()
+    }
+
+    /// Stops istiod without blocking the runtime (see [`Istiod::stop`]).
+    pub async fn stop(self) {
+        self.istiod.into_inner().stop().await;
+    }
+}
+
+impl std::fmt::Debug for SharedIstiod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedIstiod")
+            .field("ambient", &self.ambient)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl meshmig_sim::Istiod for SharedIstiod {
+    fn restart(
+        &self,
+        ambient: bool,
+    ) -> futures::future::BoxFuture<'_, std::result::Result<(), String>> {
+        Box::pin(async move {
+            let mut istiod = self.istiod.lock().await;
+            istiod.restart(ambient).await.map_err(|e| e.to_string())?;
+            self.ambient
+                .store(ambient, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        })
+    }
+
+    fn ambient(&self) -> bool {
+        self.ambient.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn version(&self) -> String {
+        self.version.clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

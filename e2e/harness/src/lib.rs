@@ -38,10 +38,10 @@ mod wait;
 pub use error::Error;
 pub use istiod::{
     DEFAULT_VALIDATOR, INJECTOR_WEBHOOK, ISTIOD_NAMESPACE, Istiod, IstiodOptions, IstiodPorts,
-    REVISION_VALIDATOR, istio_home,
+    REVISION_VALIDATOR, SharedIstiod, istio_home,
 };
 pub use process::SimProcess;
-pub use testenv::{TestEnv, TestEnvBuilder, client_for, testenv_home};
+pub use testenv::{Mesh, TestEnv, TestEnvBuilder, client_for, testenv_home};
 pub use wait::{Pending, wait_for};
 
 /// Field manager of the harness's server-side applies.

@@ -356,6 +356,12 @@ impl TestEnv {
         Ok(meshmig_sim::Simulator::start(self.client(), SimConfig::default()).await?)
     }
 
+    /// The mesh the operator is tested against (see [`Mesh::start`]), with istiod's files in
+    /// `istiod/` of the environment's directory. Keep the handle.
+    pub async fn start_mesh(&self) -> Result<Mesh> {
+        Mesh::start(self.client(), &self.kubeconfig, self.dir().join("istiod")).await
+    }
+
     /// Starts the simulator binary (`meshmig-sim`) as a child process against this
     /// environment, waiting until it is ready; its log goes to the environment's directory.
     pub async fn spawn_simulator(&self, binary: impl AsRef<Path>) -> Result<SimProcess> {
@@ -438,5 +444,32 @@ fn client_error(kubeconfig: &Path, e: impl std::fmt::Display) -> Error {
     Error::Client {
         kubeconfig: kubeconfig.to_path_buf(),
         message: e.to_string(),
+    }
+}
+
+/// The real istiod and the simulator beside it (see [`Mesh::start`]). Dropping it stops both.
+pub struct Mesh {
+    /// istiod, shared with the simulator's Sail.
+    pub istiod: std::sync::Arc<crate::istiod::SharedIstiod>,
+    /// The simulator.
+    pub sim: SimHandle,
+}
+
+impl Mesh {
+    /// Starts the real istiod (injection, waypoints, every status it writes) without the
+    /// ambient profile, its files under `dir`, and beside it the simulator for what cannot
+    /// run here: Sail (which restarts istiod when the profile changes), istio-cni, ztunnel
+    /// and the data plane behind the probes.
+    pub async fn start(client: Client, kubeconfig: &Path, dir: PathBuf) -> Result<Self> {
+        let istiod =
+            crate::istiod::Istiod::start(client.clone(), kubeconfig, dir, IstiodOptions::default())
+                .await?;
+        let istiod = std::sync::Arc::new(crate::istiod::SharedIstiod::new(istiod));
+        let config = SimConfig {
+            istiod: Some(istiod.clone()),
+            ..SimConfig::default()
+        };
+        let sim = meshmig_sim::Simulator::start(client, config).await?;
+        Ok(Self { istiod, sim })
     }
 }

@@ -6,5 +6,6 @@
 //! - [`ztunnel`] evaluates those Authorizations as ztunnel does, written from ztunnel's
 //!   documented behaviour and its tests (see docs/semantics.md).
 
+pub mod envoy_rbac;
 pub mod oracle;
 pub mod ztunnel;

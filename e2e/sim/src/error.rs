@@ -26,6 +26,9 @@ pub enum Error {
     /// The webhook's certificates or TLS configuration could not be built.
     #[error("webhook TLS: {0}")]
     Tls(String),
+    /// The real istiod could not be restarted.
+    #[error("{0}")]
+    Istiod(String),
     /// The webhook server could not listen.
     #[error("webhook server: {0}")]
     Io(#[from] std::io::Error),

@@ -36,6 +36,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
@@ -62,6 +63,19 @@ pub const WEBHOOK_CONFIGURATION: &str = "meshmig-sim-injector";
 /// Istio version used when neither a Sail `Istio` nor an istiod image names one.
 pub const DEFAULT_ISTIO_VERSION: &str = "1.27.0";
 
+/// A real istiod that runs beside the simulator (a process of the test environment). It
+/// injects sidecars, runs waypoints and writes every status istiod writes, so the simulator
+/// does none of that; the simulated Sail operator restarts it when the `Istio` profile
+/// switches to or from ambient, as Sail re-renders istiod.
+pub trait Istiod: Send + Sync + std::fmt::Debug {
+    /// Restarts it with the ambient profile on or off; done once it is ready again.
+    fn restart(&self, ambient: bool) -> BoxFuture<'_, std::result::Result<(), String>>;
+    /// Whether it runs the ambient profile.
+    fn ambient(&self) -> bool;
+    /// Its version (the tag of the images it injects).
+    fn version(&self) -> String;
+}
+
 /// Settings of a simulator instance.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -71,6 +85,9 @@ pub struct SimConfig {
     pub default_version: String,
     /// Period of the safety-net resync of every reconciler (they are event-driven).
     pub resync: Duration,
+    /// The real istiod, when one runs: then the simulator plays only Sail, istio-cni,
+    /// ztunnel and the data plane (probes).
+    pub istiod: Option<Arc<dyn Istiod>>,
 }
 
 impl Default for SimConfig {
@@ -79,6 +96,7 @@ impl Default for SimConfig {
             webhook_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             default_version: DEFAULT_ISTIO_VERSION.to_string(),
             resync: Duration::from_secs(300),
+            istiod: None,
         }
     }
 }
@@ -99,12 +117,15 @@ impl Simulator {
     /// seen calling it, so a Pod created afterwards is injected; the reconcilers are running.
     pub async fn start(client: Client, config: SimConfig) -> Result<SimHandle> {
         let token = CancellationToken::new();
+        let real_istiod = config.istiod.is_some();
         let ctx = Arc::new(Ctx {
             client: client.clone(),
             config,
         });
-
         ensure_namespace(&client, SIM_NAMESPACE).await?;
+        if real_istiod {
+            return Ok(Self::beside_istiod(ctx, client, token));
+        }
         waypoint::ensure_gateway_class(&client).await?;
 
         let server = webhook::WebhookServer::start(ctx.clone(), token.child_token()).await?;
@@ -150,6 +171,35 @@ impl Simulator {
             tasks,
             stopped: false,
         })
+    }
+}
+
+impl Simulator {
+    /// Beside a real istiod: Sail (driving istiod), istio-cni and the probes only.
+    fn beside_istiod(ctx: Arc<Ctx>, client: Client, token: CancellationToken) -> SimHandle {
+        let tasks = vec![
+            tokio::spawn(sail::run::<meshmig_api::sail::Istio>(
+                ctx.clone(),
+                token.clone(),
+            )),
+            tokio::spawn(sail::run::<meshmig_api::sail::IstioCni>(
+                ctx.clone(),
+                token.clone(),
+            )),
+            tokio::spawn(sail::run::<meshmig_api::sail::ZTunnel>(
+                ctx.clone(),
+                token.clone(),
+            )),
+            tokio::spawn(cni::run(ctx.clone(), token.clone())),
+            tokio::spawn(probes::run(ctx, token.clone())),
+        ];
+        info!("mesh simulator started beside the real istiod");
+        SimHandle {
+            client,
+            token,
+            tasks,
+            stopped: false,
+        }
     }
 }
 

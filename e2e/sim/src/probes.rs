@@ -1,43 +1,240 @@
 //! Outcomes of meshmig's checkpoint probe Pods (label `meshmig.io/probe=<probe>`). The test
-//! environment's node agent only gets such a Pod Running; the simulator then completes it,
-//! `Succeeded` or `Failed` as ConfigMap `meshmig-sim/meshmig-sim-probes` says for that probe
-//! (`pass`, the default, or `fail`). No request is sent: this is how tests make a gate fail.
+//! environment's node agent only gets such a Pod Running; nothing runs in it. The simulator
+//! then works out what the Pod's curl would get: the path its request takes in the cluster as
+//! it is at that moment ([`path`]) and what every proxy on that path enforces, judged by
+//! istiod's own code and Envoy/ztunnel matchers ([`enforce`]); it ends the Pod `Succeeded` or
+//! `Failed` as the probe script would for that answer ([`request`]).
+//!
+//! A probe is never passed on a guess: when `meshmig-istio` cannot be found or fails, or the
+//! request involves something not modelled, the Pod fails with a message saying so.
 
-use std::collections::BTreeMap;
+mod enforce;
+mod path;
+mod request;
+
+#[cfg(test)]
+mod fixtures;
+
 use std::sync::Arc;
+use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodCondition};
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, PodCondition, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::{Controller, watcher};
-use kube::{Resource, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
+use meshmig_api::istio::{AuthorizationPolicy, PeerAuthentication};
 use meshmig_api::names;
+use meshmig_api::sail::Istio;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::conditions::now;
 use crate::controller::{describe, drain, error_policy};
-use crate::error::is_conflict;
-use crate::{Ctx, Error, PROBES_CONFIGMAP, Result, SIM_NAMESPACE};
+use crate::error::{is_conflict, is_not_found};
+use crate::views::Gateway;
+use crate::waypoint::GATEWAY_NAME_LABEL;
+use crate::{Ctx, Error, Result, workload};
 
-/// Message of a probe container that passed.
-pub const PASSED: &str = "expectation met";
-/// Message of a probe container that failed.
-pub const FAILED: &str = "expectation not met";
+use enforce::{JudgeError, LiveIstiod, Observed};
+use path::{Mesh, PathError, Snapshot, Workload};
+use request::ProbeRequest;
 
-/// Whether probe `probe` passes, and the message its container exits with.
-pub fn outcome(data: Option<&BTreeMap<String, String>>, probe: &str) -> (bool, String) {
-    match data.and_then(|d| d.get(probe)).map(|v| v.trim()) {
-        None | Some("pass") => (true, PASSED.to_string()),
-        Some("fail") => (false, FAILED.to_string()),
-        Some(other) => (
-            false,
-            format!(
-                "meshmig-sim: unknown outcome {other:?} for probe {probe} in ConfigMap {SIM_NAMESPACE}/{PROBES_CONFIGMAP} (want pass or fail)"
-            ),
-        ),
+/// How often a probe waiting for the cluster to settle looks again.
+const SETTLE_RETRY: Duration = Duration::from_millis(300);
+/// How long after the Pod started a probe waits for the cluster to settle before judging
+/// the request as things are.
+const SETTLE_LIMIT_SECONDS: i64 = 20;
+/// Namespace of istiod when no Sail `Istio` names one.
+const ISTIOD_NAMESPACE: &str = "istio-system";
+/// Label selecting ztunnel DaemonSets (as the Sail simulator creates them).
+const ZTUNNEL_SELECTOR: &str = "app=ztunnel";
+
+/// How a probe Pod ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// Whether the script exits 0.
+    pub passed: bool,
+    /// The termination message of the probe container.
+    pub message: String,
+}
+
+impl Completion {
+    fn failed(message: String) -> Self {
+        Self {
+            passed: false,
+            message,
+        }
     }
+
+    /// The script's verdict on the observed response, with the path that led to it.
+    fn of(request: &ProbeRequest, observed: &Observed) -> Self {
+        let (passed, verdict) = request.expect.judge(&observed.response);
+        Self {
+            passed,
+            message: format!("{verdict} [meshmig-sim: {}]", observed.explanation),
+        }
+    }
+}
+
+/// The MeshConfig: the running one (the `mesh` key of ConfigMap `istio` in istiod's
+/// namespace), else the Sail `Istio`'s `values.meshConfig`, else Istio's defaults (trust
+/// domain `cluster.local`, root namespace istiod's namespace).
+pub fn mesh_settings(istios: &[Istio], running: Option<&Value>) -> Mesh {
+    let istio = istios
+        .iter()
+        .find(|i| i.name_any() == "default")
+        .or_else(|| istios.first());
+    let sail = istio
+        .and_then(|i| i.spec.values.as_ref())
+        .and_then(|v| v.get("meshConfig"));
+    let setting = |key: &str| {
+        [running, sail]
+            .into_iter()
+            .flatten()
+            .find_map(|config| config.get(key)?.as_str().filter(|s| !s.is_empty()))
+            .map(str::to_string)
+    };
+    let istiod_namespace = istiod_namespace(istios);
+    Mesh {
+        trust_domain: setting("trustDomain").unwrap_or_else(|| Mesh::default().trust_domain),
+        root_namespace: setting("rootNamespace").unwrap_or(istiod_namespace),
+    }
+}
+
+fn istiod_namespace(istios: &[Istio]) -> String {
+    istios
+        .iter()
+        .find_map(|i| i.spec.namespace.clone())
+        .unwrap_or_else(|| ISTIOD_NAMESPACE.into())
+}
+
+/// Lists every object of a kind whose CRD may be missing (then: none).
+async fn list_all<K>(api: Api<K>, what: &str) -> Result<Vec<K>>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.list(&ListParams::default()).await {
+        Ok(list) => Ok(list.items),
+        Err(e) if is_not_found(&e) => Ok(Vec::new()),
+        Err(e) => Err(Error::kube("list", what.to_string(), e)),
+    }
+}
+
+async fn mesh(client: &Client) -> Result<Mesh> {
+    let istios = list_all(Api::<Istio>::all(client.clone()), "Istios").await?;
+    let namespace = istiod_namespace(&istios);
+    let configmap = Api::<ConfigMap>::namespaced(client.clone(), &namespace)
+        .get_opt("istio")
+        .await
+        .map_err(|e| Error::kube("get", format!("ConfigMap {namespace}/istio"), e))?;
+    let running: Option<Value> = configmap
+        .and_then(|c| c.data?.get("mesh").cloned())
+        .and_then(|yaml| serde_saphyr::from_str(&yaml).ok());
+    Ok(mesh_settings(&istios, running.as_ref()))
+}
+
+/// What the probe's path depends on: the destination namespace's Services and Pods, waypoint
+/// Pods, Gateways, Namespaces, every AuthorizationPolicy and PeerAuthentication, MeshConfig.
+async fn snapshot(client: &Client, caller_namespace: &str, host: &str) -> Result<Snapshot> {
+    let target = path::service_name(host, caller_namespace).map(|(ns, _)| ns);
+    let (services, mut pods) = match &target {
+        Some(ns) => (
+            list_all(Api::<Service>::namespaced(client.clone(), ns), "Services").await?,
+            list_all(Api::<Pod>::namespaced(client.clone(), ns), "Pods").await?,
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    let waypoint_pods = Api::<Pod>::all(client.clone())
+        .list(&ListParams::default().labels(GATEWAY_NAME_LABEL))
+        .await
+        .map_err(|e| Error::kube("list", "waypoint Pods", e))?;
+    pods.extend(
+        waypoint_pods
+            .items
+            .into_iter()
+            .filter(|p| p.namespace() != target),
+    );
+    Ok(Snapshot {
+        mesh: mesh(client).await?,
+        namespaces: list_all(Api::<Namespace>::all(client.clone()), "Namespaces").await?,
+        pods,
+        services,
+        gateways: list_all(Api::<Gateway>::all(client.clone()), "Gateways").await?,
+        policies: list_all(
+            Api::<AuthorizationPolicy>::all(client.clone()),
+            "AuthorizationPolicies",
+        )
+        .await?,
+        peer_authentications: list_all(
+            Api::<PeerAuthentication>::all(client.clone()),
+            "PeerAuthentications",
+        )
+        .await?,
+    })
+}
+
+async fn ztunnel_ready(client: &Client) -> Result<bool> {
+    let list = Api::<DaemonSet>::all(client.clone())
+        .list(&ListParams::default().labels(ZTUNNEL_SELECTOR))
+        .await
+        .map_err(|e| Error::kube("list", format!("DaemonSets {ZTUNNEL_SELECTOR}"), e))?;
+    Ok(list
+        .items
+        .iter()
+        .any(|ds| ds.name_any() == "ztunnel" && workload::daemonset(ds).ready))
+}
+
+/// Whether the Pod has been running long enough that a cluster still settling is the state
+/// to judge, not a moment to wait out.
+fn waited_enough(pod: &Pod) -> bool {
+    let started = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .map(|t| t.0.as_second());
+    started.is_none_or(|s| Timestamp::now().as_second() - s > SETTLE_LIMIT_SECONDS)
+}
+
+/// The probe's outcome, or `None` while the cluster is settling (Pods about to be captured,
+/// a binding being written).
+async fn complete(pod: &Pod, ctx: &Ctx) -> Result<Option<Completion>> {
+    let request = match ProbeRequest::from_pod(pod) {
+        Ok(r) => r,
+        Err(why) => return Ok(Some(Completion::failed(format!("meshmig-sim: {why}")))),
+    };
+    let caller_namespace = pod.namespace().unwrap_or_default();
+    let snapshot = snapshot(&ctx.client, &caller_namespace, &request.url.host).await?;
+    let settle = !waited_enough(pod);
+    if settle {
+        let mut pods = path::endpoint_pods(&snapshot, &caller_namespace, &request.url.host);
+        pods.push(pod);
+        if let Some(why) = path::capture_pending(&snapshot, ztunnel_ready(&ctx.client).await?, pods)
+        {
+            debug!(pod = %describe(pod), why, "probe waits");
+            return Ok(None);
+        }
+    }
+    let caller = Workload::of(pod);
+    let judged = tokio::task::spawn_blocking(move || {
+        enforce::observe(&LiveIstiod, &snapshot, &caller, &request).map(|o| (request, o))
+    })
+    .await
+    .map_err(|e| Error::invalid(describe(pod), format!("judging the probe panicked: {e}")))?;
+    Ok(match judged {
+        Ok((request, observed)) => Some(Completion::of(&request, &observed)),
+        Err(JudgeError::Path(PathError::Settling(why))) if settle => {
+            debug!(pod = %describe(pod), why, "probe waits");
+            None
+        }
+        Err(e) => Some(Completion::failed(format!(
+            "meshmig-sim cannot judge this probe, so it fails: {e}"
+        ))),
+    })
 }
 
 /// The status patch that ends `pod`: every container terminated (the probe containers with
@@ -116,26 +313,12 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action> {
     if pod.metadata.deletion_timestamp.is_some() || phase != Some("Running") {
         return Ok(Action::await_change());
     }
-    let probe = pod
-        .labels()
-        .get(names::LABEL_PROBE)
-        .cloned()
-        .unwrap_or_default();
-    let configmap = Api::<ConfigMap>::namespaced(ctx.client.clone(), SIM_NAMESPACE)
-        .get_opt(PROBES_CONFIGMAP)
-        .await
-        .map_err(|e| {
-            Error::kube(
-                "get",
-                format!("ConfigMap {SIM_NAMESPACE}/{PROBES_CONFIGMAP}"),
-                e,
-            )
-        })?;
-    let (passed, message) = outcome(configmap.as_ref().and_then(|c| c.data.as_ref()), &probe);
-
+    let Some(completion) = complete(&pod, &ctx).await? else {
+        return Ok(Action::requeue(SETTLE_RETRY));
+    };
     let patch = json!({
         "metadata": {"resourceVersion": pod.resource_version()},
-        "status": terminal_status(&pod, passed, &message),
+        "status": terminal_status(&pod, completion.passed, &completion.message),
     });
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
     match api
@@ -147,7 +330,12 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action> {
         .await
     {
         Ok(_) => {
-            info!(pod = %describe(pod.as_ref()), probe, passed, "probe completed");
+            let probe = pod
+                .labels()
+                .get(names::LABEL_PROBE)
+                .cloned()
+                .unwrap_or_default();
+            info!(pod = %describe(pod.as_ref()), probe, passed = completion.passed, message = completion.message, "probe completed");
             Ok(Action::await_change())
         }
         // Changed meanwhile (the node agent still settling it): the watch brings the new one.
@@ -170,19 +358,30 @@ pub(crate) async fn run(ctx: Arc<Ctx>, token: CancellationToken) {
 mod tests {
     use super::*;
 
+    fn istio(values: Value) -> Istio {
+        serde_json::from_value(json!({"metadata": {"name": "default"}, "spec": {"namespace": "mesh-system", "values": values}}))
+            .unwrap()
+    }
+
     #[test]
-    fn outcome_defaults_to_pass() {
-        let data: BTreeMap<String, String> = [
-            ("a".to_string(), "fail".to_string()),
-            ("b".into(), "typo".into()),
-        ]
-        .into();
-        assert_eq!(outcome(None, "x"), (true, PASSED.to_string()));
-        assert_eq!(outcome(Some(&data), "x"), (true, PASSED.to_string()));
-        assert_eq!(outcome(Some(&data), "a"), (false, FAILED.to_string()));
-        let (passed, message) = outcome(Some(&data), "b");
-        assert!(!passed);
-        assert!(message.contains("\"typo\""), "{message}");
+    fn mesh_settings_prefer_the_running_mesh_config() {
+        let sail = [istio(json!({"meshConfig": {"trustDomain": "sail.td"}}))];
+        assert_eq!(
+            mesh_settings(&sail, None),
+            Mesh {
+                trust_domain: "sail.td".into(),
+                root_namespace: "mesh-system".into()
+            }
+        );
+        let running = json!({"trustDomain": "running.td", "rootNamespace": "root"});
+        assert_eq!(
+            mesh_settings(&sail, Some(&running)),
+            Mesh {
+                trust_domain: "running.td".into(),
+                root_namespace: "root".into()
+            }
+        );
+        assert_eq!(mesh_settings(&[], None), Mesh::default());
     }
 
     #[test]
@@ -195,12 +394,12 @@ mod tests {
                     "state": {"running": {"startedAt": "2024-01-01T00:00:00Z"}}}]},
         }))
         .unwrap();
-        let status = terminal_status(&pod, false, FAILED);
+        let status = terminal_status(&pod, false, "expected HTTP 200, got HTTP 403");
         assert_eq!(status["phase"], "Failed");
         let probe = &status["containerStatuses"][0]["state"]["terminated"];
         assert_eq!(
             (probe["exitCode"].as_i64(), probe["message"].as_str()),
-            (Some(1), Some(FAILED))
+            (Some(1), Some("expected HTTP 200, got HTTP 403"))
         );
         assert_eq!(probe["startedAt"], "2024-01-01T00:00:00Z");
         assert_eq!(
@@ -215,7 +414,8 @@ mod tests {
                 .any(|c| c["type"] == "Ready" && c["status"] == "False")
         );
         assert_eq!(
-            terminal_status(&pod, true, PASSED)["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+            terminal_status(&pod, true, "HTTP 200 as expected")["containerStatuses"][0]["state"]["terminated"]
+                ["exitCode"],
             0
         );
     }

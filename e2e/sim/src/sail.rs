@@ -279,7 +279,19 @@ async fn reconcile<K: SailResource>(obj: Arc<K>, ctx: Arc<Ctx>) -> Result<Action
                 format!("Deployment {namespace}/{name}"),
             )
             .await?;
-            workload::deployment(&applied)
+            let mut rollout = workload::deployment(&applied);
+            // The Deployment stands for istiod; the real one (when it runs) is re-rendered
+            // as Sail would: restarted with the profile's settings.
+            if let Some(istiod) = &ctx.config.istiod
+                && istiod.ambient() != ambient
+            {
+                istiod.restart(ambient).await.map_err(|e| {
+                    Error::Istiod(format!("restarting istiod (ambient={ambient}): {e}"))
+                })?;
+                rollout.ready = false;
+                rollout.summary = "istiod restarted with the new profile".into();
+            }
+            rollout
         }
         Component::Cni | Component::Ztunnel => {
             let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), namespace);

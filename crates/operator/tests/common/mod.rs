@@ -17,15 +17,16 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::{CustomResourceExt, ResourceExt};
 use meshmig_api::names::{self as mn, istio as n};
 use meshmig_api::{MeshMigration, MigrationPhase};
-use meshmig_e2e_harness::{Pending, SimHandle, TestEnv, wait_for};
+use meshmig_e2e_harness::{Mesh, Pending, TestEnv, wait_for};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 pub const BOOKINFO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/bookinfo");
 
 pub struct Rig {
+    /// The real istiod and the simulator beside it (dropped before the environment).
+    pub mesh: Mesh,
     pub env: TestEnv,
-    _sim: SimHandle,
     pub operators: Vec<(String, Child)>,
     /// Extra operator arguments (e.g. `--leader-election=false`).
     pub operator_args: Vec<String>,
@@ -51,7 +52,7 @@ impl Rig {
             .start()
             .await
             .unwrap();
-        let sim = env.start_simulator().await.unwrap();
+        let mesh = env.start_mesh().await.unwrap();
         env.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: meshmig-system}\n")
             .await
             .unwrap();
@@ -73,7 +74,7 @@ impl Rig {
         let mut rig = Rig {
             log: env.dir().join("operator.log"),
             env,
-            _sim: sim,
+            mesh,
             operators: Vec::new(),
             operator_args: Vec::new(),
             kubeconfig: None,
@@ -384,12 +385,18 @@ impl Rig {
         assert_eq!(app_pods.len(), 6, "bookinfo pods in {ns}");
         for p in app_pods {
             let spec = p.spec.as_ref().unwrap();
-            assert_eq!(
-                spec.containers.len(),
-                1,
-                "{} still has {:?}",
-                p.name_any(),
-                spec.containers.iter().map(|c| &c.name).collect::<Vec<_>>()
+            // istiod injects istio-proxy as a native sidecar (an init container).
+            let names: Vec<&String> = spec
+                .containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+                .map(|c| &c.name)
+                .collect();
+            assert_eq!(names.len(), 1, "{} still has {names:?}", p.name_any());
+            assert!(
+                !p.annotations().contains_key(n::SIDECAR_STATUS),
+                "{} is still injected",
+                p.name_any()
             );
             let ready = p
                 .status
