@@ -575,7 +575,8 @@ pub struct NamespaceStatus {
     /// When the current step's checkpoint started (its timeout counts from here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_started_at: Option<Time>,
-    /// How often the current step was retried after a failure (by approval).
+    /// Approvals the current step has spent: its release from `pauseBefore` and each retry
+    /// after a failure (the next retry needs `"<step>/<retries + 1>"`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub retries: u32,
     /// Generation of the spec when the current step failed; a newer spec retries it.
@@ -677,4 +678,70 @@ pub struct FindingRef {
     pub object: String,
     /// What is wrong and what to do.
     pub message: String,
+}
+
+impl MeshMigration {
+    /// The `meshmig.io/approve` value that approves `step` now (see [`approval_value`]).
+    pub fn approval_for(&self, step: StepNumber) -> String {
+        approval_value(
+            self.status
+                .as_ref()
+                .map_or(&[], |s| s.namespaces.as_slice()),
+            step,
+        )
+    }
+}
+
+/// The `meshmig.io/approve` value that approves `step` given the namespaces' status:
+/// `"<step>"` releases it from `pauseBefore` and approves the first retry; where a namespace
+/// failed at `step` after approvals were spent (`retries`), `"<step>/<n>"` approves the next.
+pub fn approval_value(namespaces: &[NamespaceStatus], step: StepNumber) -> String {
+    let used = namespaces
+        .iter()
+        .filter(|n| n.step == step && n.phase == NamespacePhase::Failed)
+        .map(|n| n.retries)
+        .max()
+        .unwrap_or(0);
+    match used {
+        0 => step.to_string(),
+        n => format!("{step}/{}", n + 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed_at(step: StepNumber, retries: u32) -> NamespaceStatus {
+        NamespaceStatus {
+            name: "shop".into(),
+            step,
+            phase: NamespacePhase::Failed,
+            retries,
+            ..NamespaceStatus::default()
+        }
+    }
+
+    fn with(namespaces: Vec<NamespaceStatus>) -> MeshMigration {
+        let mut mm = MeshMigration::new("m", MeshMigrationSpec::default());
+        mm.status = Some(MeshMigrationStatus {
+            namespaces,
+            ..MeshMigrationStatus::default()
+        });
+        mm
+    }
+
+    #[test]
+    fn approval_counts_the_approvals_a_failed_step_used() {
+        assert_eq!(with(vec![]).approval_for(7), "7");
+        assert_eq!(with(vec![failed_at(7, 0)]).approval_for(7), "7");
+        // Released from pauseBefore by "7", then failed: "7" is spent.
+        assert_eq!(with(vec![failed_at(7, 1)]).approval_for(7), "7/2");
+        assert_eq!(
+            with(vec![failed_at(7, 1), failed_at(7, 3)]).approval_for(7),
+            "7/4"
+        );
+        // Another step's failures do not count.
+        assert_eq!(with(vec![failed_at(5, 2)]).approval_for(7), "7");
+    }
 }

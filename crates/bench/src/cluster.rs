@@ -1,5 +1,6 @@
-//! Cluster benchmarks on the e2e environment (the real kube-apiserver of `e2e/testenv` and
-//! the mesh simulator), with the release operator binary as a child process:
+//! Cluster benchmarks on the e2e environment (the real kube-apiserver of `e2e/testenv`, the
+//! real istiod, and the mesh simulator beside it), with the release operator binary as a
+//! child process:
 //!
 //! - `cluster-rss`: the operator's resident memory while it watches many Pods (metadata
 //!   only) across many namespaces;
@@ -22,7 +23,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{CustomResourceExt, Resource, ResourceExt};
 use meshmig_api::{MeshMigration, MigrationPhase, NamespacePhase};
-use meshmig_e2e_harness::{Pending, SimHandle, TestEnv, wait_for};
+use meshmig_e2e_harness::{Mesh, Pending, TestEnv, wait_for};
 use meshmig_planner::plan::Op;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -140,7 +141,8 @@ pub struct Busy {
 pub struct MigrateRun {
     /// Namespaces migrated.
     pub namespaces: usize,
-    /// Setting up the environment (API server, simulator, N bookinfo copies), seconds.
+    /// Setting up the environment (API server, istiod and simulator, N bookinfo copies),
+    /// seconds.
     pub setup_s: f64,
     /// MeshMigration applied to phase Completed, seconds.
     pub wall_s: f64,
@@ -191,22 +193,22 @@ fn bookinfo_in(text: &str, ns: &str) -> String {
         .replace("ns/bookinfo/", &format!("ns/{ns}/"))
 }
 
-/// A fresh API server with the simulator, the operator's namespace and the Sail control
-/// plane in sidecar mode.
-async fn start_env(work_dir: &Path) -> Result<(TestEnv, SimHandle), Error> {
+/// A fresh API server with the mesh (the real istiod and the simulator beside it), the
+/// operator's namespace and the Sail control plane in sidecar mode.
+async fn start_env(work_dir: &Path) -> Result<(TestEnv, Mesh), Error> {
     let crds = work_dir.join("crds");
     std::fs::create_dir_all(&crds).map_err(|e| Error::io(&crds, e))?;
     let crd = serde_json::to_string(&MeshMigration::crd()).map_err(|e| e.to_string())?;
     let file = crds.join("meshmig.yaml");
     std::fs::write(&file, crd).map_err(|e| Error::io(&file, e))?;
     let env = TestEnv::builder().nodes(2).crd_dir(&crds).start().await?;
-    let sim = env.start_simulator().await?;
+    let mesh = env.start_mesh().await?;
     env.apply_yaml(&format!(
         "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {OPERATOR_NAMESPACE}}}\n"
     ))
     .await?;
     env.apply_yaml(CONTROL_PLANE).await?;
-    Ok((env, sim))
+    Ok((env, mesh))
 }
 
 /// Deploys bookinfo copies into `namespaces` and waits until every Deployment is available,
@@ -563,7 +565,7 @@ async fn pending_pods(env: &TestEnv) -> Result<usize, Error> {
 
 async fn rss_async(args: &RssArgs) -> Result<Rss, Error> {
     std::fs::create_dir_all(&args.work_dir).map_err(|e| Error::io(&args.work_dir, e))?;
-    let (env, sim) = start_env(&args.work_dir).await?;
+    let (env, mesh) = start_env(&args.work_dir).await?;
     // A migration of one bookinfo, so the operator reconciles as it normally does.
     let bookinfo = vec!["bookinfo".to_string()];
     deploy_bookinfo(&env, &bookinfo).await?;
@@ -617,7 +619,7 @@ async fn rss_async(args: &RssArgs) -> Result<Rss, Error> {
         out.runs.push(RssRun { ready_s, rss, hwm });
         op.stop().await;
     }
-    drop(sim);
+    mesh.stop().await;
     env.stop().await;
     Ok(out)
 }
@@ -840,7 +842,7 @@ fn step_of(ns: &meshmig_api::NamespaceStatus) -> usize {
 
 async fn migrate_once(args: &MigrateArgs, run: usize) -> Result<MigrateRun, Error> {
     let t_setup = Instant::now();
-    let (env, sim) = start_env(&args.work_dir).await?;
+    let (env, mesh) = start_env(&args.work_dir).await?;
     let namespaces: Vec<String> = (1..=args.namespaces)
         .map(|i| format!("bench-{i:02}"))
         .collect();
@@ -1012,7 +1014,7 @@ async fn migrate_once(args: &MigrateArgs, run: usize) -> Result<MigrateRun, Erro
         requests.values().sum::<u64>()
     );
     op.stop().await;
-    drop(sim);
+    mesh.stop().await;
     env.stop().await;
     Ok(MigrateRun {
         namespaces: namespaces.len(),

@@ -418,7 +418,8 @@ fn rss_rows(rss: Option<&Rss>, rows: &mut Vec<Row>, md: &mut String) {
     let _ = writeln!(
         md,
         "Method: a fresh e2e environment (real kube-apiserver, controller-manager, scheduler, \
-         2 fake nodes; the mesh simulator) with bookinfo and a MeshMigration of it, plus {} \
+         2 fake nodes; the real istiod with the mesh simulator beside it) with bookinfo and a \
+         MeshMigration of it, plus {} \
          Pods in {} namespaces created directly (metadata of injected sidecar Pods: 6 labels, \
          6 annotations) with concurrent requests in {:.1} s. They name a scheduler that does \
          not exist, so they stay Pending and unchanged: the operator watches Pods \
@@ -575,7 +576,8 @@ fn migrate_rows(m: Option<&Migrate>, rows: &mut Vec<Row>, md: &mut String) {
          Deployment or DaemonSet rolling out (observedGeneration behind, or updated / \
          available / ready replicas short of the desired count), a Gateway not yet \
          `Programmed`, a Sail resource not `Healthy`. Those intervals are the API server's \
-         controllers, the node agent and the simulator working (rollouts and readiness). \
+         controllers, the node agent, istiod and the simulator working (rollouts and \
+         readiness). \
          Overhead = wall time − length of the union of those intervals: the time in which \
          nothing but the operator was working. It is shown per step and namespace (÷ 9·{n}) — \
          the target — and per step on the critical path (÷ 9, namespaces run concurrently).\n"

@@ -46,6 +46,28 @@ async fn get(client: &Client, name: &str) -> Result<MeshMigration, String> {
 pub async fn annotate(name: &str, key: &str, value: Option<&str>) -> Result<(), String> {
     let client = client().await?;
     get(&client, name).await?;
+    set_annotation(client, name, key, value).await
+}
+
+/// Approves `step`: releases it from `pauseBefore`, or approves the next retry where a
+/// namespace failed at it (`"<step>/<n>"` once an approval was spent). Prints the value set.
+pub async fn approve(name: &str, step: u8) -> Result<(), String> {
+    let client = client().await?;
+    let value = get(&client, name).await?.approval_for(step);
+    set_annotation(client, name, mn::ANNOTATION_APPROVE, Some(&value)).await?;
+    println!(
+        "meshmigration/{name} annotated {}={value}",
+        mn::ANNOTATION_APPROVE
+    );
+    Ok(())
+}
+
+async fn set_annotation(
+    client: Client,
+    name: &str,
+    key: &str,
+    value: Option<&str>,
+) -> Result<(), String> {
     let api: Api<MeshMigration> = Api::all(client);
     let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))

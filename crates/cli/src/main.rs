@@ -155,11 +155,7 @@ fn main() -> ExitCode {
         }
         Command::Pause { name } => live(live::annotate(&name, mn::ANNOTATION_PAUSED, Some("true"))),
         Command::Resume { name } => live(live::annotate(&name, mn::ANNOTATION_PAUSED, None)),
-        Command::Approve { name, step } => live(live::annotate(
-            &name,
-            mn::ANNOTATION_APPROVE,
-            Some(&step.to_string()),
-        )),
+        Command::Approve { name, step } => live(live::approve(&name, step)),
         Command::Rollback { name, to } => {
             let valid = to == "all" || to.parse::<u8>().is_ok_and(|s| (1..=9).contains(&s));
             if valid {

@@ -546,6 +546,14 @@ pub fn approval(mm: &MeshMigration) -> Option<(StepNumber, u32)> {
     Some((step, n))
 }
 
+/// The approve value that retries the first failed namespace's step.
+fn retry_value(namespaces: &[NamespaceStatus], failed: &[&NamespaceStatus]) -> String {
+    failed.first().map_or_else(
+        || "<step>".to_string(),
+        |s| meshmig_api::approval_value(namespaces, s.step),
+    )
+}
+
 /// Requested rollback target from the annotation (`all` = 1).
 pub fn rollback_annotation(mm: &MeshMigration) -> Option<StepNumber> {
     match annotation(mm, mn::ANNOTATION_ROLLBACK)?.trim() {
@@ -766,6 +774,11 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                             }
                             None => {
                                 let s = &mut statuses[i];
+                                // The approval that released the step is spent: a failure
+                                // of it waits for "<step>/2", not for the left-over one.
+                                if mm.spec.pause_before.contains(&step) {
+                                    s.retries = s.retries.max(1);
+                                }
                                 s.phase = NamespacePhase::Applying;
                                 s.message =
                                     Some(format!("applying step {step} ({})", step_name(step)));
@@ -1237,7 +1250,7 @@ fn finish(
                 mn::CONDITION_STALLED,
                 true,
                 "CheckpointFailed",
-                format!("{stalled_msg}. Fix the cause and retry with `{}: \"<step>\"`, or roll back with `{}: all`", mn::ANNOTATION_APPROVE, mn::ANNOTATION_ROLLBACK),
+                format!("{stalled_msg}. Fix the cause and retry with `{}: \"{}\"`, or roll back with `{}: all`", mn::ANNOTATION_APPROVE, retry_value(ns, &failed), mn::ANNOTATION_ROLLBACK),
             ));
         }
         MigrationPhase::RolledBack => {

@@ -551,6 +551,37 @@ fn an_approval_retries_a_failed_step_once_and_a_new_spec_retries_it_too() {
     );
 }
 
+#[test]
+fn the_approval_that_released_a_step_does_not_also_retry_it() {
+    let mut w = World::new();
+    w.mm.spec.pause_before = vec![2];
+    w.step();
+    w.step();
+    w.annotate(mn::ANNOTATION_APPROVE, "2");
+    w.step();
+    assert_eq!((w.ns().step, w.ns().phase), (2, NamespacePhase::Validating));
+    w.now = w.now.checked_add(SignedDuration::from_mins(6)).unwrap();
+    w.step(); // step 2 times out
+    assert_eq!(w.ns().phase, NamespacePhase::Failed);
+    // The left-over "2" released the step; it does not retry it behind the user's back.
+    for _ in 0..3 {
+        let d = w.step();
+        assert!(!d.events.iter().any(|e| e.reason == "StepRetried"));
+        assert_eq!(w.ns().phase, NamespacePhase::Failed);
+    }
+    let status = w.mm.status.as_ref().unwrap();
+    let stalled = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == mn::CONDITION_STALLED)
+        .unwrap();
+    assert!(stalled.message.contains("\"2/2\""), "{}", stalled.message);
+    assert_eq!(w.mm.approval_for(2), "2/2");
+    w.annotate(mn::ANNOTATION_APPROVE, "2/2");
+    let d = w.step();
+    assert!(d.events.iter().any(|e| e.reason == "StepRetried"));
+}
+
 /// Step 2 changes the shared control plane; every namespace's plan lists it, but it is
 /// snapshotted and carried out once, not once per namespace.
 #[test]

@@ -1000,4 +1000,24 @@ async fn a_policy_that_opens_access_mid_migration_fails_the_gate() {
         "{}",
         probes.message
     );
+    // The approval that released step 9 is spent: closing the hole and approving the retry
+    // ("9/2", what `meshmig approve` sets) completes the migration.
+    let retry = mm.approval_for(9);
+    assert_eq!(retry, "9/2");
+    rig.env
+        .kubectl([
+            "delete",
+            "authorizationpolicy",
+            "reviews-open",
+            "-n",
+            "bookinfo",
+        ])
+        .await
+        .unwrap();
+    rig.annotate("opened", mn::ANNOTATION_APPROVE, Some(&retry))
+        .await;
+    rig.wait_mm("opened", "Completed after the retry", 240, |mm| {
+        phase(mm) == Some(MigrationPhase::Completed)
+    })
+    .await;
 }

@@ -3,7 +3,7 @@
 //! installed on a real API server, and the operator runs with a kubeconfig holding only that
 //! ServiceAccount's token. It migrates bookinfo to Ready, rolls it back and lets the
 //! MeshMigration go, never meeting a Forbidden. (Bookinfo and the MeshMigration are applied
-//! as admin; the simulator runs as admin too.)
+//! as admin; istiod and the simulator beside it run as admin too.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
@@ -18,7 +18,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, ResourceExt};
 use meshmig_api::names::{self as mn, istio as n};
 use meshmig_api::{MeshMigration, MigrationPhase};
-use meshmig_e2e_harness::{Pending, SimHandle, TestEnv, wait_for};
+use meshmig_e2e_harness::{Mesh, Pending, TestEnv, wait_for};
 use serde_json::json;
 use tokio::process::{Child, Command};
 
@@ -72,8 +72,9 @@ fn restricted_kubeconfig(admin: &Path, token: &str, path: &Path) {
 }
 
 struct Rig {
+    /// The real istiod and the simulator beside it (dropped before the environment).
+    _mesh: Mesh,
     env: TestEnv,
-    _sim: SimHandle,
     operator: Option<Child>,
     kubeconfig: PathBuf,
     log: PathBuf,
@@ -103,7 +104,7 @@ impl Rig {
             .start()
             .await
             .unwrap();
-        let sim = env.start_simulator().await.unwrap();
+        let mesh = env.start_mesh().await.unwrap();
         // The Namespace and RBAC from deploy/meshmig.yaml (the Deployment cannot run here:
         // the operator runs as a local process with the ServiceAccount's token instead).
         env.apply_yaml(&manifest_documents(&[
@@ -165,8 +166,8 @@ impl Rig {
         }
         let log = env.dir().join("operator.log");
         let mut rig = Rig {
+            _mesh: mesh,
             env,
-            _sim: sim,
             operator: None,
             kubeconfig,
             log,
@@ -381,10 +382,18 @@ async fn operator_migrates_and_rolls_back_bookinfo_with_the_shipped_rbac() {
                 .contains_key("gateway.networking.k8s.io/gateway-name")
             && p.metadata.deletion_timestamp.is_none()
         {
-            assert_eq!(
-                p.spec.as_ref().unwrap().containers.len(),
-                1,
-                "{} still has a sidecar",
+            // istiod injects istio-proxy as a native sidecar (an init container).
+            let spec = p.spec.as_ref().unwrap();
+            let names: Vec<&str> = spec
+                .containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+                .map(|c| c.name.as_str())
+                .collect();
+            assert_eq!(names.len(), 1, "{} still has {names:?}", p.name_any());
+            assert!(
+                !p.annotations().contains_key(n::SIDECAR_STATUS),
+                "{} is still injected",
                 p.name_any()
             );
         }

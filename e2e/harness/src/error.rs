@@ -16,10 +16,10 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
-    /// `testenv up` (or the simulator process) did not come up.
+    /// `testenv up` (or istiod) did not come up.
     #[error("starting {what} failed: {message}")]
     Start {
-        /// `testenv in DIR`, `meshmig-sim`.
+        /// `testenv in DIR`, `istiod (pilot-discovery)`.
         what: String,
         /// What went wrong, with the tail of its output.
         message: String,
@@ -79,7 +79,7 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
-    /// The simulator failed.
+    /// The simulator's part failed (writing the Sail CRDs).
     #[error("mesh simulator: {0}")]
     Sim(#[from] meshmig_sim::Error),
     /// A file or process operation failed.

@@ -221,6 +221,11 @@ impl Istiod {
     ) -> Result<Self> {
         let started = Instant::now();
         let build = build().await?;
+        // istiod runs in `dir`, so a relative path given here would not name the same file.
+        let absolute = |p: &Path| {
+            std::path::absolute(p).map_err(|e| Error::io(format!("resolving {}", p.display()), e))
+        };
+        let (kubeconfig, dir) = (absolute(kubeconfig)?, absolute(&dir)?);
         if dir.exists() {
             return Err(start_error(format!(
                 "{} exists: one istiod per environment",
@@ -244,7 +249,7 @@ impl Istiod {
         let mut istiod = Self {
             build,
             client,
-            kubeconfig: kubeconfig.to_path_buf(),
+            kubeconfig,
             dir,
             ports,
             options,

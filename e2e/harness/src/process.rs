@@ -3,12 +3,12 @@
 //! A child is started under `setpriv --pdeathsig TERM`, so the kernel sends it SIGTERM when
 //! its parent *thread* exits. Tests run on short-lived threads, so every child is forked from
 //! one dedicated thread that lives as long as the process: a test binary that crashes or is
-//! killed still takes its API servers and simulators with it.
+//! killed still takes its API servers and istiods with it.
 
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::mpsc;
@@ -163,59 +163,5 @@ pub(crate) async fn wait_for_line(
             });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The mesh simulator running as a child process (`meshmig-sim --kubeconfig …`). Stopped
-/// with SIGTERM (which removes its webhook) by [`SimProcess::stop`] or on drop.
-pub struct SimProcess {
-    child: Child,
-    log: PathBuf,
-}
-
-impl SimProcess {
-    pub(crate) async fn spawn(binary: &Path, kubeconfig: &Path, dir: &Path) -> Result<Self> {
-        let out = dir.join("meshmig-sim.out");
-        let log = dir.join("meshmig-sim.log");
-        let open = |p: &Path| {
-            File::create(p).map_err(|e| Error::io(format!("creating {}", p.display()), e))
-        };
-        let args = vec![
-            OsString::from("--kubeconfig"),
-            kubeconfig.as_os_str().to_owned(),
-        ];
-        let mut child = spawn(binary, &args, open(&out)?, open(&log)?)
-            .map_err(|e| Error::io(format!("starting {}", binary.display()), e))?;
-        let what = format!("{} --kubeconfig {}", binary.display(), kubeconfig.display());
-        if let Err(e) = wait_for_line(
-            &mut child,
-            &out,
-            &log,
-            "READY",
-            &what,
-            Duration::from_secs(90),
-        )
-        .await
-        {
-            terminate(&mut child, Duration::from_secs(5));
-            return Err(e);
-        }
-        Ok(Self { child, log })
-    }
-
-    /// The simulator's log (stderr).
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-
-    /// Stops it gracefully (SIGTERM; SIGKILL after 10 s).
-    pub async fn stop(mut self) {
-        terminate_async(&mut self.child, Duration::from_secs(10)).await;
-    }
-}
-
-impl Drop for SimProcess {
-    fn drop(&mut self) {
-        terminate(&mut self.child, Duration::from_secs(10));
     }
 }

@@ -4,6 +4,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
@@ -16,8 +17,8 @@ use tempfile::TempDir;
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
-use crate::istiod::{Istiod, IstiodOptions};
-use crate::process::{self, SimProcess};
+use crate::istiod::{Istiod, IstiodOptions, SharedIstiod};
+use crate::process;
 use crate::{Error, Result, SimConfig, SimHandle, apply};
 
 /// `testenv up` gives itself 3 minutes; allow a little more for a loaded machine.
@@ -350,22 +351,26 @@ impl TestEnv {
         Client::try_from(config).map_err(|e| client_error(&self.kubeconfig, e))
     }
 
-    /// Starts the mesh simulator in this process, against this environment. Keep the handle;
-    /// drop it (or call `shutdown`) to stop the simulator.
-    pub async fn start_simulator(&self) -> Result<SimHandle> {
-        Ok(meshmig_sim::Simulator::start(self.client(), SimConfig::default()).await?)
-    }
-
     /// The mesh the operator is tested against (see [`Mesh::start`]), with istiod's files in
-    /// `istiod/` of the environment's directory. Keep the handle.
+    /// `istiod/` of the environment's directory. Keep the handle (declared after the
+    /// environment, so it is dropped first).
     pub async fn start_mesh(&self) -> Result<Mesh> {
-        Mesh::start(self.client(), &self.kubeconfig, self.dir().join("istiod")).await
+        self.start_mesh_with(|config| config).await
     }
 
-    /// Starts the simulator binary (`meshmig-sim`) as a child process against this
-    /// environment, waiting until it is ready; its log goes to the environment's directory.
-    pub async fn spawn_simulator(&self, binary: impl AsRef<Path>) -> Result<SimProcess> {
-        SimProcess::spawn(binary.as_ref(), &self.kubeconfig, self.dir()).await
+    /// [`TestEnv::start_mesh`] with the simulator's settings changed by `configure` (e.g.
+    /// [`SimConfig::with_istio_code`]).
+    pub async fn start_mesh_with(
+        &self,
+        configure: impl FnOnce(SimConfig) -> SimConfig,
+    ) -> Result<Mesh> {
+        Mesh::start_with(
+            self.client(),
+            &self.kubeconfig,
+            self.dir().join("istiod"),
+            configure,
+        )
+        .await
     }
 
     /// Starts a real istiod (`pilot-discovery` from `e2e/istio/build.sh`) against this
@@ -447,10 +452,12 @@ fn client_error(kubeconfig: &Path, e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// The real istiod and the simulator beside it (see [`Mesh::start`]). Dropping it stops both.
+/// The real istiod and the simulator beside it (see [`Mesh::start`]). Dropping it stops both
+/// (the simulator's tasks at once, istiod with SIGTERM); [`Mesh::stop`] does it in order
+/// without blocking.
 pub struct Mesh {
     /// istiod, shared with the simulator's Sail.
-    pub istiod: std::sync::Arc<crate::istiod::SharedIstiod>,
+    pub istiod: Arc<SharedIstiod>,
     /// The simulator.
     pub sim: SimHandle,
 }
@@ -459,17 +466,37 @@ impl Mesh {
     /// Starts the real istiod (injection, waypoints, every status it writes) without the
     /// ambient profile, its files under `dir`, and beside it the simulator for what cannot
     /// run here: Sail (which restarts istiod when the profile changes), istio-cni, ztunnel
-    /// and the data plane behind the probes.
+    /// and the data plane behind the probes. Returns once istiod is ready (its webhooks
+    /// answer), so a Pod created afterwards is injected.
     pub async fn start(client: Client, kubeconfig: &Path, dir: PathBuf) -> Result<Self> {
+        Self::start_with(client, kubeconfig, dir, |config| config).await
+    }
+
+    /// [`Mesh::start`] with the simulator's settings changed by `configure`.
+    pub async fn start_with(
+        client: Client,
+        kubeconfig: &Path,
+        dir: PathBuf,
+        configure: impl FnOnce(SimConfig) -> SimConfig,
+    ) -> Result<Self> {
         let istiod =
-            crate::istiod::Istiod::start(client.clone(), kubeconfig, dir, IstiodOptions::default())
-                .await?;
-        let istiod = std::sync::Arc::new(crate::istiod::SharedIstiod::new(istiod));
-        let config = SimConfig {
-            istiod: Some(istiod.clone()),
-            ..SimConfig::default()
-        };
-        let sim = meshmig_sim::Simulator::start(client, config).await?;
+            Istiod::start(client.clone(), kubeconfig, dir, IstiodOptions::default()).await?;
+        let istiod = Arc::new(SharedIstiod::new(istiod));
+        let sim = meshmig_sim::Simulator::start(client, configure(SimConfig::new(istiod.clone())));
         Ok(Self { istiod, sim })
+    }
+
+    /// Stops the simulator, then istiod: its Sail must not restart istiod while istiod stops.
+    pub async fn stop(self) {
+        let Self { istiod, sim } = self;
+        sim.shutdown().await;
+        // The simulator held the only other reference, and its tasks have ended.
+        match Arc::try_unwrap(istiod) {
+            Ok(istiod) => istiod.stop().await,
+            Err(shared) => warn!(
+                references = Arc::strong_count(&shared),
+                "istiod is still shared; it stops when the last reference goes"
+            ),
+        }
     }
 }

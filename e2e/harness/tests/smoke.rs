@@ -1,5 +1,8 @@
-//! Smoke suite: a real API server (e2e/testenv) with the mesh simulator, exercising what the
-//! operator will rely on. Each test starts its own environment, so they run in parallel.
+//! Smoke suite: a real API server (e2e/testenv) with the mesh (the real istiod and the
+//! simulator beside it), exercising what the operator relies on and the simulator provides:
+//! Sail driving istiod, ztunnel and istio-cni capture. What istiod itself does to Pods,
+//! waypoints and policies is in tests/istiod.rs. Each test starts its own environment, so
+//! they run in parallel.
 
 use std::collections::BTreeSet;
 use std::error::Error;
@@ -7,13 +10,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Container, Namespace, Node, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use meshmig_api::names::{self, istio as n};
 use meshmig_api::sail::{Istio, IstioCni, ZTunnel, sail_state};
 use meshmig_e2e_harness::{Pending, TestEnv, wait_for};
-use meshmig_sim::{Gateway, GatewayClass, HttpRoute};
+use meshmig_sim::Istiod as _;
 use serde_json::{Value, json};
 
 type TestResult = Result<(), Box<dyn Error>>;
@@ -54,12 +57,23 @@ fn phase(pod: &Pod) -> &str {
         .unwrap_or("")
 }
 
-fn proxy(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::Container> {
+/// `istio-proxy`: istiod injects it as a native sidecar (an init container that keeps
+/// running, `restartPolicy: Always`).
+fn proxy(pod: &Pod) -> Option<&Container> {
     pod.spec
         .as_ref()?
-        .containers
+        .init_containers
         .iter()
-        .find(|c| c.name == n::PROXY_CONTAINER)
+        .flatten()
+        .find(|c| c.name == n::PROXY_CONTAINER && c.restart_policy.as_deref() == Some("Always"))
+}
+
+fn init_container_names(pod: &Pod) -> Vec<&str> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .map(|cs| cs.iter().map(|c| c.name.as_str()).collect())
+        .unwrap_or_default()
 }
 
 fn proxy_env(pod: &Pod, name: &str) -> Option<String> {
@@ -72,30 +86,27 @@ fn proxy_env(pod: &Pod, name: &str) -> Option<String> {
         .clone()
 }
 
-/// `ISTIO_META_ENABLE_HBONE` in the sidecar's PROXY_CONFIG proxyMetadata.
-fn proxy_config_hbone(pod: &Pod) -> bool {
+/// HBONE as the sidecar gets it: env `ISTIO_META_ENABLE_HBONE`, the same key in
+/// PROXY_CONFIG's `proxyMetadata`, and the `networking.istio.io/tunnel=http` label.
+fn hbone(pod: &Pod) -> (Option<String>, bool, Option<&str>) {
     let config: Value = proxy_env(pod, n::PROXY_CONFIG_ENV)
         .and_then(|c| serde_json::from_str(&c).ok())
         .unwrap_or_default();
-    config.pointer(&format!("/proxyMetadata/{}", n::ENABLE_HBONE)) == Some(&json!("true"))
+    let meta =
+        config.pointer(&format!("/proxyMetadata/{}", n::ENABLE_HBONE)) == Some(&json!("true"));
+    (
+        proxy_env(pod, n::ENABLE_HBONE),
+        meta,
+        pod.labels().get(n::TUNNEL).map(String::as_str),
+    )
 }
 
-fn tunnel_label(pod: &Pod) -> Option<&str> {
-    pod.labels().get(n::TUNNEL).map(String::as_str)
-}
+const NO_HBONE: (Option<String>, bool, Option<&str>) = (None, false, None);
 
 fn live(pods: Vec<Pod>) -> Vec<Pod> {
     pods.into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .collect()
-}
-
-fn condition<'a>(status: Option<&'a Value>, type_: &str) -> Option<&'a Value> {
-    status?
-        .get("conditions")?
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
 }
 
 /// Waits until every Deployment in `namespace` has rolled out and there are `count` live
@@ -214,54 +225,101 @@ where
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bookinfo_gets_sidecars_restarts_and_switches_to_ambient() -> TestResult {
-    init_tracing();
-    let env = TestEnv::builder().nodes(2).start().await?;
-    let _sim = env.start_simulator().await?;
-
-    env.apply_yaml(&example("00-control-plane.yaml")?).await?;
-    env.apply_yaml(&example("10-bookinfo.yaml")?).await?;
-    wait_healthy::<Istio>(&env, "default").await?;
-    wait_healthy::<IstioCni>(&env, "default").await?;
-
-    // Every bookinfo Pod is injected: 2/2, istio-proxy, status annotation, no HBONE.
-    let sidecar_pods = wait_pods(&env, "bookinfo", 6, 2, &BTreeSet::new()).await?;
-    for pod in &sidecar_pods {
+/// Every bookinfo Pod: istiod's native sidecar at istiod's version, with its status
+/// annotation, and HBONE as `want` says.
+fn assert_injected(pods: &[Pod], version: &str, want_hbone: bool) -> TestResult {
+    for pod in pods {
         let name = pod.name_any();
         let status: Value = serde_json::from_str(
             pod.annotations()
                 .get(n::SIDECAR_STATUS)
                 .ok_or(format!("{name}: no sidecar status"))?,
         )?;
-        assert_eq!(status["containers"], json!([n::PROXY_CONTAINER]), "{name}");
         assert_eq!(
-            proxy(pod).and_then(|c| c.image.as_deref()),
-            Some("docker.io/istio/proxyv2:1.27.0"),
+            status["initContainers"],
+            json!(["istio-init", n::PROXY_CONTAINER]),
             "{name}"
         );
         assert_eq!(
-            pod.labels()
-                .get("security.istio.io/tlsMode")
-                .map(String::as_str),
-            Some("istio"),
+            init_container_names(pod),
+            ["istio-init", n::PROXY_CONTAINER],
             "{name}"
         );
+        let image = proxy(pod).and_then(|c| c.image.as_deref()).unwrap_or("");
         assert!(
-            !proxy_config_hbone(pod) && tunnel_label(pod).is_none(),
-            "{name} has HBONE before ambient"
+            image.starts_with(&format!("docker.io/istio/proxyv2:{version}")),
+            "{name}: proxy image {image}"
         );
+        let (env, meta, tunnel) = hbone(pod);
+        if want_hbone {
+            assert_eq!(
+                (env.as_deref(), meta, tunnel),
+                (Some("true"), true, Some("http")),
+                "{name}: HBONE after the ambient switch"
+            );
+        } else {
+            assert_eq!(
+                (env, meta, tunnel),
+                NO_HBONE,
+                "{name}: HBONE before ambient"
+            );
+        }
     }
+    Ok(())
+}
+
+/// ztunnel's DaemonSet ready, one ztunnel Pod Running and Ready on each of `nodes`.
+async fn wait_ztunnel(env: &TestEnv, nodes: &BTreeSet<String>) -> TestResult {
+    let ztunnel_pods: Api<Pod> = env.api_in("ztunnel");
+    wait_for("ztunnel ready on every node", TIMEOUT, async || {
+        let ready: BTreeSet<String> = live(
+            ztunnel_pods
+                .list(&ListParams::default().labels("app=ztunnel"))
+                .await?
+                .items,
+        )
+        .iter()
+        .filter(|p| phase(p) == "Running" && readiness(p) == (1, 1))
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+        if &ready == nodes {
+            Ok(())
+        } else {
+            Err(Pending::new(format!("ready on {ready:?} of {nodes:?}")))
+        }
+    })
+    .await?;
+    let ds = env.api_in::<DaemonSet>("ztunnel").get("ztunnel").await?;
+    assert!(meshmig_sim::workload::daemonset(&ds).ready);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookinfo_gets_sidecars_restarts_and_switches_to_ambient() -> TestResult {
+    init_tracing();
+    let env = TestEnv::builder().nodes(2).start().await?;
+    let mesh = env.start_mesh().await?;
+    let version = mesh.istiod.version();
+
+    env.apply_yaml(&example("00-control-plane.yaml")?).await?;
+    env.apply_yaml(&example("10-bookinfo.yaml")?).await?;
+    wait_healthy::<Istio>(&env, "default").await?;
+    wait_healthy::<IstioCni>(&env, "default").await?;
+    assert!(
+        !mesh.istiod.ambient(),
+        "istiod ambient under profile default"
+    );
+
+    // istiod injects every bookinfo Pod (the app container 1/1, the sidecar beside it).
+    let sidecar_pods = wait_pods(&env, "bookinfo", 6, 1, &BTreeSet::new()).await?;
+    assert_injected(&sidecar_pods, &version, false)?;
 
     // A rollout restart replaces every Pod (real Deployment controller, real scheduler).
     let before = restart(&env, "bookinfo", "first").await?;
-    let restarted = wait_pods(&env, "bookinfo", 6, 2, &before).await?;
-    assert!(
-        restarted.iter().all(|p| !proxy_config_hbone(p)),
-        "sidecars got HBONE without an ambient control plane"
-    );
+    let restarted = wait_pods(&env, "bookinfo", 6, 1, &before).await?;
+    assert_injected(&restarted, &version, false)?;
 
-    // Switch the control plane to ambient and add ztunnel.
+    // Switch the control plane to ambient and add ztunnel: Sail restarts istiod.
     let patch = Patch::Merge(json!({"spec": {"profile": "ambient"}}));
     env.api::<Istio>()
         .patch("default", &PatchParams::default(), &patch)
@@ -275,8 +333,12 @@ async fn bookinfo_gets_sidecars_restarts_and_switches_to_ambient() -> TestResult
     assert_eq!(istio.metadata.generation, Some(2));
     wait_healthy::<IstioCni>(&env, "default").await?;
     wait_healthy::<ZTunnel>(&env, "default").await?;
+    assert!(
+        mesh.istiod.ambient(),
+        "Sail did not restart istiod with the ambient profile"
+    );
 
-    // istiod was rolled out with ambient enabled.
+    // The Deployment that stands for istiod was rolled out with ambient enabled.
     let istiod = env
         .api_in::<Deployment>("istio-system")
         .get("istiod")
@@ -295,7 +357,6 @@ async fn bookinfo_gets_sidecars_restarts_and_switches_to_ambient() -> TestResult
             .any(|e| e.name == n::PILOT_ENABLE_AMBIENT && e.value.as_deref() == Some("true"))
     );
 
-    // ztunnel is ready on every node.
     let nodes: BTreeSet<String> = env
         .api::<Node>()
         .list(&ListParams::default())
@@ -305,29 +366,9 @@ async fn bookinfo_gets_sidecars_restarts_and_switches_to_ambient() -> TestResult
         .map(|n| n.name_any())
         .collect();
     assert_eq!(nodes.len(), 2);
-    let ztunnel_pods: Api<Pod> = env.api_in("ztunnel");
-    wait_for("ztunnel ready on every node", TIMEOUT, async || {
-        let ready: BTreeSet<String> = live(
-            ztunnel_pods
-                .list(&ListParams::default().labels("app=ztunnel"))
-                .await?
-                .items,
-        )
-        .iter()
-        .filter(|p| phase(p) == "Running" && readiness(p) == (1, 1))
-        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
-        .collect();
-        if ready == nodes {
-            Ok(())
-        } else {
-            Err(Pending::new(format!("ready on {ready:?} of {nodes:?}")))
-        }
-    })
-    .await?;
-    let ds = env.api_in::<DaemonSet>("ztunnel").get("ztunnel").await?;
-    assert!(meshmig_sim::workload::daemonset(&ds).ready);
+    wait_ztunnel(&env, &nodes).await?;
 
-    // Sidecars injected before the switch do not speak HBONE; new ones do.
+    // Sidecars injected before the switch keep theirs; restarted ones speak HBONE.
     let old = live(
         env.api_in::<Pod>("bookinfo")
             .list(&ListParams::default())
@@ -335,26 +376,16 @@ async fn bookinfo_gets_sidecars_restarts_and_switches_to_ambient() -> TestResult
             .items,
     );
     assert!(
-        old.iter()
-            .all(|p| !proxy_config_hbone(p) && tunnel_label(p).is_none()),
+        old.iter().all(|p| hbone(p) == NO_HBONE),
         "old sidecars changed in place"
     );
     let before = restart(&env, "bookinfo", "hbone").await?;
-    let hbone_pods = wait_pods(&env, "bookinfo", 6, 2, &before).await?;
-    for pod in &hbone_pods {
-        let name = pod.name_any();
-        assert!(
-            proxy_config_hbone(pod),
-            "{name}: PROXY_CONFIG without HBONE: {:?}",
-            proxy_env(pod, n::PROXY_CONFIG_ENV)
-        );
-        assert_eq!(tunnel_label(pod), Some("http"), "{name}");
-        assert_eq!(
-            proxy_env(pod, n::ENABLE_HBONE).as_deref(),
-            Some("true"),
-            "{name}"
-        );
-    }
+    let hbone_pods = wait_pods(&env, "bookinfo", 6, 1, &before).await?;
+    assert_injected(&hbone_pods, &version, true)?;
+    println!(
+        "istiod RSS with bookinfo, after the ambient switch: {} MiB",
+        mesh.istiod.rss_bytes().await.unwrap_or(0) / (1 << 20)
+    );
 
     // Sail workloads are owned by their resource: deleting the IstioCNI removes its DaemonSet.
     env.api::<IstioCni>()
@@ -370,80 +401,39 @@ async fn bookinfo_gets_sidecars_restarts_and_switches_to_ambient() -> TestResult
         },
     )
     .await?;
+    mesh.stop().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waypoints_ambient_capture_and_routes_with_an_external_control_plane() -> TestResult {
+async fn ambient_capture_follows_ztunnel_and_enrolment() -> TestResult {
     init_tracing();
     let env = TestEnv::start().await?;
-    let _sim = env.start_simulator().await?;
+    let mesh = env.start_mesh().await?;
 
-    // External mode: no Sail Istio; istiod and ztunnel are installed "by Helm".
+    // An ambient namespace: istiod injects nothing, and without ztunnel nothing is captured.
     env.apply_yaml(
-        r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: istio-system}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: istiod, namespace: istio-system}
-spec:
-  selector: {matchLabels: {app: istiod}}
-  template:
-    metadata: {labels: {app: istiod}}
-    spec:
-      containers:
-      - name: discovery
-        image: docker.io/istio/pilot:1.26.3
-        env: [{name: PILOT_ENABLE_AMBIENT, value: "true"}]
----
-apiVersion: apps/v1
-kind: DaemonSet
-metadata: {name: ztunnel, namespace: istio-system, labels: {app: ztunnel}}
-spec:
-  selector: {matchLabels: {app: ztunnel}}
-  template:
-    metadata: {labels: {app: ztunnel}}
-    spec: {containers: [{name: istio-proxy, image: docker.io/istio/ztunnel:1.26.3}]}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, labels: {istio-injection: enabled}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}
-"#,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}\n",
     )
     .await?;
-    wait_pods(&env, "istio-system", 2, 1, &BTreeSet::new()).await?;
-
-    // Sidecars injected under an ambient istiod speak HBONE, at istiod's version.
-    let app = |ns: &str, name: &str| {
-        format!(
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{matchLabels: {{app: {name}}}}}\n  \
-             template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec: {{containers: [{{name: app, image: example/{name}}}]}}\n"
-        )
-    };
-    env.apply_yaml(&app("shop", "web")).await?;
-    let web = wait_pods(&env, "shop", 1, 2, &BTreeSet::new()).await?;
-    assert!(
-        proxy_config_hbone(&web[0]) && tunnel_label(&web[0]) == Some("http"),
-        "external ambient istiod: no HBONE"
-    );
-    assert_eq!(
-        proxy(&web[0]).and_then(|c| c.image.as_deref()),
-        Some("docker.io/istio/proxyv2:1.26.3")
-    );
-
-    // An ambient namespace without injection: 1/1 Pods, captured by the CNI.
-    env.apply_yaml(&app("mesh", "api")).await?;
+    env.apply_yaml(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: api, namespace: mesh}\nspec:\n  selector: {matchLabels: {app: api}}\n  \
+         template:\n    metadata: {labels: {app: api}}\n    spec: {containers: [{name: app, image: example/api}]}\n",
+    )
+    .await?;
     let api_pod = wait_pods(&env, "mesh", 1, 1, &BTreeSet::new())
         .await?
         .remove(0);
-    assert!(proxy(&api_pod).is_none(), "ambient pod was injected");
+    assert!(
+        proxy(&api_pod).is_none() && !api_pod.annotations().contains_key(n::SIDECAR_STATUS),
+        "ambient Pod was injected"
+    );
+    assert_eq!(
+        api_pod.annotations().get(n::REDIRECTION),
+        None,
+        "captured without ztunnel"
+    );
+
     let pods: Api<Pod> = env.api_in("mesh");
     let pod_name = api_pod.name_any();
     let redirection = async |want: Option<&str>| {
@@ -462,8 +452,27 @@ metadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}
         )
         .await
     };
+    // ztunnel installed "by Helm" (no Sail): once it is ready, the running Pod is captured.
+    env.apply_yaml(
+        r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: ztunnel, namespace: istio-system, labels: {app: ztunnel}}
+spec:
+  selector: {matchLabels: {app: ztunnel}}
+  template:
+    metadata: {labels: {app: ztunnel}}
+    spec: {containers: [{name: istio-proxy, image: docker.io/istio/ztunnel:1.27.0}]}
+"#,
+    )
+    .await?;
     redirection(Some("enabled")).await?;
-    // Leaving ambient removes it from the running Pod.
+    assert_eq!(
+        pods.get(&pod_name).await?.uid(),
+        api_pod.uid(),
+        "captured by a restart"
+    );
+    // Leaving ambient releases it; coming back captures it again.
     let unenroll = json!({"metadata": {"labels": {n::DATAPLANE_MODE: null}}});
     env.api::<Namespace>()
         .patch("mesh", &PatchParams::default(), &Patch::Merge(&unenroll))
@@ -474,220 +483,15 @@ metadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}
         .patch("mesh", &PatchParams::default(), &Patch::Merge(&enroll))
         .await?;
     redirection(Some("enabled")).await?;
-
-    // The waypoint GatewayClass is there and accepted.
-    let classes: Api<GatewayClass> = env.api();
-    wait_for(
-        "GatewayClass istio-waypoint Accepted",
-        TIMEOUT,
-        async || {
-            let class = classes.get(n::WAYPOINT_CLASS).await?;
-            match condition(class.status.as_ref(), "Accepted") {
-                Some(c)
-                    if c["status"] == "True"
-                        && class.spec.controller_name == "istio.io/mesh-controller" =>
-                {
-                    Ok(())
-                }
-                other => Err(Pending::new(format!("Accepted is {other:?}"))),
-            }
-        },
-    )
-    .await?;
-
-    // A waypoint becomes Programmed, with its Service address.
-    env.apply_yaml(
-        r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: mesh, labels: {istio.io/waypoint-for: service}}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
-"#,
-    )
-    .await?;
-    let gateways: Api<Gateway> = env.api_in("mesh");
-    let gateway = wait_for(
-        "Gateway mesh/waypoint Programmed with an address",
-        TIMEOUT,
-        async || {
-            let gw = gateways.get("waypoint").await?;
-            let programmed = condition(gw.status.as_ref(), "Programmed");
-            let addresses = gw
-                .status
-                .as_ref()
-                .and_then(|s| s.get("addresses"))
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            match programmed {
-                Some(c) if c["status"] == "True" && !addresses.is_empty() => Ok(gw),
-                other => Err(Pending::new(format!(
-                    "Programmed {other:?}, addresses {addresses:?}"
-                ))),
-            }
-        },
-    )
-    .await?;
-    let status = gateway.status.clone().unwrap_or_default();
-    let programmed = condition(Some(&status), "Programmed").ok_or("no Programmed")?;
-    assert_eq!(
-        (&programmed["reason"], &programmed["observedGeneration"]),
-        (&json!("Programmed"), &json!(1))
-    );
-    let waypoint_svc = env.api_in::<Service>("mesh").get("waypoint").await?;
-    let cluster_ip = waypoint_svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.cluster_ip.clone())
-        .ok_or("no cluster IP")?;
-    assert_eq!(
-        status["addresses"],
-        json!([{"type": "IPAddress", "value": cluster_ip}])
-    );
-    assert!(
-        waypoint_svc
-            .spec
-            .as_ref()
-            .and_then(|s| s.ports.as_ref())
-            .is_some_and(|ps| ps.iter().any(|p| p.port == 15008))
-    );
-    assert_eq!(status["listeners"][0]["name"], "mesh");
-    let waypoint_deploy = env.api_in::<Deployment>("mesh").get("waypoint").await?;
-    let owners: Vec<&str> = waypoint_deploy
-        .owner_references()
-        .iter()
-        .map(|o| o.uid.as_str())
-        .collect();
-    assert_eq!(
-        owners,
-        [gateway.uid().unwrap_or_default()],
-        "waypoint Deployment owners"
-    );
-    assert_eq!(
-        waypoint_deploy
-            .labels()
-            .get("gateway.networking.k8s.io/gateway-name")
-            .map(String::as_str),
-        Some("waypoint")
-    );
-    env.api_in::<ServiceAccount>("mesh").get("waypoint").await?;
-
-    // Services bind to it (or say why not).
-    env.apply_yaml(
-        r#"
-apiVersion: v1
-kind: Service
-metadata: {name: api, namespace: mesh, labels: {istio.io/use-waypoint: waypoint}}
-spec: {selector: {app: api}, ports: [{name: http, port: 8080}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: lost, namespace: mesh, labels: {istio.io/use-waypoint: nowhere}}
-spec: {selector: {app: lost}, ports: [{name: http, port: 8080}]}
-"#,
-    )
-    .await?;
-    let services: Api<Service> = env.api_in("mesh");
-    let bound = async |service: &str, want: (&str, &str)| {
-        wait_for(
-            format!("Service mesh/{service} WaypointBound {want:?}"),
-            TIMEOUT,
-            async || {
-                let svc = services.get(service).await?;
-                let c = svc
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .find(|c| c.type_ == n::WAYPOINT_BOUND);
-                match c {
-                    Some(c) if (c.status.as_str(), c.reason.as_str()) == want => Ok(()),
-                    other => Err(Pending::new(format!("condition is {other:?}"))),
-                }
-            },
-        )
-        .await
-    };
-    bound("api", ("True", "Bound")).await?;
-    bound("lost", ("False", "NotFound")).await?;
-
-    // Mesh HTTPRoutes are accepted; a missing backend is reported.
-    env.apply_yaml(
-        r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: api, namespace: mesh}
-spec:
-  parentRefs: [{group: "", kind: Service, name: api, port: 8080}]
-  rules: [{backendRefs: [{name: api, port: 8080}]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: broken, namespace: mesh}
-spec:
-  parentRefs: [{group: "", kind: Service, name: api, port: 8080}]
-  rules: [{backendRefs: [{name: api-v9, port: 8080}]}]
-"#,
-    )
-    .await?;
-    let routes: Api<HttpRoute> = env.api_in("mesh");
-    let route_status = async |route: &str, accepted: &str, resolved: (&str, &str)| {
-        wait_for(
-            format!("HTTPRoute mesh/{route} Accepted={accepted} ResolvedRefs={resolved:?}"),
-            TIMEOUT,
-            async || {
-                let r = routes.get(route).await?;
-                let parent = r
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.pointer("/parents/0"))
-                    .cloned()
-                    .ok_or("no status.parents")?;
-                let a = condition(Some(&parent), "Accepted").map(|c| c["status"].clone());
-                let rr = condition(Some(&parent), "ResolvedRefs")
-                    .map(|c| (c["status"].clone(), c["reason"].clone()));
-                let ok = parent["controllerName"] == "istio.io/gateway-controller"
-                    && parent["parentRef"]
-                        == json!({"group": "", "kind": "Service", "name": "api", "port": 8080})
-                    && a == Some(json!(accepted))
-                    && rr == Some((json!(resolved.0), json!(resolved.1)));
-                if ok {
-                    Ok(())
-                } else {
-                    Err(Pending::new(format!("parent status {parent}")))
-                }
-            },
-        )
-        .await
-    };
-    route_status("api", "True", ("True", "ResolvedRefs")).await?;
-    route_status("broken", "True", ("False", "BackendNotFound")).await?;
-
-    // Deleting the waypoint: garbage collection removes its Deployment, the binding goes.
-    gateways
-        .delete("waypoint", &DeleteParams::foreground())
-        .await?;
-    let deployments: Api<Deployment> = env.api_in("mesh");
-    wait_for(
-        "waypoint Deployment garbage-collected",
-        TIMEOUT,
-        async || match deployments.get_opt("waypoint").await? {
-            None => Ok(()),
-            Some(_) => Err(Pending::new("still there")),
-        },
-    )
-    .await?;
-    bound("api", ("False", "NotFound")).await?;
+    mesh.stop().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restricted_service_account_and_clear_errors() -> TestResult {
     init_tracing();
+    // The API server alone: nothing here needs the mesh.
     let env = TestEnv::start().await?;
-    let _sim = env.start_simulator().await?;
 
     env.apply_yaml(
         r#"
@@ -765,8 +569,8 @@ subjects: [{kind: ServiceAccount, name: auditor, namespace: team}]
         other => return Err(format!("a bogus token: expected 401, got {other:?}").into()),
     }
 
-    // Probe outcomes (judged by Istio's RBAC for the path each request takes) are tested in
-    // e2e/sim/tests/probes.rs.
+    // Probe outcomes (judged by Istio's RBAC along the path each request takes) are tested
+    // in e2e/sim/tests/probes.rs.
 
     // Errors name the object.
     let err = env

@@ -20,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::controller::{describe, drain, error_policy};
-use crate::inject::has_sidecar;
 use crate::{Ctx, Error, Result, workload};
 
 /// Value of the redirection annotation on captured Pods.
@@ -29,6 +28,19 @@ pub const REDIRECTION_ENABLED: &str = "enabled";
 const NEVER_CAPTURED: [&str; 1] = ["kube-system"];
 /// Label selecting ztunnel DaemonSets (as the Sail simulator creates them).
 const ZTUNNEL_SELECTOR: &str = "app=ztunnel";
+
+/// `true` when istiod injected a sidecar into `pod`: its status annotation, or an
+/// `istio-proxy` container (a native sidecar is an init container).
+pub fn has_sidecar(pod: &Pod) -> bool {
+    let annotated = pod.annotations().contains_key(n::SIDECAR_STATUS);
+    let container = pod.spec.as_ref().is_some_and(|s| {
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+            .any(|c| c.name == n::PROXY_CONTAINER)
+    });
+    annotated || container
+}
 
 /// `true` when ambient mode should capture `pod` (ignoring whether ztunnel is up).
 pub fn enrolled(namespace_labels: &BTreeMap<String, String>, pod: &Pod) -> bool {
@@ -179,10 +191,18 @@ mod tests {
             &ambient_ns(),
             &pod("kube-system", json!({}), json!({}))
         ));
-        // A sidecar wins over ambient enrolment.
+        // A sidecar wins over ambient enrolment, a native one (an init container) too.
         assert!(!enrolled(
             &ambient_ns(),
             &pod("a", json!({}), json!({"sidecar.istio.io/status": "{}"}))
         ));
+        let mut native = pod("a", json!({}), json!({}));
+        if let Some(spec) = native.spec.as_mut() {
+            spec.init_containers = Some(vec![
+                serde_json::from_value(json!({"name": "istio-proxy", "restartPolicy": "Always"}))
+                    .unwrap(),
+            ]);
+        }
+        assert!(!enrolled(&ambient_ns(), &native));
     }
 }

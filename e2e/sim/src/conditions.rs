@@ -47,15 +47,6 @@ pub fn merge(current: &[Condition], desired: Vec<Condition>) -> Vec<Condition> {
     out
 }
 
-/// `current` without conditions of type `type_`.
-pub fn remove(current: &[Condition], type_: &str) -> Vec<Condition> {
-    current
-        .iter()
-        .filter(|c| c.type_ != type_)
-        .cloned()
-        .collect()
-}
-
 /// Equal, ignoring `lastTransitionTime` (which `merge` keeps stable anyway).
 pub fn equivalent(a: &[Condition], b: &[Condition]) -> bool {
     a.len() == b.len()
@@ -81,17 +72,16 @@ pub fn read(status: Option<&Value>) -> Vec<Condition> {
         .unwrap_or_default()
 }
 
-/// `true` when a condition of type `type_` has status `True`.
-pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
-    conditions
-        .iter()
-        .any(|c| c.type_ == type_ && c.status == "True")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::jiff::Timestamp;
+
+    fn is_true(conditions: &[Condition], type_: &str) -> bool {
+        conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == "True")
+    }
 
     fn at(second: i64, c: Condition) -> Condition {
         Condition {
@@ -128,7 +118,6 @@ mod tests {
             ["Other", "Ready"]
         );
         assert!(is_true(&merged, "Other") && is_true(&merged, "Ready"));
-        assert_eq!(remove(&merged, "Other").len(), 1);
     }
 
     #[test]

@@ -23,23 +23,12 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
-    /// The webhook's certificates or TLS configuration could not be built.
-    #[error("webhook TLS: {0}")]
-    Tls(String),
     /// The real istiod could not be restarted.
     #[error("{0}")]
     Istiod(String),
-    /// The webhook server could not listen.
-    #[error("webhook server: {0}")]
+    /// A file could not be written (the Sail CRDs).
+    #[error("{0}")]
     Io(#[from] std::io::Error),
-    /// The API server never called the registered webhook.
-    #[error("injection webhook not called by the API server within {seconds}s: {last}")]
-    WebhookNotCalled {
-        /// How long the simulator waited.
-        seconds: u64,
-        /// The last thing observed.
-        last: String,
-    },
     /// An object lacks something the simulator needs.
     #[error("{object}: {message}")]
     Invalid {

@@ -1,38 +1,40 @@
-//! A test-only simulator of the parts of Istio that are visible through the Kubernetes API.
+//! A test-only stand-in for the parts of Istio that cannot run in the test environment.
 //!
-//! It plays the Sail operator (workloads and `.status.state` for `Istio`, `IstioCNI`,
-//! `ZTunnel`), istiod's sidecar injector (a real mutating admission webhook), istio-cni's
-//! redirection annotation, the waypoint deployment controller and Gateway status, the
-//! `istio.io/WaypointBound` Service condition, HTTPRoute status for Service parents, and the
-//! outcome of meshmig's checkpoint probe Pods. Nothing here carries traffic or evaluates
-//! policy: it is a stand-in that lets an operator be tested against a real API server.
+//! The environment (`e2e/testenv`) is a real API server, controller-manager and scheduler
+//! with fake nodes: no container runtime, no network. The real istiod runs beside it as a
+//! process (`meshmig-e2e-harness`) and does everything istiod does through the API: sidecar
+//! injection, waypoint Deployments and Services, Gateway, Service (`istio.io/WaypointBound`),
+//! HTTPRoute and policy status, validation. What is left needs Pods that run or packets that
+//! flow, so this crate plays it:
+//!
+//! - **Sail's operator**: `Istio`, `IstioCNI` and `ZTunnel` get their workloads and
+//!   `.status.state`; a profile switch to or from ambient restarts the real istiod, as Sail
+//!   re-renders istiod ([`Istiod`]).
+//! - **istio-cni and ztunnel**: ambient Pods get `ambient.istio.io/redirection: enabled` once
+//!   the ztunnel DaemonSet is ready (its readiness comes from the fake nodes).
+//! - **The data plane**: meshmig's checkpoint probe Pods end as their request would, judged
+//!   by Istio's own RBAC builder and ztunnel conversion along the path the request takes.
 //!
 //! ```no_run
-//! # async fn demo(client: kube::Client) -> Result<(), meshmig_sim::Error> {
-//! let sim = meshmig_sim::Simulator::start(client, meshmig_sim::SimConfig::default()).await?;
-//! // ... create Pods, Gateways, Sail resources ...
-//! sim.shutdown().await?;
+//! # async fn demo(client: kube::Client, istiod: std::sync::Arc<dyn meshmig_sim::Istiod>)
+//! # -> Result<(), meshmig_sim::Error> {
+//! let sim = meshmig_sim::Simulator::start(client, meshmig_sim::SimConfig::new(istiod));
+//! // ... create Pods, Sail resources, probe Pods ...
+//! sim.shutdown().await;
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 mod cni;
-pub mod conditions;
+mod conditions;
 mod controller;
 mod error;
-pub mod inject;
-pub mod mesh;
 mod probes;
-mod routes;
 pub mod sail;
-mod services;
 mod views;
-mod waypoint;
-pub mod webhook;
 pub mod workload;
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,7 +47,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use error::Error;
-pub use views::{Gateway, GatewayClass, HttpRoute};
+pub use probes::{IstioCode, LiveIstioCode};
+pub use views::Gateway;
 
 /// Result type of the simulator.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -54,16 +57,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub const FIELD_MANAGER: &str = "meshmig-sim";
 /// Value of `app.kubernetes.io/managed-by` on objects the simulator creates.
 pub const MANAGED_BY: &str = "meshmig-sim";
-/// Namespace the simulator owns (probe outcomes live here).
-pub const SIM_NAMESPACE: &str = "meshmig-sim";
-/// ConfigMap in [`SIM_NAMESPACE`] whose data maps a probe name to `pass` or `fail`.
-pub const PROBES_CONFIGMAP: &str = "meshmig-sim-probes";
-/// Name of the MutatingWebhookConfiguration the simulator registers.
-pub const WEBHOOK_CONFIGURATION: &str = "meshmig-sim-injector";
-/// Istio version used when neither a Sail `Istio` nor an istiod image names one.
-pub const DEFAULT_ISTIO_VERSION: &str = "1.27.0";
 
-/// A real istiod that runs beside the simulator (a process of the test environment). It
+/// The real istiod that runs beside the simulator (a process of the test environment). It
 /// injects sidecars, runs waypoints and writes every status istiod writes, so the simulator
 /// does none of that; the simulated Sail operator restarts it when the `Istio` profile
 /// switches to or from ambient, as Sail re-renders istiod.
@@ -76,28 +71,33 @@ pub trait Istiod: Send + Sync + std::fmt::Debug {
     fn version(&self) -> String;
 }
 
-/// Settings of a simulator instance.
+/// Settings of a simulator instance: [`SimConfig::new`] with the istiod it plays Sail for.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
-    /// Address the injection webhook listens on; the API server must be able to reach it.
-    pub webhook_addr: IpAddr,
-    /// Istio version for images when nothing in the cluster names one.
-    pub default_version: String,
+    /// The real istiod; its version is also the image tag of Sail workloads whose resource
+    /// names no `spec.version`.
+    pub istiod: Arc<dyn Istiod>,
+    /// Istio's own code that judges probe requests (default: the `meshmig-istio` build of
+    /// `$MESHMIG_ISTIO_HOME`, else of `e2e/istio/build.sh`).
+    pub istio_code: Arc<dyn IstioCode>,
     /// Period of the safety-net resync of every reconciler (they are event-driven).
     pub resync: Duration,
-    /// The real istiod, when one runs: then the simulator plays only Sail, istio-cni,
-    /// ztunnel and the data plane (probes).
-    pub istiod: Option<Arc<dyn Istiod>>,
 }
 
-impl Default for SimConfig {
-    fn default() -> Self {
+impl SimConfig {
+    /// The simulator beside `istiod`, judging probes with [`LiveIstioCode`].
+    pub fn new(istiod: Arc<dyn Istiod>) -> Self {
         Self {
-            webhook_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            default_version: DEFAULT_ISTIO_VERSION.to_string(),
+            istiod,
+            istio_code: Arc::new(LiveIstioCode),
             resync: Duration::from_secs(300),
-            istiod: None,
         }
+    }
+
+    /// Judges probe requests with `code` instead.
+    pub fn with_istio_code(mut self, code: Arc<dyn IstioCode>) -> Self {
+        self.istio_code = code;
+        self
     }
 }
 
@@ -111,72 +111,12 @@ pub(crate) struct Ctx {
 pub struct Simulator;
 
 impl Simulator {
-    /// Starts every simulated component against `client`'s cluster.
-    ///
-    /// When this returns, the injection webhook is registered *and* the API server has been
-    /// seen calling it, so a Pod created afterwards is injected; the reconcilers are running.
-    pub async fn start(client: Client, config: SimConfig) -> Result<SimHandle> {
+    /// Starts Sail, istio-cni and the probe judge against `client`'s cluster, as tasks of the
+    /// current Tokio runtime. They are watch-driven and catch up with whatever exists, so
+    /// there is nothing to wait for.
+    pub fn start(client: Client, config: SimConfig) -> SimHandle {
         let token = CancellationToken::new();
-        let real_istiod = config.istiod.is_some();
-        let ctx = Arc::new(Ctx {
-            client: client.clone(),
-            config,
-        });
-        ensure_namespace(&client, SIM_NAMESPACE).await?;
-        if real_istiod {
-            return Ok(Self::beside_istiod(ctx, client, token));
-        }
-        waypoint::ensure_gateway_class(&client).await?;
-
-        let server = webhook::WebhookServer::start(ctx.clone(), token.child_token()).await?;
-        webhook::register(&client, &server.url(), server.ca_pem()).await?;
-        if let Err(e) = webhook::wait_until_called(&client, Duration::from_secs(60)).await {
-            // Leaving a failurePolicy=Fail webhook behind would block every Pod creation.
-            if let Err(cleanup) = webhook::unregister(&client).await {
-                warn!(error = %cleanup, "could not remove the injection webhook after a failed start");
-            }
-            token.cancel();
-            return Err(e);
-        }
-
-        let mut tasks = vec![server.into_task()];
-        tasks.push(tokio::spawn(sail::run::<meshmig_api::sail::Istio>(
-            ctx.clone(),
-            token.clone(),
-        )));
-        tasks.push(tokio::spawn(sail::run::<meshmig_api::sail::IstioCni>(
-            ctx.clone(),
-            token.clone(),
-        )));
-        tasks.push(tokio::spawn(sail::run::<meshmig_api::sail::ZTunnel>(
-            ctx.clone(),
-            token.clone(),
-        )));
-        tasks.push(tokio::spawn(cni::run(ctx.clone(), token.clone())));
-        tasks.push(tokio::spawn(waypoint::run_gateway_classes(
-            ctx.clone(),
-            token.clone(),
-        )));
-        tasks.push(tokio::spawn(waypoint::run_gateways(
-            ctx.clone(),
-            token.clone(),
-        )));
-        tasks.push(tokio::spawn(services::run(ctx.clone(), token.clone())));
-        tasks.push(tokio::spawn(routes::run(ctx.clone(), token.clone())));
-        tasks.push(tokio::spawn(probes::run(ctx.clone(), token.clone())));
-        info!("mesh simulator started");
-        Ok(SimHandle {
-            client,
-            token,
-            tasks,
-            stopped: false,
-        })
-    }
-}
-
-impl Simulator {
-    /// Beside a real istiod: Sail (driving istiod), istio-cni and the probes only.
-    fn beside_istiod(ctx: Arc<Ctx>, client: Client, token: CancellationToken) -> SimHandle {
+        let ctx = Arc::new(Ctx { client, config });
         let tasks = vec![
             tokio::spawn(sail::run::<meshmig_api::sail::Istio>(
                 ctx.clone(),
@@ -195,7 +135,6 @@ impl Simulator {
         ];
         info!("mesh simulator started beside the real istiod");
         SimHandle {
-            client,
             token,
             tasks,
             stopped: false,
@@ -203,24 +142,19 @@ impl Simulator {
     }
 }
 
-/// A running simulator. [`SimHandle::shutdown`] stops it cleanly and removes its webhook;
-/// dropping the handle only stops its tasks (the webhook registration stays behind, which is
-/// harmless when the whole test cluster goes away with it).
+/// A running simulator. [`SimHandle::shutdown`] stops it and waits for its tasks; dropping
+/// the handle stops them without waiting.
 pub struct SimHandle {
-    client: Client,
     token: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     stopped: bool,
 }
 
 impl SimHandle {
-    /// Stops every component, waits for them (bounded), and removes the webhook registration
-    /// so Pods can be created without the simulator.
-    pub async fn shutdown(mut self) -> Result<()> {
+    /// Stops every component and waits for them (bounded: a reconcile stuck on an API call
+    /// must not hold up a test's teardown).
+    pub async fn shutdown(mut self) {
         self.stopped = true;
-        // Unregister first: once the server stops, a registered failurePolicy=Fail webhook
-        // would refuse every Pod.
-        let unregistered = webhook::unregister(&self.client).await;
         self.token.cancel();
         let tasks = std::mem::take(&mut self.tasks);
         let all = futures::future::join_all(tasks);
@@ -231,7 +165,6 @@ impl SimHandle {
             warn!("simulator tasks did not stop within 10s");
         }
         info!("mesh simulator stopped");
-        unregistered
     }
 
     /// A token that is cancelled when the simulator stops.

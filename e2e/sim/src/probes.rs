@@ -5,8 +5,9 @@
 //! istiod's own code and Envoy/ztunnel matchers ([`enforce`]); it ends the Pod `Succeeded` or
 //! `Failed` as the probe script would for that answer ([`request`]).
 //!
-//! A probe is never passed on a guess: when `meshmig-istio` cannot be found or fails, or the
-//! request involves something not modelled, the Pod fails with a message saying so.
+//! A probe is never passed on a guess: when Istio's code ([`IstioCode`], by default the
+//! `meshmig-istio` build) cannot be found or fails, or the request involves something not
+//! modelled, the Pod fails with a message saying so.
 
 mod enforce;
 mod path;
@@ -37,11 +38,11 @@ use crate::conditions::now;
 use crate::controller::{describe, drain, error_policy};
 use crate::error::{is_conflict, is_not_found};
 use crate::views::Gateway;
-use crate::waypoint::GATEWAY_NAME_LABEL;
 use crate::{Ctx, Error, Result, workload};
 
-use enforce::{JudgeError, LiveIstiod, Observed};
-use path::{Mesh, PathError, Snapshot, Workload};
+pub use enforce::{IstioCode, LiveIstioCode};
+use enforce::{JudgeError, Observed};
+use path::{GATEWAY_NAME_LABEL, Mesh, PathError, Snapshot, Workload};
 use request::ProbeRequest;
 
 /// How often a probe waiting for the cluster to settle looks again.
@@ -220,8 +221,9 @@ async fn complete(pod: &Pod, ctx: &Ctx) -> Result<Option<Completion>> {
         }
     }
     let caller = Workload::of(pod);
+    let code = ctx.config.istio_code.clone();
     let judged = tokio::task::spawn_blocking(move || {
-        enforce::observe(&LiveIstiod, &snapshot, &caller, &request).map(|o| (request, o))
+        enforce::observe(code.as_ref(), &snapshot, &caller, &request).map(|o| (request, o))
     })
     .await
     .map_err(|e| Error::invalid(describe(pod), format!("judging the probe panicked: {e}")))?;

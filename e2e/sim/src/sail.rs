@@ -1,6 +1,9 @@
 //! The Sail operator, as seen through the API: `Istio`, `IstioCNI` and `ZTunnel` get their
 //! workload (istiod Deployment, istio-cni-node and ztunnel DaemonSets), owned by the custom
-//! resource, and a `.status.state` of `Healthy` once that workload has rolled out.
+//! resource, and a `.status.state` of `Healthy` once that workload has rolled out. The
+//! fake nodes run nothing, so the istiod Deployment only stands for the real istiod, which
+//! runs as a process and is restarted here when the `Istio` profile switches to or from
+//! ambient.
 
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
@@ -262,7 +265,7 @@ async fn reconcile<K: SailResource>(obj: Arc<K>, ctx: Arc<Ctx>) -> Result<Action
         .as_deref()
         .filter(|ns| !ns.is_empty())
         .unwrap_or(component.default_namespace());
-    let version = image_tag(spec.version.as_deref(), &ctx.config.default_version);
+    let version = image_tag(spec.version.as_deref(), &ctx.config.istiod.version());
     let ambient = spec.profile.as_deref() == Some("ambient");
     let owner = owner_ref(obj.as_ref())?;
     ensure_namespace(&ctx.client, namespace).await?;
@@ -280,11 +283,11 @@ async fn reconcile<K: SailResource>(obj: Arc<K>, ctx: Arc<Ctx>) -> Result<Action
             )
             .await?;
             let mut rollout = workload::deployment(&applied);
-            // The Deployment stands for istiod; the real one (when it runs) is re-rendered
-            // as Sail would: restarted with the profile's settings.
-            if let Some(istiod) = &ctx.config.istiod
-                && istiod.ambient() != ambient
-            {
+            // The Deployment stands for istiod (its rollout is what Sail's status reports);
+            // the real istiod is re-rendered as Sail would: restarted with the profile's
+            // settings.
+            let istiod = &ctx.config.istiod;
+            if istiod.ambient() != ambient {
                 istiod.restart(ambient).await.map_err(|e| {
                     Error::Istiod(format!("restarting istiod (ambient={ambient}): {e}"))
                 })?;

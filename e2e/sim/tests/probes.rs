@@ -1,45 +1,33 @@
-//! Probe Pods against a real API server: the simulator ends each one as its request would
-//! end in the cluster's state, judged by istiod's own code (needs `meshmig-istio`:
-//! `$MESHMIG_ISTIO_HOME`, else `e2e/istio/build.sh`).
+//! Probe Pods against a real API server and the real istiod: the simulator ends each one as
+//! its request would end in the cluster's state, judged by istiod's own code (needs the
+//! `e2e/istio/build.sh` build, for istiod and `meshmig-istio`: `$MESHMIG_ISTIO_HOME`, else
+//! the script runs).
 
 use std::error::Error;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use meshmig_e2e_harness::{Pending, TestEnv, wait_for};
+use meshmig_istio_oracle::oracle::{self, Rbac, RbacOptions, ZtunnelConversion, ZtunnelOptions};
+use meshmig_sim::{IstioCode, Istiod as _};
+use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// An ambient-capable control plane installed "by Helm", ztunnel, a sidecar namespace `shop`
-/// with `web` (only `client` may GET it) and an ambient namespace `amb` with `api` (only
-/// `shop/client` may connect, an L4 rule ztunnel enforces).
+/// The Sail control plane with the ambient profile and ztunnel (Sail restarts istiod into
+/// it), a sidecar namespace `shop` and an ambient namespace `amb`.
 const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: istio-system}
+apiVersion: sailoperator.io/v1
+kind: Istio
+metadata: {name: default}
+spec: {version: v1.27.0, namespace: istio-system, profile: ambient}
 ---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: istiod, namespace: istio-system}
-spec:
-  selector: {matchLabels: {app: istiod}}
-  template:
-    metadata: {labels: {app: istiod}}
-    spec:
-      containers:
-      - name: discovery
-        image: docker.io/istio/pilot:1.27.0
-        env: [{name: PILOT_ENABLE_AMBIENT, value: "true"}]
----
-apiVersion: apps/v1
-kind: DaemonSet
-metadata: {name: ztunnel, namespace: istio-system, labels: {app: ztunnel}}
-spec:
-  selector: {matchLabels: {app: ztunnel}}
-  template:
-    metadata: {labels: {app: ztunnel}}
-    spec: {containers: [{name: istio-proxy, image: docker.io/istio/ztunnel:1.27.0}]}
+apiVersion: sailoperator.io/v1
+kind: ZTunnel
+metadata: {name: default}
+spec: {version: v1.27.0, namespace: ztunnel}
 ---
 apiVersion: v1
 kind: Namespace
@@ -50,6 +38,8 @@ kind: Namespace
 metadata: {name: amb, labels: {istio.io/dataplane-mode: ambient}}
 "#;
 
+/// In `shop`, `web` (only `client` may GET it); in `amb`, `api` (only `shop/client` may
+/// connect, an L4 rule ztunnel enforces).
 const WORKLOADS: &str = r#"
 apiVersion: v1
 kind: ServiceAccount
@@ -203,13 +193,34 @@ async fn outcome(
     Ok(done)
 }
 
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_pods_end_as_their_requests_would() -> Result<(), Box<dyn Error>> {
+    init_tracing();
     let env = TestEnv::start().await?;
-    let _sim = env.start_simulator().await?;
+    let mesh = env.start_mesh().await?;
     env.apply_yaml(CLUSTER).await?;
-    wait_ready(&env, "istio-system", "app=ztunnel", |_| true).await?;
-    wait_ready(&env, "istio-system", "app=istiod", |_| true).await?;
+    wait_for(
+        "istiod restarted by Sail with ambient",
+        TIMEOUT,
+        async || {
+            if mesh.istiod.ambient() {
+                Ok(())
+            } else {
+                Err(Pending::new("not yet"))
+            }
+        },
+    )
+    .await?;
+    wait_ready(&env, "ztunnel", "app=ztunnel", |_| true).await?;
     // The namespace's default ServiceAccounts may still be on their way.
     wait_for("workloads applied", TIMEOUT, async || {
         Ok::<_, Pending>(env.apply_yaml(WORKLOADS).await?)
@@ -309,28 +320,41 @@ async fn probe_pods_end_as_their_requests_would() -> Result<(), Box<dyn Error>> 
         assert_eq!(phase, want_phase, "{name}: {message}");
         assert!(message.contains(want_message), "{name}: {message}");
     }
+    mesh.stop().await;
     Ok(())
+}
+
+/// Istio's code that cannot be run, as when no `meshmig-istio` build can be found.
+#[derive(Debug)]
+struct Unavailable;
+
+const UNAVAILABLE: &str = "no meshmig-istio build in this test";
+
+impl IstioCode for Unavailable {
+    fn available(&self) -> Result<(), oracle::Error> {
+        Err(oracle::Error::Locate(UNAVAILABLE.into()))
+    }
+
+    fn rbac(&self, _: &[Value], _: &RbacOptions) -> Result<Rbac, oracle::Error> {
+        Err(oracle::Error::Locate(UNAVAILABLE.into()))
+    }
+
+    fn ztunnel(
+        &self,
+        _: &[Value],
+        _: &ZtunnelOptions,
+    ) -> Result<Vec<ZtunnelConversion>, oracle::Error> {
+        Err(oracle::Error::Locate(UNAVAILABLE.into()))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_istios_code_a_probe_fails_and_says_why() -> Result<(), Box<dyn Error>> {
-    // The simulator binary with MESHMIG_ISTIO_HOME naming no build.
-    let dir = tempfile::tempdir()?;
-    let wrapper = dir.path().join("meshmig-sim");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nMESHMIG_ISTIO_HOME={} exec {} \"$@\"\n",
-            dir.path().join("no-build").display(),
-            env!("CARGO_BIN_EXE_meshmig-sim")
-        ),
-    )?;
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )?;
+    init_tracing();
     let env = TestEnv::start().await?;
-    let _sim = env.spawn_simulator(&wrapper).await?;
+    let mesh = env
+        .start_mesh_with(|config| config.with_istio_code(Arc::new(Unavailable)))
+        .await?;
     env.apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n")
         .await?;
     // Even a request that reaches no proxy (there is no such Service) must not pass.
@@ -349,8 +373,9 @@ async fn without_istios_code_a_probe_fails_and_says_why() -> Result<(), Box<dyn 
     eprintln!("blind: {phase}: {message}");
     assert_eq!(phase, "Failed", "{message}");
     assert!(
-        message.contains("cannot judge this probe") && message.contains("MESHMIG_ISTIO_HOME"),
+        message.contains("cannot judge this probe") && message.contains(UNAVAILABLE),
         "{message}"
     );
+    mesh.stop().await;
     Ok(())
 }

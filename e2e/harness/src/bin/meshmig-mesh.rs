@@ -61,11 +61,6 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         () = token.cancelled() => "cancellation",
     };
     info!(signal = stopped_by, "shutting down");
-    // The simulator first: its Sail must not restart istiod while istiod stops.
-    let Mesh { istiod, sim } = mesh;
-    sim.shutdown().await?;
-    if let Ok(istiod) = std::sync::Arc::try_unwrap(istiod) {
-        istiod.stop().await;
-    }
+    mesh.stop().await;
     Ok(())
 }

@@ -55,8 +55,9 @@ const STRICT_POLICY: &str = "istio_converted_static_strict";
 /// Bound on each cache: a new entry beyond it empties the cache.
 const CACHE_ENTRIES: usize = 256;
 
-/// istiod's code, as the `meshmig-istio` binary runs it.
-pub trait Istiod {
+/// istiod's code that judges probe requests, as the `meshmig-istio` binary runs it
+/// ([`LiveIstioCode`]); another implementation lets a test take it away.
+pub trait IstioCode: Send + Sync + fmt::Debug {
     /// Whether the code can be run at all. Checked before every judgement, so that no probe
     /// passes without it, not even one whose path happens to need no proxy.
     fn available(&self) -> Result<(), oracle::Error>;
@@ -72,7 +73,8 @@ pub trait Istiod {
 
 /// The binary (`$MESHMIG_ISTIO_HOME`, else `e2e/istio/build.sh`), with answers cached per
 /// input: a probe asks about the same policies and proxies as the one before it.
-pub struct LiveIstiod;
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LiveIstioCode;
 
 static RBAC_CACHE: LazyLock<Mutex<HashMap<String, Rbac>>> = LazyLock::new(Default::default);
 static ZTUNNEL_CACHE: LazyLock<Mutex<HashMap<String, Vec<ZtunnelConversion>>>> =
@@ -105,7 +107,7 @@ fn cache_key(options: &impl fmt::Debug, policies: &[Value]) -> String {
     format!("{options:?}\n{}", Value::from(policies.to_vec()))
 }
 
-impl Istiod for LiveIstiod {
+impl IstioCode for LiveIstioCode {
     fn available(&self) -> Result<(), oracle::Error> {
         Oracle::get().map(|_| ())
     }
@@ -176,7 +178,7 @@ pub struct Observed {
 /// expectation if any does (a probe that would pass only sometimes fails here every time),
 /// else the first.
 pub fn observe(
-    istiod: &dyn Istiod,
+    istiod: &dyn IstioCode,
     snapshot: &Snapshot,
     caller: &Workload,
     request: &ProbeRequest,
@@ -267,7 +269,7 @@ enum Judgement {
 }
 
 fn travel(
-    istiod: &dyn Istiod,
+    istiod: &dyn IstioCode,
     snapshot: &Snapshot,
     target: &Target,
     trip: &Trip,
@@ -325,7 +327,7 @@ fn peer(hop: &Hop) -> &Peer {
 }
 
 fn judge_hop(
-    istiod: &dyn Istiod,
+    istiod: &dyn IstioCode,
     snapshot: &Snapshot,
     target: &Target,
     hop: &Hop,
@@ -402,7 +404,7 @@ fn connection(peer: &Peer, destination_ip: IpAddr, destination_port: u16) -> Con
 
 /// A sidecar or waypoint: istiod's RBAC filters for it, and Envoy's decision.
 fn envoy(
-    istiod: &dyn Istiod,
+    istiod: &dyn IstioCode,
     snapshot: &Snapshot,
     namespaces: &[&str],
     proxy: Proxy,
@@ -458,7 +460,7 @@ fn curl_request(request: &ProbeRequest) -> HttpRequest {
 /// The destination's ztunnel: istiod's conversion of the policies that apply to the Pod,
 /// its STRICT policy, and ztunnel's decision.
 fn ztunnel_hop(
-    istiod: &dyn Istiod,
+    istiod: &dyn IstioCode,
     snapshot: &Snapshot,
     endpoint: &Endpoint,
     peer: &Peer,
@@ -606,7 +608,7 @@ mod tests {
     const OK: Expectation = Expectation::Status(200);
 
     fn observe_live(snapshot: &Snapshot, caller: &Workload, request: &ProbeRequest) -> Observed {
-        observe(&LiveIstiod, snapshot, caller, request).unwrap()
+        observe(&LiveIstioCode, snapshot, caller, request).unwrap()
     }
 
     fn response(snapshot: &Snapshot, caller: Mode, method: &str) -> Response {
@@ -849,9 +851,10 @@ mod tests {
         );
     }
 
+    #[derive(Debug)]
     struct Missing;
 
-    impl Istiod for Missing {
+    impl IstioCode for Missing {
         fn available(&self) -> Result<(), oracle::Error> {
             Err(oracle::Error::Locate("no meshmig-istio here".into()))
         }

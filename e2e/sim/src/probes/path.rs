@@ -39,14 +39,13 @@ use meshmig_api::istio::{AuthorizationPolicy, PeerAuthentication};
 use meshmig_api::names::istio as n;
 use meshmig_istio_oracle::ztunnel::Identity;
 
-use crate::cni::{REDIRECTION_ENABLED, enrolled};
-use crate::inject::has_sidecar;
-use crate::services::requested_waypoint;
+use crate::cni::{REDIRECTION_ENABLED, enrolled, has_sidecar};
 use crate::views::Gateway;
-use crate::waypoint::GATEWAY_NAME_LABEL;
 
 /// The Kubernetes DNS suffix Services resolve under.
 const CLUSTER_DOMAIN: &str = "svc.cluster.local";
+/// Label istiod puts on a waypoint's Deployment, Pods and Service: the Gateway's name.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 
 /// The MeshConfig settings the path and istiod's conversions depend on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -528,6 +527,33 @@ fn bound_waypoint(snapshot: &Snapshot, service: &Service) -> Result<Option<Waypo
     }))
 }
 
+/// The waypoint `(namespace, name)` a Service asks for: its own `istio.io/use-waypoint`
+/// label, else its namespace's (`none` opts out), in the namespace that
+/// `istio.io/use-waypoint-namespace` beside it names. Read only to find the Gateway of a
+/// binding istiod reports: whether a Service is bound is istiod's call.
+fn requested_waypoint(
+    service: &Service,
+    namespace_labels: &BTreeMap<String, String>,
+) -> Option<(String, String)> {
+    let labels = service.labels();
+    if labels.contains_key(GATEWAY_NAME_LABEL) {
+        return None; // a waypoint's own Service never goes through a waypoint
+    }
+    let (source, name) = match labels.get(n::USE_WAYPOINT) {
+        Some(name) => (labels, name),
+        None => (namespace_labels, namespace_labels.get(n::USE_WAYPOINT)?),
+    };
+    if name.is_empty() || name == "none" {
+        return None;
+    }
+    let namespace = source
+        .get(n::USE_WAYPOINT_NAMESPACE)
+        .cloned()
+        .or_else(|| service.namespace())
+        .unwrap_or_default();
+    Some((namespace, name.clone()))
+}
+
 fn waypoint_ip(snapshot: &Snapshot, gateway: &Gateway) -> IpAddr {
     let pod_ip = snapshot
         .pods
@@ -818,6 +844,46 @@ mod tests {
 
     fn id(ns: &str, sa: &str) -> Option<Identity> {
         Some(Identity::new("cluster.local", ns, sa))
+    }
+
+    #[test]
+    fn the_service_label_overrides_the_namespace_label() {
+        let service = |labels: serde_json::Value| -> Service {
+            serde_json::from_value(
+                json!({"metadata": {"name": "reviews", "namespace": "bookinfo", "labels": labels}}),
+            )
+            .unwrap()
+        };
+        let want = |ns_name: &str, name: &str| Some((ns_name.to_string(), name.to_string()));
+        let in_ns: BTreeMap<String, String> = [(
+            "istio.io/use-waypoint".to_string(),
+            "ns-waypoint".to_string(),
+        )]
+        .into();
+        assert_eq!(
+            requested_waypoint(&service(json!({})), &in_ns),
+            want("bookinfo", "ns-waypoint")
+        );
+        assert_eq!(
+            requested_waypoint(&service(json!({"istio.io/use-waypoint": "mine"})), &in_ns),
+            want("bookinfo", "mine")
+        );
+        assert_eq!(
+            requested_waypoint(&service(json!({"istio.io/use-waypoint": "none"})), &in_ns),
+            None
+        );
+        assert_eq!(
+            requested_waypoint(&service(json!({})), &BTreeMap::new()),
+            None
+        );
+        let elsewhere =
+            json!({"istio.io/use-waypoint": "shared", "istio.io/use-waypoint-namespace": "infra"});
+        assert_eq!(
+            requested_waypoint(&service(elsewhere), &in_ns),
+            want("infra", "shared")
+        );
+        let own = json!({"gateway.networking.k8s.io/gateway-name": "ns-waypoint"});
+        assert_eq!(requested_waypoint(&service(own), &in_ns), None);
     }
 
     fn trips(snapshot: &Snapshot, caller: &Workload) -> Vec<Trip> {
