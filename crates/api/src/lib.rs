@@ -7,10 +7,12 @@ pub mod istio;
 pub mod migration;
 pub mod names;
 pub mod sail;
+pub mod step;
 #[doc(hidden)]
 pub mod view;
 
 pub use migration::*;
+pub use step::{CheckId, Step, StepError};
 
 /// Gateway API types meshmig generates (from the `gateway-api` crate).
 pub mod gateway {

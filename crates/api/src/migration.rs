@@ -14,30 +14,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A step number, 1..=9 (see the step table in the docs).
-pub type StepNumber = u8;
-
-/// Names of the nine steps, indexed by `step - 1`.
-pub const STEP_NAMES: [&str; 9] = [
-    "Prerequisites",
-    "Control plane",
-    "HBONE sidecars",
-    "Waypoints",
-    "Policies",
-    "Ambient enrollment",
-    "Waypoint activation",
-    "Policy simplification",
-    "Sidecar removal",
-];
-
-/// Name of a step, or `"Unknown"` outside 1..=9.
-pub fn step_name(step: StepNumber) -> &'static str {
-    usize::from(step)
-        .checked_sub(1)
-        .and_then(|i| STEP_NAMES.get(i))
-        .copied()
-        .unwrap_or("Unknown")
-}
+use crate::step::Step;
 
 /// Migrates the workloads of the selected namespaces from Istio sidecar mode to ambient mode
 /// (ztunnel for L4, waypoint proxies for L7) in nine checkpointed steps, with rollback.
@@ -133,7 +110,7 @@ pub struct MeshMigrationSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 9), inner(range(min = 1, max = 9)))]
     #[x_kube(merge_strategy = ListMerge::Set)]
-    pub pause_before: Vec<StepNumber>,
+    pub pause_before: Vec<Step>,
 
     /// Checkpoint settings: how long a check may stay Pending, and traffic probes.
     #[serde(default)]
@@ -397,7 +374,7 @@ pub struct ProbeSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 9), inner(range(min = 1, max = 9)))]
     #[x_kube(merge_strategy = ListMerge::Set)]
-    pub steps: Vec<StepNumber>,
+    pub steps: Vec<Step>,
     /// Image of the probe Pod (must provide `sh` and `curl`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
@@ -462,7 +439,7 @@ pub struct MeshMigrationStatus {
     pub phase: Option<MigrationPhase>,
     /// Lowest step any unfinished namespace is working on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current_step: Option<StepNumber>,
+    pub current_step: Option<Step>,
     /// Namespaces completed / total, e.g. `1/3`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,
@@ -514,7 +491,7 @@ pub struct PlanRef {
 #[serde(rename_all = "camelCase")]
 pub struct RollbackStatus {
     /// Lowest step undone (1 = everything).
-    pub target: StepNumber,
+    pub target: Step,
     /// `annotation`, `onFailure` or `onDelete`.
     pub requested_by: String,
     /// Whether it finished.
@@ -557,7 +534,7 @@ pub struct NamespaceStatus {
     /// Namespace name.
     pub name: String,
     /// Step being worked on (1..9); with phase Completed, the last step completed.
-    pub step: StepNumber,
+    pub step: Step,
     /// Phase within the step.
     pub phase: NamespacePhase,
     /// Results of the current step's checkpoint.
@@ -639,7 +616,7 @@ pub struct CheckStatus {
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotRef {
     /// Step the snapshot belongs to.
-    pub step: StepNumber,
+    pub step: Step,
     /// Namespace of the ConfigMap.
     pub namespace: String,
     /// Name of the first ConfigMap; further parts are `<name>-p1`, `<name>-p2`, ….
@@ -658,7 +635,7 @@ fn one() -> u32 {
 #[serde(rename_all = "camelCase")]
 pub struct StepRecord {
     /// Step number.
-    pub step: StepNumber,
+    pub step: Step,
     /// When the step's first action started.
     pub started_at: Time,
     /// When its checkpoint passed.
@@ -681,8 +658,24 @@ pub struct FindingRef {
 }
 
 impl MeshMigration {
+    /// The rollback target the `meshmig.io/rollback` annotation asks for (`all` is step 1);
+    /// `None` when it is absent or names no step.
+    pub fn requested_rollback(&self) -> Option<Step> {
+        let value = self
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(crate::names::ANNOTATION_ROLLBACK)?
+            .trim();
+        if value == crate::names::ROLLBACK_ALL {
+            Some(Step::FIRST)
+        } else {
+            value.parse().ok()
+        }
+    }
+
     /// The `meshmig.io/approve` value that approves `step` now (see [`approval_value`]).
-    pub fn approval_for(&self, step: StepNumber) -> String {
+    pub fn approval_for(&self, step: Step) -> String {
         approval_value(
             self.status
                 .as_ref()
@@ -695,7 +688,7 @@ impl MeshMigration {
 /// The `meshmig.io/approve` value that approves `step` given the namespaces' status:
 /// `"<step>"` releases it from `pauseBefore` and approves the first retry; where a namespace
 /// failed at `step` after approvals were spent (`retries`), `"<step>/<n>"` approves the next.
-pub fn approval_value(namespaces: &[NamespaceStatus], step: StepNumber) -> String {
+pub fn approval_value(namespaces: &[NamespaceStatus], step: Step) -> String {
     let used = namespaces
         .iter()
         .filter(|n| n.step == step && n.phase == NamespacePhase::Failed)
@@ -712,7 +705,9 @@ pub fn approval_value(namespaces: &[NamespaceStatus], step: StepNumber) -> Strin
 mod tests {
     use super::*;
 
-    fn failed_at(step: StepNumber, retries: u32) -> NamespaceStatus {
+    const ACTIVATION: Step = Step::WaypointActivation;
+
+    fn failed_at(step: Step, retries: u32) -> NamespaceStatus {
         NamespaceStatus {
             name: "shop".into(),
             step,
@@ -732,16 +727,40 @@ mod tests {
     }
 
     #[test]
+    fn the_rollback_annotation_names_a_step_or_all() {
+        let annotated = |v: &str| {
+            let mut mm = with(vec![]);
+            mm.metadata.annotations =
+                Some([(crate::names::ANNOTATION_ROLLBACK.to_string(), v.to_string())].into());
+            mm.requested_rollback()
+        };
+        assert_eq!(annotated("all"), Some(Step::Prerequisites));
+        assert_eq!(annotated(" 4 "), Some(Step::Waypoints));
+        assert_eq!(annotated("10"), None);
+        assert_eq!(annotated("yes"), None);
+        assert_eq!(with(vec![]).requested_rollback(), None);
+    }
+
+    #[test]
     fn approval_counts_the_approvals_a_failed_step_used() {
-        assert_eq!(with(vec![]).approval_for(7), "7");
-        assert_eq!(with(vec![failed_at(7, 0)]).approval_for(7), "7");
-        // Released from pauseBefore by "7", then failed: "7" is spent.
-        assert_eq!(with(vec![failed_at(7, 1)]).approval_for(7), "7/2");
+        assert_eq!(with(vec![]).approval_for(ACTIVATION), "7");
         assert_eq!(
-            with(vec![failed_at(7, 1), failed_at(7, 3)]).approval_for(7),
+            with(vec![failed_at(ACTIVATION, 0)]).approval_for(ACTIVATION),
+            "7"
+        );
+        // Released from pauseBefore by "7", then failed: "7" is spent.
+        assert_eq!(
+            with(vec![failed_at(ACTIVATION, 1)]).approval_for(ACTIVATION),
+            "7/2"
+        );
+        assert_eq!(
+            with(vec![failed_at(ACTIVATION, 1), failed_at(ACTIVATION, 3)]).approval_for(ACTIVATION),
             "7/4"
         );
         // Another step's failures do not count.
-        assert_eq!(with(vec![failed_at(5, 2)]).approval_for(7), "7");
+        assert_eq!(
+            with(vec![failed_at(Step::Policies, 2)]).approval_for(ACTIVATION),
+            "7"
+        );
     }
 }

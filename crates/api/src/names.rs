@@ -38,6 +38,8 @@ pub const ANNOTATION_PAUSED: &str = "meshmig.io/paused";
 pub const ANNOTATION_APPROVE: &str = "meshmig.io/approve";
 /// `"<step>"` or `"all"`: undo steps in reverse order down to that step.
 pub const ANNOTATION_ROLLBACK: &str = "meshmig.io/rollback";
+/// The `meshmig.io/rollback` value that undoes every step.
+pub const ROLLBACK_ALL: &str = "all";
 /// Pod-template annotation meshmig sets to trigger a rollout restart.
 pub const ANNOTATION_RESTARTED_AT: &str = "meshmig.io/restartedAt";
 

@@ -600,7 +600,7 @@ mod tests {
             .namespaces
             .iter()
             .flat_map(|n| &n.steps)
-            .filter(|s| s.number == 9)
+            .filter(|s| s.number == meshmig_api::Step::SidecarRemoval)
             .map(|s| {
                 s.actions
                     .iter()

@@ -9,7 +9,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use meshmig_api::names as mn;
-use meshmig_api::{CheckResult, MeshMigration, MigrationPhase, NamespacePhase, step_name};
+use meshmig_api::{CheckResult, MeshMigration, MigrationPhase, NamespacePhase, Step};
 use meshmig_planner::Inventory;
 
 /// Connects, with an error that says what to do.
@@ -51,7 +51,7 @@ pub async fn annotate(name: &str, key: &str, value: Option<&str>) -> Result<(), 
 
 /// Approves `step`: releases it from `pauseBefore`, or approves the next retry where a
 /// namespace failed at it (`"<step>/<n>"` once an approval was spent). Prints the value set.
-pub async fn approve(name: &str, step: u8) -> Result<(), String> {
+pub async fn approve(name: &str, step: Step) -> Result<(), String> {
     let client = client().await?;
     let value = get(&client, name).await?.approval_for(step);
     set_annotation(client, name, mn::ANNOTATION_APPROVE, Some(&value)).await?;
@@ -115,7 +115,8 @@ pub fn render(mm: &MeshMigration, color: bool) -> String {
         }
     }
     for ns in &st.namespaces {
-        let bar: String = (1..=9u8)
+        let bar: String = Step::ALL
+            .into_iter()
             .map(|s| {
                 let done = ns.phase == NamespacePhase::Completed || s < ns.step;
                 if done {
@@ -135,7 +136,7 @@ pub fn render(mm: &MeshMigration, color: bool) -> String {
             "  {:<20} {bar} step {} {:<22} {:?}\n",
             ns.name,
             ns.step,
-            step_name(ns.step),
+            ns.step.name(),
             ns.phase
         ));
         if let Some(m) = &ns.message {
@@ -200,14 +201,6 @@ pub async fn status(name: Option<&str>, color: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// The rollback the annotation asks for (`all` = 1).
-fn requested_rollback(mm: &MeshMigration) -> Option<u8> {
-    match mm.annotations().get(mn::ANNOTATION_ROLLBACK)?.trim() {
-        "all" => Some(1),
-        s => s.parse().ok(),
-    }
-}
-
 /// Whether what was asked of a MeshMigration is done: `Ok` when it reached it (Completed,
 /// or, while the rollback annotation asks for one, RolledBack to that target), `Err` with
 /// the phase when it stopped short, `None` while it is under way.
@@ -219,7 +212,7 @@ fn finished(mm: &MeshMigration) -> Option<Result<(), MigrationPhase>> {
         .as_ref()
         .filter(|r| r.completed)
         .map(|r| r.target);
-    match (requested_rollback(mm), phase) {
+    match (mm.requested_rollback(), phase) {
         (Some(t), MigrationPhase::RolledBack) if rolled_back_to == Some(t) => Some(Ok(())),
         // Completed, or rolled back to an earlier target: the rollback has not begun yet.
         (Some(_), MigrationPhase::Completed | MigrationPhase::RolledBack) => None,

@@ -70,8 +70,7 @@ enum Command {
         /// The MeshMigration.
         name: String,
         /// Step number (1..9).
-        #[arg(value_parser = clap::value_parser!(u8).range(1..=9))]
-        step: u8,
+        step: meshmig_api::Step,
     },
     /// Undo steps in reverse order, down to STEP or `all`.
     Rollback {
@@ -157,7 +156,7 @@ fn main() -> ExitCode {
         Command::Resume { name } => live(live::annotate(&name, mn::ANNOTATION_PAUSED, None)),
         Command::Approve { name, step } => live(live::approve(&name, step)),
         Command::Rollback { name, to } => {
-            let valid = to == "all" || to.parse::<u8>().is_ok_and(|s| (1..=9).contains(&s));
+            let valid = to == mn::ROLLBACK_ALL || to.parse::<meshmig_api::Step>().is_ok();
             if valid {
                 live(live::annotate(&name, mn::ANNOTATION_ROLLBACK, Some(&to)))
             } else {

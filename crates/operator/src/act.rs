@@ -9,7 +9,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, Resource, ResourceExt};
 use meshmig_api::names as mn;
-use meshmig_api::{MeshMigration, StepNumber};
+use meshmig_api::{MeshMigration, Step};
 use meshmig_planner::ObjectRef;
 use meshmig_planner::plan::{Action, Op, Plan};
 use serde_json::{Value, json};
@@ -243,7 +243,7 @@ impl Actor {
         &self,
         mm: &MeshMigration,
         validated: &str,
-        step: StepNumber,
+        step: Step,
     ) -> Result<(), Error> {
         let mut namespaces: Vec<&str> = mm
             .spec
@@ -356,7 +356,7 @@ impl Actor {
         mm: &MeshMigration,
         plan: &Plan,
         scope: &Scope,
-        step: StepNumber,
+        step: Step,
         actions: &[Action],
     ) -> Result<(), Error> {
         let ns = scope
@@ -419,7 +419,7 @@ impl Actor {
                 }
             }
         }
-        info!(migration = %mm.name_any(), step, namespace = %ns, entries = snap.entries.len(), "snapshot taken");
+        info!(migration = %mm.name_any(), step = step.number(), namespace = %ns, entries = snap.entries.len(), "snapshot taken");
         Ok(())
     }
 
@@ -428,7 +428,7 @@ impl Actor {
         &self,
         mm: &MeshMigration,
         scope: &Scope,
-        step: StepNumber,
+        step: Step,
     ) -> Result<Option<Snapshot>, Error> {
         let ns = scope
             .namespace()
@@ -462,13 +462,13 @@ impl Actor {
             .map_err(|e| Error::Snapshot(e.to_string()))
     }
 
-    async fn undo(&self, mm: &MeshMigration, scope: &Scope, step: StepNumber) -> Result<(), Error> {
+    async fn undo(&self, mm: &MeshMigration, scope: &Scope, step: Step) -> Result<(), Error> {
         let Some(snap) = self.read_snapshot(mm, scope, step).await? else {
             // No snapshot: the step never started changing anything.
-            debug!(step, ?scope, "nothing to undo");
+            debug!(step = step.number(), ?scope, "nothing to undo");
             return Ok(());
         };
-        info!(migration = %mm.name_any(), step, ?scope, entries = snap.entries.len(), "undoing step");
+        info!(migration = %mm.name_any(), step = step.number(), ?scope, entries = snap.entries.len(), "undoing step");
         for e in snapshot::undo_order(&snap.entries) {
             self.undo_entry(mm, e).await?;
         }

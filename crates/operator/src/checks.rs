@@ -5,7 +5,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use meshmig_api::names::{self as mn, istio as n};
 use meshmig_api::sail::sail_state;
-use meshmig_api::{CheckResult, ControlPlaneMode, MeshMigrationSpec, StepNumber};
+use meshmig_api::{CheckResult, ControlPlaneMode, MeshMigrationSpec, Step};
 use meshmig_planner::inventory::{annotation, label};
 use meshmig_planner::plan::{NamespacePlan, Op, Plan};
 use meshmig_planner::{Inventory, ObjectRef};
@@ -62,7 +62,7 @@ pub struct CheckInput<'a> {
 /// The step's actions of an op.
 fn actions(
     ns: &NamespacePlan,
-    step: StepNumber,
+    step: Step,
     op: Op,
 ) -> impl Iterator<Item = &meshmig_planner::plan::Action> {
     ns.steps
@@ -546,7 +546,9 @@ fn policies_accepted(inp: &CheckInput<'_>, check: &str, condition: &str) -> Outc
     let targeted = condition == WAYPOINT_ACCEPTED;
     let mut refused = Vec::new();
     let mut seen = 0;
-    for a in actions(inp.ns, 5, Op::Create).filter(|a| a.object.kind == "AuthorizationPolicy") {
+    for a in actions(inp.ns, Step::Policies, Op::Create)
+        .filter(|a| a.object.kind == "AuthorizationPolicy")
+    {
         let Some(p) = inp.live.authorization_policies.iter().find(|p| {
             p.metadata.namespace.as_deref() == a.object.namespace.as_deref()
                 && p.metadata.name.as_deref() == Some(&a.object.name)
@@ -593,7 +595,7 @@ fn status_condition<'s>(status: Option<&'s Value>, type_: &str) -> Option<&'s Va
 }
 
 /// Evaluates the checkpoint of `step`.
-pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
+pub fn evaluate(step: Step, inp: &CheckInput<'_>) -> Vec<Outcome> {
     let mut out = Vec::new();
     let ns = inp.ns.name.as_str();
     let live = inp.live;
@@ -608,7 +610,7 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
         return out;
     }
     match step {
-        1 => {
+        Step::Prerequisites => {
             let (facts, findings) = meshmig_planner::cluster::analyze(live, inp.spec);
             match facts
                 .version
@@ -693,7 +695,7 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
                 out.push(Outcome::fail("cni-compatible", cni.join(", ")));
             }
         }
-        2 => {
+        Step::ControlPlane => {
             let cp = &inp.spec.control_plane;
             // The planned mode: an istiod without a Sail Istio is planned as External.
             match inp.plan.control_plane.mode {
@@ -772,7 +774,7 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
                 }
             }
         }
-        3 | 9 => {
+        Step::HboneSidecars | Step::SidecarRemoval => {
             let mut waiting = Vec::new();
             for a in actions(inp.ns, step, Op::Restart) {
                 if let Err(m) = rollout_complete(live, &a.object, inp.restart_token) {
@@ -787,7 +789,7 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
             } else {
                 out.push(Outcome::pending("rollouts-complete", waiting.join("; ")));
             }
-            if step == 3 {
+            if step == Step::HboneSidecars {
                 let lacking: Vec<String> = pods_in(live, ns)
                     .filter(|p| p.has_sidecar() && !p.sidecar_hbone())
                     .map(|p| {
@@ -852,8 +854,9 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
                         ),
                     ));
                 }
-                let removals: Vec<&ObjectRef> =
-                    actions(inp.ns, 9, Op::Delete).map(|a| &a.object).collect();
+                let removals: Vec<&ObjectRef> = actions(inp.ns, Step::SidecarRemoval, Op::Delete)
+                    .map(|a| &a.object)
+                    .collect();
                 let remaining: Vec<String> = removals
                     .iter()
                     .filter(|o| exists(live, o))
@@ -878,7 +881,7 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
             }
             probes(inp, &mut out);
         }
-        4 => {
+        Step::Waypoints => {
             waypoint_checks(inp, &mut out, "waypoint-programmed");
             let wp = &inp.ns.waypoint;
             if wp.needed {
@@ -929,8 +932,8 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
             }
             probes(inp, &mut out);
         }
-        5 => {
-            let missing: Vec<String> = actions(inp.ns, 5, Op::Create)
+        Step::Policies => {
+            let missing: Vec<String> = actions(inp.ns, Step::Policies, Op::Create)
                 .map(|a| &a.object)
                 .filter(|o| !exists(live, o))
                 .map(ToString::to_string)
@@ -951,7 +954,7 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
             out.push(policies_accepted(inp, OBJECTS_ACCEPTED, ZTUNNEL_ACCEPTED));
             probes(inp, &mut out);
         }
-        6 => {
+        Step::AmbientEnrollment => {
             let enrolled = ns_obj.and_then(|n| label(&n.metadata, n::DATAPLANE_MODE))
                 == Some(n::DATAPLANE_AMBIENT);
             if enrolled {
@@ -1013,7 +1016,7 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
             }
             probes(inp, &mut out);
         }
-        7 => {
+        Step::WaypointActivation => {
             waypoint_checks(inp, &mut out, "waypoint-programmed");
             let unbound: Vec<String> = inp
                 .ns
@@ -1066,7 +1069,7 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
                 ));
             }
             let mut not_accepted = Vec::new();
-            for a in actions(inp.ns, 7, Op::Apply) {
+            for a in actions(inp.ns, Step::WaypointActivation, Op::Apply) {
                 let route = live.http_routes.iter().find(|r| {
                     r.metadata.namespace.as_deref() == a.object.namespace.as_deref()
                         && r.metadata.name.as_deref() == Some(&a.object.name)
@@ -1083,7 +1086,7 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
                     not_accepted.push(a.object.to_string());
                 }
             }
-            let vs_left: Vec<String> = actions(inp.ns, 7, Op::Delete)
+            let vs_left: Vec<String> = actions(inp.ns, Step::WaypointActivation, Op::Delete)
                 .map(|a| &a.object)
                 .filter(|o| exists(live, o))
                 .map(ToString::to_string)
@@ -1107,8 +1110,8 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
             out.push(policies_accepted(inp, POLICIES_ACCEPTED, WAYPOINT_ACCEPTED));
             probes(inp, &mut out);
         }
-        8 => {
-            let remaining: Vec<String> = actions(inp.ns, 8, Op::Delete)
+        Step::PolicySimplification => {
+            let remaining: Vec<String> = actions(inp.ns, Step::PolicySimplification, Op::Delete)
                 .map(|a| &a.object)
                 .filter(|o| exists(live, o))
                 .map(ToString::to_string)
@@ -1124,7 +1127,7 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
                     format!("still present: {}", remaining.join(", ")),
                 ));
             }
-            let missing: Vec<String> = actions(inp.ns, 5, Op::Create)
+            let missing: Vec<String> = actions(inp.ns, Step::Policies, Op::Create)
                 .map(|a| &a.object)
                 .filter(|o| !exists(live, o))
                 .map(ToString::to_string)
@@ -1145,7 +1148,6 @@ pub fn evaluate(step: StepNumber, inp: &CheckInput<'_>) -> Vec<Outcome> {
             }
             probes(inp, &mut out);
         }
-        _ => out.push(Outcome::fail("step", format!("unknown step {step}"))),
     }
     out
 }

@@ -13,8 +13,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use meshmig_api::names::{self as mn, istio as n};
 use meshmig_api::{
     CheckResult, CheckStatus, FindingRef, MeshMigration, MeshMigrationStatus, MigrationPhase,
-    NamespacePhase, NamespaceStatus, OnFailure, Ordering, RollbackStatus, StepNumber, StepRecord,
-    step_name,
+    NamespacePhase, NamespaceStatus, OnFailure, Ordering, RollbackStatus, Step, StepRecord,
 };
 use meshmig_planner::plan::{Action, NamespacePlan, Op, Plan};
 use meshmig_planner::{Inventory, Severity};
@@ -52,7 +51,7 @@ pub enum Work {
         /// Scope.
         scope: Scope,
         /// Step.
-        step: StepNumber,
+        step: Step,
         /// Actions about to run.
         actions: Vec<Action>,
     },
@@ -61,7 +60,7 @@ pub enum Work {
         /// Scope.
         scope: Scope,
         /// Step.
-        step: StepNumber,
+        step: Step,
         /// Actions.
         actions: Vec<Action>,
     },
@@ -72,21 +71,21 @@ pub enum Work {
         /// Validated namespace.
         namespace: String,
         /// Step.
-        step: StepNumber,
+        step: Step,
     },
     /// Undo one step from its snapshot (idempotent).
     Undo {
         /// Scope.
         scope: Scope,
         /// Step.
-        step: StepNumber,
+        step: Step,
     },
     /// Delete the snapshots of undone steps.
     DeleteSnapshots {
         /// Scope.
         scope: Scope,
         /// Step.
-        step: StepNumber,
+        step: Step,
     },
     /// Delete the frozen plan (after a full rollback).
     DeletePlan,
@@ -118,7 +117,7 @@ pub struct Decision {
     /// Whether a checkpoint is waiting on something time-based (a timeout).
     pub waiting_on_time: bool,
     /// Every checkpoint evaluated in this decision: step and outcomes (for metrics).
-    pub evaluated: Vec<(StepNumber, Vec<Outcome>)>,
+    pub evaluated: Vec<(Step, Vec<Outcome>)>,
 }
 
 /// Inputs of [`decide`].
@@ -185,9 +184,13 @@ pub fn json_subset(part: &serde_json::Value, whole: &serde_json::Value) -> bool 
 
 /// Objects meshmig created in earlier steps that were since deleted or changed by someone
 /// else: the actions that put them back (idempotent server-side applies).
-fn drift(inp: &Input<'_>, nsp: &NamespacePlan, step: StepNumber) -> Vec<Action> {
+fn drift(inp: &Input<'_>, nsp: &NamespacePlan, step: Step) -> Vec<Action> {
     let mut out = Vec::new();
-    for s in nsp.steps.iter().filter(|s| (4..step).contains(&s.number)) {
+    for s in nsp
+        .steps
+        .iter()
+        .filter(|s| (Step::Waypoints..step).contains(&s.number))
+    {
         for a in s
             .actions
             .iter()
@@ -215,7 +218,7 @@ fn drift(inp: &Input<'_>, nsp: &NamespacePlan, step: StepNumber) -> Vec<Action> 
 }
 
 /// Pod-template annotation value meshmig sets when restarting in `step`.
-pub fn restart_token(run_token: &str, step: StepNumber) -> String {
+pub fn restart_token(run_token: &str, step: Step) -> String {
     format!("{run_token}.step{step}")
 }
 
@@ -261,15 +264,15 @@ fn time(ts: Timestamp) -> Time {
     Time(ts)
 }
 
-/// Highest step whose changes may be present in a namespace.
-fn applied_top(s: &NamespaceStatus) -> StepNumber {
+/// Highest step whose changes may be present in a namespace (`None`: not even step 1 ran).
+fn applied_top(s: &NamespaceStatus) -> Option<Step> {
     match s.phase {
-        NamespacePhase::Completed => 9,
+        NamespacePhase::Completed => Some(Step::LAST),
         NamespacePhase::Applying
         | NamespacePhase::Validating
         | NamespacePhase::Failed
-        | NamespacePhase::RollingBack => s.step,
-        NamespacePhase::Waiting | NamespacePhase::RolledBack => s.step.saturating_sub(1),
+        | NamespacePhase::RollingBack => Some(s.step),
+        NamespacePhase::Waiting | NamespacePhase::RolledBack => s.step.previous(),
     }
 }
 
@@ -281,11 +284,11 @@ fn namespace_vanished(live: &Inventory, ns: &str) -> bool {
         .is_none_or(|n| n.metadata.deletion_timestamp.is_some())
 }
 
-fn done_with(s: &NamespaceStatus, step: StepNumber) -> bool {
+fn done_with(s: &NamespaceStatus, step: Step) -> bool {
     s.phase == NamespacePhase::Completed || (s.step > step && s.phase != NamespacePhase::RolledBack)
 }
 
-fn step_actions(ns: &NamespacePlan, step: StepNumber) -> Vec<Action> {
+fn step_actions(ns: &NamespacePlan, step: Step) -> Vec<Action> {
     ns.steps
         .iter()
         .find(|s| s.number == step)
@@ -300,15 +303,15 @@ fn step_actions(ns: &NamespacePlan, step: StepNumber) -> Vec<Action> {
 }
 
 /// Scope of a step's changes.
-pub fn scope_of(step: StepNumber, ns: &str) -> Scope {
-    if step == 2 {
+pub fn scope_of(step: Step, ns: &str) -> Scope {
+    if step == Step::ControlPlane {
         Scope::Cluster
     } else {
         Scope::Namespace(ns.to_string())
     }
 }
 
-fn record_start(s: &mut NamespaceStatus, step: StepNumber, now: Timestamp) {
+fn record_start(s: &mut NamespaceStatus, step: Step, now: Timestamp) {
     s.history.retain(|h| h.step != step);
     s.history.push(StepRecord {
         step,
@@ -317,7 +320,7 @@ fn record_start(s: &mut NamespaceStatus, step: StepNumber, now: Timestamp) {
     });
 }
 
-fn record_done(s: &mut NamespaceStatus, step: StepNumber, now: Timestamp) {
+fn record_done(s: &mut NamespaceStatus, step: Step, now: Timestamp) {
     if let Some(h) = s.history.iter_mut().find(|h| h.step == step) {
         h.completed_at = Some(time(now));
     }
@@ -343,7 +346,7 @@ fn checks_status(old: &[CheckStatus], outcomes: &[Outcome], now: Timestamp) -> V
 }
 
 /// Unaccepted fail-open windows that entering `step` would open in a namespace.
-fn fail_open_guard(inp: &Input<'_>, ns: &NamespacePlan, step: StepNumber) -> Option<String> {
+fn fail_open_guard(inp: &Input<'_>, ns: &NamespacePlan, step: Step) -> Option<String> {
     let accepted = &inp.mm.spec.accepted_findings;
     for e in &ns.enforcement {
         for w in e.windows.iter().filter(|w| w.kind == "fail-open") {
@@ -411,7 +414,7 @@ fn gate(
     inp: &Input<'_>,
     statuses: &[NamespaceStatus],
     ns: &NamespacePlan,
-    step: StepNumber,
+    step: Step,
 ) -> Option<(String, bool)> {
     let mm = inp.mm;
     let name = mm.metadata.name.as_deref().unwrap_or_default();
@@ -430,18 +433,13 @@ fn gate(
         return Some((
             format!(
                 "step {step} ({}) waits for approval: kubectl annotate meshmigration {name} {}={step} --overwrite",
-                step_name(step),
+                Step::name(step),
                 mn::ANNOTATION_APPROVE
             ),
             true,
         ));
     }
-    let barrier = match step {
-        7 => Some(6),
-        9 => Some(8),
-        _ => None,
-    };
-    if let Some(b) = barrier {
+    if let Some(b) = step.barrier() {
         let behind: Vec<&str> = statuses
             .iter()
             .filter(|s| !done_with(s, b))
@@ -457,7 +455,7 @@ fn gate(
             ));
         }
     }
-    if matches!(step, 3 | 9) && mm.spec.ordering.unwrap_or_default() == Ordering::Listed {
+    if step.restarts_workloads() && mm.spec.ordering.unwrap_or_default() == Ordering::Listed {
         let pos = inp
             .plan
             .namespace_order
@@ -483,7 +481,7 @@ fn gate(
             ));
         }
     }
-    if step == 7
+    if step == Step::WaypointActivation
         && let Err(m) = waypoint_programmed(inp.live, ns)
     {
         return Some((m, false));
@@ -495,7 +493,7 @@ fn gate(
 fn probe_outcomes(
     inp: &Input<'_>,
     ns: &str,
-    step: StepNumber,
+    step: Step,
     attempt: &str,
 ) -> (Vec<(String, CheckResult, String)>, Vec<Pod>) {
     let name = inp.mm.metadata.name.as_deref().unwrap_or_default();
@@ -526,7 +524,7 @@ fn init_statuses(old: &MeshMigrationStatus, plan: &Plan) -> Vec<NamespaceStatus>
                 .cloned()
                 .unwrap_or(NamespaceStatus {
                     name: ns.clone(),
-                    step: 1,
+                    step: Step::Prerequisites,
                     phase: NamespacePhase::Waiting,
                     ..Default::default()
                 })
@@ -536,13 +534,13 @@ fn init_statuses(old: &MeshMigrationStatus, plan: &Plan) -> Vec<NamespaceStatus>
 
 /// The approve annotation: `"<step>"` or `"<step>/<n>"` (n counts how many retries of a
 /// failed step are approved; default 1).
-pub fn approval(mm: &MeshMigration) -> Option<(StepNumber, u32)> {
+pub fn approval(mm: &MeshMigration) -> Option<(Step, u32)> {
     let v = annotation(mm, mn::ANNOTATION_APPROVE)?.trim();
     let (step, n) = match v.split_once('/') {
         Some((s, n)) => (s, n.parse().ok()?),
         None => (v, 1),
     };
-    let step: StepNumber = step.parse().ok().filter(|s| (1..=9).contains(s))?;
+    let step: Step = step.parse().ok()?;
     Some((step, n))
 }
 
@@ -552,14 +550,6 @@ fn retry_value(namespaces: &[NamespaceStatus], failed: &[&NamespaceStatus]) -> S
         || "<step>".to_string(),
         |s| meshmig_api::approval_value(namespaces, s.step),
     )
-}
-
-/// Requested rollback target from the annotation (`all` = 1).
-pub fn rollback_annotation(mm: &MeshMigration) -> Option<StepNumber> {
-    match annotation(mm, mn::ANNOTATION_ROLLBACK)?.trim() {
-        "all" => Some(1),
-        s => s.parse::<StepNumber>().ok().filter(|s| (1..=9).contains(s)),
-    }
 }
 
 /// The decision.
@@ -573,12 +563,12 @@ pub fn decide(inp: &Input<'_>) -> Decision {
     let mut events = Vec::new();
     let mut more = false;
     let mut waiting_on_time = false;
-    let mut evaluated: Vec<(StepNumber, Vec<Outcome>)> = Vec::new();
+    let mut evaluated: Vec<(Step, Vec<Outcome>)> = Vec::new();
 
     // ---- rollback requests
     let requested = if inp.deleting_with_rollback {
-        Some((1, "onDelete".to_string(), None))
-    } else if let Some(t) = rollback_annotation(mm) {
+        Some((Step::FIRST, "onDelete".to_string(), None))
+    } else if let Some(t) = mm.requested_rollback() {
         Some((t, "annotation".to_string(), None))
     } else {
         old.rollback
@@ -586,11 +576,10 @@ pub fn decide(inp: &Input<'_>) -> Decision {
             .filter(|r| !r.completed && r.requested_by != "annotation")
             .map(|r| (r.target, r.requested_by.clone(), r.reason.clone()))
     };
-    let resumed_partial = rollback_annotation(mm).is_none()
-        && old
-            .rollback
-            .as_ref()
-            .is_some_and(|r| r.completed && r.target > 1 && r.requested_by == "annotation");
+    let resumed_partial = mm.requested_rollback().is_none()
+        && old.rollback.as_ref().is_some_and(|r| {
+            r.completed && r.target > Step::Prerequisites && r.requested_by == "annotation"
+        });
     if resumed_partial {
         for s in statuses
             .iter_mut()
@@ -618,7 +607,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
     let terminal_rollback = status
         .rollback
         .as_ref()
-        .is_some_and(|r| r.completed && r.target <= 1);
+        .is_some_and(|r| r.completed && r.target <= Step::Prerequisites);
 
     // ---- forward
     let plan = inp.plan;
@@ -627,7 +616,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
             matches!(
                 s.phase,
                 NamespacePhase::Waiting | NamespacePhase::Applying | NamespacePhase::Validating
-            ) && applied_top(s) >= 1
+            ) && applied_top(s).is_some()
                 && namespace_vanished(inp.live, &s.name)
         }) {
             let step = s.step;
@@ -636,7 +625,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
             s.message = Some(format!(
                 "Namespace {} was deleted during step {step} ({}); what meshmig changed in it went with it. Remove it from spec.namespaces, or roll back with {}: all",
                 s.name,
-                step_name(step),
+                Step::name(step),
                 mn::ANNOTATION_ROLLBACK
             ));
             events.push(EventNote {
@@ -650,7 +639,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
         let missing: Vec<String> = statuses
             .iter()
             .flat_map(|s| s.snapshots.iter().map(move |r| (s, r)))
-            .filter(|(s, r)| r.step <= applied_top(s))
+            .filter(|(s, r)| Some(r.step) <= applied_top(s))
             .filter(|(_, r)| {
                 r.namespace == inp.operator_namespace || !namespace_vanished(inp.live, &r.namespace)
             })
@@ -733,7 +722,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                                 reason: "StepRetried",
                                 note: format!(
                                     "{ns_name}: step {step} ({}) retried ({why})",
-                                    step_name(step)
+                                    Step::name(step)
                                 ),
                             });
                             changed = true;
@@ -743,7 +732,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                                 inp,
                                 old,
                                 statuses,
-                                1,
+                                Step::Prerequisites,
                                 "onFailure".into(),
                                 reason,
                                 events,
@@ -751,7 +740,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                         }
                     }
                     NamespacePhase::Waiting => {
-                        if step == 1 && !nsp.exists {
+                        if step == Step::Prerequisites && !nsp.exists {
                             let s = &mut statuses[i];
                             s.phase = NamespacePhase::Failed;
                             s.failed_generation = mm.metadata.generation;
@@ -781,7 +770,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                                 }
                                 s.phase = NamespacePhase::Applying;
                                 s.message =
-                                    Some(format!("applying step {step} ({})", step_name(step)));
+                                    Some(format!("applying step {step} ({})", Step::name(step)));
                                 s.checks.clear();
                                 record_start(s, step, inp.now);
                                 events.push(EventNote {
@@ -789,7 +778,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                                     reason: "StepStarted",
                                     note: format!(
                                         "{ns_name}: step {step} ({}) started",
-                                        step_name(step)
+                                        Step::name(step)
                                     ),
                                 });
                                 changed = true;
@@ -814,7 +803,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                         if !edited.is_empty() {
                             let msg = format!(
                                 "step {step} ({}) failed: {} changed since the plan was frozen, so what replaces it no longer matches; revert the change, or roll back ({}: all) and apply the MeshMigration again to plan anew",
-                                step_name(step),
+                                Step::name(step),
                                 edited.join(", "),
                                 mn::ANNOTATION_ROLLBACK
                             );
@@ -833,20 +822,21 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                         // Step 2 changes the shared control plane and is listed in every
                         // namespace's plan: once one namespace applied it (this round or
                         // earlier), the others only validate it.
-                        let cluster_applied = step == 2
+                        let cluster_applied = step == Step::ControlPlane
                             && (work.iter().any(|w| {
                                 matches!(
                                     w,
                                     Work::Execute {
                                         scope: Scope::Cluster,
-                                        step: 2,
+                                        step: Step::ControlPlane,
                                         ..
                                     }
                                 )
                             }) || statuses.iter().enumerate().any(|(j, o)| {
                                 j != i
-                                    && (o.step > 2
-                                        || (o.step == 2 && o.phase == NamespacePhase::Validating))
+                                    && (o.step > Step::ControlPlane
+                                        || (o.step == Step::ControlPlane
+                                            && o.phase == NamespacePhase::Validating))
                             }));
                         let has_actions = !all_actions.is_empty();
                         if has_actions && !cluster_applied {
@@ -886,7 +876,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                         let s = &mut statuses[i];
                         s.phase = NamespacePhase::Validating;
                         s.checkpoint_started_at = Some(time(inp.now));
-                        s.message = Some(format!("validating step {step} ({})", step_name(step)));
+                        s.message = Some(format!("validating step {step} ({})", Step::name(step)));
                         busy.insert(ns_name);
                         changed = true;
                     }
@@ -930,15 +920,15 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                             after_rollout_done: false,
                         };
                         let mut outcomes = checks::evaluate(step, &input);
-                        if step == 9 && checks::rollout_done(&outcomes) {
-                            let after: Vec<Action> = step_actions(nsp, 9)
+                        if step == Step::SidecarRemoval && checks::rollout_done(&outcomes) {
+                            let after: Vec<Action> = step_actions(nsp, Step::SidecarRemoval)
                                 .into_iter()
                                 .filter(|a| a.after_rollout)
                                 .collect();
                             if !after.is_empty() {
                                 work.push(Work::Execute {
-                                    scope: scope_of(9, &ns_name),
-                                    step: 9,
+                                    scope: scope_of(Step::SidecarRemoval, &ns_name),
+                                    step: Step::SidecarRemoval,
                                     actions: after,
                                 });
                             }
@@ -973,13 +963,13 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                             s.phase = NamespacePhase::Failed;
                             s.failed_generation = mm.metadata.generation;
                             s.message =
-                                Some(format!("step {step} ({}) failed: {msg}", step_name(step)));
+                                Some(format!("step {step} ({}) failed: {msg}", Step::name(step)));
                             events.push(EventNote {
                                 warning: true,
                                 reason: "StepFailed",
                                 note: format!(
                                     "{ns_name}: step {step} ({}) failed: {msg}",
-                                    step_name(step)
+                                    Step::name(step)
                                 ),
                             });
                             changed = true;
@@ -1006,7 +996,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                                 s.failed_generation = mm.metadata.generation;
                                 s.message = Some(format!(
                                     "step {step} ({}) timed out after {}: {msg}",
-                                    step_name(step),
+                                    Step::name(step),
                                     mm.spec.checkpoints.timeout
                                 ));
                                 events.push(EventNote {
@@ -1014,7 +1004,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                                     reason: "StepFailed",
                                     note: format!(
                                         "{ns_name}: step {step} ({}) timed out: {msg}",
-                                        step_name(step)
+                                        Step::name(step)
                                     ),
                                 });
                                 changed = true;
@@ -1027,7 +1017,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                                     .join("; ");
                                 s.message = Some(format!(
                                     "validating step {step} ({}): {msg}",
-                                    step_name(step)
+                                    Step::name(step)
                                 ));
                             }
                         } else {
@@ -1038,7 +1028,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                                 reason: "StepPassed",
                                 note: format!(
                                     "{ns_name}: step {step} ({}) passed",
-                                    step_name(step)
+                                    Step::name(step)
                                 ),
                             });
                             work.push(Work::CleanupProbes {
@@ -1046,11 +1036,11 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                                 step,
                             });
                             s.checkpoint_started_at = None;
-                            if step >= 9 {
+                            if step >= Step::SidecarRemoval {
                                 s.phase = NamespacePhase::Completed;
                                 s.message = Some("migrated to ambient".into());
                             } else {
-                                s.step = step + 1;
+                                s.step = step.next().unwrap_or(Step::LAST);
                                 s.phase = NamespacePhase::Waiting;
                                 s.message = None;
                             }
@@ -1151,7 +1141,7 @@ fn finish(
         .filter(|s| s.phase != NamespacePhase::Completed)
         .map(|s| s.step)
         .min()
-        .or_else(|| (total > 0).then_some(9));
+        .or_else(|| (total > 0).then_some(Step::SidecarRemoval));
     status.open_findings = open_findings(inp);
     let failed: Vec<&NamespaceStatus> = ns
         .iter()
@@ -1172,7 +1162,7 @@ fn finish(
     let all_done = total > 0 && done == total;
     let started = ns
         .iter()
-        .any(|s| s.step > 1 || s.phase != NamespacePhase::Waiting);
+        .any(|s| s.step > Step::Prerequisites || s.phase != NamespacePhase::Waiting);
     let phase = if all_done {
         MigrationPhase::Completed
     } else if rolling {
@@ -1254,7 +1244,11 @@ fn finish(
             ));
         }
         MigrationPhase::RolledBack => {
-            let target = status.rollback.as_ref().map(|r| r.target).unwrap_or(1);
+            let target = status
+                .rollback
+                .as_ref()
+                .map(|r| r.target)
+                .unwrap_or(Step::Prerequisites);
             desired.push(Desired::new(
                 mn::CONDITION_READY,
                 false,
@@ -1388,12 +1382,10 @@ fn finish(
 /// or not. A step's snapshot is taken before the step changes anything and the status write
 /// that records the step comes after its work, so a crash in between leaves changes that
 /// only the snapshot knows of; a rollback starts from here too.
-fn snapshotted_top(inp: &Input<'_>, ns: &str) -> StepNumber {
-    let Some(present) = inp.present_snapshots else {
-        return 0;
-    };
+fn snapshotted_top(inp: &Input<'_>, ns: &str) -> Option<Step> {
+    let present = inp.present_snapshots?;
     let name = inp.mm.metadata.name.as_deref().unwrap_or_default();
-    (2..=9)
+    Step::range(Step::ControlPlane, Step::LAST)
         .rev()
         .find(|&step| {
             let in_ns = scope_of(step, ns)
@@ -1405,7 +1397,6 @@ fn snapshotted_top(inp: &Input<'_>, ns: &str) -> StepNumber {
                 crate::snapshot::config_map_name(name, step)
             ))
         })
-        .unwrap_or(0)
 }
 
 /// Undoes steps, highest first across namespaces, down to `target`; then holds the
@@ -1414,7 +1405,7 @@ fn rollback(
     inp: &Input<'_>,
     old: MeshMigrationStatus,
     mut statuses: Vec<NamespaceStatus>,
-    target: StepNumber,
+    target: Step,
     by: String,
     reason: Option<String>,
     mut events: Vec<EventNote>,
@@ -1452,15 +1443,16 @@ fn rollback(
     });
     for s in statuses.iter_mut() {
         if s.phase != NamespacePhase::RollingBack {
+            // Step 1 changes nothing, so a namespace where nothing ran rolls back from it.
             let top = applied_top(s).max(snapshotted_top(inp, &s.name));
-            s.step = top;
+            s.step = top.unwrap_or(Step::FIRST);
             s.phase = NamespacePhase::RollingBack;
             s.checks.clear();
             s.checkpoint_started_at = None;
         }
     }
-    let lowest = target.max(2);
-    let top = statuses.iter().map(|s| s.step).max().unwrap_or(0);
+    let lowest = target.max(Step::ControlPlane);
+    let top = statuses.iter().map(|s| s.step).max().unwrap_or(Step::FIRST);
     let mut evaluated = Vec::new();
     let (more, verdict) = if top < lowest {
         let verdict = verify_rollback(inp, &mut statuses, target, &mut work, &mut evaluated);
@@ -1468,12 +1460,12 @@ fn rollback(
             complete_rollback(&mut status, &mut statuses, target, &mut work, &mut events);
         }
         (verdict == Verdict::Reading, Some(verdict))
-    } else if top == 3 && lowest == 2 && !control_plane_undone {
+    } else if top == Step::HboneSidecars && lowest == Step::ControlPlane && !control_plane_undone {
         // Step 3's undo restarts workloads: their new sidecars must come from the control
         // plane as it was, so it is restored first (everything that needs ambient is gone).
         work.push(Work::Undo {
             scope: Scope::Cluster,
-            step: 2,
+            step: Step::ControlPlane,
         });
         for s in statuses.iter_mut() {
             s.message =
@@ -1483,7 +1475,7 @@ fn rollback(
             r.control_plane_undone = true;
         }
         (true, None)
-    } else if top == 3
+    } else if top == Step::HboneSidecars
         && control_plane_undone
         && let Err(m) = crate::checks::control_plane_settled(
             inp.live,
@@ -1498,15 +1490,15 @@ fn rollback(
             ));
         }
         (false, None)
-    } else if top == 2 {
+    } else if top == Step::ControlPlane {
         if !control_plane_undone {
             work.push(Work::Undo {
                 scope: Scope::Cluster,
-                step: 2,
+                step: Step::ControlPlane,
             });
         }
-        for s in statuses.iter_mut().filter(|s| s.step == 2) {
-            s.step = 1;
+        for s in statuses.iter_mut().filter(|s| s.step == Step::ControlPlane) {
+            s.step = Step::Prerequisites;
             s.message = Some("undid step 2 (Control plane)".into());
         }
         (true, None)
@@ -1533,7 +1525,7 @@ fn rollback(
 fn undo_top(
     inp: &Input<'_>,
     statuses: &mut [NamespaceStatus],
-    top: StepNumber,
+    top: Step,
     work: &mut Vec<Work>,
     events: &mut Vec<EventNote>,
 ) -> bool {
@@ -1551,17 +1543,17 @@ fn undo_top(
                 reason: "StepNotUndone",
                 note: format!(
                     "{ns}: step {top} ({}) not undone: the namespace was deleted",
-                    step_name(top)
+                    Step::name(top)
                 ),
             });
-            s.step = top - 1;
+            s.step = top.previous().unwrap_or(Step::FIRST);
             s.message = Some(format!(
                 "namespace deleted; step {top} ({}) left as it was",
-                step_name(top)
+                Step::name(top)
             ));
             continue;
         }
-        if top == 8
+        if top == Step::PolicySimplification
             && let Err(m) = crate::checks::namespace_settled(inp.live, &ns)
         {
             s.message = Some(format!(
@@ -1581,7 +1573,7 @@ fn undo_top(
             events.push(EventNote {
                 warning: true,
                 reason: "StepNotUndone",
-                note: format!("{ns}: step {top} ({}) cannot be undone: its snapshot ConfigMap {cm} is missing; its changes are left as they are", step_name(top)),
+                note: format!("{ns}: step {top} ({}) cannot be undone: its snapshot ConfigMap {cm} is missing; its changes are left as they are", Step::name(top)),
             });
         }
         work.push(Work::Undo {
@@ -1592,12 +1584,12 @@ fn undo_top(
             namespace: ns.clone(),
             step: top,
         });
-        s.step = top - 1;
-        s.message = Some(format!("undid step {top} ({})", step_name(top)));
+        s.step = top.previous().unwrap_or(Step::FIRST);
+        s.message = Some(format!("undid step {top} ({})", Step::name(top)));
         events.push(EventNote {
             warning: false,
             reason: "StepUndone",
-            note: format!("{ns}: step {top} ({}) undone", step_name(top)),
+            note: format!("{ns}: step {top} ({}) undone", Step::name(top)),
         });
     }
     !(waiting && work.len() == before)
@@ -1618,10 +1610,10 @@ enum Verdict {
 
 /// The steps whose snapshots the checkpoint of a rollback compares with the cluster, once
 /// every step down to the target is undone (`None` before that, or when no rollback runs).
-pub fn rollback_snapshots_to_verify(mm: &MeshMigration) -> Option<Vec<(Scope, StepNumber)>> {
+pub fn rollback_snapshots_to_verify(mm: &MeshMigration) -> Option<Vec<(Scope, Step)>> {
     let status = mm.status.as_ref()?;
     let r = status.rollback.as_ref().filter(|r| !r.completed)?;
-    let lowest = r.target.max(2);
+    let lowest = r.target.max(Step::ControlPlane);
     let undone = !status.namespaces.is_empty()
         && status
             .namespaces
@@ -1631,11 +1623,14 @@ pub fn rollback_snapshots_to_verify(mm: &MeshMigration) -> Option<Vec<(Scope, St
         return None;
     }
     let mut out = Vec::new();
-    if lowest <= 2 {
-        out.push((Scope::Cluster, 2));
+    if lowest <= Step::ControlPlane {
+        out.push((Scope::Cluster, Step::ControlPlane));
     }
     for s in &status.namespaces {
-        out.extend((lowest.max(3)..=9).map(|step| (Scope::Namespace(s.name.clone()), step)));
+        out.extend(
+            Step::range(lowest.max(Step::HboneSidecars), Step::LAST)
+                .map(|step| (Scope::Namespace(s.name.clone()), step)),
+        );
     }
     Some(out)
 }
@@ -1644,9 +1639,9 @@ pub fn rollback_snapshots_to_verify(mm: &MeshMigration) -> Option<Vec<(Scope, St
 fn verify_rollback(
     inp: &Input<'_>,
     statuses: &mut [NamespaceStatus],
-    target: StepNumber,
+    target: Step,
     work: &mut Vec<Work>,
-    evaluated: &mut Vec<(StepNumber, Vec<Outcome>)>,
+    evaluated: &mut Vec<(Step, Vec<Outcome>)>,
 ) -> Verdict {
     let Some(snapshots) = inp.rollback_snapshots else {
         for s in statuses.iter_mut() {
@@ -1716,13 +1711,16 @@ fn rollback_outcomes(
     inp: &Input<'_>,
     nsp: &NamespacePlan,
     snapshots: &[crate::snapshot::Snapshot],
-    target: StepNumber,
+    target: Step,
     started: Timestamp,
     work: &mut Vec<Work>,
 ) -> Vec<Outcome> {
-    let kept = target.saturating_sub(1);
     let attempt = format!("rollback-{}", started.as_second());
-    let (probe_results, to_start) = probe_outcomes(inp, &nsp.name, kept, &attempt);
+    // A rollback of everything keeps no step, so no checkpoint's probes apply.
+    let (probe_results, to_start) = target
+        .previous()
+        .map(|kept| probe_outcomes(inp, &nsp.name, kept, &attempt))
+        .unwrap_or_default();
     work.extend(to_start.into_iter().map(|p| Work::StartProbe(Box::new(p))));
     let mine: Vec<crate::snapshot::Snapshot> = snapshots
         .iter()
@@ -1755,26 +1753,28 @@ fn time_out(outcomes: &mut [Outcome], timeout: &str) {
 fn complete_rollback(
     status: &mut MeshMigrationStatus,
     statuses: &mut [NamespaceStatus],
-    target: StepNumber,
+    target: Step,
     work: &mut Vec<Work>,
     events: &mut Vec<EventNote>,
 ) {
     for s in statuses.iter_mut() {
         s.phase = NamespacePhase::RolledBack;
-        s.step = target.max(1);
-        s.message = Some(format!("rolled back to before step {}", target.max(1)));
+        s.step = target;
+        s.message = Some(format!("rolled back to before step {target}"));
         s.snapshots.retain(|r| r.step < target);
         s.checkpoint_started_at = None;
-        work.push(Work::CleanupProbes {
-            namespace: s.name.clone(),
-            step: target.saturating_sub(1),
-        });
+        if let Some(kept) = target.previous() {
+            work.push(Work::CleanupProbes {
+                namespace: s.name.clone(),
+                step: kept,
+            });
+        }
     }
-    for st in (target.max(2)..=9).rev() {
-        if st == 2 {
+    for st in Step::range(target.max(Step::ControlPlane), Step::LAST).rev() {
+        if st == Step::ControlPlane {
             work.push(Work::DeleteSnapshots {
                 scope: Scope::Cluster,
-                step: 2,
+                step: Step::ControlPlane,
             });
         } else {
             for s in statuses.iter() {
@@ -1785,7 +1785,7 @@ fn complete_rollback(
             }
         }
     }
-    if target <= 2 {
+    if target <= Step::ControlPlane {
         work.push(Work::DeletePlan);
         status.plan = None;
     }
@@ -1827,8 +1827,8 @@ fn hold_unverified_rollback(inp: &Input<'_>, status: &mut MeshMigrationStatus, f
 pub const ROLLBACK_CHECK_FAILED: &str = "RollbackCheckFailed";
 
 /// Existing snapshot steps per scope, from status (for tests and the act layer).
-pub fn snapshot_steps(status: &MeshMigrationStatus) -> BTreeMap<String, BTreeSet<StepNumber>> {
-    let mut out: BTreeMap<String, BTreeSet<StepNumber>> = BTreeMap::new();
+pub fn snapshot_steps(status: &MeshMigrationStatus) -> BTreeMap<String, BTreeSet<Step>> {
+    let mut out: BTreeMap<String, BTreeSet<Step>> = BTreeMap::new();
     for ns in &status.namespaces {
         for s in &ns.snapshots {
             out.entry(ns.name.clone()).or_default().insert(s.step);

@@ -241,7 +241,7 @@ mod tests {
         };
         let h = spec_hash(&s);
         s.accepted_findings.push("x".into());
-        s.pause_before.push(7);
+        s.pause_before.push(meshmig_api::Step::WaypointActivation);
         assert_eq!(spec_hash(&s), h);
         s.namespaces = Some(vec!["b".into()]);
         assert_ne!(spec_hash(&s), h);

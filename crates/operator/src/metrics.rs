@@ -218,7 +218,7 @@ impl Metrics {
     }
 
     /// Records a completed step's duration.
-    pub fn step_completed(&self, step: u8, seconds: f64) {
+    pub fn step_completed(&self, step: meshmig_api::Step, seconds: f64) {
         self.step_seconds
             .get_or_create(&StepLabel {
                 step: step.to_string(),

@@ -9,14 +9,22 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use meshmig_api::names as mn;
-use meshmig_api::{CheckResult, HttpMethod, ProbeSpec, StepNumber};
+use meshmig_api::{CheckResult, HttpMethod, ProbeSpec, Step};
 use sha2::{Digest, Sha256};
 
 /// Image used when a probe names none.
 pub const DEFAULT_IMAGE: &str = "curlimages/curl:8.11.1";
 
 /// Steps whose checkpoint runs a probe by default.
-pub const DEFAULT_STEPS: [StepNumber; 7] = [3, 4, 5, 6, 7, 8, 9];
+pub const DEFAULT_STEPS: [Step; 7] = [
+    Step::HboneSidecars,
+    Step::Waypoints,
+    Step::Policies,
+    Step::AmbientEnrollment,
+    Step::WaypointActivation,
+    Step::PolicySimplification,
+    Step::SidecarRemoval,
+];
 
 // The script compares the outcome itself and reports through the termination message; it
 // asks the sidecar (if any) to exit so the Pod can complete.
@@ -37,8 +45,8 @@ echo "expected HTTP $EXPECT_STATUS, got HTTP $code (curl exit $rc)" > /dev/termi
 /// Whether a probe runs at the checkpoint of `step` for namespace `validated`: at its steps,
 /// and for the namespace its URL points into (or every namespace when the URL points
 /// outside the migration).
-pub fn applies(probe: &ProbeSpec, step: StepNumber, validated: &str, targets: &[String]) -> bool {
-    let steps: &[StepNumber] = if probe.steps.is_empty() {
+pub fn applies(probe: &ProbeSpec, step: Step, validated: &str, targets: &[String]) -> bool {
+    let steps: &[Step] = if probe.steps.is_empty() {
         &DEFAULT_STEPS
     } else {
         &probe.steps
@@ -66,7 +74,7 @@ pub fn pod_name(
     migration: &str,
     probe: &str,
     validated: &str,
-    step: StepNumber,
+    step: Step,
     attempt: &str,
 ) -> String {
     let digest =
@@ -78,13 +86,7 @@ pub fn pod_name(
 }
 
 /// The probe Pod.
-pub fn pod(
-    migration: &str,
-    probe: &ProbeSpec,
-    validated: &str,
-    step: StepNumber,
-    attempt: &str,
-) -> Pod {
+pub fn pod(migration: &str, probe: &ProbeSpec, validated: &str, step: Step, attempt: &str) -> Pod {
     let mut labels = BTreeMap::new();
     labels.insert(mn::LABEL_MANAGED_BY.to_string(), mn::MANAGED_BY.to_string());
     labels.insert(mn::LABEL_MIGRATION.to_string(), migration.to_string());
@@ -195,7 +197,7 @@ mod tests {
     use super::*;
     use meshmig_api::ProbeExpectation;
 
-    fn probe(url: &str, steps: Vec<StepNumber>) -> ProbeSpec {
+    fn probe(url: &str, steps: Vec<Step>) -> ProbeSpec {
         ProbeSpec {
             name: "p".into(),
             from_namespace: "front".into(),
@@ -229,12 +231,15 @@ mod tests {
     fn probes_run_for_the_namespace_they_target() {
         let targets = vec!["bookinfo".to_string(), "front".to_string()];
         let p = probe("http://reviews.bookinfo:9080/", vec![]);
-        assert!(applies(&p, 3, "bookinfo", &targets));
-        assert!(!applies(&p, 3, "front", &targets));
-        assert!(!applies(&p, 2, "bookinfo", &targets));
-        let p = probe("http://api.example.com/", vec![7]);
-        assert!(applies(&p, 7, "front", &targets) && applies(&p, 7, "bookinfo", &targets));
-        assert!(!applies(&p, 6, "front", &targets));
+        assert!(applies(&p, Step::HboneSidecars, "bookinfo", &targets));
+        assert!(!applies(&p, Step::HboneSidecars, "front", &targets));
+        assert!(!applies(&p, Step::ControlPlane, "bookinfo", &targets));
+        let p = probe("http://api.example.com/", vec![Step::WaypointActivation]);
+        assert!(
+            applies(&p, Step::WaypointActivation, "front", &targets)
+                && applies(&p, Step::WaypointActivation, "bookinfo", &targets)
+        );
+        assert!(!applies(&p, Step::AmbientEnrollment, "front", &targets));
     }
 
     #[test]
@@ -243,7 +248,7 @@ mod tests {
             "bookinfo",
             &probe("http://reviews.bookinfo:9080/", vec![]),
             "bookinfo",
-            7,
+            Step::WaypointActivation,
             "t1",
         );
         let spec = pod.spec.as_ref().unwrap();
@@ -262,16 +267,32 @@ mod tests {
         );
         // Different attempts get different Pods.
         assert_ne!(
-            pod_name("m", "p", "n", 7, "a"),
-            pod_name("m", "p", "n", 7, "b")
+            pod_name("m", "p", "n", Step::WaypointActivation, "a"),
+            pod_name("m", "p", "n", Step::WaypointActivation, "b")
         );
-        assert!(pod_name(&"m".repeat(100), &"p".repeat(60), "n", 7, "a").len() <= 63);
+        assert!(
+            pod_name(
+                &"m".repeat(100),
+                &"p".repeat(60),
+                "n",
+                Step::WaypointActivation,
+                "a"
+            )
+            .len()
+                <= 63
+        );
     }
 
     #[test]
     fn outcomes() {
         assert_eq!(outcome(None, "p").0, CheckResult::Pending);
-        let mut pod = pod("m", &probe("http://x.y/", vec![]), "y", 3, "a");
+        let mut pod = pod(
+            "m",
+            &probe("http://x.y/", vec![]),
+            "y",
+            Step::HboneSidecars,
+            "a",
+        );
         pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
             phase: Some("Failed".into()),
             message: Some("expected HTTP 200, got HTTP 403".into()),

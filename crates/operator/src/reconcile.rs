@@ -13,7 +13,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use meshmig_api::names as mn;
-use meshmig_api::{MeshMigration, MeshMigrationStatus, MigrationPhase, OnDelete, PlanRef};
+use meshmig_api::{MeshMigration, MeshMigrationStatus, MigrationPhase, OnDelete, PlanRef, Step};
 use meshmig_planner::{Inventory, Plan};
 use tracing::{info, warn};
 
@@ -212,7 +212,7 @@ impl Ctx {
     async fn read_snapshots(
         &self,
         mm: &MeshMigration,
-        wanted: &[(decide::Scope, meshmig_api::StepNumber)],
+        wanted: &[(decide::Scope, meshmig_api::Step)],
     ) -> Result<Vec<crate::snapshot::Snapshot>, Error> {
         let mut out = Vec::new();
         for (scope, step) in wanted {
@@ -220,7 +220,9 @@ impl Ctx {
                 Ok(Some(s)) => out.push(s),
                 Ok(None) => {}
                 // An unreadable snapshot was reported when its step was undone.
-                Err(Error::Snapshot(m)) => warn!(migration = %mm.name_any(), step, "{m}"),
+                Err(Error::Snapshot(m)) => {
+                    warn!(migration = %mm.name_any(), step = step.number(), "{m}")
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -406,7 +408,7 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
             .status
             .as_ref()
             .and_then(|s| s.rollback.as_ref())
-            .is_some_and(|r| r.completed && r.target <= 1);
+            .is_some_and(|r| r.completed && r.target <= Step::Prerequisites);
         if mm.spec.on_delete.unwrap_or_default() == OnDelete::Retain
             || plan_ref.is_none()
             || rolled_back
@@ -470,7 +472,7 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
     let mut frozen_inv: Option<Arc<Inventory>> = None;
     let plan: Plan = match &plan_ref {
         Some(pr) => {
-            let rollback_requested = decide::rollback_annotation(mm).is_some() || deleting;
+            let rollback_requested = mm.requested_rollback().is_some() || deleting;
             if pr.spec_hash != hash && !rollback_requested {
                 let status = Ctx::stalled(
                     mm,
@@ -487,7 +489,7 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
                 .status
                 .as_ref()
                 .and_then(|s| s.rollback.as_ref())
-                .is_some_and(|r| r.completed && r.target <= 2);
+                .is_some_and(|r| r.completed && r.target <= Step::ControlPlane);
             match ctx.load_frozen(mm, pr).await {
                 Ok(inv) => {
                     let p = meshmig_planner::plan(&inv, &mm.spec, &name);
@@ -578,14 +580,18 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
             .status
             .rollback
             .as_ref()
-            .is_some_and(|r| r.completed && r.target <= 2)
+            .is_some_and(|r| r.completed && r.target <= Step::ControlPlane)
     {
         pr.plan_hash = Some(frozen::plan_hash(&plan));
         decision.status.plan = Some(pr);
     }
     // Freeze the inventory before the first change.
     if plan_ref.is_none()
-        && decision.status.namespaces.iter().any(|s| s.step >= 2)
+        && decision
+            .status
+            .namespaces
+            .iter()
+            .any(|s| s.step >= Step::ControlPlane)
         && decision.status.rollback.is_none()
     {
         let mut pr = ctx.store_frozen(mm, &live, &hash).await?;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use meshmig_api::names as mn;
-use meshmig_api::{CheckResult, StepNumber};
+use meshmig_api::{CheckResult, Step};
 use meshmig_planner::inventory::label;
 use meshmig_planner::mesh_mode::{Expected, MeshMode};
 use meshmig_planner::model::Model;
@@ -34,7 +34,7 @@ const SHOWN: usize = 5;
 /// Everything the checkpoint of a rollback looks at.
 pub struct RollbackCheckInput<'a> {
     /// Rolled back to before this step.
-    pub target: StepNumber,
+    pub target: Step,
     /// The namespace's plan.
     pub ns: &'a NamespacePlan,
     /// The live cluster.
@@ -360,7 +360,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn snap(step: StepNumber, entries: Vec<Entry>) -> Snapshot {
+    fn snap(step: Step, entries: Vec<Entry>) -> Snapshot {
         Snapshot {
             migration: "m".into(),
             step,
@@ -403,7 +403,7 @@ mod tests {
     fn restored_in(inv: &Inventory, snapshots: &[Snapshot]) -> Outcome {
         let ns = plan_ns();
         restored(&RollbackCheckInput {
-            target: 3,
+            target: Step::HboneSidecars,
             ns: &ns,
             live: inv,
             snapshots,
@@ -417,8 +417,11 @@ mod tests {
         // Step 3 restarted from no annotation, step 9 from step 3's: after undoing both, the
         // annotation is absent, not step 3's.
         let wants = expectations(&[
-            snap(9, vec![restart(Some("run.step3"))]),
-            snap(3, vec![restart(None), restart(Some("later"))]),
+            snap(Step::SidecarRemoval, vec![restart(Some("run.step3"))]),
+            snap(
+                Step::HboneSidecars,
+                vec![restart(None), restart(Some("later"))],
+            ),
         ]);
         let key = (
             ObjectRef::new("Deployment", Some("ns"), "app"),
@@ -433,7 +436,10 @@ mod tests {
         let inv = live(
             "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: app, namespace: ns}\nspec: {selector: {matchLabels: {a: b}}, template: {metadata: {labels: {a: b}, annotations: {meshmig.io/restartedAt: run.step9}}}}\n",
         );
-        let o = restored_in(&inv, &[snap(9, vec![restart(Some("run.step3"))])]);
+        let o = restored_in(
+            &inv,
+            &[snap(Step::SidecarRemoval, vec![restart(Some("run.step3"))])],
+        );
         assert_eq!(o.result, CheckResult::Pending);
         assert!(
             o.message
@@ -441,7 +447,10 @@ mod tests {
             "{}",
             o.message
         );
-        let o = restored_in(&inv, &[snap(9, vec![restart(Some("run.step9"))])]);
+        let o = restored_in(
+            &inv,
+            &[snap(Step::SidecarRemoval, vec![restart(Some("run.step9"))])],
+        );
         assert_eq!(o.result, CheckResult::Pass, "{}", o.message);
     }
 
@@ -451,7 +460,7 @@ mod tests {
         let kept = json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
             "metadata": {"name": "reviews", "namespace": "ns"}, "spec": {"hosts": ["reviews"]}});
         let deleted = snap(
-            7,
+            Step::WaypointActivation,
             vec![Entry::Delete {
                 object: vs.clone(),
                 manifest: kept,
@@ -474,7 +483,7 @@ mod tests {
         assert_eq!(restored_in(&same, &[deleted]).result, CheckResult::Pass);
 
         let created = snap(
-            7,
+            Step::WaypointActivation,
             vec![Entry::Create {
                 object: ObjectRef::new("HTTPRoute", Some("ns"), "reviews"),
                 api_version: "gateway.networking.k8s.io/v1".into(),
@@ -499,7 +508,7 @@ mod tests {
         );
         let entry = |profile: Option<Value>| {
             snap(
-                2,
+                Step::ControlPlane,
                 vec![Entry::SailSpec {
                     object: ObjectRef::new("Istio", None, "default"),
                     profile,

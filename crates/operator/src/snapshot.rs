@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use meshmig_api::StepNumber;
+use meshmig_api::Step;
 use meshmig_api::names as mn;
 use meshmig_planner::ObjectRef;
 use meshmig_planner::object::dns_subdomain;
@@ -210,7 +210,7 @@ pub struct Snapshot {
     /// MeshMigration name.
     pub migration: String,
     /// Step.
-    pub step: StepNumber,
+    pub step: Step,
     /// Namespace the step ran for (`None`: cluster-scoped step 2).
     pub namespace: Option<String>,
     /// Prior state, in action order ([`undo_order`] says how undo runs them).
@@ -218,7 +218,7 @@ pub struct Snapshot {
 }
 
 /// Name of the head ConfigMap of a snapshot; parts are `<name>-p1`, `<name>-p2`, ….
-pub fn config_map_name(migration: &str, step: StepNumber) -> String {
+pub fn config_map_name(migration: &str, step: Step) -> String {
     dns_subdomain(&["meshmig", migration, &format!("step{step}")])
 }
 
@@ -393,7 +393,7 @@ mod tests {
     fn snap(n: usize, payload: usize) -> Snapshot {
         Snapshot {
             migration: "bookinfo".into(),
-            step: 7,
+            step: Step::WaypointActivation,
             namespace: Some("bookinfo".into()),
             entries: (0..n)
                 .map(|i| Entry::Delete {
@@ -510,7 +510,7 @@ mod tests {
         let plan = bookinfo_plan();
         let ns = plan.namespace("bookinfo").unwrap();
         let mut restarting_steps = Vec::new();
-        for step in ns.steps.iter().filter(|s| s.number >= 2) {
+        for step in ns.steps.iter().filter(|s| s.number >= Step::ControlPlane) {
             let entries = entries_of(&step.actions);
             let order = undo_order(&entries);
             assert_eq!(order.len(), entries.len(), "step {}", step.number);
@@ -545,7 +545,7 @@ mod tests {
         }
         assert_eq!(
             restarting_steps,
-            [3, 9],
+            [Step::HboneSidecars, Step::SidecarRemoval],
             "bookinfo restarts in steps 3 and 9"
         );
     }
@@ -554,7 +554,11 @@ mod tests {
     fn undoing_sidecar_removal_brings_injection_back_before_any_pod_is_recreated() {
         let plan = bookinfo_plan();
         let ns = plan.namespace("bookinfo").unwrap();
-        let step9 = ns.steps.iter().find(|s| s.number == 9).unwrap();
+        let step9 = ns
+            .steps
+            .iter()
+            .find(|s| s.number == Step::SidecarRemoval)
+            .unwrap();
         let entries = entries_of(&step9.actions);
         let order = undo_order(&entries);
         let first_restart = order

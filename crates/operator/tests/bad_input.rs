@@ -15,6 +15,7 @@
 
 mod common;
 
+use meshmig_api::Step;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, DynamicObject, PostParams};
@@ -618,7 +619,7 @@ fn answer_of(mm: &MeshMigration) -> Option<(&'static str, String)> {
     if st
         .namespaces
         .iter()
-        .any(|n| n.step >= 2 && n.phase == NamespacePhase::Waiting)
+        .any(|n| n.step >= Step::ControlPlane && n.phase == NamespacePhase::Waiting)
         || st.phase == Some(MigrationPhase::Completed)
     {
         return Some((

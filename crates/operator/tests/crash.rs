@@ -13,6 +13,7 @@
 
 mod common;
 
+use meshmig_api::Step;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -111,7 +112,17 @@ fn normalize(v: Value) -> Value {
 }
 
 /// Rollback targets of the rollback trials, in turn (1: `all`).
-const ROLLBACK_TARGETS: [u8; 9] = [1, 9, 8, 7, 6, 5, 4, 3, 2];
+const ROLLBACK_TARGETS: [Step; 9] = [
+    Step::Prerequisites,
+    Step::SidecarRemoval,
+    Step::PolicySimplification,
+    Step::WaypointActivation,
+    Step::AmbientEnrollment,
+    Step::Policies,
+    Step::Waypoints,
+    Step::HboneSidecars,
+    Step::ControlPlane,
+];
 
 /// Everything as before the migration: the user's objects, the Pods' mesh state, and
 /// nothing of meshmig's left.
@@ -215,7 +226,7 @@ async fn sigkill_at_random_points_of_migration_and_rollback_changes_nothing() {
     assert_original(
         &rig,
         &baseline,
-        &before[&2],
+        &before[&Step::ControlPlane],
         "the undisturbed rollback",
         false,
     )
@@ -282,21 +293,21 @@ async fn sigkill_at_random_points_of_migration_and_rollback_changes_nothing() {
         let what = format!("trial {trial}: rollback to {target} (kills at {kills:?})");
         states::assert_state_as(
             &rig,
-            &before[&target.max(2)],
+            &before[&target.max(Step::ControlPlane)],
             &what,
             states::any_hbone(target),
         )
         .await;
-        if target > 1 {
+        if target > Step::Prerequisites {
             // The rest of the way, undisturbed, to compare with the original objects.
-            states::roll_back(&rig, NAME, 1).await;
+            states::roll_back(&rig, NAME, Step::Prerequisites).await;
         }
         // After a rollback to 3, step 3's restarts already ran under the ambient control
         // plane; the rest of the way restores the control plane but restarts nothing.
         assert_original(
             &rig,
             &baseline,
-            &before[&2],
+            &before[&Step::ControlPlane],
             &what,
             states::any_hbone(target),
         )
@@ -333,7 +344,9 @@ async fn a_status_write_lost_after_the_plan_froze_resumes_with_that_plan_and_und
         mm.status
             .as_ref()
             .and_then(|s| s.namespaces.first())
-            .is_some_and(|n| n.step == 3 && n.phase == meshmig_api::NamespacePhase::Waiting)
+            .is_some_and(|n| {
+                n.step == Step::HboneSidecars && n.phase == meshmig_api::NamespacePhase::Waiting
+            })
     };
     rig.apply_migration(NAME, json!({"pauseBefore": [3]})).await;
     rig.wait_mm(NAME, "held before step 3", 120, held).await;

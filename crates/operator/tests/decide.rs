@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
+use meshmig_api::Step;
 use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -125,7 +126,7 @@ fn step_one_passes_and_step_two_snapshots_before_acting() {
     assert!(d.work.is_empty(), "step 1 changes nothing: {:?}", d.work);
     let d = w.step();
     // Step 1 passed; step 2 applied: snapshot first, then the actions.
-    assert_eq!(w.ns().step, 2);
+    assert_eq!(w.ns().step, Step::ControlPlane);
     assert_eq!(w.ns().phase, NamespacePhase::Validating);
     let kinds: Vec<&str> = d
         .work
@@ -143,7 +144,7 @@ fn step_one_passes_and_step_two_snapshots_before_acting() {
     match &d.work[snap] {
         Work::Snapshot { scope, step, .. } => {
             assert_eq!(*scope, Scope::Cluster);
-            assert_eq!(*step, 2);
+            assert_eq!(*step, Step::ControlPlane);
         }
         _ => unreachable!(),
     }
@@ -229,7 +230,7 @@ fn on_failure_rollback_undoes_the_started_steps() {
     assert!(
         d.work.contains(&Work::Undo {
             scope: Scope::Cluster,
-            step: 2
+            step: Step::ControlPlane
         }),
         "{:?}",
         d.work
@@ -239,7 +240,7 @@ fn on_failure_rollback_undoes_the_started_steps() {
     assert!(d.work.contains(&Work::DeletePlan));
     assert!(d.work.contains(&Work::DeleteSnapshots {
         scope: Scope::Cluster,
-        step: 2
+        step: Step::ControlPlane
     }));
     let status = w.mm.status.as_ref().unwrap();
     assert_eq!(status.phase, Some(MigrationPhase::RolledBack));
@@ -258,11 +259,14 @@ fn on_failure_rollback_undoes_the_started_steps() {
 #[test]
 fn pause_before_holds_a_step_until_approved_and_paused_holds() {
     let mut w = World::new();
-    w.mm.spec.pause_before = vec![2];
+    w.mm.spec.pause_before = vec![Step::ControlPlane];
     w.step();
     w.step();
     let ns = w.ns();
-    assert_eq!((ns.step, ns.phase), (2, NamespacePhase::Waiting));
+    assert_eq!(
+        (ns.step, ns.phase),
+        (Step::ControlPlane, NamespacePhase::Waiting)
+    );
     assert!(ns.message.unwrap().contains("meshmig.io/approve=2"));
     let status = w.mm.status.as_ref().unwrap();
     assert!(is_true(&status.conditions, mn::CONDITION_PAUSED));
@@ -280,7 +284,10 @@ fn pause_before_holds_a_step_until_approved_and_paused_holds() {
         .unwrap()
         .remove(mn::ANNOTATION_PAUSED);
     w.step();
-    assert_eq!((w.ns().step, w.ns().phase), (2, NamespacePhase::Validating));
+    assert_eq!(
+        (w.ns().step, w.ns().phase),
+        (Step::ControlPlane, NamespacePhase::Validating)
+    );
 }
 
 #[test]
@@ -294,7 +301,11 @@ fn full_run_with_a_cooperative_cluster_then_rollback_all_undoes_every_step_in_re
         w.step();
     }
     let reached = w.ns().step;
-    assert!(reached >= 3, "reached step {reached}: {:?}", w.ns());
+    assert!(
+        reached >= Step::HboneSidecars,
+        "reached step {reached}: {:?}",
+        w.ns()
+    );
     // Roll everything back: steps are undone highest first, except that the control plane
     // (step 2) is restored before step 3's restarts, so their sidecars come from it.
     w.annotate(mn::ANNOTATION_ROLLBACK, "all");
@@ -310,8 +321,8 @@ fn full_run_with_a_cooperative_cluster_then_rollback_all_undoes_every_step_in_re
             break;
         }
     }
-    let mut expected: Vec<u8> = (4..=reached).rev().collect();
-    expected.extend([2, 3]);
+    let mut expected: Vec<Step> = Step::range(Step::Waypoints, reached).rev().collect();
+    expected.extend([Step::ControlPlane, Step::HboneSidecars]);
     assert_eq!(undone, expected);
     let status = w.mm.status.as_ref().unwrap();
     assert!(is_true(&status.conditions, mn::CONDITION_ROLLED_BACK));
@@ -326,13 +337,13 @@ fn barrier_holds_step_seven_until_every_namespace_finished_six() {
         namespaces: vec![
             meshmig_api::NamespaceStatus {
                 name: "bookinfo".into(),
-                step: 7,
+                step: Step::WaypointActivation,
                 phase: NamespacePhase::Waiting,
                 ..Default::default()
             },
             meshmig_api::NamespaceStatus {
                 name: "other".into(),
-                step: 6,
+                step: Step::AmbientEnrollment,
                 phase: NamespacePhase::Validating,
                 ..Default::default()
             },
@@ -360,7 +371,7 @@ fn step_seven_is_guarded_by_a_programmed_waypoint() {
     w.mm.status = Some(meshmig_api::MeshMigrationStatus {
         namespaces: vec![meshmig_api::NamespaceStatus {
             name: "bookinfo".into(),
-            step: 7,
+            step: Step::WaypointActivation,
             phase: NamespacePhase::Waiting,
             ..Default::default()
         }],
@@ -384,15 +395,15 @@ fn an_unaccepted_fail_open_window_holds_the_step_it_opens() {
     w.plan.namespaces[0].enforcement[0]
         .windows
         .push(meshmig_planner::plan::Window {
-            from_step: 9,
-            to_step: 9,
+            from_step: Step::SidecarRemoval,
+            to_step: Step::SidecarRemoval,
             kind: "fail-open",
             reason: "test window".into(),
         });
     w.mm.status = Some(meshmig_api::MeshMigrationStatus {
         namespaces: vec![meshmig_api::NamespaceStatus {
             name: "bookinfo".into(),
-            step: 9,
+            step: Step::SidecarRemoval,
             phase: NamespacePhase::Waiting,
             ..Default::default()
         }],
@@ -435,7 +446,11 @@ fn a_namespace_deleted_mid_way_fails_it_instead_of_holding_for_its_snapshots() {
         w.step();
     }
     let reached = w.ns().step;
-    assert!(reached >= 3, "reached step {reached}: {:?}", w.ns());
+    assert!(
+        reached >= Step::HboneSidecars,
+        "reached step {reached}: {:?}",
+        w.ns()
+    );
     // The namespace starts terminating and its snapshot ConfigMaps go with it; only the
     // cluster-scoped step-2 snapshot (operator namespace) is left.
     w.live
@@ -495,8 +510,8 @@ fn a_namespace_deleted_mid_way_fails_it_instead_of_holding_for_its_snapshots() {
             break;
         }
     }
-    assert_eq!(undone, vec![(Scope::Cluster, 2)]);
-    assert_eq!(not_undone, usize::from(reached) - 2);
+    assert_eq!(undone, vec![(Scope::Cluster, Step::ControlPlane)]);
+    assert_eq!(not_undone, usize::from(reached.number()) - 2);
 }
 
 #[test]
@@ -554,12 +569,15 @@ fn an_approval_retries_a_failed_step_once_and_a_new_spec_retries_it_too() {
 #[test]
 fn the_approval_that_released_a_step_does_not_also_retry_it() {
     let mut w = World::new();
-    w.mm.spec.pause_before = vec![2];
+    w.mm.spec.pause_before = vec![Step::ControlPlane];
     w.step();
     w.step();
     w.annotate(mn::ANNOTATION_APPROVE, "2");
     w.step();
-    assert_eq!((w.ns().step, w.ns().phase), (2, NamespacePhase::Validating));
+    assert_eq!(
+        (w.ns().step, w.ns().phase),
+        (Step::ControlPlane, NamespacePhase::Validating)
+    );
     w.now = w.now.checked_add(SignedDuration::from_mins(6)).unwrap();
     w.step(); // step 2 times out
     assert_eq!(w.ns().phase, NamespacePhase::Failed);
@@ -576,7 +594,7 @@ fn the_approval_that_released_a_step_does_not_also_retry_it() {
         .find(|c| c.type_ == mn::CONDITION_STALLED)
         .unwrap();
     assert!(stalled.message.contains("\"2/2\""), "{}", stalled.message);
-    assert_eq!(w.mm.approval_for(2), "2/2");
+    assert_eq!(w.mm.approval_for(Step::ControlPlane), "2/2");
     w.annotate(mn::ANNOTATION_APPROVE, "2/2");
     let d = w.step();
     assert!(d.events.iter().any(|e| e.reason == "StepRetried"));
@@ -586,7 +604,7 @@ fn the_approval_that_released_a_step_does_not_also_retry_it() {
 /// snapshotted and carried out once, not once per namespace.
 #[test]
 fn the_shared_control_plane_step_is_carried_out_once_for_all_namespaces() {
-    let two = |first: (u8, NamespacePhase), second: (u8, NamespacePhase)| {
+    let two = |first: (Step, NamespacePhase), second: (Step, NamespacePhase)| {
         let mut w = World::new();
         w.plan.namespace_order.push("other".into());
         let mut other = w.plan.namespaces[0].clone();
@@ -618,37 +636,60 @@ fn the_shared_control_plane_step_is_carried_out_once_for_all_namespaces() {
         let snapshots = d
             .work
             .iter()
-            .filter(|w| matches!(w, Work::Snapshot { step: 2, .. }))
+            .filter(|w| {
+                matches!(
+                    w,
+                    Work::Snapshot {
+                        step: Step::ControlPlane,
+                        ..
+                    }
+                )
+            })
             .count();
         let executes = d
             .work
             .iter()
-            .filter(|w| matches!(w, Work::Execute { step: 2, .. }))
+            .filter(|w| {
+                matches!(
+                    w,
+                    Work::Execute {
+                        step: Step::ControlPlane,
+                        ..
+                    }
+                )
+            })
             .count();
         (snapshots, executes)
     };
 
     // Both enter step 2 in the same decision: one snapshot, one execution; both validate
     // and both record the one cluster snapshot.
-    let d = two((2, NamespacePhase::Applying), (2, NamespacePhase::Applying));
+    let d = two(
+        (Step::ControlPlane, NamespacePhase::Applying),
+        (Step::ControlPlane, NamespacePhase::Applying),
+    );
     assert_eq!(step2(&d), (1, 1), "{:#?}", d.work);
     for ns in &d.status.namespaces {
         assert_eq!(ns.phase, NamespacePhase::Validating, "{}", ns.name);
-        assert!(ns.snapshots.iter().any(|r| r.step == 2), "{}", ns.name);
+        assert!(
+            ns.snapshots.iter().any(|r| r.step == Step::ControlPlane),
+            "{}",
+            ns.name
+        );
     }
 
     // One namespace already past step 2: the other only validates it.
     let d = two(
-        (2, NamespacePhase::Applying),
-        (3, NamespacePhase::Validating),
+        (Step::ControlPlane, NamespacePhase::Applying),
+        (Step::HboneSidecars, NamespacePhase::Validating),
     );
     assert_eq!(step2(&d).1, 0, "{:#?}", d.work);
     assert_eq!(d.status.namespaces[0].phase, NamespacePhase::Validating);
 
     // Alone, a namespace applies step 2 (the rule needs another namespace to have done it).
     let d = two(
-        (2, NamespacePhase::Applying),
-        (1, NamespacePhase::Validating),
+        (Step::ControlPlane, NamespacePhase::Applying),
+        (Step::Prerequisites, NamespacePhase::Validating),
     );
     assert_eq!(step2(&d), (1, 1), "{:#?}", d.work);
 }
@@ -664,11 +705,11 @@ fn a_rollback_also_undoes_steps_only_their_snapshots_know_of() {
     let present: std::collections::BTreeSet<String> = [
         format!(
             "meshmig-system/{}",
-            meshmig_operator::snapshot::config_map_name(&name, 2)
+            meshmig_operator::snapshot::config_map_name(&name, Step::ControlPlane)
         ),
         format!(
             "bookinfo/{}",
-            meshmig_operator::snapshot::config_map_name(&name, 3)
+            meshmig_operator::snapshot::config_map_name(&name, Step::HboneSidecars)
         ),
     ]
     .into();
@@ -696,12 +737,12 @@ fn a_rollback_also_undoes_steps_only_their_snapshots_know_of() {
     assert_eq!(
         undone,
         vec![
-            (Scope::Cluster, 2),
-            (Scope::Namespace("bookinfo".into()), 3)
+            (Scope::Cluster, Step::ControlPlane),
+            (Scope::Namespace("bookinfo".into()), Step::HboneSidecars)
         ]
     );
-    assert!(deleted.contains(&(Scope::Namespace("bookinfo".into()), 3)));
-    assert!(deleted.contains(&(Scope::Cluster, 2)));
+    assert!(deleted.contains(&(Scope::Namespace("bookinfo".into()), Step::HboneSidecars)));
+    assert!(deleted.contains(&(Scope::Cluster, Step::ControlPlane)));
 
     // Without snapshots there is nothing to undo, and nothing is invented.
     let mut w = World::new();
@@ -734,7 +775,7 @@ fn rolled_back_to_four(w: &mut World) {
     w.mm.status = Some(meshmig_api::MeshMigrationStatus {
         namespaces: vec![meshmig_api::NamespaceStatus {
             name: "bookinfo".into(),
-            step: 6,
+            step: Step::AmbientEnrollment,
             phase: NamespacePhase::Waiting,
             ..Default::default()
         }],
@@ -757,7 +798,7 @@ fn a_rollback_is_reported_only_once_every_pod_runs_as_before_and_names_the_ones_
             _ => None,
         }));
     }
-    assert_eq!(undone, [5, 4]);
+    assert_eq!(undone, [Step::Policies, Step::Waypoints]);
     let status = w.mm.status.clone().unwrap();
     assert_eq!(status.phase, Some(MigrationPhase::RollingBack));
     assert!(!is_true(&status.conditions, mn::CONDITION_ROLLED_BACK));
@@ -823,7 +864,7 @@ fn a_rollback_is_reported_only_once_every_pod_runs_as_before_and_names_the_ones_
     assert!(!is_true(&status.conditions, mn::CONDITION_STALLED));
     assert!(d.work.contains(&Work::DeleteSnapshots {
         scope: Scope::Namespace("bookinfo".into()),
-        step: 4
+        step: Step::Waypoints
     }));
     assert!(
         w.ns().checks.iter().all(|c| c.result == CheckResult::Pass),
@@ -845,7 +886,7 @@ fn a_rollback_waits_for_what_its_snapshots_recorded_to_be_back() {
     // recorded change that did not come back).
     w.snapshots = vec![Snapshot {
         migration: "bookinfo".into(),
-        step: 5,
+        step: Step::Policies,
         namespace: Some("bookinfo".into()),
         entries: vec![Entry::Label {
             object: meshmig_planner::ObjectRef::namespace("bookinfo"),
@@ -892,12 +933,18 @@ fn a_rollback_waits_for_what_its_snapshots_recorded_to_be_back() {
     assert_eq!(
         meshmig_operator::decide::rollback_snapshots_to_verify(&w.mm),
         Some(vec![
-            (Scope::Namespace("bookinfo".into()), 4),
-            (Scope::Namespace("bookinfo".into()), 5),
-            (Scope::Namespace("bookinfo".into()), 6),
-            (Scope::Namespace("bookinfo".into()), 7),
-            (Scope::Namespace("bookinfo".into()), 8),
-            (Scope::Namespace("bookinfo".into()), 9),
+            (Scope::Namespace("bookinfo".into()), Step::Waypoints),
+            (Scope::Namespace("bookinfo".into()), Step::Policies),
+            (Scope::Namespace("bookinfo".into()), Step::AmbientEnrollment),
+            (
+                Scope::Namespace("bookinfo".into()),
+                Step::WaypointActivation
+            ),
+            (
+                Scope::Namespace("bookinfo".into()),
+                Step::PolicySimplification
+            ),
+            (Scope::Namespace("bookinfo".into()), Step::SidecarRemoval),
         ])
     );
 }
@@ -908,7 +955,7 @@ fn step_seven_waits_for_the_waypoint_deployment_as_istiod_programs_the_gateway_b
     w.mm.status = Some(meshmig_api::MeshMigrationStatus {
         namespaces: vec![meshmig_api::NamespaceStatus {
             name: "bookinfo".into(),
-            step: 7,
+            step: Step::WaypointActivation,
             phase: NamespacePhase::Waiting,
             ..Default::default()
         }],
@@ -946,7 +993,7 @@ fn a_waypoint_copy_istiod_does_not_accept_holds_step_seven_with_its_message() {
     w.mm.status = Some(meshmig_api::MeshMigrationStatus {
         namespaces: vec![meshmig_api::NamespaceStatus {
             name: "bookinfo".into(),
-            step: 7,
+            step: Step::WaypointActivation,
             phase: NamespacePhase::Validating,
             checkpoint_started_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 w.now,

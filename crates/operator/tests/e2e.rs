@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use meshmig_api::Step;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -75,19 +76,18 @@ async fn rollback_all_after_each_step_restores_every_original_object() {
     let baseline = rig.user_objects("bookinfo").await;
     assert!(baseline.len() > 10);
     let original = common::states::state(&rig).await;
-    for k in 2u8..=9 {
+    for k in Step::range(Step::ControlPlane, Step::LAST) {
         let name = format!("rb-{k}");
-        let spec = if k < 9 {
-            json!({"pauseBefore": [k + 1]})
-        } else {
-            json!({})
+        let spec = match k.next() {
+            Some(next) => json!({"pauseBefore": [next]}),
+            None => json!({}),
         };
         rig.apply_migration(&name, spec).await;
         rig.wait_mm(&name, &format!("held after step {k}"), 120, |mm| {
             let st = mm.status.clone().unwrap_or_default();
             st.namespaces.first().is_some_and(|n| {
-                (k < 9 && n.step == k + 1 && n.phase == NamespacePhase::Waiting)
-                    || (k == 9 && n.phase == NamespacePhase::Completed)
+                (k.next() == Some(n.step) && n.phase == NamespacePhase::Waiting)
+                    || (k == Step::LAST && n.phase == NamespacePhase::Completed)
             })
         })
         .await;
@@ -151,7 +151,10 @@ async fn pause_before_holds_until_approved_and_paused_holds_until_removed() {
             })
         })
         .await;
-    assert_eq!(mm.status.as_ref().unwrap().namespaces[0].step, 4);
+    assert_eq!(
+        mm.status.as_ref().unwrap().namespaces[0].step,
+        Step::Waypoints
+    );
     // Still held a moment later.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mm = rig.migrations().get("held").await.unwrap();
@@ -169,7 +172,7 @@ async fn pause_before_holds_until_approved_and_paused_holds_until_removed() {
     let ns = &mm.status.as_ref().unwrap().namespaces[0];
     assert_eq!(
         (ns.step, ns.phase),
-        (4, NamespacePhase::Waiting),
+        (Step::Waypoints, NamespacePhase::Waiting),
         "{:?}",
         ns.message
     );
@@ -232,7 +235,12 @@ async fn killing_the_operator_mid_migration_resumes_to_the_same_end_state() {
     rig.apply_migration("crashy", json!({})).await;
     let mut kills = 0;
     // Kill it at every step it reaches, while the step is being applied or validated.
-    for target in [3u8, 5, 7, 9] {
+    for target in [
+        Step::HboneSidecars,
+        Step::Policies,
+        Step::WaypointActivation,
+        Step::SidecarRemoval,
+    ] {
         rig.wait_mm("crashy", &format!("step {target}"), 120, |mm| {
             mm.status
                 .as_ref()
@@ -293,7 +301,7 @@ async fn two_namespaces_respect_the_barriers() {
     rig.assert_migrated("bookinfo").await;
     rig.assert_migrated("bookinfo2").await;
     let st = mm.status.unwrap();
-    let at = |step: u8, started: bool| -> Vec<k8s_openapi::jiff::Timestamp> {
+    let at = |step: Step, started: bool| -> Vec<k8s_openapi::jiff::Timestamp> {
         st.namespaces
             .iter()
             .map(|n| {
@@ -306,7 +314,10 @@ async fn two_namespaces_respect_the_barriers() {
             })
             .collect()
     };
-    for (barrier, before) in [(7u8, 6u8), (9, 8)] {
+    for (barrier, before) in [
+        (Step::WaypointActivation, Step::AmbientEnrollment),
+        (Step::SidecarRemoval, Step::PolicySimplification),
+    ] {
         let last_done = at(before, false).into_iter().max().unwrap();
         for start in at(barrier, true) {
             assert!(
@@ -325,7 +336,7 @@ async fn two_namespaces_respect_the_barriers() {
     let done1 = b1
         .history
         .iter()
-        .find(|h| h.step == 9)
+        .find(|h| h.step == Step::SidecarRemoval)
         .unwrap()
         .completed_at
         .as_ref()
@@ -334,7 +345,7 @@ async fn two_namespaces_respect_the_barriers() {
     let start2 = b2
         .history
         .iter()
-        .find(|h| h.step == 9)
+        .find(|h| h.step == Step::SidecarRemoval)
         .unwrap()
         .started_at
         .0;
@@ -373,7 +384,7 @@ async fn two_replicas_only_the_leader_reconciles_and_a_killed_leader_is_replaced
         mm.status
             .as_ref()
             .and_then(|s| s.namespaces.first())
-            .is_some_and(|n| n.step >= 4)
+            .is_some_and(|n| n.step >= Step::Waypoints)
     })
     .await;
     // Only the leader acted so far.
@@ -651,7 +662,7 @@ async fn safety_rails_claims_on_delete_rollback_and_a_vanished_namespace() {
         mm.status
             .as_ref()
             .and_then(|s| s.namespaces.first())
-            .is_some_and(|n| n.step == 5 && n.phase == NamespacePhase::Waiting)
+            .is_some_and(|n| n.step == Step::Policies && n.phase == NamespacePhase::Waiting)
     })
     .await;
     rig.apply_migration("second", json!({})).await;
@@ -698,7 +709,7 @@ async fn safety_rails_claims_on_delete_rollback_and_a_vanished_namespace() {
         mm.status
             .as_ref()
             .and_then(|s| s.namespaces.first())
-            .is_some_and(|n| n.step == 4 && n.phase == NamespacePhase::Waiting)
+            .is_some_and(|n| n.step == Step::Waypoints && n.phase == NamespacePhase::Waiting)
     })
     .await;
     rig.env
@@ -733,7 +744,7 @@ async fn drift_is_repaired_or_reported_and_a_lost_snapshot_holds_the_migration()
     let rig = Rig::new(&[]).await;
     rig.apply_migration("drifty", json!({"pauseBefore": [7, 8]}))
         .await;
-    let held = |step: u8| {
+    let held = |step: Step| {
         move |mm: &meshmig_api::MeshMigration| {
             mm.status
                 .as_ref()
@@ -741,8 +752,13 @@ async fn drift_is_repaired_or_reported_and_a_lost_snapshot_holds_the_migration()
                 .is_some_and(|n| n.step == step && n.phase == NamespacePhase::Waiting)
         }
     };
-    rig.wait_mm("drifty", "held before step 7", 90, held(7))
-        .await;
+    rig.wait_mm(
+        "drifty",
+        "held before step 7",
+        90,
+        held(Step::WaypointActivation),
+    )
+    .await;
     // Someone deletes bypass protection and edits a waypoint copy.
     rig.env
         .kubectl([
@@ -760,8 +776,13 @@ async fn drift_is_repaired_or_reported_and_a_lost_snapshot_holds_the_migration()
         .unwrap();
     rig.annotate("drifty", mn::ANNOTATION_APPROVE, Some("7"))
         .await;
-    rig.wait_mm("drifty", "held before step 8", 120, held(8))
-        .await;
+    rig.wait_mm(
+        "drifty",
+        "held before step 8",
+        120,
+        held(Step::PolicySimplification),
+    )
+    .await;
     let aps = rig.dynamic(
         "security.istio.io",
         "v1",
@@ -813,7 +834,7 @@ async fn drift_is_repaired_or_reported_and_a_lost_snapshot_holds_the_migration()
         "{}",
         c.message
     );
-    assert_eq!(st.namespaces[0].step, 8);
+    assert_eq!(st.namespaces[0].step, Step::PolicySimplification);
     assert_eq!(
         st.namespaces[0].phase,
         NamespacePhase::Waiting,
@@ -830,7 +851,9 @@ async fn a_source_object_edited_after_planning_fails_the_step_that_would_replace
         mm.status
             .as_ref()
             .and_then(|s| s.namespaces.first())
-            .is_some_and(|n| n.step == 7 && n.phase == NamespacePhase::Waiting)
+            .is_some_and(|n| {
+                n.step == Step::WaypointActivation && n.phase == NamespacePhase::Waiting
+            })
     })
     .await;
     // Someone changes the VirtualService the planned HTTPRoute replaces.
@@ -896,7 +919,9 @@ async fn step_seven_holds_while_istiod_reports_a_service_not_bound() {
         mm.status
             .as_ref()
             .and_then(|s| s.namespaces.first())
-            .is_some_and(|n| n.step == 7 && n.phase == NamespacePhase::Waiting)
+            .is_some_and(|n| {
+                n.step == Step::WaypointActivation && n.phase == NamespacePhase::Waiting
+            })
     })
     .await;
     // The Service's own label wins over the namespace's that step 7 sets.
@@ -937,7 +962,7 @@ async fn step_seven_holds_while_istiod_reports_a_service_not_bound() {
     let ns = &mm.status.as_ref().unwrap().namespaces[0];
     assert_eq!(
         (ns.step, ns.phase),
-        (7, NamespacePhase::Validating),
+        (Step::WaypointActivation, NamespacePhase::Validating),
         "{:?}",
         ns.message
     );
@@ -966,7 +991,7 @@ async fn a_policy_that_opens_access_mid_migration_fails_the_gate() {
         mm.status
             .as_ref()
             .and_then(|s| s.namespaces.first())
-            .is_some_and(|n| n.step == 9 && n.phase == NamespacePhase::Waiting)
+            .is_some_and(|n| n.step == Step::SidecarRemoval && n.phase == NamespacePhase::Waiting)
     })
     .await;
     // Someone admits ratings at the waypoint, where reviews is enforced once its callers leave
@@ -988,7 +1013,9 @@ async fn a_policy_that_opens_access_mid_migration_fails_the_gate() {
             mm.status
                 .as_ref()
                 .and_then(|s| s.namespaces.first())
-                .is_some_and(|n| n.step == 9 && n.phase == NamespacePhase::Failed)
+                .is_some_and(|n| {
+                    n.step == Step::SidecarRemoval && n.phase == NamespacePhase::Failed
+                })
         })
         .await;
     let ns = &mm.status.as_ref().unwrap().namespaces[0];
@@ -1002,7 +1029,7 @@ async fn a_policy_that_opens_access_mid_migration_fails_the_gate() {
     );
     // The approval that released step 9 is spent: closing the hole and approving the retry
     // ("9/2", what `meshmig approve` sets) completes the migration.
-    let retry = mm.approval_for(9);
+    let retry = mm.approval_for(Step::SidecarRemoval);
     assert_eq!(retry, "9/2");
     rig.env
         .kubectl([

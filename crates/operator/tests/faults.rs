@@ -25,6 +25,7 @@
 
 mod common;
 
+use meshmig_api::Step;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -166,15 +167,15 @@ fn probes() -> serde_json::Value {
 fn snapshot_creates(
     writes: &[WriteRecord],
     migration: &str,
-) -> (BTreeMap<String, usize>, BTreeMap<u8, usize>) {
+) -> (BTreeMap<String, usize>, BTreeMap<Step, usize>) {
     let mut by_object: BTreeMap<String, usize> = BTreeMap::new();
-    let mut heads: BTreeMap<u8, usize> = BTreeMap::new();
+    let mut heads: BTreeMap<Step, usize> = BTreeMap::new();
     for w in writes
         .iter()
         .filter(|w| w.verb == "create" && w.resource == "configmaps" && w.succeeded())
     {
         let name = w.name.clone().unwrap_or_default();
-        for step in 1..=9u8 {
+        for step in Step::ALL {
             let head = meshmig_operator::snapshot::config_map_name(migration, step);
             if name == head {
                 *heads.entry(step).or_default() += 1;
@@ -240,7 +241,7 @@ async fn ten_percent_faults_migrate_and_roll_back_to_the_undisturbed_states() {
     );
     assert_eq!(
         heads.keys().copied().collect::<Vec<_>>(),
-        (2..=9).collect::<Vec<u8>>(),
+        Step::range(Step::ControlPlane, Step::LAST).collect::<Vec<_>>(),
         "snapshot heads created: {heads:?}"
     );
     assert!(heads.values().all(|n| *n == 1), "{heads:?}");
@@ -248,7 +249,7 @@ async fn ten_percent_faults_migrate_and_roll_back_to_the_undisturbed_states() {
     let mut present_heads: Vec<String> = present
         .iter()
         .filter(|c| {
-            let step: u8 = c.labels()[mn::LABEL_STEP].parse().unwrap();
+            let step: Step = c.labels()[mn::LABEL_STEP].parse().unwrap();
             c.name_any() == meshmig_operator::snapshot::config_map_name(NAME, step)
         })
         .map(|c| c.labels()[mn::LABEL_STEP].clone())
@@ -448,11 +449,13 @@ async fn a_conflict_on_a_snapshot_create_does_not_let_the_step_run_unrecorded() 
             mm.status
                 .as_ref()
                 .and_then(|s| s.namespaces.first())
-                .is_some_and(|n| n.step == 3 && n.phase == meshmig_api::NamespacePhase::Waiting)
+                .is_some_and(|n| {
+                    n.step == Step::HboneSidecars && n.phase == meshmig_api::NamespacePhase::Waiting
+                })
         },
     )
     .await;
-    let head = meshmig_operator::snapshot::config_map_name(NAME, 3);
+    let head = meshmig_operator::snapshot::config_map_name(NAME, Step::HboneSidecars);
     proxy.set_filter(Filter::only("create", "configmaps"));
     proxy.set_kinds(vec![FaultKind::Conflict]);
     proxy.set_rate(1.0);

@@ -8,8 +8,8 @@
 
 mod common;
 
-use meshmig_api::NamespacePhase;
 use meshmig_api::names as mn;
+use meshmig_api::{NamespacePhase, Step};
 use serde_json::json;
 
 use common::states::*;
@@ -24,8 +24,8 @@ async fn every_rollback_target_from_a_completed_migration_leaves_the_pods_as_bef
     rig.delete_migration(NAME).await;
     rig.apply_migration(NAME, json!({})).await;
     completed(&rig, NAME).await;
-    assert_state(&rig, &refs[&COMPLETED], "completed").await;
-    for target in (2..=9).rev() {
+    assert_state(&rig, &refs.completed, "completed").await;
+    for target in Step::range(Step::ControlPlane, Step::LAST).rev() {
         roll_back(&rig, NAME, target).await;
         assert_state_as(
             &rig,
@@ -38,7 +38,7 @@ async fn every_rollback_target_from_a_completed_migration_leaves_the_pods_as_bef
         completed(&rig, NAME).await;
         assert_state(
             &rig,
-            &refs[&COMPLETED],
+            &refs.completed,
             &format!("migrated again after the rollback to {target}"),
         )
         .await;
@@ -52,8 +52,8 @@ async fn a_rollback_started_mid_way_at_each_step_leaves_the_pods_as_before_that_
     rig.delete_migration(NAME).await;
     rig.apply_migration(NAME, json!({"pauseBefore": HELD}))
         .await;
-    for done in 2..=8 {
-        let next = done + 1;
+    for done in Step::range(Step::ControlPlane, Step::PolicySimplification) {
+        let next = done.next().unwrap();
         hold_before(&rig, NAME, next).await;
         roll_back(&rig, NAME, done).await;
         assert_state_as(
@@ -74,12 +74,19 @@ async fn a_rollback_started_mid_way_at_each_step_leaves_the_pods_as_before_that_
         mm.status
             .as_ref()
             .and_then(|s| s.namespaces.first())
-            .is_some_and(|n| n.step == 9 && n.phase == NamespacePhase::Validating)
+            .is_some_and(|n| {
+                n.step == Step::SidecarRemoval && n.phase == NamespacePhase::Validating
+            })
     })
     .await;
-    roll_back(&rig, NAME, 9).await;
-    assert_state(&rig, &refs[&9], "rollback of step 9 under way").await;
+    roll_back(&rig, NAME, Step::SidecarRemoval).await;
+    assert_state(
+        &rig,
+        &refs[&Step::SidecarRemoval],
+        "rollback of step 9 under way",
+    )
+    .await;
     resume(&rig, NAME).await;
     completed(&rig, NAME).await;
-    assert_state(&rig, &refs[&COMPLETED], "completed after the rollbacks").await;
+    assert_state(&rig, &refs.completed, "completed after the rollbacks").await;
 }

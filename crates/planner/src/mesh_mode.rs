@@ -3,16 +3,11 @@
 //! a sidecar nor ambient capture runs in plaintext with no policy enforced, and nothing in
 //! the Kubernetes API says so.
 
-use meshmig_api::StepNumber;
+use meshmig_api::Step;
 use meshmig_api::names::istio as n;
 
 use crate::inventory::{PodInfo, annotation};
 use crate::plan::WorkloadPlan;
-
-/// The step that restarts sidecars so they speak HBONE.
-pub const HBONE_STEP: StepNumber = 3;
-/// The step that removes the sidecars; ztunnel captures the Pods that replace them.
-pub const SIDECAR_REMOVAL_STEP: StepNumber = 9;
 
 /// How one Pod is meshed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,15 +56,22 @@ pub enum Expected {
 impl Expected {
     /// How a workload's Pods are meshed before `step` runs: the state the checkpoint of the
     /// step before validated, and what a rollback to before `step` must leave.
-    pub fn before(w: &WorkloadPlan, step: StepNumber) -> Self {
+    pub fn before(w: &WorkloadPlan, step: Step) -> Self {
         if w.opted_out || !w.sidecar {
             Expected::Unchanged
-        } else if step > SIDECAR_REMOVAL_STEP {
-            Expected::Ambient
         } else {
             Expected::Sidecar {
-                hbone: step > HBONE_STEP,
+                hbone: step > Step::HboneSidecars,
             }
+        }
+    }
+
+    /// How a workload's Pods are meshed once the migration completed (after step 9).
+    pub fn completed(w: &WorkloadPlan) -> Self {
+        if w.opted_out || !w.sidecar {
+            Expected::Unchanged
+        } else {
+            Expected::Ambient
         }
     }
 
@@ -162,29 +164,30 @@ mod tests {
     #[test]
     fn a_sidecar_workload_keeps_its_sidecar_until_step_nine_and_speaks_hbone_after_step_three() {
         let w = workload(true, false);
-        for step in 1..=3 {
+        for step in Step::range(Step::FIRST, Step::HboneSidecars) {
             assert_eq!(
                 Expected::before(&w, step),
                 Expected::Sidecar { hbone: false },
                 "before step {step}"
             );
         }
-        for step in 4..=9 {
+        for step in Step::range(Step::Waypoints, Step::LAST) {
             assert_eq!(
                 Expected::before(&w, step),
                 Expected::Sidecar { hbone: true },
                 "before step {step}"
             );
         }
-        assert_eq!(Expected::before(&w, 10), Expected::Ambient);
+        assert_eq!(Expected::completed(&w), Expected::Ambient);
     }
 
     #[test]
     fn workloads_the_migration_never_restarts_are_left_as_they_were() {
         for w in [workload(false, false), workload(true, true)] {
-            for step in 1..=10 {
+            for step in Step::ALL {
                 assert_eq!(Expected::before(&w, step), Expected::Unchanged);
             }
+            assert_eq!(Expected::completed(&w), Expected::Unchanged);
         }
     }
 

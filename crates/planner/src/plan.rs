@@ -12,7 +12,7 @@ use meshmig_api::istio::{
 };
 use meshmig_api::names::{self as mn, istio as n};
 use meshmig_api::{
-    BypassProtection, ControlPlaneMode, MeshMigrationSpec, StepNumber, WaypointPolicy, step_name,
+    BypassProtection, CheckId, ControlPlaneMode, MeshMigrationSpec, Step, WaypointPolicy,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -119,13 +119,13 @@ impl Action {
 #[serde(rename_all = "camelCase")]
 pub struct StepPlan {
     /// 1..9.
-    pub number: StepNumber,
+    pub number: Step,
     /// Step name.
     pub name: &'static str,
     /// Actions, in order.
     pub actions: Vec<Action>,
     /// Names of the checkpoint's checks.
-    pub checks: Vec<&'static str>,
+    pub checks: Vec<CheckId>,
 }
 
 /// Why a Service needs the waypoint.
@@ -191,9 +191,9 @@ pub struct WorkloadPlan {
 #[serde(rename_all = "camelCase")]
 pub struct Window {
     /// First step (state after it is applied).
-    pub from_step: StepNumber,
+    pub from_step: Step,
     /// Last step.
-    pub to_step: StepNumber,
+    pub to_step: Step,
     /// `fail-open` or `fail-closed`.
     pub kind: &'static str,
     /// Which callers and why.
@@ -205,7 +205,7 @@ pub struct Window {
 #[serde(rename_all = "camelCase")]
 pub struct StepEnforcement {
     /// Step.
-    pub step: StepNumber,
+    pub step: Step,
     /// Proxies enforcing it (`sidecar`, `ztunnel`, `waypoint`).
     pub enforced_by: Vec<&'static str>,
 }
@@ -287,7 +287,7 @@ pub struct Plan {
     pub manifests: Vec<Value>,
     /// Step each manifest belongs to (parallel to `manifests`).
     #[serde(skip)]
-    pub manifest_steps: Vec<StepNumber>,
+    pub manifest_steps: Vec<Step>,
     /// Counts.
     pub summary: Summary,
 }
@@ -304,56 +304,18 @@ impl Plan {
     }
 }
 
-/// Checks of each step's checkpoint (see the operator for their evaluation).
-pub fn step_checks(step: StepNumber) -> Vec<&'static str> {
-    match step {
-        1 => vec![
-            "istio-version",
-            "no-blockers",
-            "gateway-api-crds",
-            "cni-compatible",
-        ],
-        2 => vec!["control-plane-ambient", "istio-cni-ready", "ztunnel-ready"],
-        3 => vec!["rollouts-complete", "sidecars-hbone", "probes"],
-        4 => vec![
-            "waypoint-programmed",
-            "waypoint-ready",
-            "waypoint-unused",
-            "probes",
-        ],
-        5 => vec!["objects-exist", "objects-accepted", "probes"],
-        6 => vec!["namespace-enrolled", "sidecars-still-injected", "probes"],
-        7 => vec![
-            "waypoint-programmed",
-            "services-bound",
-            "routes-accepted",
-            "policies-accepted",
-            "probes",
-        ],
-        8 => vec!["objects-removed", "migrated-objects-present", "probes"],
-        9 => vec![
-            "rollouts-complete",
-            "no-sidecars",
-            "pods-redirected",
-            "originals-removed",
-            "probes",
-        ],
-        _ => vec![],
-    }
-}
-
 // ------------------------------------------------------------------ manifests
 
 struct Manifests {
     migration: String,
-    items: Vec<(StepNumber, ObjectRef, Value)>,
+    items: Vec<(Step, ObjectRef, Value)>,
 }
 
 impl Manifests {
     /// Adds a generated object with meshmig's labels; returns its (pre-sort) index.
     fn add(
         &mut self,
-        step: StepNumber,
+        step: Step,
         role: &str,
         source: Option<&ObjectRef>,
         mut v: Value,
@@ -415,7 +377,7 @@ struct NsWork {
     exists: bool,
     services: BTreeMap<String, ServicePlan>,
     workloads: Vec<WorkloadPlan>,
-    steps: BTreeMap<StepNumber, Vec<Action>>,
+    steps: BTreeMap<Step, Vec<Action>>,
     enforcement: Vec<Enforcement>,
     waypoint: WaypointPlan,
     /// Workloads that restart in steps 3 and 9.
@@ -448,7 +410,7 @@ impl NsWork {
         }
     }
 
-    fn act(&mut self, step: StepNumber, a: Action) {
+    fn act(&mut self, step: Step, a: Action) {
         let list = self.steps.entry(step).or_default();
         if !list.contains(&a) {
             list.push(a);
@@ -665,9 +627,14 @@ fn add_waypoint_copy(
     what: &str,
 ) {
     let pref = ObjectRef::from_meta("AuthorizationPolicy", &p.metadata);
-    let (mi, obj) = manifests.add(5, "policy-copy", Some(&pref), waypoint_copy(p, svc, ns));
+    let (mi, obj) = manifests.add(
+        Step::Policies,
+        "policy-copy",
+        Some(&pref),
+        waypoint_copy(p, svc, ns),
+    );
     w.act(
-        5,
+        Step::Policies,
         Action {
             manifest: Some(mi),
             ..Action::new(
@@ -745,15 +712,20 @@ fn dry_run_enforced(
             service: s.clone(),
             policy: pref.clone(),
             moves_to_waypoint: false,
-            by_step: (1..=9u8)
+            by_step: Step::ALL
+                .into_iter()
                 .map(|k| StepEnforcement {
                     step: k,
-                    enforced_by: if k < 9 { vec![] } else { vec!["ztunnel"] },
+                    enforced_by: if k < Step::SidecarRemoval {
+                        vec![]
+                    } else {
+                        vec!["ztunnel"]
+                    },
                 })
                 .collect(),
             windows: vec![Window {
-                from_step: 9,
-                to_step: 9,
+                from_step: Step::SidecarRemoval,
+                to_step: Step::SidecarRemoval,
                 kind: "fail-closed",
                 reason,
             }],
@@ -909,8 +881,8 @@ fn deny_outside_windows(
         return Vec::new();
     }
     vec![Window {
-        from_step: 9,
-        to_step: 9,
+        from_step: Step::SidecarRemoval,
+        to_step: Step::SidecarRemoval,
         kind: "fail-open",
         reason: format!(
             "sidecar callers from {} (outside this migration) are admitted by bypass protection and skip the waypoint copy of this DENY until they migrate",
@@ -958,8 +930,8 @@ fn rollout_fail_open(
         "ztunnel admits more than this policy (istiod drops its trust-domain conditions)"
     };
     Some(Window {
-        from_step: 9,
-        to_step: 9,
+        from_step: Step::SidecarRemoval,
+        to_step: Step::SidecarRemoval,
         kind: "fail-open",
         reason: format!(
             "during the step-9 rollout, sidecar callers in {} reach the new pods directly, and {what} until it is removed",
@@ -1321,7 +1293,7 @@ fn plan_on(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str, threads: 
     // self-contained.
     for w in works.iter_mut().filter(|w| w.exists) {
         for a in &cp_actions {
-            w.act(2, a.clone());
+            w.act(Step::ControlPlane, a.clone());
         }
     }
 
@@ -1362,7 +1334,8 @@ fn plan_on(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str, threads: 
         let Some(mut w) = by_name.remove(ns) else {
             continue;
         };
-        let steps = (1..=9)
+        let steps = Step::ALL
+            .into_iter()
             .map(|s| {
                 let mut actions = w.steps.remove(&s).unwrap_or_default();
                 for a in &mut actions {
@@ -1370,9 +1343,9 @@ fn plan_on(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str, threads: 
                 }
                 StepPlan {
                     number: s,
-                    name: step_name(s),
+                    name: s.name(),
                     actions,
-                    checks: step_checks(s),
+                    checks: s.checks().to_vec(),
                 }
             })
             .collect();
@@ -1627,8 +1600,8 @@ fn push_order_window(e: &mut Enforcement, reason: String, findings: &mut Vec<Fin
         format!("Service {}, steps 9-9: {reason}", e.service),
     ));
     e.windows.push(Window {
-        from_step: 9,
-        to_step: 9,
+        from_step: Step::SidecarRemoval,
+        to_step: Step::SidecarRemoval,
         kind: "fail-open",
         reason,
     });
@@ -1672,8 +1645,11 @@ fn analyze_namespace<'a>(
         restart_hbone: Vec::new(),
         bypass_admits: BTreeMap::new(),
     };
-    for check in step_checks(1) {
-        w.act(1, Action::new(Op::Verify, ns_ref.clone(), check));
+    for check in Step::Prerequisites.checks() {
+        w.act(
+            Step::Prerequisites,
+            Action::new(Op::Verify, ns_ref.clone(), check.as_str()),
+        );
     }
     if ns_obj.is_none() {
         findings.push(Finding::new(
@@ -2220,7 +2196,7 @@ fn analyze_namespace<'a>(
     // ---- step 3: HBONE restarts
     for obj in w.restart_hbone.clone() {
         w.act(
-            3,
+            Step::HboneSidecars,
             Action::new(
                 Op::Restart,
                 obj,
@@ -2253,9 +2229,9 @@ fn analyze_namespace<'a>(
             status: None,
         };
         let v = routes::to_object(&gw, "gateway.networking.k8s.io/v1", "Gateway");
-        let (i, obj) = manifests.add(4, "waypoint", None, v);
+        let (i, obj) = manifests.add(Step::Waypoints, "waypoint", None, v);
         w.act(
-            4,
+            Step::Waypoints,
             Action {
                 manifest: Some(i),
                 ..Action::new(
@@ -2304,9 +2280,9 @@ fn analyze_namespace<'a>(
     for (vs, conv, _) in &mine {
         let vref = ObjectRef::from_meta("VirtualService", &vs.metadata);
         for g in &conv.grants {
-            let (i, obj) = manifests.add(5, "reference-grant", Some(&vref), g.clone());
+            let (i, obj) = manifests.add(Step::Policies, "reference-grant", Some(&vref), g.clone());
             w.act(
-                5,
+                Step::Policies,
                 Action {
                     manifest: Some(i),
                     ..Action::new(
@@ -2318,9 +2294,14 @@ fn analyze_namespace<'a>(
             );
         }
         for r in &conv.routes {
-            let (i, obj) = manifests.add(7, "httproute", Some(&vref), r.clone());
+            let (i, obj) = manifests.add(
+                Step::WaypointActivation,
+                "httproute",
+                Some(&vref),
+                r.clone(),
+            );
             w.act(
-                5,
+                Step::Policies,
                 Action {
                     manifest: Some(i),
                     ..Action::new(
@@ -2360,7 +2341,7 @@ fn analyze_namespace<'a>(
     // ---- step 6
     if !already_ambient {
         w.act(
-            6,
+            Step::AmbientEnrollment,
             Action::label(
                 ObjectRef::namespace(ns),
                 n::DATAPLANE_MODE,
@@ -2372,7 +2353,7 @@ fn analyze_namespace<'a>(
 
     // ---- step 7
     if waypoint_on {
-        w.act(7, Action::label(ObjectRef::namespace(ns), n::USE_WAYPOINT, &w.waypoint.name.clone(), "send the namespace's Service traffic through the waypoint (guarded: only once it is Programmed)"));
+        w.act(Step::WaypointActivation, Action::label(ObjectRef::namespace(ns), n::USE_WAYPOINT, &w.waypoint.name.clone(), "send the namespace's Service traffic through the waypoint (guarded: only once it is Programmed)"));
         let bypassed: Vec<String> = w
             .services
             .values()
@@ -2381,7 +2362,7 @@ fn analyze_namespace<'a>(
             .collect();
         for s in bypassed {
             w.act(
-                7,
+                Step::WaypointActivation,
                 Action::label(
                     ObjectRef::new("Service", Some(ns), &s),
                     n::INGRESS_USE_WAYPOINT,
@@ -2399,7 +2380,7 @@ fn analyze_namespace<'a>(
     }
     for (i, obj, vref, _) in &route_manifests {
         w.act(
-            7,
+            Step::WaypointActivation,
             Action {
                 manifest: Some(*i),
                 ..Action::new(Op::Apply, obj.clone(), format!("replaces {vref}"))
@@ -2413,7 +2394,7 @@ fn analyze_namespace<'a>(
         }
         if *keeps {
             w.act(
-                7,
+                Step::WaypointActivation,
                 Action::new(
                     Op::RemoveMeshGateway,
                     vref.clone(),
@@ -2422,7 +2403,7 @@ fn analyze_namespace<'a>(
             );
         } else {
             w.act(
-                7,
+                Step::WaypointActivation,
                 Action::new(
                     Op::Delete,
                     vref.clone(),
@@ -2445,7 +2426,7 @@ fn analyze_namespace<'a>(
             continue;
         }
         w.act(
-            8,
+            Step::PolicySimplification,
             Action::new(
                 Op::Delete,
                 dref,
@@ -2459,7 +2440,7 @@ fn analyze_namespace<'a>(
         || ns_meta.is_some_and(|m| label(m, n::INJECTION).is_some())
     {
         w.act(
-            9,
+            Step::SidecarRemoval,
             Action::unlabel(
                 Op::Unlabel,
                 ObjectRef::namespace(ns),
@@ -2470,7 +2451,7 @@ fn analyze_namespace<'a>(
     }
     if ns_meta.is_some_and(|m| label(m, n::REV).is_some()) {
         w.act(
-            9,
+            Step::SidecarRemoval,
             Action::unlabel(
                 Op::Unlabel,
                 ObjectRef::namespace(ns),
@@ -2489,7 +2470,7 @@ fn analyze_namespace<'a>(
             .is_some_and(|v| v == "true")
         {
             w.act(
-                9,
+                Step::SidecarRemoval,
                 Action::unlabel(
                     Op::UnlabelTemplate,
                     wl.object(),
@@ -2500,7 +2481,7 @@ fn analyze_namespace<'a>(
         }
         if wl.pod_labels.contains_key(n::REV) {
             w.act(
-                9,
+                Step::SidecarRemoval,
                 Action::unlabel(
                     Op::UnlabelTemplate,
                     wl.object(),
@@ -2512,7 +2493,7 @@ fn analyze_namespace<'a>(
     }
     for obj in w.restart.clone() {
         w.act(
-            9,
+            Step::SidecarRemoval,
             Action::new(
                 Op::Restart,
                 obj,
@@ -2521,7 +2502,7 @@ fn analyze_namespace<'a>(
         );
     }
     // Deletions and deferred objects of step 9 go after the restarts.
-    if let Some(list) = w.steps.get_mut(&9) {
+    if let Some(list) = w.steps.get_mut(&Step::SidecarRemoval) {
         list.sort_by_key(|a| a.after_rollout);
     }
     w
@@ -2637,9 +2618,14 @@ fn add_per_version(
         m.insert("apiVersion".into(), "v1".into());
         m.insert("kind".into(), "Service".into());
     }
-    let (i, obj) = manifests.add(5, "per-version-service", Some(&pv.destination_rule), v);
+    let (i, obj) = manifests.add(
+        Step::Policies,
+        "per-version-service",
+        Some(&pv.destination_rule),
+        v,
+    );
     w.act(
-        5,
+        Step::Policies,
         Action {
             manifest: Some(i),
             ..Action::new(
@@ -2665,9 +2651,14 @@ fn add_per_version(
         if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.insert("namespace".into(), pv.namespace.clone().into());
         }
-        let (i, obj) = manifests.add(5, "destination-rule", Some(&pv.destination_rule), v);
+        let (i, obj) = manifests.add(
+            Step::Policies,
+            "destination-rule",
+            Some(&pv.destination_rule),
+            v,
+        );
         w.act(
-            5,
+            Step::Policies,
             Action {
                 manifest: Some(i),
                 ..Action::new(
@@ -2882,9 +2873,9 @@ fn policy_migration(
                 "metadata": {"name": dns_subdomain(&[&oref.name, &s, "waypoint"]), "namespace": ns},
                 "spec": spec_v,
             });
-            let (mi, obj) = manifests.add(5, "policy-copy", Some(oref), v);
+            let (mi, obj) = manifests.add(Step::Policies, "policy-copy", Some(oref), v);
             w.act(
-                5,
+                Step::Policies,
                 Action {
                     manifest: Some(mi),
                     ..Action::new(
@@ -3013,13 +3004,13 @@ fn policy_migration(
         let defer_this = deferred && callers.any;
         let (step, op, detail) = if defer_this {
             (
-                9,
+                Step::SidecarRemoval,
                 Op::Prepare,
                 "bypass protection, prepared only (bypassProtection: Deferred): apply it once every sidecar caller has migrated",
             )
         } else {
             (
-                5,
+                Step::Policies,
                 Op::Create,
                 "bypass protection: only the waypoint and known transitional callers may reach these workloads directly",
             )
@@ -3029,7 +3020,7 @@ fn policy_migration(
             step,
             Action {
                 manifest: Some(mi),
-                after_rollout: step == 9,
+                after_rollout: step == Step::SidecarRemoval,
                 ..Action::new(op, obj, detail)
             },
         );
@@ -3044,8 +3035,8 @@ fn policy_migration(
                     "rules": [{"from": [{"source": {"principals": [waypoint_principal]}}]}],
                 },
             });
-            let (mi, obj) = manifests.add(5, "bypass-protection", Some(&src), allow);
-            w.act(5, Action {
+            let (mi, obj) = manifests.add(Step::Policies, "bypass-protection", Some(&src), allow);
+            w.act(Step::Policies, Action {
                 manifest: Some(mi),
                 ..Action::new(Op::Create, obj, "admit the waypoint, which enforces the copies, past the remaining ALLOW policies")
             });
@@ -3065,12 +3056,12 @@ fn policy_migration(
         let identity_only_allow = c.action == AuthzAction::Allow
             && !c.needs_waypoint()
             && allow_callers(p, c, td, ns).exact;
-        let delete_step: StepNumber = if identity_only_allow && exact_everywhere && !deferred {
-            8
+        let delete_step: Step = if identity_only_allow && exact_everywhere && !deferred {
+            Step::PolicySimplification
         } else {
-            9
+            Step::SidecarRemoval
         };
-        let detail = if delete_step == 8 {
+        let detail = if delete_step == Step::PolicySimplification {
             "identity-only ALLOW reproduced exactly by bypass protection and enforced by its waypoint copies".to_string()
         } else {
             "selector original: ztunnel would drop its L7 rules or see the waypoint's identity; its waypoint copies enforce it".to_string()
@@ -3078,7 +3069,7 @@ fn policy_migration(
         w.act(
             delete_step,
             Action {
-                after_rollout: delete_step == 9,
+                after_rollout: delete_step == Step::SidecarRemoval,
                 ..Action::new(Op::Delete, pref.clone(), detail)
             },
         );
@@ -3092,16 +3083,16 @@ fn policy_migration(
             let any_source = unknown_callers_by_svc.get(s).copied().unwrap_or(false);
             if any_source && !deferred {
                 windows.push(Window {
-                    from_step: 5,
-                    to_step: 9,
+                    from_step: Step::Policies,
+                    to_step: Step::SidecarRemoval,
                     kind: "fail-closed",
                     reason: "sidecar callers outside this migration that the policies do not name are denied by bypass protection until they migrate".into(),
                 });
             }
             if any_source && deferred {
                 windows.push(Window {
-                    from_step: 9,
-                    to_step: 9,
+                    from_step: Step::SidecarRemoval,
+                    to_step: Step::SidecarRemoval,
                     kind: "fail-open",
                     reason: "bypass protection is only prepared (Deferred): sidecar callers skip the waypoint copy until it is applied".into(),
                 });
@@ -3117,8 +3108,8 @@ fn policy_migration(
                 let constrains_more_than_identity = !c.rules.iter().all(|r| r.identity_only());
                 if !outside.is_empty() && constrains_more_than_identity {
                     windows.push(Window {
-                        from_step: 9,
-                        to_step: 9,
+                        from_step: Step::SidecarRemoval,
+                        to_step: Step::SidecarRemoval,
                         kind: "fail-open",
                         reason: format!(
                             "sidecar callers from {} (outside this migration) are admitted by bypass protection and skip the waypoint copy's other conditions until they migrate",
@@ -3129,24 +3120,24 @@ fn policy_migration(
             }
             if c.action == AuthzAction::Allow && c.needs_waypoint() {
                 windows.push(Window {
-                    from_step: 9,
-                    to_step: 9,
+                    from_step: Step::SidecarRemoval,
+                    to_step: Step::SidecarRemoval,
                     kind: "fail-closed",
                     reason: "during the step-9 rollout, callers still running sidecars reach pods without sidecars directly, where ztunnel drops this policy's L7 rules until it is removed".into(),
                 });
             }
             if c.action == AuthzAction::Deny && deny_matches_waypoint(p, waypoint_principal, ns) {
                 windows.push(Window {
-                    from_step: 7,
-                    to_step: 9,
+                    from_step: Step::WaypointActivation,
+                    to_step: Step::SidecarRemoval,
                     kind: "fail-closed",
                     reason: "traffic through the waypoint carries the waypoint's identity and IP, which this DENY's source conditions match, until the original is removed after the step-9 rollout".into(),
                 });
             }
             if c.action == AuthzAction::Deny && c.ztunnel_fail_closed() {
                 windows.push(Window {
-                    from_step: 9,
-                    to_step: 9,
+                    from_step: Step::SidecarRemoval,
+                    to_step: Step::SidecarRemoval,
                     kind: "fail-closed",
                     reason: "during the step-9 rollout ztunnel enforces this DENY without its L7 conditions until it is removed".into(),
                 });
@@ -3178,13 +3169,16 @@ fn policy_migration(
                     ),
                 ));
             }
-            let by_step = (1..=9u8)
+            let by_step = Step::ALL
+                .into_iter()
                 .map(|k| StepEnforcement {
                     step: k,
-                    enforced_by: match k {
-                        1..=6 => vec!["sidecar"],
-                        7 | 8 => vec!["sidecar", "waypoint"],
-                        _ => vec!["waypoint"],
+                    enforced_by: if k < Step::WaypointActivation {
+                        vec!["sidecar"]
+                    } else if k < Step::SidecarRemoval {
+                        vec!["sidecar", "waypoint"]
+                    } else {
+                        vec!["waypoint"]
                     },
                 })
                 .collect();
@@ -3241,8 +3235,8 @@ fn policy_migration(
                     format!("Service {s}, step 9: {reason}"),
                 ));
                 windows.push(Window {
-                    from_step: 9,
-                    to_step: 9,
+                    from_step: Step::SidecarRemoval,
+                    to_step: Step::SidecarRemoval,
                     kind,
                     reason,
                 });
@@ -3268,8 +3262,8 @@ fn policy_migration(
                     continue;
                 }
                 let win = Window {
-                    from_step: 9,
-                    to_step: 9,
+                    from_step: Step::SidecarRemoval,
+                    to_step: Step::SidecarRemoval,
                     kind,
                     reason: format!(
                         "no waypoint serves this Service, and ztunnel, enforcing the policy as istiod converts it, {what}"
@@ -3286,10 +3280,11 @@ fn policy_migration(
                 service: s,
                 policy: pref.clone(),
                 moves_to_waypoint: false,
-                by_step: (1..=9u8)
+                by_step: Step::ALL
+                    .into_iter()
                     .map(|k| StepEnforcement {
                         step: k,
-                        enforced_by: if k < 9 {
+                        enforced_by: if k < Step::SidecarRemoval {
                             vec!["sidecar"]
                         } else {
                             vec!["ztunnel"]
@@ -3351,9 +3346,8 @@ mod tests {
 
     #[test]
     fn every_step_has_checks() {
-        for s in 1..=9 {
-            assert!(!step_checks(s).is_empty());
+        for s in Step::ALL {
+            assert!(!s.checks().is_empty());
         }
-        assert!(step_checks(10).is_empty());
     }
 }

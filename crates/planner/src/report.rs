@@ -233,7 +233,14 @@ pub fn render(plan: &Plan, style: Style, verbose: bool) -> String {
             let _ = writeln!(
                 out,
                 "    {}",
-                s.dim(&format!("checkpoint: {}", step.checks.join(", ")))
+                s.dim(&format!(
+                    "checkpoint: {}",
+                    step.checks
+                        .iter()
+                        .map(|c| c.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
             );
         }
         let with_windows: Vec<_> = ns

@@ -4,16 +4,36 @@
 use std::collections::BTreeMap;
 
 use meshmig_api::names as mn;
-use meshmig_api::{CheckResult, MigrationPhase, NamespacePhase, StepNumber};
+use meshmig_api::{CheckResult, MigrationPhase, NamespacePhase, Step};
 use serde_json::{Value, json};
 
 use super::{Rig, phase};
 
 pub const NS: &str = "bookinfo";
 /// Every step that can be held for approval.
-pub const HELD: [StepNumber; 7] = [3, 4, 5, 6, 7, 8, 9];
-/// "Before step 10": the completed migration.
-pub const COMPLETED: StepNumber = 10;
+pub const HELD: [Step; 7] = [
+    Step::HboneSidecars,
+    Step::Waypoints,
+    Step::Policies,
+    Step::AmbientEnrollment,
+    Step::WaypointActivation,
+    Step::PolicySimplification,
+    Step::SidecarRemoval,
+];
+
+/// The reference states: before each step from 2 on, and once the migration completed.
+pub struct References {
+    pub before: BTreeMap<Step, State>,
+    pub completed: State,
+}
+
+impl std::ops::Index<&Step> for References {
+    type Output = State;
+
+    fn index(&self, step: &Step) -> &State {
+        &self.before[step]
+    }
+}
 
 /// What a rollback to before some step must reproduce.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,8 +56,8 @@ pub async fn state(rig: &Rig) -> State {
 /// then (step 3's undo restores its restart annotation: a rollout) gets a sidecar that
 /// speaks HBONE, where the fresh run's Pods, never restarted, have plain ones. Both are
 /// sidecars that admit the same callers.
-pub fn any_hbone(target: StepNumber) -> bool {
-    target == 3
+pub fn any_hbone(target: Step) -> bool {
+    target == Step::HboneSidecars
 }
 
 pub async fn assert_state(rig: &Rig, want: &State, what: &str) {
@@ -64,7 +84,7 @@ pub async fn assert_state_as(rig: &Rig, want: &State, what: &str, any_hbone: boo
     pretty_assertions::assert_eq!(got.objects, want.objects, "{what}: objects differ");
 }
 
-pub async fn hold_before(rig: &Rig, name: &str, step: StepNumber) {
+pub async fn hold_before(rig: &Rig, name: &str, step: Step) {
     rig.wait_mm(name, &format!("held before step {step}"), 180, |mm| {
         mm.status
             .as_ref()
@@ -82,9 +102,9 @@ pub async fn completed(rig: &Rig, name: &str) {
 }
 
 /// The rollback annotation's value for a target (`all` for 1).
-pub fn rollback_value(target: StepNumber) -> String {
-    if target <= 1 {
-        "all".to_string()
+pub fn rollback_value(target: Step) -> String {
+    if target <= Step::Prerequisites {
+        mn::ROLLBACK_ALL.to_string()
     } else {
         target.to_string()
     }
@@ -92,7 +112,7 @@ pub fn rollback_value(target: StepNumber) -> String {
 
 /// Waits until a requested rollback is reported, and checks it is reported only with every
 /// check of its checkpoint passed.
-pub async fn rolled_back(rig: &Rig, name: &str, target: StepNumber, secs: u64) {
+pub async fn rolled_back(rig: &Rig, name: &str, target: Step, secs: u64) {
     let mm = rig
         .wait_mm(name, &format!("rolled back to {target}"), secs, |mm| {
             // The target too: a rollback extended from an earlier one starts RolledBack.
@@ -101,7 +121,7 @@ pub async fn rolled_back(rig: &Rig, name: &str, target: StepNumber, secs: u64) {
                     .status
                     .as_ref()
                     .and_then(|s| s.rollback.as_ref())
-                    .is_some_and(|r| r.completed && r.target == target.max(1))
+                    .is_some_and(|r| r.completed && r.target == target.max(Step::Prerequisites))
         })
         .await;
     let status = mm.status.unwrap();
@@ -123,7 +143,7 @@ pub async fn rolled_back(rig: &Rig, name: &str, target: StepNumber, secs: u64) {
 }
 
 /// Requests a rollback to before `target` and waits until it is reported.
-pub async fn roll_back(rig: &Rig, name: &str, target: StepNumber) {
+pub async fn roll_back(rig: &Rig, name: &str, target: Step) {
     rig.annotate(name, mn::ANNOTATION_ROLLBACK, Some(&rollback_value(target)))
         .await;
     rolled_back(rig, name, target, 240).await;
@@ -134,11 +154,11 @@ pub async fn resume(rig: &Rig, name: &str) {
     rig.annotate(name, mn::ANNOTATION_ROLLBACK, None).await;
 }
 
-/// A fresh undisturbed run held before every step: the state before step N for N in
-/// 2..=10. It ends rolled back (the caller deletes it).
-pub async fn reference(rig: &Rig, name: &str) -> BTreeMap<StepNumber, State> {
+/// A fresh undisturbed run held before every step: the state before each step from 2 on,
+/// and the completed migration's. It ends rolled back (the caller deletes it).
+pub async fn reference(rig: &Rig, name: &str) -> References {
     let mut out = BTreeMap::new();
-    out.insert(2, state(rig).await);
+    out.insert(Step::ControlPlane, state(rig).await);
     rig.apply_migration(name, json!({"pauseBefore": HELD}))
         .await;
     for next in HELD {
@@ -148,10 +168,18 @@ pub async fn reference(rig: &Rig, name: &str) -> BTreeMap<StepNumber, State> {
             .await;
     }
     completed(rig, name).await;
-    out.insert(COMPLETED, state(rig).await);
+    let refs = References {
+        before: out,
+        completed: state(rig).await,
+    };
     // The states differ where the steps say they do: sidecars go in step 9.
-    assert_ne!(out[&9].pods, out[&COMPLETED].pods);
-    roll_back(rig, name, 1).await;
-    assert_state(rig, &out[&2], "rollback of the reference run").await;
-    out
+    assert_ne!(refs[&Step::SidecarRemoval].pods, refs.completed.pods);
+    roll_back(rig, name, Step::Prerequisites).await;
+    assert_state(
+        rig,
+        &refs[&Step::ControlPlane],
+        "rollback of the reference run",
+    )
+    .await;
+    refs
 }
