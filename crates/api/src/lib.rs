@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod enforcement;
 pub mod istio;
 pub mod migration;
 pub mod names;
@@ -11,6 +12,7 @@ pub mod step;
 #[doc(hidden)]
 pub mod view;
 
+pub use enforcement::{Enforcer, RequestedBy, WindowKind};
 pub use migration::*;
 pub use step::{CheckId, Step, StepError};
 

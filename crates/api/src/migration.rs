@@ -14,6 +14,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::enforcement::RequestedBy;
 use crate::step::Step;
 
 /// Migrates the workloads of the selected namespaces from Istio sidecar mode to ambient mode
@@ -493,7 +494,7 @@ pub struct RollbackStatus {
     /// Lowest step undone (1 = everything).
     pub target: Step,
     /// `annotation`, `onFailure` or `onDelete`.
-    pub requested_by: String,
+    pub requested_by: RequestedBy,
     /// Whether it finished.
     pub completed: bool,
     /// Why it was started (the failing check, for onFailure).

@@ -13,7 +13,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use meshmig_api::names::{self as mn, istio as n};
 use meshmig_api::{
     CheckResult, CheckStatus, FindingRef, MeshMigration, MeshMigrationStatus, MigrationPhase,
-    NamespacePhase, NamespaceStatus, OnFailure, Ordering, RollbackStatus, Step, StepRecord,
+    NamespacePhase, NamespaceStatus, OnFailure, Ordering, RequestedBy, RollbackStatus, Step,
+    StepRecord, WindowKind,
 };
 use meshmig_planner::plan::{Action, NamespacePlan, Op, Plan};
 use meshmig_planner::{Inventory, Severity};
@@ -349,7 +350,7 @@ fn checks_status(old: &[CheckStatus], outcomes: &[Outcome], now: Timestamp) -> V
 fn fail_open_guard(inp: &Input<'_>, ns: &NamespacePlan, step: Step) -> Option<String> {
     let accepted = &inp.mm.spec.accepted_findings;
     for e in &ns.enforcement {
-        for w in e.windows.iter().filter(|w| w.kind == "fail-open") {
+        for w in e.windows.iter().filter(|w| w.kind == WindowKind::FailOpen) {
             if w.from_step <= step && step <= w.to_step {
                 let f = meshmig_planner::Finding::new(
                     meshmig_planner::findings::ENFORCEMENT_FAIL_OPEN,
@@ -567,18 +568,20 @@ pub fn decide(inp: &Input<'_>) -> Decision {
 
     // ---- rollback requests
     let requested = if inp.deleting_with_rollback {
-        Some((Step::FIRST, "onDelete".to_string(), None))
+        Some((Step::FIRST, RequestedBy::OnDelete, None))
     } else if let Some(t) = mm.requested_rollback() {
-        Some((t, "annotation".to_string(), None))
+        Some((t, RequestedBy::Annotation, None))
     } else {
         old.rollback
             .as_ref()
-            .filter(|r| !r.completed && r.requested_by != "annotation")
-            .map(|r| (r.target, r.requested_by.clone(), r.reason.clone()))
+            .filter(|r| !r.completed && r.requested_by != RequestedBy::Annotation)
+            .map(|r| (r.target, r.requested_by, r.reason.clone()))
     };
     let resumed_partial = mm.requested_rollback().is_none()
         && old.rollback.as_ref().is_some_and(|r| {
-            r.completed && r.target > Step::Prerequisites && r.requested_by == "annotation"
+            r.completed
+                && r.target > Step::Prerequisites
+                && r.requested_by == RequestedBy::Annotation
         });
     if resumed_partial {
         for s in statuses
@@ -733,7 +736,7 @@ pub fn decide(inp: &Input<'_>) -> Decision {
                                 old,
                                 statuses,
                                 Step::Prerequisites,
-                                "onFailure".into(),
+                                RequestedBy::OnFailure,
                                 reason,
                                 events,
                             );
@@ -1406,7 +1409,7 @@ fn rollback(
     old: MeshMigrationStatus,
     mut statuses: Vec<NamespaceStatus>,
     target: Step,
-    by: String,
+    by: RequestedBy,
     reason: Option<String>,
     mut events: Vec<EventNote>,
 ) -> Decision {

@@ -246,7 +246,7 @@ fn on_failure_rollback_undoes_the_started_steps() {
     assert_eq!(status.phase, Some(MigrationPhase::RolledBack));
     assert!(is_true(&status.conditions, mn::CONDITION_ROLLED_BACK));
     let rb = status.rollback.as_ref().unwrap();
-    assert_eq!(rb.requested_by, "onFailure");
+    assert_eq!(rb.requested_by, meshmig_api::RequestedBy::OnFailure);
     assert!(
         rb.reason.as_deref().unwrap().contains("timed out"),
         "{rb:?}"
@@ -397,7 +397,7 @@ fn an_unaccepted_fail_open_window_holds_the_step_it_opens() {
         .push(meshmig_planner::plan::Window {
             from_step: Step::SidecarRemoval,
             to_step: Step::SidecarRemoval,
-            kind: "fail-open",
+            kind: meshmig_api::WindowKind::FailOpen,
             reason: "test window".into(),
         });
     w.mm.status = Some(meshmig_api::MeshMigrationStatus {

@@ -203,7 +203,7 @@ async fn failing_probe_at_step_seven_rolls_back_with_the_check_named() {
         .await;
     let st = mm.status.unwrap();
     let rb = st.rollback.unwrap();
-    assert_eq!(rb.requested_by, "onFailure");
+    assert_eq!(rb.requested_by, meshmig_api::RequestedBy::OnFailure);
     let reason = rb.reason.unwrap_or_default();
     assert!(
         reason.contains("step 7") && reason.contains("probe l7-check"),

@@ -12,7 +12,8 @@ use meshmig_api::istio::{
 };
 use meshmig_api::names::{self as mn, istio as n};
 use meshmig_api::{
-    BypassProtection, CheckId, ControlPlaneMode, MeshMigrationSpec, Step, WaypointPolicy,
+    BypassProtection, CheckId, ControlPlaneMode, Enforcer, MeshMigrationSpec, Step, WaypointPolicy,
+    WindowKind,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -194,8 +195,8 @@ pub struct Window {
     pub from_step: Step,
     /// Last step.
     pub to_step: Step,
-    /// `fail-open` or `fail-closed`.
-    pub kind: &'static str,
+    /// Which way enforcement differs.
+    pub kind: WindowKind,
     /// Which callers and why.
     pub reason: String,
 }
@@ -207,7 +208,7 @@ pub struct StepEnforcement {
     /// Step.
     pub step: Step,
     /// Proxies enforcing it (`sidecar`, `ztunnel`, `waypoint`).
-    pub enforced_by: Vec<&'static str>,
+    pub enforced_by: Vec<Enforcer>,
 }
 
 /// Timeline of one policy on one Service.
@@ -719,14 +720,14 @@ fn dry_run_enforced(
                     enforced_by: if k < Step::SidecarRemoval {
                         vec![]
                     } else {
-                        vec!["ztunnel"]
+                        vec![Enforcer::Ztunnel]
                     },
                 })
                 .collect(),
             windows: vec![Window {
                 from_step: Step::SidecarRemoval,
                 to_step: Step::SidecarRemoval,
-                kind: "fail-closed",
+                kind: WindowKind::FailClosed,
                 reason,
             }],
         });
@@ -883,7 +884,7 @@ fn deny_outside_windows(
     vec![Window {
         from_step: Step::SidecarRemoval,
         to_step: Step::SidecarRemoval,
-        kind: "fail-open",
+        kind: WindowKind::FailOpen,
         reason: format!(
             "sidecar callers from {} (outside this migration) are admitted by bypass protection and skip the waypoint copy of this DENY until they migrate",
             outside.join(", ")
@@ -932,7 +933,7 @@ fn rollout_fail_open(
     Some(Window {
         from_step: Step::SidecarRemoval,
         to_step: Step::SidecarRemoval,
-        kind: "fail-open",
+        kind: WindowKind::FailOpen,
         reason: format!(
             "during the step-9 rollout, sidecar callers in {} reach the new pods directly, and {what} until it is removed",
             concurrent.join(", ")
@@ -1602,7 +1603,7 @@ fn push_order_window(e: &mut Enforcement, reason: String, findings: &mut Vec<Fin
     e.windows.push(Window {
         from_step: Step::SidecarRemoval,
         to_step: Step::SidecarRemoval,
-        kind: "fail-open",
+        kind: WindowKind::FailOpen,
         reason,
     });
 }
@@ -3085,7 +3086,7 @@ fn policy_migration(
                 windows.push(Window {
                     from_step: Step::Policies,
                     to_step: Step::SidecarRemoval,
-                    kind: "fail-closed",
+                    kind: WindowKind::FailClosed,
                     reason: "sidecar callers outside this migration that the policies do not name are denied by bypass protection until they migrate".into(),
                 });
             }
@@ -3093,7 +3094,7 @@ fn policy_migration(
                 windows.push(Window {
                     from_step: Step::SidecarRemoval,
                     to_step: Step::SidecarRemoval,
-                    kind: "fail-open",
+                    kind: WindowKind::FailOpen,
                     reason: "bypass protection is only prepared (Deferred): sidecar callers skip the waypoint copy until it is applied".into(),
                 });
             }
@@ -3110,7 +3111,7 @@ fn policy_migration(
                     windows.push(Window {
                         from_step: Step::SidecarRemoval,
                         to_step: Step::SidecarRemoval,
-                        kind: "fail-open",
+                        kind: WindowKind::FailOpen,
                         reason: format!(
                             "sidecar callers from {} (outside this migration) are admitted by bypass protection and skip the waypoint copy's other conditions until they migrate",
                             outside.into_iter().collect::<Vec<_>>().join(", ")
@@ -3122,7 +3123,7 @@ fn policy_migration(
                 windows.push(Window {
                     from_step: Step::SidecarRemoval,
                     to_step: Step::SidecarRemoval,
-                    kind: "fail-closed",
+                    kind: WindowKind::FailClosed,
                     reason: "during the step-9 rollout, callers still running sidecars reach pods without sidecars directly, where ztunnel drops this policy's L7 rules until it is removed".into(),
                 });
             }
@@ -3130,7 +3131,7 @@ fn policy_migration(
                 windows.push(Window {
                     from_step: Step::WaypointActivation,
                     to_step: Step::SidecarRemoval,
-                    kind: "fail-closed",
+                    kind: WindowKind::FailClosed,
                     reason: "traffic through the waypoint carries the waypoint's identity and IP, which this DENY's source conditions match, until the original is removed after the step-9 rollout".into(),
                 });
             }
@@ -3138,7 +3139,7 @@ fn policy_migration(
                 windows.push(Window {
                     from_step: Step::SidecarRemoval,
                     to_step: Step::SidecarRemoval,
-                    kind: "fail-closed",
+                    kind: WindowKind::FailClosed,
                     reason: "during the step-9 rollout ztunnel enforces this DENY without its L7 conditions until it is removed".into(),
                 });
             }
@@ -3155,7 +3156,7 @@ fn policy_migration(
                 spec.ordering.unwrap_or_default(),
             ));
             for win in &windows {
-                let kind = if win.kind == "fail-open" {
+                let kind = if win.kind == WindowKind::FailOpen {
                     f::ENFORCEMENT_FAIL_OPEN
                 } else {
                     f::ENFORCEMENT_FAIL_CLOSED
@@ -3174,11 +3175,11 @@ fn policy_migration(
                 .map(|k| StepEnforcement {
                     step: k,
                     enforced_by: if k < Step::WaypointActivation {
-                        vec!["sidecar"]
+                        vec![Enforcer::Sidecar]
                     } else if k < Step::SidecarRemoval {
-                        vec!["sidecar", "waypoint"]
+                        vec![Enforcer::Sidecar, Enforcer::Waypoint]
                     } else {
-                        vec!["waypoint"]
+                        vec![Enforcer::Waypoint]
                     },
                 })
                 .collect();
@@ -3215,9 +3216,9 @@ fn policy_migration(
             );
             if !aliased.is_empty() {
                 let (kind, id) = if c.action == AuthzAction::Deny {
-                    ("fail-open", f::ENFORCEMENT_FAIL_OPEN)
+                    (WindowKind::FailOpen, f::ENFORCEMENT_FAIL_OPEN)
                 } else {
-                    ("fail-closed", f::ENFORCEMENT_FAIL_CLOSED)
+                    (WindowKind::FailClosed, f::ENFORCEMENT_FAIL_CLOSED)
                 };
                 let reason = format!(
                     "ztunnel compares principals exactly: {} no longer match the callers the sidecar matched through the trust domain {} and its aliases",
@@ -3247,13 +3248,13 @@ fn policy_migration(
             for (differs, kind, id, what) in [
                 (
                     c.ztunnel_fail_open(),
-                    "fail-open",
+                    WindowKind::FailOpen,
                     f::ENFORCEMENT_FAIL_OPEN,
                     "admits requests the sidecar refused",
                 ),
                 (
                     c.ztunnel_fail_closed(),
-                    "fail-closed",
+                    WindowKind::FailClosed,
                     f::ENFORCEMENT_FAIL_CLOSED,
                     "refuses requests the sidecar admitted",
                 ),
@@ -3285,9 +3286,9 @@ fn policy_migration(
                     .map(|k| StepEnforcement {
                         step: k,
                         enforced_by: if k < Step::SidecarRemoval {
-                            vec!["sidecar"]
+                            vec![Enforcer::Sidecar]
                         } else {
-                            vec!["ztunnel"]
+                            vec![Enforcer::Ztunnel]
                         },
                     })
                     .collect(),

@@ -258,10 +258,10 @@ pub fn render(plan: &Plan, style: Style, verbose: bool) -> String {
                 };
                 let _ = writeln!(out, "    {} ← {}: {path}", e.service, e.policy);
                 for w in &e.windows {
-                    let kind = if w.kind == "fail-open" {
-                        s.red(w.kind)
+                    let kind = if w.kind == meshmig_api::WindowKind::FailOpen {
+                        s.red(w.kind.as_str())
                     } else {
-                        s.yellow(w.kind)
+                        s.yellow(w.kind.as_str())
                     };
                     let _ = writeln!(
                         out,
