@@ -1,0 +1,776 @@
+//! The plan: findings, per-namespace steps and actions, generated manifests and the
+//! enforcement timeline. `plan()` is the only entry point; it is pure.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use meshmig_api::gateway::{Gateway, GatewayListeners, GatewaySpec};
+use meshmig_api::istio::{
+    AuthorizationPolicy, DestinationRule, DestinationRuleSpec, PolicyTargetReference,
+    RequestAuthentication, Telemetry, VirtualService, WasmPlugin,
+};
+use meshmig_api::names::{self as mn, istio as n};
+use meshmig_api::{
+    BypassProtection, CheckId, ControlPlaneMode, Enforcer, MeshMigrationSpec, Step, WaypointPolicy,
+    WindowKind,
+};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::authz::{self, Action as AuthzAction, PolicyClass};
+use crate::classify;
+use crate::cluster::{self, ControlPlaneFacts};
+use crate::findings::{self as f, Finding, Severity};
+use crate::inventory::{Inventory, label};
+use crate::model::{
+    Model, NamespaceInjection, Workload, is_headless, labels, namespace_injection,
+    selector_matches, service_selector,
+};
+use crate::object::{ObjectRef, dns_subdomain};
+use crate::routes::{self, ConvertOptions, HostTarget, is_mesh, resolve_host};
+mod analysis;
+mod index;
+mod manifests;
+mod protection;
+mod timeline;
+
+use analysis::*;
+use index::*;
+use manifests::*;
+use protection::*;
+use timeline::*;
+
+/// What an action does.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Op {
+    /// Read-only check.
+    Verify,
+    /// Merge-patch a Sail resource's spec (`patch`).
+    Patch,
+    /// Create a generated object (`manifest`).
+    Create,
+    /// Write a generated object that is only prepared, not applied, in this step.
+    Prepare,
+    /// Apply a generated object prepared earlier (`manifest`).
+    Apply,
+    /// Set a label (`key`=`value`) on the object.
+    Label,
+    /// Remove a label (`key`) from the object.
+    Unlabel,
+    /// Remove a label (`key`) from a workload's pod template.
+    UnlabelTemplate,
+    /// Rollout-restart a workload.
+    Restart,
+    /// Delete the object (snapshotted first).
+    Delete,
+    /// Remove `mesh` from a VirtualService's gateways (it also serves gateways).
+    RemoveMeshGateway,
+}
+
+/// One action of a step.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Action {
+    /// What to do.
+    pub op: Op,
+    /// The object acted on.
+    pub object: ObjectRef,
+    /// Why, in words.
+    pub detail: String,
+    /// Label key (label/unlabel ops).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Label value (label op).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Index into [`Plan::manifests`] (create/prepare/apply ops).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<usize>,
+    /// Merge patch (patch op).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<Value>,
+    /// Only once the workloads the object concerns run without sidecars (step 9).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub after_rollout: bool,
+}
+
+impl Action {
+    fn new(op: Op, object: ObjectRef, detail: impl Into<String>) -> Self {
+        Self {
+            op,
+            object,
+            detail: detail.into(),
+            key: None,
+            value: None,
+            manifest: None,
+            patch: None,
+            after_rollout: false,
+        }
+    }
+
+    fn label(object: ObjectRef, key: &str, value: &str, detail: impl Into<String>) -> Self {
+        Self {
+            key: Some(key.into()),
+            value: Some(value.into()),
+            ..Self::new(Op::Label, object, detail)
+        }
+    }
+
+    fn unlabel(op: Op, object: ObjectRef, key: &str, detail: impl Into<String>) -> Self {
+        Self {
+            key: Some(key.into()),
+            ..Self::new(op, object, detail)
+        }
+    }
+}
+
+/// One step of one namespace.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StepPlan {
+    /// 1..9.
+    pub number: Step,
+    /// Step name.
+    pub name: &'static str,
+    /// Actions, in order.
+    pub actions: Vec<Action>,
+    /// Names of the checkpoint's checks.
+    pub checks: Vec<CheckId>,
+}
+
+/// Why a Service needs the waypoint.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Reason {
+    /// Finding id.
+    pub id: &'static str,
+    /// Object responsible.
+    pub object: ObjectRef,
+}
+
+/// Plan for one Service.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePlan {
+    /// Service name.
+    pub name: String,
+    /// Whether its own features need a waypoint.
+    pub needs_waypoint: bool,
+    /// Whether it will be served by the namespace waypoint (step 7).
+    pub served_by_waypoint: bool,
+    /// Why it needs one.
+    pub reasons: Vec<Reason>,
+    /// Whether bypass protection guards its workloads.
+    pub bypass_protection: bool,
+}
+
+/// The namespace waypoint.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WaypointPlan {
+    /// Whether the namespace gets (or has) a waypoint.
+    pub needed: bool,
+    /// Gateway name.
+    pub name: String,
+    /// `istio.io/waypoint-for`.
+    #[serde(rename = "for")]
+    pub for_: String,
+    /// Whether it already exists.
+    pub exists: bool,
+    /// Its SPIFFE principal.
+    pub principal: String,
+}
+
+/// One workload's migration.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadPlan {
+    /// Kind.
+    pub kind: &'static str,
+    /// Name.
+    pub name: String,
+    /// Has (or will get) a sidecar.
+    pub sidecar: bool,
+    /// Its sidecars speak HBONE already.
+    pub hbone: bool,
+    /// Opted out of the mesh.
+    pub opted_out: bool,
+}
+
+/// A window in which enforcement differs from before the migration.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Window {
+    /// First step (state after it is applied).
+    pub from_step: Step,
+    /// Last step.
+    pub to_step: Step,
+    /// Which way enforcement differs.
+    pub kind: WindowKind,
+    /// Which callers and why.
+    pub reason: String,
+}
+
+/// Who enforces a policy after a step.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StepEnforcement {
+    /// Step.
+    pub step: Step,
+    /// Proxies enforcing it (`sidecar`, `ztunnel`, `waypoint`).
+    pub enforced_by: Vec<Enforcer>,
+}
+
+/// Timeline of one policy on one Service.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Enforcement {
+    /// Service name.
+    pub service: String,
+    /// The policy.
+    pub policy: ObjectRef,
+    /// Whether it moves to the waypoint.
+    pub moves_to_waypoint: bool,
+    /// Who enforces it after each step.
+    pub by_step: Vec<StepEnforcement>,
+    /// Fail-open and fail-closed windows.
+    pub windows: Vec<Window>,
+}
+
+/// Plan for one namespace.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespacePlan {
+    /// Namespace.
+    pub name: String,
+    /// Whether it exists in the inventory.
+    pub exists: bool,
+    /// Waypoint.
+    pub waypoint: WaypointPlan,
+    /// Services.
+    pub services: Vec<ServicePlan>,
+    /// Workloads.
+    pub workloads: Vec<WorkloadPlan>,
+    /// Steps 1..9.
+    pub steps: Vec<StepPlan>,
+    /// Enforcement timeline.
+    pub enforcement: Vec<Enforcement>,
+}
+
+/// Counts.
+#[derive(Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    /// Blockers not accepted.
+    pub blockers: usize,
+    /// Blockers accepted by the spec.
+    pub accepted_blockers: usize,
+    /// Warnings.
+    pub warnings: usize,
+    /// Informational findings.
+    pub infos: usize,
+    /// Objects in the inventory.
+    pub inventory_objects: usize,
+    /// Skipped kinds.
+    pub skipped: BTreeMap<String, usize>,
+}
+
+/// The whole plan.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    /// Name of the MeshMigration (labels of generated objects).
+    pub migration: String,
+    /// Findings, most severe first.
+    pub findings: Vec<Finding>,
+    /// Control plane facts.
+    pub control_plane: ControlPlaneFacts,
+    /// Cluster-level actions of step 2 (also listed in each namespace's step 2).
+    pub control_plane_actions: Vec<Action>,
+    /// Commands the user runs for an External control plane.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub control_plane_commands: Vec<String>,
+    /// Order in which namespaces go through the restart steps.
+    pub namespace_order: Vec<String>,
+    /// Per-namespace plans, in `namespace_order`.
+    pub namespaces: Vec<NamespacePlan>,
+    /// Generated objects, in step order.
+    pub manifests: Vec<Value>,
+    /// Step each manifest belongs to (parallel to `manifests`).
+    #[serde(skip)]
+    pub manifest_steps: Vec<Step>,
+    /// Counts.
+    pub summary: Summary,
+}
+
+impl Plan {
+    /// Unaccepted blockers.
+    pub fn blockers(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| f.is_blocking())
+    }
+
+    /// A namespace's plan.
+    pub fn namespace(&self, name: &str) -> Option<&NamespacePlan> {
+        self.namespaces.iter().find(|n| n.name == name)
+    }
+}
+
+// ------------------------------------------------------------------ analysis
+
+/// A non-authorization object that gets waypoint copies: reference, object, selector, finding id.
+type ExtraCopy = (
+    ObjectRef,
+    Value,
+    Option<BTreeMap<String, String>>,
+    &'static str,
+);
+
+/// Per-namespace working state.
+struct NsWork {
+    name: String,
+    exists: bool,
+    services: BTreeMap<String, ServicePlan>,
+    workloads: Vec<WorkloadPlan>,
+    steps: BTreeMap<Step, Vec<Action>>,
+    enforcement: Vec<Enforcement>,
+    waypoint: WaypointPlan,
+    /// Workloads that restart in steps 3 and 9.
+    restart: Vec<ObjectRef>,
+    restart_hbone: Vec<ObjectRef>,
+    /// Per guarded Service, the namespaces whose sidecar callers its bypass protection lets
+    /// past without the waypoint.
+    bypass_admits: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl NsWork {
+    fn reason(&mut self, svc: &str, id: &'static str, object: &ObjectRef) {
+        let sp = self
+            .services
+            .entry(svc.to_string())
+            .or_insert_with(|| ServicePlan {
+                name: svc.to_string(),
+                needs_waypoint: false,
+                served_by_waypoint: false,
+                reasons: Vec::new(),
+                bypass_protection: false,
+            });
+        sp.needs_waypoint = true;
+        let r = Reason {
+            id,
+            object: object.clone(),
+        };
+        if !sp.reasons.contains(&r) {
+            sp.reasons.push(r);
+        }
+    }
+
+    fn act(&mut self, step: Step, a: Action) {
+        let list = self.steps.entry(step).or_default();
+        if !list.contains(&a) {
+            list.push(a);
+        }
+    }
+}
+
+pub(super) fn svc_name(s: &Service) -> &str {
+    s.metadata.name.as_deref().unwrap_or_default()
+}
+
+pub(super) fn policy_selector(p: &AuthorizationPolicy) -> Option<&BTreeMap<String, String>> {
+    p.spec
+        .selector
+        .as_ref()
+        .and_then(|s| s.match_labels.as_ref())
+        .filter(|m| !m.is_empty())
+}
+
+/// Target namespaces from the spec, in spec order (selector: sorted by name).
+pub fn target_namespaces(inv: &Inventory, spec: &MeshMigrationSpec) -> Vec<String> {
+    const SYSTEM: [&str; 4] = [
+        "kube-system",
+        "kube-public",
+        "kube-node-lease",
+        "istio-system",
+    ];
+    if let Some(list) = &spec.namespaces {
+        let mut seen = BTreeSet::new();
+        return list
+            .iter()
+            .filter(|n| seen.insert(n.as_str()))
+            .cloned()
+            .collect();
+    }
+    if let Some(sel) = &spec.namespace_selector {
+        return inv
+            .namespaces
+            .iter()
+            .filter(|(name, _)| {
+                !SYSTEM.contains(&name.as_str())
+                    && *name != &spec.control_plane.istio_namespace
+                    && *name != &spec.control_plane.ztunnel_namespace
+            })
+            .filter(|(_, ns)| crate::model::label_selector_matches(sel, labels(&ns.metadata)))
+            .map(|(name, _)| name.clone())
+            .collect();
+    }
+    Vec::new()
+}
+
+/// Namespaces with sidecar injection on (the default targets of an offline plan).
+pub fn injected_namespaces(inv: &Inventory) -> Vec<String> {
+    inv.namespaces
+        .iter()
+        .filter(|(name, ns)| {
+            name.as_str() != "istio-system"
+                && namespace_injection(Some(ns)) != NamespaceInjection::Off
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// The plan for a MeshMigration spec over an inventory. `migration` names the
+/// MeshMigration (it labels every generated object).
+pub fn plan(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str) -> Plan {
+    let threads = crate::parallel::threads_for(usize::MAX, 1);
+    plan_on(inv, spec, migration, threads)
+}
+
+/// [`plan`] with the namespaces analyzed on up to `threads` threads.
+fn plan_on(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str, threads: usize) -> Plan {
+    // The plan must not depend on listing order (the operator's caches iterate in hash
+    // order); sorting a copy is only needed when the caller did not sort.
+    let sorted;
+    let inv = if inv.is_sorted() {
+        inv
+    } else {
+        let mut copy = inv.clone();
+        copy.sort();
+        sorted = copy;
+        &sorted
+    };
+    let model = Model::new(inv);
+    let (facts, mut findings) = cluster::analyze(inv, spec);
+    let td = facts.trust_domain.clone();
+    let targets = target_namespaces(inv, spec);
+    let target_set: BTreeSet<String> = targets.iter().cloned().collect();
+    let mut manifests = Manifests {
+        migration: migration.to_string(),
+        items: Vec::new(),
+    };
+    let convert_opts = ConvertOptions::for_crd(
+        inv.crds
+            .as_ref()
+            .and_then(|c| c.get("httproutes.gateway.networking.k8s.io")),
+    );
+    let ingress = ingress_principals(&model, &td);
+    let root = facts.root_namespace.clone();
+
+    // ---- control plane actions (step 2)
+    let (cp_actions, cp_commands) = control_plane_actions(spec, &facts);
+
+    // ---- VirtualService conversions, assigned to the namespace of their first target parent
+    let mut conversions: Vec<(&VirtualService, routes::Conversion, String)> = Vec::new();
+    for vs in &inv.virtual_services {
+        let vs_ns = vs.metadata.namespace.clone().unwrap_or_default();
+        let vs_ref = ObjectRef::from_meta("VirtualService", &vs.metadata);
+        let in_target = vs
+            .spec
+            .hosts
+            .iter()
+            .flatten()
+            .any(|h| match resolve_host(h, &vs_ns) {
+                HostTarget::Service(ns, _) => target_set.contains(&ns),
+                _ => false,
+            })
+            || target_set.contains(&vs_ns);
+        if !in_target {
+            continue;
+        }
+        if !is_mesh(vs) {
+            findings.push(Finding::new(f::VS_GATEWAY_ONLY, vs_ref, ""));
+            continue;
+        }
+        let conv = routes::convert(&model, vs, &inv.destination_rules, convert_opts);
+        // Only when something is generated: a VirtualService that is not converted stays.
+        if conv.keeps_gateways && !conv.routes.is_empty() {
+            findings.push(Finding::new(f::VS_MESH_AND_GATEWAY, vs_ref.clone(), ""));
+        }
+        let owner_ns = conv
+            .parents
+            .iter()
+            .map(|(ns, _)| ns)
+            .find(|ns| target_set.contains(*ns))
+            .cloned()
+            .unwrap_or(vs_ns);
+        conversions.push((vs, conv, owner_ns));
+    }
+    let index = Index::new(inv, &target_set, &conversions, facts.ztunnel_semantics());
+
+    // Namespaces are analyzed independently of each other (they only read the shared indexes).
+    let analyzed = crate::parallel::map(&targets, threads, |ns| {
+        let mut local = Manifests {
+            migration: migration.to_string(),
+            items: Vec::new(),
+        };
+        let mut local_findings = Vec::new();
+        let w = analyze_namespace(
+            &model,
+            &index,
+            spec,
+            &facts,
+            ns,
+            &target_set,
+            &conversions,
+            &ingress,
+            &root,
+            &mut local,
+            &mut local_findings,
+        );
+        (w, local.items, local_findings)
+    });
+    // Concatenated in the order of the targets, exactly as one thread analyzing them in
+    // turn would have produced them; manifest indexes shift by what came before.
+    let mut works: Vec<NsWork> = Vec::with_capacity(analyzed.len());
+    for (mut w, items, local_findings) in analyzed {
+        let offset = manifests.items.len();
+        for a in w.steps.values_mut().flatten() {
+            if let Some(m) = &mut a.manifest {
+                *m += offset;
+            }
+        }
+        manifests.items.extend(items);
+        findings.extend(local_findings);
+        works.push(w);
+    }
+
+    // Step 2 actions are cluster-wide; listed in every namespace so each one's step 2 is
+    // self-contained.
+    for w in works.iter_mut().filter(|w| w.exists) {
+        for a in &cp_actions {
+            w.act(Step::ControlPlane, a.clone());
+        }
+    }
+
+    let order = namespace_order(spec, inv, &targets, &td, &index.sem);
+    // Windows that depend on the order of step 9 across namespaces.
+    order_windows(&mut works, &order, &index, &td, &mut findings);
+
+    // ---- finalize findings: dedup, acceptance, sort
+    findings.sort();
+    findings.dedup();
+    for fi in &mut findings {
+        fi.accepted = spec
+            .accepted_findings
+            .iter()
+            .any(|e| fi.matches_acceptance(e));
+    }
+    findings.sort_by(|a, b| (a.severity, &a.object, a.id).cmp(&(b.severity, &b.object, b.id)));
+
+    // ---- manifests in step order, with action indexes remapped
+    let mut idx: Vec<usize> = (0..manifests.items.len()).collect();
+    idx.sort_by_key(|i| manifests.items[*i].0);
+    let remap: HashMap<usize, usize> = idx
+        .iter()
+        .enumerate()
+        .map(|(new, old)| (*old, new))
+        .collect();
+    let manifest_steps = idx.iter().map(|i| manifests.items[*i].0).collect();
+    // Moved out rather than cloned: the manifests are most of the plan's memory.
+    let manifest_values: Vec<Value> = idx
+        .iter()
+        .map(|i| std::mem::take(&mut manifests.items[*i].2))
+        .collect();
+
+    let mut namespaces: Vec<NamespacePlan> = Vec::new();
+    let by_name: HashMap<String, NsWork> = works.into_iter().map(|w| (w.name.clone(), w)).collect();
+    let mut by_name = by_name;
+    for ns in &order {
+        let Some(mut w) = by_name.remove(ns) else {
+            continue;
+        };
+        let steps = Step::ALL
+            .into_iter()
+            .map(|s| {
+                let mut actions = w.steps.remove(&s).unwrap_or_default();
+                for a in &mut actions {
+                    a.manifest = a.manifest.and_then(|m| remap.get(&m).copied());
+                }
+                StepPlan {
+                    number: s,
+                    name: s.name(),
+                    actions,
+                    checks: s.checks().to_vec(),
+                }
+            })
+            .collect();
+        namespaces.push(NamespacePlan {
+            name: w.name,
+            exists: w.exists,
+            waypoint: w.waypoint,
+            services: w.services.into_values().collect(),
+            workloads: w.workloads,
+            steps,
+            enforcement: w.enforcement,
+        });
+    }
+
+    let summary = Summary {
+        blockers: findings.iter().filter(|f| f.is_blocking()).count(),
+        accepted_blockers: findings
+            .iter()
+            .filter(|f| f.severity == Severity::Blocker && f.accepted)
+            .count(),
+        warnings: findings
+            .iter()
+            .filter(|f| f.severity == Severity::Warning)
+            .count(),
+        infos: findings
+            .iter()
+            .filter(|f| f.severity == Severity::Info)
+            .count(),
+        inventory_objects: inv.len(),
+        skipped: inv.skipped.clone(),
+    };
+    Plan {
+        migration: migration.to_string(),
+        findings,
+        control_plane: facts,
+        control_plane_actions: cp_actions,
+        control_plane_commands: cp_commands,
+        namespace_order: order,
+        namespaces,
+        manifests: manifest_values,
+        manifest_steps,
+        summary,
+    }
+}
+
+fn control_plane_actions(
+    spec: &MeshMigrationSpec,
+    facts: &ControlPlaneFacts,
+) -> (Vec<Action>, Vec<String>) {
+    let cp = &spec.control_plane;
+    // The mode analysis settled on, not the spec's: a default (Sail) spec on a Helm or
+    // istioctl install is planned as External (see `cluster::analyze`).
+    match facts.mode {
+        ControlPlaneMode::Sail => {
+            let mut actions = vec![
+                Action {
+                    patch: Some(
+                        json!({"spec": {"profile": "ambient", "values": {"pilot": {"trustedZtunnelNamespace": cp.ztunnel_namespace}}}}),
+                    ),
+                    ..Action::new(
+                        Op::Patch,
+                        ObjectRef::new("Istio", None, &cp.istio),
+                        "switch the control plane to the ambient profile and trust ztunnel's namespace",
+                    )
+                },
+                Action {
+                    patch: Some(json!({"spec": {"profile": "ambient"}})),
+                    ..Action::new(
+                        Op::Patch,
+                        ObjectRef::new("IstioCNI", None, &cp.istio_cni),
+                        "switch istio-cni to the ambient profile",
+                    )
+                },
+            ];
+            let ztunnel = json!({
+                "apiVersion": "sailoperator.io/v1",
+                "kind": "ZTunnel",
+                "metadata": {"name": cp.ztunnel},
+                "spec": {
+                    "namespace": cp.ztunnel_namespace,
+                    "version": facts.version,
+                    "profile": "ambient",
+                },
+            });
+            actions.push(Action {
+                patch: Some(ztunnel),
+                ..Action::new(
+                    Op::Create,
+                    ObjectRef::new("ZTunnel", None, &cp.ztunnel),
+                    format!("deploy ztunnel in namespace {}", cp.ztunnel_namespace),
+                )
+            });
+            (actions, Vec::new())
+        }
+        ControlPlaneMode::External => {
+            let commands = vec![
+                format!(
+                    "helm upgrade istio-cni istio/cni -n {} --set profile=ambient --wait",
+                    cp.cni_namespace
+                ),
+                format!(
+                    "helm upgrade istiod istio/istiod -n {} --set profile=ambient --set pilot.trustedZtunnelNamespace={} --wait",
+                    cp.istio_namespace, cp.ztunnel_namespace
+                ),
+                format!(
+                    "helm install ztunnel istio/ztunnel -n {} --create-namespace --wait",
+                    cp.ztunnel_namespace
+                ),
+            ];
+            let actions = vec![Action::new(
+                Op::Verify,
+                ObjectRef::new("Deployment", Some(&cp.istio_namespace), "istiod"),
+                "control plane is managed outside meshmig: run the commands shown, meshmig waits for PILOT_ENABLE_AMBIENT=true and a ready ztunnel",
+            )];
+            (actions, commands)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_namespace_lists_are_abbreviated_in_messages() {
+        let few: Vec<String> = ["a", "b"].map(String::from).to_vec();
+        assert_eq!(abbreviated_list(&few, 10), "a, b");
+        let many: Vec<String> = (0..13).map(|i| format!("ns{i:02}")).collect();
+        assert_eq!(
+            abbreviated_list(&many, 3),
+            "ns00, ns01, ns02 and 10 more, listed in the policy's notNamespaces"
+        );
+    }
+
+    #[test]
+    fn namespaces_analyzed_on_several_threads_give_the_plan_of_one_thread() {
+        let template = include_str!("../../tests/data/namespace-template.yaml");
+        let names: Vec<String> = (0..70).map(|i| format!("team-{i:02}")).collect();
+        let mut inv = Inventory::default();
+        for n in &names {
+            inv.load_str(&template.replace("NS", n), n).unwrap();
+        }
+        inv.sort();
+        let spec: MeshMigrationSpec = serde_json::from_value(json!({
+            "controlPlane": {"mode": "Sail", "istio": "default"},
+            "waypoint": {"policy": "Auto"},
+            "namespaces": names,
+        }))
+        .unwrap();
+        let one = serde_json::to_value(plan_on(&inv, &spec, "m", 1)).unwrap();
+        assert!(one["manifests"].as_array().unwrap().len() > 70 * 3);
+        for threads in [2, 4] {
+            let many = serde_json::to_value(plan_on(&inv, &spec, "m", threads)).unwrap();
+            assert!(many == one, "{threads} threads planned differently");
+        }
+    }
+
+    #[test]
+    fn principal_namespaces() {
+        assert_eq!(
+            principal_namespace("cluster.local/ns/front/sa/web"),
+            Some("front")
+        );
+        assert_eq!(principal_namespace("spiffe://x"), None);
+    }
+
+    #[test]
+    fn every_step_has_checks() {
+        for s in Step::ALL {
+            assert!(!s.checks().is_empty());
+        }
+    }
+}
