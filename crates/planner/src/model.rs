@@ -11,6 +11,7 @@ use meshmig_api::names::istio as n;
 
 use crate::inventory::{Inventory, PodInfo, annotation, label};
 use crate::object::ObjectRef;
+use crate::routes::{HostTarget, resolve_host};
 
 /// Empty label map used where an object has none.
 static EMPTY: BTreeMap<String, String> = BTreeMap::new();
@@ -178,24 +179,269 @@ impl Workload<'_> {
     }
 }
 
-fn template_parts(
-    t: &PodTemplateSpec,
-) -> (
-    &BTreeMap<String, String>,
-    &BTreeMap<String, String>,
-    bool,
-    &str,
-) {
-    let meta = t.metadata.as_ref();
-    let spec = t.spec.as_ref();
-    (
-        meta.and_then(|m| m.labels.as_ref()).unwrap_or(&EMPTY),
-        meta.and_then(|m| m.annotations.as_ref()).unwrap_or(&EMPTY),
-        spec.and_then(|s| s.host_network).unwrap_or(false),
-        spec.and_then(|s| s.service_account_name.as_deref())
-            .filter(|s| !s.is_empty())
-            .unwrap_or("default"),
-    )
+/// The namespace Kubernetes gives an object whose manifest names none: offline inventories
+/// hold such objects, and every index of the model files them here.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+fn namespace_of(meta: &ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+}
+
+impl<'a> Workload<'a> {
+    fn from_template(kind: WorkloadKind, meta: &'a ObjectMeta, t: &'a PodTemplateSpec) -> Self {
+        let template_meta = t.metadata.as_ref();
+        let spec = t.spec.as_ref();
+        Workload {
+            kind,
+            namespace: namespace_of(meta),
+            name: meta.name.as_deref().unwrap_or_default(),
+            pod_labels: template_meta
+                .and_then(|m| m.labels.as_ref())
+                .unwrap_or(&EMPTY),
+            pod_annotations: template_meta
+                .and_then(|m| m.annotations.as_ref())
+                .unwrap_or(&EMPTY),
+            host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+            service_account: spec
+                .and_then(|s| s.service_account_name.as_deref())
+                .filter(|s| !s.is_empty())
+                .unwrap_or("default"),
+            pods: Vec::new(),
+        }
+    }
+
+    /// A Pod no known controller owns is a workload of its own.
+    fn bare_pod(pod: &'a PodInfo) -> Self {
+        Workload {
+            kind: WorkloadKind::Pod,
+            namespace: namespace_of(&pod.metadata),
+            name: pod.metadata.name.as_deref().unwrap_or_default(),
+            pod_labels: labels(&pod.metadata),
+            pod_annotations: pod.metadata.annotations.as_ref().unwrap_or(&EMPTY),
+            host_network: pod.host_network.unwrap_or(false),
+            service_account: "default",
+            pods: vec![pod],
+        }
+    }
+
+    /// Whether its pods are an ingress gateway (see [`is_ingress_gateway`]).
+    pub fn is_ingress_gateway(&self) -> bool {
+        is_ingress_gateway(self.pod_labels)
+    }
+}
+
+/// Whether pods with these labels are an ingress gateway, which bypass protection admits:
+/// an Istio ingress gateway deployment (`istio: …ingressgateway…`), or the deployment
+/// istiod runs for a Gateway API Gateway other than a waypoint (waypoints are managed by
+/// the mesh controller).
+pub fn is_ingress_gateway(pod_labels: &BTreeMap<String, String>) -> bool {
+    pod_labels
+        .get("istio")
+        .is_some_and(|v| v.contains("ingressgateway"))
+        || pod_labels.contains_key("gateway.networking.k8s.io/gateway-name")
+            && pod_labels
+                .get("gateway.istio.io/managed")
+                .is_some_and(|v| v != "istio.io-mesh-controller")
+}
+
+/// A pod's controller, as the workload that owns it: (kind, name).
+type OwnerKey<'a> = (WorkloadKind, &'a str);
+
+/// What attributes pods to the controllers of the inventory.
+struct PodOwners<'a> {
+    /// ReplicaSet (namespace, name) → the Deployment that owns it.
+    replica_sets: HashMap<(&'a str, &'a str), &'a str>,
+    /// Controller (namespace, kind, name) → its pod selector.
+    selectors: HashMap<(&'a str, WorkloadKind, &'a str), &'a LabelSelector>,
+}
+
+impl<'a> PodOwners<'a> {
+    fn new(inv: &'a Inventory) -> Self {
+        let replica_sets = inv
+            .replica_sets
+            .iter()
+            .filter_map(|rs| {
+                let owner = rs
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .find(|o| o.kind == "Deployment")?;
+                let key = (
+                    namespace_of(&rs.metadata),
+                    rs.metadata.name.as_deref().unwrap_or_default(),
+                );
+                Some((key, owner.name.as_str()))
+            })
+            .collect();
+        Self {
+            replica_sets,
+            selectors: controller_selectors(inv),
+        }
+    }
+
+    /// The controller a pod's controlling owner reference names (a ReplicaSet: its
+    /// Deployment).
+    fn owner(&self, pod: &'a PodInfo) -> Option<OwnerKey<'a>> {
+        let ns = namespace_of(&pod.metadata);
+        let owner = pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))?;
+        match owner.kind.as_str() {
+            "ReplicaSet" => self
+                .replica_sets
+                .get(&(ns, owner.name.as_str()))
+                .map(|d| (WorkloadKind::Deployment, *d)),
+            "StatefulSet" => Some((WorkloadKind::StatefulSet, owner.name.as_str())),
+            "DaemonSet" => Some((WorkloadKind::DaemonSet, owner.name.as_str())),
+            _ => None,
+        }
+    }
+
+    /// Whether workload `w` owns `pod`: by owner reference, else (no owner known) by a
+    /// controller's non-empty selector.
+    fn owns(&self, w: &Workload<'_>, owner: Option<OwnerKey<'_>>, pod: &PodInfo) -> bool {
+        match owner {
+            Some((k, name)) => w.kind == k && w.name == name,
+            None => {
+                w.kind != WorkloadKind::Pod
+                    && self
+                        .selectors
+                        .get(&(w.namespace, w.kind, w.name))
+                        .is_some_and(|s| {
+                            (s.match_labels.is_some() || s.match_expressions.is_some())
+                                && label_selector_matches(s, labels(&pod.metadata))
+                        })
+            }
+        }
+    }
+}
+
+fn controller_selectors(inv: &Inventory) -> HashMap<(&str, WorkloadKind, &str), &LabelSelector> {
+    fn key(m: &ObjectMeta, k: WorkloadKind) -> (&str, WorkloadKind, &str) {
+        (namespace_of(m), k, m.name.as_deref().unwrap_or_default())
+    }
+    let deployments = inv.deployments.iter().filter_map(|d| {
+        Some((
+            key(&d.metadata, WorkloadKind::Deployment),
+            &d.spec.as_ref()?.selector,
+        ))
+    });
+    let stateful_sets = inv.stateful_sets.iter().filter_map(|d| {
+        Some((
+            key(&d.metadata, WorkloadKind::StatefulSet),
+            &d.spec.as_ref()?.selector,
+        ))
+    });
+    let daemon_sets = inv.daemon_sets.iter().filter_map(|d| {
+        Some((
+            key(&d.metadata, WorkloadKind::DaemonSet),
+            &d.spec.as_ref()?.selector,
+        ))
+    });
+    deployments
+        .chain(stateful_sets)
+        .chain(daemon_sets)
+        .collect()
+}
+
+/// The controllers' workloads by namespace, without pods yet.
+fn controller_workloads<'a>(inv: &'a Inventory) -> HashMap<&'a str, Vec<Workload<'a>>> {
+    let mut workloads: HashMap<&'a str, Vec<Workload<'a>>> = HashMap::new();
+    let mut add = |w: Workload<'a>| workloads.entry(w.namespace).or_default().push(w);
+    for d in &inv.deployments {
+        if let Some(s) = &d.spec {
+            add(Workload::from_template(
+                WorkloadKind::Deployment,
+                &d.metadata,
+                &s.template,
+            ));
+        }
+    }
+    for d in &inv.stateful_sets {
+        if let Some(s) = &d.spec {
+            add(Workload::from_template(
+                WorkloadKind::StatefulSet,
+                &d.metadata,
+                &s.template,
+            ));
+        }
+    }
+    for d in &inv.daemon_sets {
+        if let Some(s) = &d.spec {
+            add(Workload::from_template(
+                WorkloadKind::DaemonSet,
+                &d.metadata,
+                &s.template,
+            ));
+        }
+    }
+    workloads
+}
+
+/// Every workload by namespace, sorted by kind and name, each with its observed pods.
+fn workloads_by_namespace(inv: &Inventory) -> HashMap<&str, Vec<Workload<'_>>> {
+    let mut workloads = controller_workloads(inv);
+    let owners = PodOwners::new(inv);
+    for pod in &inv.pods {
+        let owner = owners.owner(pod);
+        let list = workloads.entry(namespace_of(&pod.metadata)).or_default();
+        match list.iter_mut().find(|w| owners.owns(w, owner, pod)) {
+            Some(w) => w.pods.push(pod),
+            None => list.push(Workload::bare_pod(pod)),
+        }
+    }
+    for list in workloads.values_mut() {
+        list.sort_by(|a, b| (a.kind, a.name).cmp(&(b.kind, b.name)));
+    }
+    workloads
+}
+
+fn services_by_namespace(inv: &Inventory) -> HashMap<&str, Vec<&Service>> {
+    let mut services: HashMap<&str, Vec<&Service>> = HashMap::new();
+    for s in &inv.services {
+        services
+            .entry(namespace_of(&s.metadata))
+            .or_default()
+            .push(s);
+    }
+    for list in services.values_mut() {
+        list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    }
+    services
+}
+
+/// A DestinationRule whose host resolves to a Service (its namespace is where the model
+/// files it), with that Service's name.
+#[derive(Clone, Debug)]
+pub struct ServiceDestinationRule<'a> {
+    pub rule: &'a DestinationRule,
+    pub service: String,
+    /// Position in `inv.destination_rules`.
+    index: usize,
+}
+
+/// The DestinationRules by the namespace of the Service their host resolves to (a short
+/// host relative to the rule's namespace), in inventory order.
+fn destination_rules_by_namespace(
+    inv: &Inventory,
+) -> HashMap<String, Vec<ServiceDestinationRule<'_>>> {
+    let mut out: HashMap<String, Vec<ServiceDestinationRule<'_>>> = HashMap::new();
+    for (index, rule) in inv.destination_rules.iter().enumerate() {
+        if let HostTarget::Service(ns, service) =
+            resolve_host(&rule.spec.host, namespace_of(&rule.metadata))
+        {
+            out.entry(ns).or_default().push(ServiceDestinationRule {
+                rule,
+                service,
+                index,
+            });
+        }
+    }
+    out
 }
 
 /// Everything the analysis looks up, indexed by namespace.
@@ -206,168 +452,29 @@ pub struct Model<'a> {
     pub workloads: HashMap<&'a str, Vec<Workload<'a>>>,
     /// Services by namespace.
     pub services: HashMap<&'a str, Vec<&'a Service>>,
-    /// Indexes into `inv.destination_rules` by the Service their host resolves to
-    /// (`(namespace, name)`, short hosts relative to the rule's namespace or `default`), in
-    /// inventory order: subset lookups would otherwise scan every DestinationRule for every
-    /// routed destination, which is quadratic in the number of namespaces.
-    drs_by_host: HashMap<(String, String), Vec<usize>>,
+    /// DestinationRules by the namespace of the Service their host resolves to, in
+    /// inventory order: subset lookups and each namespace's analysis would otherwise scan
+    /// every DestinationRule, which is quadratic in the number of namespaces.
+    destination_rules: HashMap<String, Vec<ServiceDestinationRule<'a>>>,
 }
 
 impl<'a> Model<'a> {
     /// Builds the model.
     pub fn new(inv: &'a Inventory) -> Self {
-        let mut workloads: HashMap<&'a str, Vec<Workload<'a>>> = HashMap::new();
-        let mut add = |kind, meta: &'a ObjectMeta, t: &'a PodTemplateSpec| {
-            let (pod_labels, pod_annotations, host_network, service_account) = template_parts(t);
-            let namespace = meta.namespace.as_deref().unwrap_or("default");
-            workloads.entry(namespace).or_default().push(Workload {
-                kind,
-                namespace,
-                name: meta.name.as_deref().unwrap_or_default(),
-                pod_labels,
-                pod_annotations,
-                host_network,
-                service_account,
-                pods: Vec::new(),
-            });
-        };
-        for d in &inv.deployments {
-            if let Some(s) = &d.spec {
-                add(WorkloadKind::Deployment, &d.metadata, &s.template);
-            }
-        }
-        for d in &inv.stateful_sets {
-            if let Some(s) = &d.spec {
-                add(WorkloadKind::StatefulSet, &d.metadata, &s.template);
-            }
-        }
-        for d in &inv.daemon_sets {
-            if let Some(s) = &d.spec {
-                add(WorkloadKind::DaemonSet, &d.metadata, &s.template);
-            }
-        }
-        // ReplicaSet -> Deployment, to attribute pods by owner reference.
-        let rs_owner: HashMap<(&str, &str), &str> = inv
-            .replica_sets
-            .iter()
-            .filter_map(|rs| {
-                let owner = rs
-                    .metadata
-                    .owner_references
-                    .iter()
-                    .flatten()
-                    .find(|o| o.kind == "Deployment")?;
-                Some((
-                    (
-                        rs.metadata.namespace.as_deref().unwrap_or("default"),
-                        rs.metadata.name.as_deref().unwrap_or_default(),
-                    ),
-                    owner.name.as_str(),
-                ))
-            })
-            .collect();
-        let selectors: HashMap<(&str, WorkloadKind, &str), &LabelSelector> = inv
-            .deployments
-            .iter()
-            .filter_map(|d| {
-                Some((
-                    (&d.metadata, WorkloadKind::Deployment),
-                    &d.spec.as_ref()?.selector,
-                ))
-            })
-            .chain(inv.stateful_sets.iter().filter_map(|d| {
-                Some((
-                    (&d.metadata, WorkloadKind::StatefulSet),
-                    &d.spec.as_ref()?.selector,
-                ))
-            }))
-            .chain(inv.daemon_sets.iter().filter_map(|d| {
-                Some((
-                    (&d.metadata, WorkloadKind::DaemonSet),
-                    &d.spec.as_ref()?.selector,
-                ))
-            }))
-            .map(|((m, k), s)| {
-                (
-                    (
-                        m.namespace.as_deref().unwrap_or("default"),
-                        k,
-                        m.name.as_deref().unwrap_or_default(),
-                    ),
-                    s,
-                )
-            })
-            .collect();
-        for pod in &inv.pods {
-            let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-            let owner = pod
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .find(|o| o.controller == Some(true));
-            let owner_key = owner.and_then(|o| match o.kind.as_str() {
-                "ReplicaSet" => rs_owner
-                    .get(&(ns, o.name.as_str()))
-                    .map(|d| (WorkloadKind::Deployment, *d)),
-                "StatefulSet" => Some((WorkloadKind::StatefulSet, o.name.as_str())),
-                "DaemonSet" => Some((WorkloadKind::DaemonSet, o.name.as_str())),
-                _ => None,
-            });
-            let list = workloads.entry(ns).or_default();
-            let pod_labels = labels(&pod.metadata);
-            let found = list.iter_mut().find(|w| match owner_key {
-                Some((k, name)) => w.kind == k && w.name == name,
-                None => {
-                    w.kind != WorkloadKind::Pod
-                        && selectors.get(&(ns, w.kind, w.name)).is_some_and(|s| {
-                            (s.match_labels.is_some() || s.match_expressions.is_some())
-                                && label_selector_matches(s, pod_labels)
-                        })
-                }
-            });
-            match found {
-                Some(w) => w.pods.push(pod),
-                None => list.push(Workload {
-                    kind: WorkloadKind::Pod,
-                    namespace: ns,
-                    name: pod.metadata.name.as_deref().unwrap_or_default(),
-                    pod_labels,
-                    pod_annotations: pod.metadata.annotations.as_ref().unwrap_or(&EMPTY),
-                    host_network: pod.host_network.unwrap_or(false),
-                    service_account: "default",
-                    pods: vec![pod],
-                }),
-            }
-        }
-        let mut services: HashMap<&'a str, Vec<&'a Service>> = HashMap::new();
-        for s in &inv.services {
-            services
-                .entry(s.metadata.namespace.as_deref().unwrap_or("default"))
-                .or_default()
-                .push(s);
-        }
-        for list in workloads.values_mut() {
-            list.sort_by(|a, b| (a.kind, a.name).cmp(&(b.kind, b.name)));
-        }
-        for list in services.values_mut() {
-            list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        }
-        let mut drs_by_host: HashMap<(String, String), Vec<usize>> = HashMap::new();
-        for (i, dr) in inv.destination_rules.iter().enumerate() {
-            let dr_ns = dr.metadata.namespace.as_deref().unwrap_or("default");
-            if let crate::routes::HostTarget::Service(ns, name) =
-                crate::routes::resolve_host(&dr.spec.host, dr_ns)
-            {
-                drs_by_host.entry((ns, name)).or_default().push(i);
-            }
-        }
         Self {
             inv,
-            workloads,
-            services,
-            drs_by_host,
+            workloads: workloads_by_namespace(inv),
+            services: services_by_namespace(inv),
+            destination_rules: destination_rules_by_namespace(inv),
         }
+    }
+
+    /// The DestinationRules whose host resolves to a Service in `ns`, in inventory order.
+    pub fn destination_rules_in(&self, ns: &str) -> &[ServiceDestinationRule<'a>] {
+        self.destination_rules
+            .get(ns)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     /// The DestinationRules of `drs` whose host resolves to Service `ns`/`name` (a short
@@ -381,20 +488,30 @@ impl<'a> Model<'a> {
     ) -> Vec<&'d DestinationRule> {
         if std::ptr::eq(drs, self.inv.destination_rules.as_slice()) {
             return self
-                .drs_by_host
-                .get(&(ns.to_string(), name.to_string()))
-                .into_iter()
-                .flatten()
-                .filter_map(|i| drs.get(*i))
+                .destination_rules_in(ns)
+                .iter()
+                .filter(|r| r.service == name)
+                .filter_map(|r| drs.get(r.index))
                 .collect();
         }
-        let target = crate::routes::HostTarget::Service(ns.into(), name.into());
+        let target = HostTarget::Service(ns.into(), name.into());
         drs.iter()
-            .filter(|dr| {
-                let dr_ns = dr.metadata.namespace.as_deref().unwrap_or("default");
-                crate::routes::resolve_host(&dr.spec.host, dr_ns) == target
-            })
+            .filter(|dr| resolve_host(&dr.spec.host, namespace_of(&dr.metadata)) == target)
             .collect()
+    }
+
+    /// Principals of the ingress gateways in the inventory, sorted.
+    pub fn ingress_principals(&self, trust_domain: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .workloads
+            .values()
+            .flatten()
+            .filter(|w| w.is_ingress_gateway())
+            .map(|w| w.principal(trust_domain))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Workloads of a namespace.
@@ -420,7 +537,7 @@ impl<'a> Model<'a> {
 
     /// Workloads a Service selects.
     pub fn service_workloads(&self, svc: &Service) -> Vec<&Workload<'a>> {
-        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let ns = namespace_of(&svc.metadata);
         match service_selector(svc) {
             Some(sel) => self
                 .workloads_in(ns)

@@ -1,6 +1,7 @@
 //! The per-namespace index of the inventory the planner queries.
 
 use super::*;
+use meshmig_api::gateway::HTTPRoute;
 
 /// Indexes of the inventory built once per plan. Each namespace's analysis used to scan
 /// every object of the inventory (and the enforcement timeline every policy), which made
@@ -23,11 +24,8 @@ pub(super) struct Index<'a> {
     pub(super) envoy_filters: HashMap<&'a str, Vec<usize>>,
     /// Sidecars by namespace (absent: ""), as inventory indexes.
     pub(super) sidecars: HashMap<&'a str, Vec<usize>>,
-    /// DestinationRules by the namespace of the Service their host names (short hosts
-    /// relative to the rule's namespace, absent: ""), with that Service's name.
-    pub(super) destination_rules: HashMap<String, Vec<(&'a DestinationRule, String)>>,
     /// HTTPRoutes (managed or not) by the Service (`namespace`, `name`) a parentRef names.
-    pub(super) http_routes: HashMap<(&'a str, &'a str), Vec<&'a meshmig_api::gateway::HTTPRoute>>,
+    pub(super) http_routes: HashMap<(&'a str, &'a str), Vec<&'a HTTPRoute>>,
     /// The first waypoint Gateway of each namespace.
     pub(super) waypoints: HashMap<&'a str, &'a Gateway>,
     /// VirtualServices (inventory indexes) by the Service a subset destination resolves to.
@@ -82,95 +80,23 @@ impl<'a> Index<'a> {
     pub(super) fn new(
         inv: &'a Inventory,
         targets: &BTreeSet<String>,
-        conversions: &[(&'a VirtualService, routes::Conversion, String)],
+        conversions: &[VsConversion<'a>],
         sem: authz::ZtunnelSemantics,
     ) -> Self {
-        let mut policy_by_ref = HashMap::new();
-        for p in &inv.authorization_policies {
-            policy_by_ref
-                .entry(ObjectRef::from_meta("AuthorizationPolicy", &p.metadata))
-                .or_insert(p);
-        }
-        let mut destination_rules: HashMap<String, Vec<(&'a DestinationRule, String)>> =
-            HashMap::new();
-        for dr in &inv.destination_rules {
-            let dr_ns = dr.metadata.namespace.as_deref().unwrap_or_default();
-            if let HostTarget::Service(hns, hname) = resolve_host(&dr.spec.host, dr_ns) {
-                destination_rules.entry(hns).or_default().push((dr, hname));
-            }
-        }
-        let mut http_routes: HashMap<(&str, &str), Vec<&meshmig_api::gateway::HTTPRoute>> =
-            HashMap::new();
-        for hr in &inv.http_routes {
-            let hns = hr.metadata.namespace.as_deref().unwrap_or_default();
-            for r in hr.spec.parent_refs.iter().flatten() {
-                if r.kind.as_deref() != Some("Service") {
-                    continue;
-                }
-                let list = http_routes
-                    .entry((r.namespace.as_deref().unwrap_or(hns), r.name.as_str()))
-                    .or_default();
-                if !list.last().is_some_and(|l| std::ptr::eq(*l, hr)) {
-                    list.push(hr);
-                }
-            }
-        }
-        let mut waypoints: HashMap<&str, &Gateway> = HashMap::new();
-        for g in &inv.gateways {
-            if let Some(ns) = g.metadata.namespace.as_deref()
-                && g.spec.gateway_class_name == n::WAYPOINT_CLASS
-            {
-                waypoints.entry(ns).or_insert(g);
-            }
-        }
-        let mut subset_routes: HashMap<(String, String), Vec<usize>> = HashMap::new();
-        for (i, vs) in inv.virtual_services.iter().enumerate() {
-            let vs_ns = vs.metadata.namespace.as_deref().unwrap_or_default();
-            for d in vs
-                .spec
-                .http
-                .iter()
-                .flatten()
-                .flat_map(|r| r.route.iter().flatten())
-                .filter(|d| d.destination.subset.is_some())
-            {
-                if let HostTarget::Service(hns, hname) = resolve_host(&d.destination.host, vs_ns) {
-                    let list = subset_routes.entry((hns, hname)).or_default();
-                    if list.last() != Some(&i) {
-                        list.push(i);
-                    }
-                }
-            }
-        }
-        let mut conversions_by_parent: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut conversions_by_owner: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, (_, conv, owner)) in conversions.iter().enumerate() {
-            for (pns, _) in &conv.parents {
-                let list = conversions_by_parent.entry(pns.clone()).or_default();
-                if list.last() != Some(&i) {
-                    list.push(i);
-                }
-            }
-            conversions_by_owner
-                .entry(owner.clone())
-                .or_default()
-                .push(i);
-        }
         Self {
             policies: by_namespace(&inv.authorization_policies, |o| &o.metadata),
-            policy_by_ref,
+            policy_by_ref: policy_by_ref(inv),
             peer_authns: indexes_by_namespace(&inv.peer_authentications, |o| &o.metadata),
             request_authns: by_namespace(&inv.request_authentications, |o| &o.metadata),
             telemetries: by_namespace(&inv.telemetries, |o| &o.metadata),
             wasm_plugins: by_namespace(&inv.wasm_plugins, |o| &o.metadata),
             envoy_filters: indexes_by_namespace(&inv.envoy_filters, |o| &o.metadata),
             sidecars: indexes_by_namespace(&inv.sidecars, |o| &o.metadata),
-            destination_rules,
-            http_routes,
-            waypoints,
-            subset_routes,
-            conversions_by_parent,
-            conversions_by_owner,
+            http_routes: http_routes_by_parent(inv),
+            waypoints: waypoints_by_namespace(inv),
+            subset_routes: subset_routes(inv),
+            conversions_by_parent: conversions_by_parent(conversions),
+            conversions_by_owner: conversions_by_owner(conversions),
             targets_joined: abbreviated_list(targets, 10),
             sem,
         }
@@ -180,12 +106,88 @@ impl<'a> Index<'a> {
     pub(super) fn policies_in(&self, ns: &str) -> &[&'a AuthorizationPolicy] {
         self.policies.get(ns).map(Vec::as_slice).unwrap_or_default()
     }
+}
 
-    /// DestinationRules whose host names a Service in `ns`, with its name.
-    pub(super) fn destination_rules_for(&self, ns: &str) -> &[(&'a DestinationRule, String)] {
-        self.destination_rules
-            .get(ns)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
+fn policy_by_ref(inv: &Inventory) -> HashMap<ObjectRef, &AuthorizationPolicy> {
+    let mut out = HashMap::new();
+    for p in &inv.authorization_policies {
+        out.entry(ObjectRef::from_meta("AuthorizationPolicy", &p.metadata))
+            .or_insert(p);
     }
+    out
+}
+
+fn http_routes_by_parent(inv: &Inventory) -> HashMap<(&str, &str), Vec<&HTTPRoute>> {
+    let mut out: HashMap<(&str, &str), Vec<&HTTPRoute>> = HashMap::new();
+    for hr in &inv.http_routes {
+        let hns = hr.metadata.namespace.as_deref().unwrap_or_default();
+        for r in hr.spec.parent_refs.iter().flatten() {
+            if r.kind.as_deref() != Some("Service") {
+                continue;
+            }
+            let list = out
+                .entry((r.namespace.as_deref().unwrap_or(hns), r.name.as_str()))
+                .or_default();
+            if !list.last().is_some_and(|l| std::ptr::eq(*l, hr)) {
+                list.push(hr);
+            }
+        }
+    }
+    out
+}
+
+fn waypoints_by_namespace(inv: &Inventory) -> HashMap<&str, &Gateway> {
+    let mut out: HashMap<&str, &Gateway> = HashMap::new();
+    for g in &inv.gateways {
+        if let Some(ns) = g.metadata.namespace.as_deref()
+            && g.spec.gateway_class_name == n::WAYPOINT_CLASS
+        {
+            out.entry(ns).or_insert(g);
+        }
+    }
+    out
+}
+
+fn subset_routes(inv: &Inventory) -> HashMap<(String, String), Vec<usize>> {
+    let mut out: HashMap<(String, String), Vec<usize>> = HashMap::new();
+    for (i, vs) in inv.virtual_services.iter().enumerate() {
+        let vs_ns = vs.metadata.namespace.as_deref().unwrap_or_default();
+        for d in vs
+            .spec
+            .http
+            .iter()
+            .flatten()
+            .flat_map(|r| r.route.iter().flatten())
+            .filter(|d| d.destination.subset.is_some())
+        {
+            if let HostTarget::Service(hns, hname) = resolve_host(&d.destination.host, vs_ns) {
+                let list = out.entry((hns, hname)).or_default();
+                if list.last() != Some(&i) {
+                    list.push(i);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn conversions_by_parent(conversions: &[VsConversion<'_>]) -> HashMap<String, Vec<usize>> {
+    let mut out: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, c) in conversions.iter().enumerate() {
+        for (pns, _) in &c.conversion.parents {
+            let list = out.entry(pns.clone()).or_default();
+            if list.last() != Some(&i) {
+                list.push(i);
+            }
+        }
+    }
+    out
+}
+
+fn conversions_by_owner(conversions: &[VsConversion<'_>]) -> HashMap<String, Vec<usize>> {
+    let mut out: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, c) in conversions.iter().enumerate() {
+        out.entry(c.owner.clone()).or_default().push(i);
+    }
+    out
 }

@@ -1,6 +1,7 @@
 //! The plan: findings, per-namespace steps and actions, generated manifests and the
 //! enforcement timeline. `plan()` is the only entry point; it is pure.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
@@ -24,7 +25,7 @@ use crate::cluster::{self, ControlPlaneFacts};
 use crate::findings::{self as f, Finding, Severity};
 use crate::inventory::{Inventory, label};
 use crate::model::{
-    Model, NamespaceInjection, Workload, is_headless, labels, namespace_injection,
+    Model, NamespaceInjection, Workload, WorkloadKind, is_headless, labels, namespace_injection,
     selector_matches, service_selector,
 };
 use crate::object::{ObjectRef, dns_subdomain};
@@ -32,14 +33,22 @@ use crate::routes::{self, ConvertOptions, HostTarget, is_mesh, resolve_host};
 mod analysis;
 mod index;
 mod manifests;
+mod namespace;
+#[expect(
+    dead_code,
+    reason = "its ingress_principals is superseded by Model::ingress_principals: delete both on merge"
+)]
 mod protection;
+mod steps;
 mod timeline;
+mod waypoint;
 
-use analysis::*;
 use index::*;
 use manifests::*;
+use namespace::*;
 use protection::*;
 use timeline::*;
+use waypoint::*;
 
 /// What an action does.
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -316,63 +325,6 @@ impl Plan {
     }
 }
 
-// ------------------------------------------------------------------ analysis
-
-/// A non-authorization object that gets waypoint copies: reference, object, selector, finding id.
-type ExtraCopy = (
-    ObjectRef,
-    Value,
-    Option<BTreeMap<String, String>>,
-    &'static str,
-);
-
-/// Per-namespace working state.
-struct NsWork {
-    name: String,
-    exists: bool,
-    services: BTreeMap<String, ServicePlan>,
-    workloads: Vec<WorkloadPlan>,
-    steps: BTreeMap<Step, Vec<Action>>,
-    enforcement: Vec<Enforcement>,
-    waypoint: WaypointPlan,
-    /// Workloads that restart in steps 3 and 9.
-    restart: Vec<ObjectRef>,
-    restart_hbone: Vec<ObjectRef>,
-    /// Per guarded Service, the namespaces whose sidecar callers its bypass protection lets
-    /// past without the waypoint.
-    bypass_admits: BTreeMap<String, BTreeSet<String>>,
-}
-
-impl NsWork {
-    fn reason(&mut self, svc: &str, id: &'static str, object: &ObjectRef) {
-        let sp = self
-            .services
-            .entry(svc.to_string())
-            .or_insert_with(|| ServicePlan {
-                name: svc.to_string(),
-                needs_waypoint: false,
-                served_by_waypoint: false,
-                reasons: Vec::new(),
-                bypass_protection: false,
-            });
-        sp.needs_waypoint = true;
-        let r = Reason {
-            id,
-            object: object.clone(),
-        };
-        if !sp.reasons.contains(&r) {
-            sp.reasons.push(r);
-        }
-    }
-
-    fn act(&mut self, step: Step, a: Action) {
-        let list = self.steps.entry(step).or_default();
-        if !list.contains(&a) {
-            list.push(a);
-        }
-    }
-}
-
 pub(super) fn svc_name(s: &Service) -> &str {
     s.metadata.name.as_deref().unwrap_or_default()
 }
@@ -440,37 +392,76 @@ pub fn plan(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str) -> Plan 
 fn plan_on(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str, threads: usize) -> Plan {
     // The plan must not depend on listing order (the operator's caches iterate in hash
     // order); sorting a copy is only needed when the caller did not sort.
-    let sorted;
-    let inv = if inv.is_sorted() {
-        inv
+    let inv: Cow<'_, Inventory> = if inv.is_sorted() {
+        Cow::Borrowed(inv)
     } else {
         let mut copy = inv.clone();
         copy.sort();
-        sorted = copy;
-        &sorted
+        Cow::Owned(copy)
     };
+    let inv = inv.as_ref();
     let model = Model::new(inv);
     let (facts, mut findings) = cluster::analyze(inv, spec);
-    let td = facts.trust_domain.clone();
     let targets = target_namespaces(inv, spec);
     let target_set: BTreeSet<String> = targets.iter().cloned().collect();
-    let mut manifests = Manifests {
-        migration: migration.to_string(),
-        items: Vec::new(),
+    let conversions = convert_virtual_services(&model, &target_set, &mut findings);
+    let index = Index::new(inv, &target_set, &conversions, facts.ztunnel_semantics());
+    let ingress = model.ingress_principals(&facts.trust_domain);
+    let control_plane = control_plane_actions(spec, &facts);
+    let cx = PlanContext {
+        model: &model,
+        index: &index,
+        spec,
+        facts: &facts,
+        targets: &target_set,
+        conversions: &conversions,
+        ingress: &ingress,
+        migration,
     };
+    let (mut works, manifests) = analyze_namespaces(&cx, &targets, threads, &mut findings);
+
+    // Step 2 actions are cluster-wide; listed in every namespace so each one's step 2 is
+    // self-contained.
+    for w in works.iter_mut().filter(|w| w.exists) {
+        for a in &control_plane.actions {
+            w.act(Step::ControlPlane, a.clone());
+        }
+    }
+    let td = &facts.trust_domain;
+    let order = namespace_order(spec, inv, &targets, td, &index.sem);
+    // Windows that depend on the order of step 9 across namespaces.
+    order_windows(&mut works, &order, &index, td, &mut findings);
+    finalize_findings(&mut findings, spec);
+    let manifests = OrderedManifests::new(manifests);
+    let namespaces = namespace_plans(works, &order, &manifests.remap);
+    let summary = summarize(&findings, inv);
+    Plan {
+        migration: migration.to_string(),
+        findings,
+        control_plane: facts,
+        control_plane_actions: control_plane.actions,
+        control_plane_commands: control_plane.commands,
+        namespace_order: order,
+        namespaces,
+        manifests: manifests.values,
+        manifest_steps: manifests.steps,
+        summary,
+    }
+}
+
+/// The mesh VirtualServices that route into the targets (or live in one), converted.
+fn convert_virtual_services<'a>(
+    model: &Model<'a>,
+    targets: &BTreeSet<String>,
+    findings: &mut Vec<Finding>,
+) -> Vec<VsConversion<'a>> {
+    let inv = model.inv;
     let convert_opts = ConvertOptions::for_crd(
         inv.crds
             .as_ref()
             .and_then(|c| c.get("httproutes.gateway.networking.k8s.io")),
     );
-    let ingress = ingress_principals(&model, &td);
-    let root = facts.root_namespace.clone();
-
-    // ---- control plane actions (step 2)
-    let (cp_actions, cp_commands) = control_plane_actions(spec, &facts);
-
-    // ---- VirtualService conversions, assigned to the namespace of their first target parent
-    let mut conversions: Vec<(&VirtualService, routes::Conversion, String)> = Vec::new();
+    let mut conversions = Vec::new();
     for vs in &inv.virtual_services {
         let vs_ns = vs.metadata.namespace.clone().unwrap_or_default();
         let vs_ref = ObjectRef::from_meta("VirtualService", &vs.metadata);
@@ -480,10 +471,10 @@ fn plan_on(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str, threads: 
             .iter()
             .flatten()
             .any(|h| match resolve_host(h, &vs_ns) {
-                HostTarget::Service(ns, _) => target_set.contains(&ns),
+                HostTarget::Service(ns, _) => targets.contains(&ns),
                 _ => false,
             })
-            || target_set.contains(&vs_ns);
+            || targets.contains(&vs_ns);
         if !in_target {
             continue;
         }
@@ -491,233 +482,179 @@ fn plan_on(inv: &Inventory, spec: &MeshMigrationSpec, migration: &str, threads: 
             findings.push(Finding::new(f::VS_GATEWAY_ONLY, vs_ref, ""));
             continue;
         }
-        let conv = routes::convert(&model, vs, &inv.destination_rules, convert_opts);
+        let conversion = routes::convert(model, vs, &inv.destination_rules, convert_opts);
         // Only when something is generated: a VirtualService that is not converted stays.
-        if conv.keeps_gateways && !conv.routes.is_empty() {
+        if conversion.keeps_gateways && !conversion.routes.is_empty() {
             findings.push(Finding::new(f::VS_MESH_AND_GATEWAY, vs_ref.clone(), ""));
         }
-        let owner_ns = conv
+        let owner = conversion
             .parents
             .iter()
             .map(|(ns, _)| ns)
-            .find(|ns| target_set.contains(*ns))
+            .find(|ns| targets.contains(*ns))
             .cloned()
             .unwrap_or(vs_ns);
-        conversions.push((vs, conv, owner_ns));
+        conversions.push(VsConversion {
+            vs,
+            conversion,
+            owner,
+        });
     }
-    let index = Index::new(inv, &target_set, &conversions, facts.ztunnel_semantics());
+    conversions
+}
 
-    // Namespaces are analyzed independently of each other (they only read the shared indexes).
-    let analyzed = crate::parallel::map(&targets, threads, |ns| {
-        let mut local = Manifests {
-            migration: migration.to_string(),
-            items: Vec::new(),
-        };
-        let mut local_findings = Vec::new();
-        let w = analyze_namespace(
-            &model,
-            &index,
-            spec,
-            &facts,
-            ns,
-            &target_set,
-            &conversions,
-            &ingress,
-            &root,
-            &mut local,
-            &mut local_findings,
-        );
-        (w, local.items, local_findings)
-    });
-    // Concatenated in the order of the targets, exactly as one thread analyzing them in
-    // turn would have produced them; manifest indexes shift by what came before.
+/// Every target's part of the plan, in target order, with all their manifests.
+/// Namespaces are analyzed independently of each other (they only read the shared
+/// context), then concatenated in the order of the targets, exactly as one thread
+/// analyzing them in turn would have produced them; manifest indexes shift by what came
+/// before.
+fn analyze_namespaces(
+    cx: &PlanContext<'_>,
+    targets: &[String],
+    threads: usize,
+    findings: &mut Vec<Finding>,
+) -> (Vec<NsWork>, Vec<Manifest>) {
+    let analyzed = crate::parallel::map(targets, threads, |ns| NamespacePlanner::new(cx, ns).run());
     let mut works: Vec<NsWork> = Vec::with_capacity(analyzed.len());
-    for (mut w, items, local_findings) in analyzed {
-        let offset = manifests.items.len();
-        for a in w.steps.values_mut().flatten() {
-            if let Some(m) = &mut a.manifest {
+    let mut manifests: Vec<Manifest> = Vec::new();
+    for mut a in analyzed {
+        let offset = manifests.len();
+        for action in a.work.steps.values_mut().flatten() {
+            if let Some(m) = &mut action.manifest {
                 *m += offset;
             }
         }
-        manifests.items.extend(items);
-        findings.extend(local_findings);
-        works.push(w);
+        manifests.extend(a.manifests);
+        findings.extend(a.findings);
+        works.push(a.work);
     }
+    (works, manifests)
+}
 
-    // Step 2 actions are cluster-wide; listed in every namespace so each one's step 2 is
-    // self-contained.
-    for w in works.iter_mut().filter(|w| w.exists) {
-        for a in &cp_actions {
-            w.act(Step::ControlPlane, a.clone());
-        }
-    }
-
-    let order = namespace_order(spec, inv, &targets, &td, &index.sem);
-    // Windows that depend on the order of step 9 across namespaces.
-    order_windows(&mut works, &order, &index, &td, &mut findings);
-
-    // ---- finalize findings: dedup, acceptance, sort
+/// Deduplicated, marked accepted where the spec accepts them, most severe first.
+fn finalize_findings(findings: &mut Vec<Finding>, spec: &MeshMigrationSpec) {
     findings.sort();
     findings.dedup();
-    for fi in &mut findings {
+    for fi in findings.iter_mut() {
         fi.accepted = spec
             .accepted_findings
             .iter()
             .any(|e| fi.matches_acceptance(e));
     }
     findings.sort_by(|a, b| (a.severity, &a.object, a.id).cmp(&(b.severity, &b.object, b.id)));
+}
 
-    // ---- manifests in step order, with action indexes remapped
-    let mut idx: Vec<usize> = (0..manifests.items.len()).collect();
-    idx.sort_by_key(|i| manifests.items[*i].0);
-    let remap: HashMap<usize, usize> = idx
+/// The namespaces' finished plans, in `order`.
+fn namespace_plans(
+    works: Vec<NsWork>,
+    order: &[String],
+    remap: &HashMap<usize, usize>,
+) -> Vec<NamespacePlan> {
+    let mut by_name: HashMap<String, NsWork> =
+        works.into_iter().map(|w| (w.name.clone(), w)).collect();
+    order
         .iter()
-        .enumerate()
-        .map(|(new, old)| (*old, new))
-        .collect();
-    let manifest_steps = idx.iter().map(|i| manifests.items[*i].0).collect();
-    // Moved out rather than cloned: the manifests are most of the plan's memory.
-    let manifest_values: Vec<Value> = idx
-        .iter()
-        .map(|i| std::mem::take(&mut manifests.items[*i].2))
-        .collect();
+        .filter_map(|ns| by_name.remove(ns))
+        .map(|w| w.finish(remap))
+        .collect()
+}
 
-    let mut namespaces: Vec<NamespacePlan> = Vec::new();
-    let by_name: HashMap<String, NsWork> = works.into_iter().map(|w| (w.name.clone(), w)).collect();
-    let mut by_name = by_name;
-    for ns in &order {
-        let Some(mut w) = by_name.remove(ns) else {
-            continue;
-        };
-        let steps = Step::ALL
-            .into_iter()
-            .map(|s| {
-                let mut actions = w.steps.remove(&s).unwrap_or_default();
-                for a in &mut actions {
-                    a.manifest = a.manifest.and_then(|m| remap.get(&m).copied());
-                }
-                StepPlan {
-                    number: s,
-                    name: s.name(),
-                    actions,
-                    checks: s.checks().to_vec(),
-                }
-            })
-            .collect();
-        namespaces.push(NamespacePlan {
-            name: w.name,
-            exists: w.exists,
-            waypoint: w.waypoint,
-            services: w.services.into_values().collect(),
-            workloads: w.workloads,
-            steps,
-            enforcement: w.enforcement,
-        });
-    }
-
-    let summary = Summary {
+fn summarize(findings: &[Finding], inv: &Inventory) -> Summary {
+    let count = |severity: Severity| findings.iter().filter(|f| f.severity == severity).count();
+    Summary {
         blockers: findings.iter().filter(|f| f.is_blocking()).count(),
         accepted_blockers: findings
             .iter()
             .filter(|f| f.severity == Severity::Blocker && f.accepted)
             .count(),
-        warnings: findings
-            .iter()
-            .filter(|f| f.severity == Severity::Warning)
-            .count(),
-        infos: findings
-            .iter()
-            .filter(|f| f.severity == Severity::Info)
-            .count(),
+        warnings: count(Severity::Warning),
+        infos: count(Severity::Info),
         inventory_objects: inv.len(),
         skipped: inv.skipped.clone(),
-    };
-    Plan {
-        migration: migration.to_string(),
-        findings,
-        control_plane: facts,
-        control_plane_actions: cp_actions,
-        control_plane_commands: cp_commands,
-        namespace_order: order,
-        namespaces,
-        manifests: manifest_values,
-        manifest_steps,
-        summary,
     }
 }
 
-fn control_plane_actions(
-    spec: &MeshMigrationSpec,
-    facts: &ControlPlaneFacts,
-) -> (Vec<Action>, Vec<String>) {
-    let cp = &spec.control_plane;
+/// Step 2: the cluster-level actions, and the commands the user runs when the control
+/// plane is managed outside meshmig.
+struct ControlPlaneStep {
+    actions: Vec<Action>,
+    commands: Vec<String>,
+}
+
+fn control_plane_actions(spec: &MeshMigrationSpec, facts: &ControlPlaneFacts) -> ControlPlaneStep {
     // The mode analysis settled on, not the spec's: a default (Sail) spec on a Helm or
     // istioctl install is planned as External (see `cluster::analyze`).
     match facts.mode {
-        ControlPlaneMode::Sail => {
-            let mut actions = vec![
-                Action {
-                    patch: Some(
-                        json!({"spec": {"profile": "ambient", "values": {"pilot": {"trustedZtunnelNamespace": cp.ztunnel_namespace}}}}),
-                    ),
-                    ..Action::new(
-                        Op::Patch,
-                        ObjectRef::new("Istio", None, &cp.istio),
-                        "switch the control plane to the ambient profile and trust ztunnel's namespace",
-                    )
-                },
-                Action {
-                    patch: Some(json!({"spec": {"profile": "ambient"}})),
-                    ..Action::new(
-                        Op::Patch,
-                        ObjectRef::new("IstioCNI", None, &cp.istio_cni),
-                        "switch istio-cni to the ambient profile",
-                    )
-                },
-            ];
-            let ztunnel = json!({
-                "apiVersion": "sailoperator.io/v1",
-                "kind": "ZTunnel",
-                "metadata": {"name": cp.ztunnel},
-                "spec": {
-                    "namespace": cp.ztunnel_namespace,
-                    "version": facts.version,
-                    "profile": "ambient",
-                },
-            });
-            actions.push(Action {
-                patch: Some(ztunnel),
-                ..Action::new(
-                    Op::Create,
-                    ObjectRef::new("ZTunnel", None, &cp.ztunnel),
-                    format!("deploy ztunnel in namespace {}", cp.ztunnel_namespace),
-                )
-            });
-            (actions, Vec::new())
-        }
-        ControlPlaneMode::External => {
-            let commands = vec![
-                format!(
-                    "helm upgrade istio-cni istio/cni -n {} --set profile=ambient --wait",
-                    cp.cni_namespace
-                ),
-                format!(
-                    "helm upgrade istiod istio/istiod -n {} --set profile=ambient --set pilot.trustedZtunnelNamespace={} --wait",
-                    cp.istio_namespace, cp.ztunnel_namespace
-                ),
-                format!(
-                    "helm install ztunnel istio/ztunnel -n {} --create-namespace --wait",
-                    cp.ztunnel_namespace
-                ),
-            ];
-            let actions = vec![Action::new(
-                Op::Verify,
-                ObjectRef::new("Deployment", Some(&cp.istio_namespace), "istiod"),
-                "control plane is managed outside meshmig: run the commands shown, meshmig waits for PILOT_ENABLE_AMBIENT=true and a ready ztunnel",
-            )];
-            (actions, commands)
-        }
+        ControlPlaneMode::Sail => ControlPlaneStep {
+            actions: sail_actions(&spec.control_plane, facts),
+            commands: Vec::new(),
+        },
+        ControlPlaneMode::External => external_control_plane(&spec.control_plane),
     }
+}
+
+fn sail_actions(cp: &meshmig_api::ControlPlaneSpec, facts: &ControlPlaneFacts) -> Vec<Action> {
+    let ztunnel = json!({
+        "apiVersion": "sailoperator.io/v1",
+        "kind": "ZTunnel",
+        "metadata": {"name": cp.ztunnel},
+        "spec": {
+            "namespace": cp.ztunnel_namespace,
+            "version": facts.version,
+            "profile": "ambient",
+        },
+    });
+    vec![
+        Action {
+            patch: Some(
+                json!({"spec": {"profile": "ambient", "values": {"pilot": {"trustedZtunnelNamespace": cp.ztunnel_namespace}}}}),
+            ),
+            ..Action::new(
+                Op::Patch,
+                ObjectRef::new("Istio", None, &cp.istio),
+                "switch the control plane to the ambient profile and trust ztunnel's namespace",
+            )
+        },
+        Action {
+            patch: Some(json!({"spec": {"profile": "ambient"}})),
+            ..Action::new(
+                Op::Patch,
+                ObjectRef::new("IstioCNI", None, &cp.istio_cni),
+                "switch istio-cni to the ambient profile",
+            )
+        },
+        Action {
+            patch: Some(ztunnel),
+            ..Action::new(
+                Op::Create,
+                ObjectRef::new("ZTunnel", None, &cp.ztunnel),
+                format!("deploy ztunnel in namespace {}", cp.ztunnel_namespace),
+            )
+        },
+    ]
+}
+
+fn external_control_plane(cp: &meshmig_api::ControlPlaneSpec) -> ControlPlaneStep {
+    let commands = vec![
+        format!(
+            "helm upgrade istio-cni istio/cni -n {} --set profile=ambient --wait",
+            cp.cni_namespace
+        ),
+        format!(
+            "helm upgrade istiod istio/istiod -n {} --set profile=ambient --set pilot.trustedZtunnelNamespace={} --wait",
+            cp.istio_namespace, cp.ztunnel_namespace
+        ),
+        format!(
+            "helm install ztunnel istio/ztunnel -n {} --create-namespace --wait",
+            cp.ztunnel_namespace
+        ),
+    ];
+    let actions = vec![Action::new(
+        Op::Verify,
+        ObjectRef::new("Deployment", Some(&cp.istio_namespace), "istiod"),
+        "control plane is managed outside meshmig: run the commands shown, meshmig waits for PILOT_ENABLE_AMBIENT=true and a ready ztunnel",
+    )];
+    ControlPlaneStep { actions, commands }
 }
 
 #[cfg(test)]
