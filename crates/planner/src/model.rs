@@ -93,7 +93,6 @@ pub enum WorkloadKind {
 }
 
 impl WorkloadKind {
-    /// Kubernetes kind name.
     pub fn as_str(self) -> &'static str {
         match self {
             WorkloadKind::Deployment => "Deployment",
@@ -107,11 +106,8 @@ impl WorkloadKind {
 /// A workload: a controller's pod template (or a bare Pod) and its observed Pods.
 #[derive(Clone, Debug)]
 pub struct Workload<'a> {
-    /// Controller kind.
     pub kind: WorkloadKind,
-    /// Namespace.
     pub namespace: &'a str,
-    /// Name.
     pub name: &'a str,
     /// Labels of the pods it creates.
     pub pod_labels: &'a BTreeMap<String, String>,
@@ -446,11 +442,8 @@ fn destination_rules_by_namespace(
 
 /// Everything the analysis looks up, indexed by namespace.
 pub struct Model<'a> {
-    /// The inventory.
     pub inv: &'a Inventory,
-    /// Workloads by namespace.
     pub workloads: HashMap<&'a str, Vec<Workload<'a>>>,
-    /// Services by namespace.
     pub services: HashMap<&'a str, Vec<&'a Service>>,
     /// DestinationRules by the namespace of the Service their host resolves to, in
     /// inventory order: subset lookups and each namespace's analysis would otherwise scan
@@ -459,7 +452,6 @@ pub struct Model<'a> {
 }
 
 impl<'a> Model<'a> {
-    /// Builds the model.
     pub fn new(inv: &'a Inventory) -> Self {
         Self {
             inv,
@@ -514,7 +506,6 @@ impl<'a> Model<'a> {
         out
     }
 
-    /// Workloads of a namespace.
     pub fn workloads_in(&self, ns: &str) -> &[Workload<'a>] {
         self.workloads
             .get(ns)
@@ -522,12 +513,10 @@ impl<'a> Model<'a> {
             .unwrap_or_default()
     }
 
-    /// Services of a namespace.
     pub fn services_in(&self, ns: &str) -> &[&'a Service] {
         self.services.get(ns).map(Vec::as_slice).unwrap_or_default()
     }
 
-    /// A Service by namespace and name.
     pub fn service(&self, ns: &str, name: &str) -> Option<&'a Service> {
         self.services_in(ns)
             .iter()
@@ -569,7 +558,6 @@ impl<'a> Model<'a> {
             .collect()
     }
 
-    /// The Namespace object.
     pub fn namespace(&self, name: &str) -> Option<&'a Namespace> {
         self.inv.namespaces.get(name)
     }
@@ -657,6 +645,56 @@ spec: {hostNetwork: true, containers: [{name: c, image: x}]}
         let svc = m.service("a", "web").unwrap();
         assert_eq!(m.service_workloads(svc).len(), 1);
         assert_eq!(m.workload_services(web).len(), 1);
+    }
+
+    #[test]
+    fn destination_rules_without_a_namespace_are_those_of_default() {
+        let i = inv(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: web}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: q, namespace: a}\nspec: {host: web.b.svc.cluster.local}\n",
+        );
+        let m = Model::new(&i);
+        let in_default = m.destination_rules_in("default");
+        assert_eq!(in_default.len(), 1);
+        assert_eq!(in_default[0].rule.metadata.name.as_deref(), Some("r"));
+        assert_eq!(in_default[0].service, "web");
+        assert!(m.destination_rules_in("").is_empty());
+        assert_eq!(m.destination_rules_in("b")[0].service, "web");
+        let named = m.destination_rules_for(&i.destination_rules, "default", "web");
+        assert_eq!(named.len(), 1);
+        assert!(
+            m.destination_rules_for(&i.destination_rules, "default", "other")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn ingress_gateways_are_istio_ingress_and_gateway_api_deployments_but_not_waypoints() {
+        let l = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(is_ingress_gateway(&l(&[("istio", "ingressgateway")])));
+        assert!(is_ingress_gateway(&l(&[(
+            "istio",
+            "internal-ingressgateway"
+        )])));
+        let gateway_api = [
+            ("gateway.networking.k8s.io/gateway-name", "public"),
+            ("gateway.istio.io/managed", "istio.io-gateway-controller"),
+        ];
+        assert!(is_ingress_gateway(&l(&gateway_api)));
+        let waypoint = [
+            ("gateway.networking.k8s.io/gateway-name", "waypoint"),
+            ("gateway.istio.io/managed", "istio.io-mesh-controller"),
+        ];
+        assert!(!is_ingress_gateway(&l(&waypoint)));
+        assert!(!is_ingress_gateway(&l(&[(
+            "gateway.networking.k8s.io/gateway-name",
+            "unmanaged"
+        )])));
+        assert!(!is_ingress_gateway(&l(&[("istio", "egressgateway")])));
     }
 
     #[test]

@@ -82,7 +82,6 @@ pub enum Op {
 #[derive(Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Action {
-    /// What to do.
     pub op: Op,
     /// The object acted on.
     pub object: ObjectRef,
@@ -139,9 +138,7 @@ impl Action {
 #[derive(Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct StepPlan {
-    /// 1..9.
     pub number: Step,
-    /// Step name.
     pub name: &'static str,
     /// Actions, in order.
     pub actions: Vec<Action>,
@@ -162,7 +159,6 @@ pub struct Reason {
 #[derive(Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePlan {
-    /// Service name.
     pub name: String,
     /// Whether its own features need a waypoint.
     pub needs_waypoint: bool,
@@ -195,9 +191,7 @@ pub struct WaypointPlan {
 #[derive(Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadPlan {
-    /// Kind.
     pub kind: &'static str,
-    /// Name.
     pub name: String,
     /// Has (or will get) a sidecar.
     pub sidecar: bool,
@@ -213,7 +207,6 @@ pub struct WorkloadPlan {
 pub struct Window {
     /// First step (state after it is applied).
     pub from_step: Step,
-    /// Last step.
     pub to_step: Step,
     /// Which way enforcement differs.
     pub kind: WindowKind,
@@ -225,7 +218,6 @@ pub struct Window {
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct StepEnforcement {
-    /// Step.
     pub step: Step,
     /// Proxies enforcing it (`sidecar`, `ztunnel`, `waypoint`).
     pub enforced_by: Vec<Enforcer>,
@@ -235,9 +227,7 @@ pub struct StepEnforcement {
 #[derive(Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Enforcement {
-    /// Service name.
     pub service: String,
-    /// The policy.
     pub policy: ObjectRef,
     /// Whether it moves to the waypoint.
     pub moves_to_waypoint: bool,
@@ -251,23 +241,17 @@ pub struct Enforcement {
 #[derive(Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct NamespacePlan {
-    /// Namespace.
     pub name: String,
     /// Whether it exists in the inventory.
     pub exists: bool,
-    /// Waypoint.
     pub waypoint: WaypointPlan,
-    /// Services.
     pub services: Vec<ServicePlan>,
-    /// Workloads.
     pub workloads: Vec<WorkloadPlan>,
-    /// Steps 1..9.
     pub steps: Vec<StepPlan>,
     /// Enforcement timeline.
     pub enforcement: Vec<Enforcement>,
 }
 
-/// Counts.
 #[derive(Serialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
@@ -275,7 +259,6 @@ pub struct Summary {
     pub blockers: usize,
     /// Blockers accepted by the spec.
     pub accepted_blockers: usize,
-    /// Warnings.
     pub warnings: usize,
     /// Informational findings.
     pub infos: usize,
@@ -293,7 +276,6 @@ pub struct Plan {
     pub migration: String,
     /// Findings, most severe first.
     pub findings: Vec<Finding>,
-    /// Control plane facts.
     pub control_plane: ControlPlaneFacts,
     /// Cluster-level actions of step 2 (also listed in each namespace's step 2).
     pub control_plane_actions: Vec<Action>,
@@ -309,7 +291,6 @@ pub struct Plan {
     /// Step each manifest belongs to (parallel to `manifests`).
     #[serde(skip)]
     pub manifest_steps: Vec<Step>,
-    /// Counts.
     pub summary: Summary,
 }
 
@@ -319,7 +300,6 @@ impl Plan {
         self.findings.iter().filter(|f| f.is_blocking())
     }
 
-    /// A namespace's plan.
     pub fn namespace(&self, name: &str) -> Option<&NamespacePlan> {
         self.namespaces.iter().find(|n| n.name == name)
     }
@@ -693,6 +673,59 @@ mod tests {
             let many = serde_json::to_value(plan_on(&inv, &spec, "m", threads)).unwrap();
             assert!(many == one, "{threads} threads planned differently");
         }
+    }
+
+    #[test]
+    fn a_destination_rule_without_a_namespace_is_analyzed_with_the_services_of_default() {
+        let mut inv = Inventory::default();
+        inv.load_str(
+            r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: default, labels: {istio-injection: enabled}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: db}
+spec:
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec: {containers: [{name: app, image: example/db:1}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec: {selector: {app: db}, ports: [{name: http, port: 80}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db}
+spec:
+  host: db
+  trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}
+"#,
+            "t",
+        )
+        .unwrap();
+        let spec = MeshMigrationSpec {
+            namespaces: Some(vec!["default".into()]),
+            ..Default::default()
+        };
+        let p = plan(&inv, &spec, "m");
+        let db = p
+            .namespace("default")
+            .unwrap()
+            .services
+            .iter()
+            .find(|s| s.name == "db");
+        let db = db.unwrap();
+        assert!(db.needs_waypoint);
+        assert_eq!(db.reasons[0].id, f::DR_TRAFFIC_POLICY.id);
+        assert_eq!(
+            db.reasons[0].object,
+            ObjectRef::new("DestinationRule", None, "db")
+        );
     }
 
     #[test]
