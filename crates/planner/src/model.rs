@@ -240,8 +240,12 @@ pub fn is_ingress_gateway(pod_labels: &BTreeMap<String, String>) -> bool {
                 .is_some_and(|v| v != "istio.io-mesh-controller")
 }
 
-/// A pod's controller, as the workload that owns it: (kind, name).
-type OwnerKey<'a> = (WorkloadKind, &'a str);
+/// The controller workload a pod's owner reference leads to.
+#[derive(Clone, Copy)]
+struct Owner<'a> {
+    kind: WorkloadKind,
+    name: &'a str,
+}
 
 /// What attributes pods to the controllers of the inventory.
 struct PodOwners<'a> {
@@ -278,7 +282,7 @@ impl<'a> PodOwners<'a> {
 
     /// The controller a pod's controlling owner reference names (a ReplicaSet: its
     /// Deployment).
-    fn owner(&self, pod: &'a PodInfo) -> Option<OwnerKey<'a>> {
+    fn owner(&self, pod: &'a PodInfo) -> Option<Owner<'a>> {
         let ns = namespace_of(&pod.metadata);
         let owner = pod
             .metadata
@@ -290,18 +294,27 @@ impl<'a> PodOwners<'a> {
             "ReplicaSet" => self
                 .replica_sets
                 .get(&(ns, owner.name.as_str()))
-                .map(|d| (WorkloadKind::Deployment, *d)),
-            "StatefulSet" => Some((WorkloadKind::StatefulSet, owner.name.as_str())),
-            "DaemonSet" => Some((WorkloadKind::DaemonSet, owner.name.as_str())),
+                .map(|name| Owner {
+                    kind: WorkloadKind::Deployment,
+                    name,
+                }),
+            "StatefulSet" => Some(Owner {
+                kind: WorkloadKind::StatefulSet,
+                name: owner.name.as_str(),
+            }),
+            "DaemonSet" => Some(Owner {
+                kind: WorkloadKind::DaemonSet,
+                name: owner.name.as_str(),
+            }),
             _ => None,
         }
     }
 
     /// Whether workload `w` owns `pod`: by owner reference, else (no owner known) by a
     /// controller's non-empty selector.
-    fn owns(&self, w: &Workload<'_>, owner: Option<OwnerKey<'_>>, pod: &PodInfo) -> bool {
+    fn owns(&self, w: &Workload<'_>, owner: Option<Owner<'_>>, pod: &PodInfo) -> bool {
         match owner {
-            Some((k, name)) => w.kind == k && w.name == name,
+            Some(o) => w.kind == o.kind && w.name == o.name,
             None => {
                 w.kind != WorkloadKind::Pod
                     && self
