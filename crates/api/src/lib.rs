@@ -5,6 +5,7 @@
 
 pub mod enforcement;
 pub mod istio;
+pub mod kinds;
 pub mod migration;
 pub mod names;
 pub mod sail;
@@ -13,6 +14,7 @@ pub mod step;
 pub mod view;
 
 pub use enforcement::{Enforcer, RequestedBy, WindowKind};
+pub use kinds::Kind;
 pub use migration::*;
 pub use step::{CheckId, Step, StepError};
 

@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, Resource, ResourceExt};
 use meshmig_api::names as mn;
-use meshmig_api::{MeshMigration, Step};
+use meshmig_api::{Kind, MeshMigration, Step};
 use meshmig_planner::ObjectRef;
 use meshmig_planner::plan::{Action, Op, Plan};
 use serde_json::{Value, json};
@@ -28,38 +27,9 @@ pub struct Actor {
     pub operator_namespace: String,
 }
 
-/// Group, version, plural and scope of a kind meshmig acts on.
-pub fn resource_of(kind: &str) -> Option<(ApiResource, bool)> {
-    let (group, version, plural, namespaced) = match kind {
-        "Namespace" => ("", "v1", "namespaces", false),
-        "Service" => ("", "v1", "services", true),
-        "ConfigMap" => ("", "v1", "configmaps", true),
-        "Pod" => ("", "v1", "pods", true),
-        "Deployment" => ("apps", "v1", "deployments", true),
-        "StatefulSet" => ("apps", "v1", "statefulsets", true),
-        "DaemonSet" => ("apps", "v1", "daemonsets", true),
-        "AuthorizationPolicy" => ("security.istio.io", "v1", "authorizationpolicies", true),
-        "RequestAuthentication" => ("security.istio.io", "v1", "requestauthentications", true),
-        "PeerAuthentication" => ("security.istio.io", "v1", "peerauthentications", true),
-        "VirtualService" => ("networking.istio.io", "v1", "virtualservices", true),
-        "DestinationRule" => ("networking.istio.io", "v1", "destinationrules", true),
-        "Telemetry" => ("telemetry.istio.io", "v1", "telemetries", true),
-        "WasmPlugin" => ("extensions.istio.io", "v1alpha1", "wasmplugins", true),
-        "Gateway" => ("gateway.networking.k8s.io", "v1", "gateways", true),
-        "HTTPRoute" => ("gateway.networking.k8s.io", "v1", "httproutes", true),
-        "ReferenceGrant" => (
-            "gateway.networking.k8s.io",
-            "v1beta1",
-            "referencegrants",
-            true,
-        ),
-        "Istio" => ("sailoperator.io", "v1", "istios", false),
-        "IstioCNI" => ("sailoperator.io", "v1", "istiocnis", false),
-        "ZTunnel" => ("sailoperator.io", "v1", "ztunnels", false),
-        _ => return None,
-    };
-    let gvk = GroupVersionKind::gvk(group, version, kind);
-    Some((ApiResource::from_gvk_with_plural(&gvk, plural), namespaced))
+/// The kind named `kind` when meshmig may write it.
+pub fn resource_of(kind: &str) -> Option<Kind> {
+    Kind::writable(kind)
 }
 
 fn is_not_found(e: &kube::Error) -> bool {
@@ -75,9 +45,9 @@ fn is_already_exists(e: &kube::Error) -> bool {
 
 impl Actor {
     fn api(&self, o: &ObjectRef) -> Result<Api<DynamicObject>, Error> {
-        let (ar, namespaced) =
-            resource_of(&o.kind).ok_or_else(|| Error::Unsupported(o.to_string()))?;
-        Ok(if namespaced {
+        let kind = resource_of(&o.kind).ok_or_else(|| Error::Unsupported(o.to_string()))?;
+        let ar = kind.api_resource();
+        Ok(if kind.namespaced() {
             Api::namespaced_with(self.client.clone(), o.ns(), &ar)
         } else {
             Api::all_with(self.client.clone(), &ar)
@@ -168,75 +138,85 @@ impl Actor {
                 }
                 Ok(())
             }
-            Work::StartProbe(pod) => {
-                let ns = pod.metadata.namespace.clone().unwrap_or_default();
-                let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-                match api.create(&PostParams::default(), pod).await {
-                    Ok(_) => Ok(()),
-                    Err(e) if is_already_exists(&e) => Ok(()),
-                    Err(e) => Err(Error::kube(
-                        format!("create probe Pod {ns}/{}", pod.name_any()),
-                        e,
-                    )),
-                }
-            }
+            Work::StartProbe(pod) => self.start_probe(pod).await,
             Work::CleanupProbes { namespace, step } => {
                 self.cleanup_probes(mm, namespace, *step).await
             }
             Work::Undo { scope, step } => self.undo(mm, scope, *step).await,
-            Work::DeleteSnapshots { scope, step } => {
-                let ns = scope
-                    .namespace()
-                    .unwrap_or(&self.operator_namespace)
-                    .to_string();
-                let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
-                let selector = format!(
-                    "{}={},{}={step},{}=true",
-                    mn::LABEL_MIGRATION,
-                    mm.name_any(),
-                    mn::LABEL_STEP,
-                    mn::LABEL_SNAPSHOT
-                );
-                match api.list(&ListParams::default().labels(&selector)).await {
-                    Ok(list) => {
-                        // A MeshMigration re-created under the same name carries the same
-                        // labels: only this object's ConfigMaps are its to delete.
-                        for cm in list.into_iter().filter(|c| owned_by(c, mm)) {
-                            let o = ObjectRef::new("ConfigMap", Some(&ns), &cm.name_any());
-                            self.delete(&o).await?;
-                        }
-                        Ok(())
-                    }
-                    Err(e) if is_not_found(&e) => Ok(()),
-                    Err(e) => Err(Error::kube(format!("list snapshots in {ns}"), e)),
-                }
-            }
-            Work::DeletePlan => {
-                let name = crate::frozen::config_map_name(&mm.name_any());
-                let api: Api<ConfigMap> =
-                    Api::namespaced(self.client.clone(), &self.operator_namespace);
-                let heads = api
-                    .list(&ListParams::default().labels(&format!(
-                        "{}={}",
-                        mn::LABEL_MIGRATION,
-                        mm.name_any()
-                    )))
-                    .await
-                    .map_err(|e| Error::kube("list plan ConfigMaps", e))?;
-                for cm in heads
-                    .into_iter()
-                    .filter(|c| c.name_any().starts_with(&name) && owned_by(c, mm))
-                {
-                    self.delete(&ObjectRef::new(
-                        "ConfigMap",
-                        Some(&self.operator_namespace),
-                        &cm.name_any(),
-                    ))
-                    .await?;
+            Work::DeleteSnapshots { scope, step } => self.delete_snapshots(mm, scope, *step).await,
+            Work::DeletePlan => self.delete_plan(mm).await,
+        }
+    }
+
+    async fn start_probe(&self, pod: &Pod) -> Result<(), Error> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        match api.create(&PostParams::default(), pod).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_already_exists(&e) => Ok(()),
+            Err(e) => Err(Error::kube(
+                format!("create probe Pod {ns}/{}", pod.name_any()),
+                e,
+            )),
+        }
+    }
+
+    async fn delete_snapshots(
+        &self,
+        mm: &MeshMigration,
+        scope: &Scope,
+        step: Step,
+    ) -> Result<(), Error> {
+        let ns = scope
+            .namespace()
+            .unwrap_or(&self.operator_namespace)
+            .to_string();
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
+        let selector = format!(
+            "{}={},{}={step},{}=true",
+            mn::LABEL_MIGRATION,
+            mm.name_any(),
+            mn::LABEL_STEP,
+            mn::LABEL_SNAPSHOT
+        );
+        match api.list(&ListParams::default().labels(&selector)).await {
+            Ok(list) => {
+                // A MeshMigration re-created under the same name carries the same
+                // labels: only this object's ConfigMaps are its to delete.
+                for cm in list.into_iter().filter(|c| owned_by(c, mm)) {
+                    let o = ObjectRef::new(Kind::ConfigMap.name(), Some(&ns), &cm.name_any());
+                    self.delete(&o).await?;
                 }
                 Ok(())
             }
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(Error::kube(format!("list snapshots in {ns}"), e)),
         }
+    }
+
+    async fn delete_plan(&self, mm: &MeshMigration) -> Result<(), Error> {
+        let name = crate::frozen::config_map_name(&mm.name_any());
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.operator_namespace);
+        let heads = api
+            .list(&ListParams::default().labels(&format!(
+                "{}={}",
+                mn::LABEL_MIGRATION,
+                mm.name_any()
+            )))
+            .await
+            .map_err(|e| Error::kube("list plan ConfigMaps", e))?;
+        for cm in heads
+            .into_iter()
+            .filter(|c| c.name_any().starts_with(&name) && owned_by(c, mm))
+        {
+            self.delete(&ObjectRef::new(
+                Kind::ConfigMap.name(),
+                Some(&self.operator_namespace),
+                &cm.name_any(),
+            ))
+            .await?;
+        }
+        Ok(())
     }
 
     async fn cleanup_probes(
@@ -267,12 +247,12 @@ impl Actor {
                 Err(e) if is_not_found(&e) => continue,
                 Err(e) => return Err(Error::kube(format!("list probe Pods in {ns}"), e)),
             };
-            let marker = format!("{validated}/step{step}");
+            let marker = mn::validates(validated, step);
             for p in pods
                 .into_iter()
-                .filter(|p| p.annotations().get("meshmig.io/validates") == Some(&marker))
+                .filter(|p| p.annotations().get(mn::ANNOTATION_VALIDATES) == Some(&marker))
             {
-                self.delete(&ObjectRef::new("Pod", Some(ns), &p.name_any()))
+                self.delete(&ObjectRef::new(Kind::Pod.name(), Some(ns), &p.name_any()))
                     .await?;
             }
         }
@@ -296,7 +276,7 @@ impl Actor {
                 };
                 let mut manifest =
                     manifest.ok_or_else(|| Error::Invalid(format!("no manifest for {o}")))?;
-                if o.kind == "ZTunnel" {
+                if o.kind == Kind::ZTunnel.name() {
                     add_labels(&mut manifest, &plan.migration);
                 }
                 self.apply(&manifest).await
@@ -375,7 +355,7 @@ impl Actor {
                 // collector has not removed yet: it describes another run, so it goes.
                 for i in 0..snapshot::parts_of(&existing) {
                     let name = snapshot::part_name(&head, i);
-                    self.delete(&ObjectRef::new("ConfigMap", Some(&ns), &name))
+                    self.delete(&ObjectRef::new(Kind::ConfigMap.name(), Some(&ns), &name))
                         .await?;
                 }
             }
