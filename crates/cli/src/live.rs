@@ -23,7 +23,7 @@ pub enum LiveError {
     #[error(
         "cannot reach a Kubernetes cluster ({0}); set KUBECONFIG or the current kubectl context"
     )]
-    NoCluster(#[source] kube::Error),
+    NoCluster(#[source] Box<kube::Error>),
     /// The CRD is not installed.
     #[error(
         "the MeshMigration CRD is not installed in this cluster; install it with `meshmig crd | kubectl apply -f -` or the Helm chart"
@@ -34,7 +34,7 @@ pub enum LiveError {
     NotAllowed(String),
     /// The API server does not answer.
     #[error("cannot reach the Kubernetes API: {0}")]
-    Unreachable(#[source] kube::Error),
+    Unreachable(#[source] Box<kube::Error>),
     /// A MeshMigration cannot be read.
     #[error("cannot read MeshMigration {name}: {source}")]
     Read {
@@ -42,7 +42,7 @@ pub enum LiveError {
         name: String,
         /// The error.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// No such MeshMigration.
     #[error("MeshMigration {name} not found; `meshmig status` lists them")]
@@ -57,11 +57,11 @@ pub enum LiveError {
         name: String,
         /// The error.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// MeshMigrations cannot be listed.
     #[error("cannot list MeshMigrations: {0}")]
-    List(#[source] kube::Error),
+    List(#[source] Box<kube::Error>),
     /// `watch --until-done` gave up.
     #[error("MeshMigration {name} did not finish within {seconds}s")]
     Timeout {
@@ -88,7 +88,7 @@ pub enum LiveError {
         kind: Kind,
         /// The error.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// A listed object does not serialise.
     #[error("{0}")]
@@ -120,7 +120,9 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, LiveError> {
 
 /// Connects, with an error that says what to do.
 pub async fn client() -> Result<Client, LiveError> {
-    let client = Client::try_default().await.map_err(LiveError::NoCluster)?;
+    let client = Client::try_default()
+        .await
+        .map_err(|e| LiveError::NoCluster(e.into()))?;
     // Fail early with a clear message when the CRD is not installed.
     let api: Api<MeshMigration> = Api::all(client.clone());
     match api.list(&ListParams::default().limit(1)).await {
@@ -129,7 +131,7 @@ pub async fn client() -> Result<Client, LiveError> {
         Err(kube::Error::Api(s)) if s.code == 401 || s.code == 403 => {
             Err(LiveError::NotAllowed(s.message))
         }
-        Err(e) => Err(LiveError::Unreachable(e)),
+        Err(e) => Err(LiveError::Unreachable(e.into())),
     }
 }
 
@@ -139,7 +141,7 @@ async fn get(client: &Client, name: &str) -> Result<MeshMigration, LiveError> {
         .await
         .map_err(|source| LiveError::Read {
             name: name.to_string(),
-            source,
+            source: source.into(),
         })?
         .ok_or_else(|| LiveError::NotFound {
             name: name.to_string(),
@@ -179,7 +181,7 @@ async fn set_annotation(
         .map(|_| ())
         .map_err(|source| LiveError::Annotate {
             name: name.to_string(),
-            source,
+            source: source.into(),
         })
 }
 
@@ -294,7 +296,7 @@ pub async fn status(name: Option<&str>, color: bool) -> Result<(), LiveError> {
             let list = api
                 .list(&ListParams::default())
                 .await
-                .map_err(LiveError::List)?;
+                .map_err(|e| LiveError::List(e.into()))?;
             if list.items.is_empty() {
                 println!(
                     "no MeshMigrations; create one with `kubectl apply -f` (see examples/bookinfo/30-migration.yaml)"
@@ -416,7 +418,10 @@ async fn add_all(client: &Client, kind: Kind, inv: &mut Inventory) -> Result<(),
             Ok(())
         }
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(source) => Err(LiveError::ListKind { kind, source }),
+        Err(source) => Err(LiveError::ListKind {
+            kind,
+            source: source.into(),
+        }),
     }
 }
 

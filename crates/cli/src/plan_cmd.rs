@@ -17,6 +17,26 @@ use crate::ColorChoice;
 use crate::live::LiveError;
 use crate::load::{InputError, Loaded, load};
 
+/// An entry of a MeshMigration's `spec.acceptedFindings` that names no finding.
+#[derive(Debug, Error)]
+#[error(
+    "{at}{object}: spec.acceptedFindings[{index}] is `{entry}`, but `{id}` is not a finding id (a misspelt id accepts nothing); {hint}"
+)]
+pub struct UnknownAccepted {
+    /// Where the MeshMigration is (`file:line: `), when known.
+    pub at: String,
+    /// The MeshMigration.
+    pub object: ObjectRef,
+    /// Index of the entry.
+    pub index: usize,
+    /// The entry.
+    pub entry: String,
+    /// Its finding id.
+    pub id: String,
+    /// What the user may have meant.
+    pub hint: String,
+}
+
 /// Why `meshmig plan` failed.
 #[derive(Debug, Error)]
 pub enum PlanError {
@@ -29,23 +49,8 @@ pub enum PlanError {
         hint: String,
     },
     /// The MeshMigration's `spec.acceptedFindings` names no finding.
-    #[error(
-        "{at}{object}: spec.acceptedFindings[{index}] is `{entry}`, but `{id}` is not a finding id (a misspelt id accepts nothing); {hint}"
-    )]
-    UnknownAccepted {
-        /// Where the MeshMigration is (`file:line: `), when known.
-        at: String,
-        /// The MeshMigration.
-        object: ObjectRef,
-        /// Index of the entry.
-        index: usize,
-        /// The entry.
-        entry: String,
-        /// Its finding id.
-        id: String,
-        /// What the user may have meant.
-        hint: String,
-    },
+    #[error(transparent)]
+    UnknownAccepted(Box<UnknownAccepted>),
     /// Several MeshMigrations and none chosen.
     #[error("the input holds {} MeshMigrations ({}); choose one with --name", names.len(), names.join(", "))]
     AmbiguousMigration {
@@ -181,14 +186,14 @@ fn check_accepted_findings(m: &MeshMigration, loaded: &Loaded) -> Result<(), Pla
             .first()
             .map(|(_, at)| format!("{at}: "))
             .unwrap_or_default();
-        return Err(PlanError::UnknownAccepted {
+        return Err(PlanError::UnknownAccepted(Box::new(UnknownAccepted {
             at,
             object: oref,
             index: i,
             entry: entry.clone(),
             id: u.id.clone(),
             hint: u.hint(),
-        });
+        })));
     }
     Ok(())
 }
