@@ -9,7 +9,10 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use meshmig_api::kinds::{Held, Kind};
 use meshmig_api::names as mn;
-use meshmig_api::{CheckResult, MeshMigration, MigrationPhase, NamespacePhase, Step};
+use meshmig_api::{
+    CheckResult, MeshMigration, MeshMigrationStatus, MigrationPhase, NamespacePhase,
+    NamespaceStatus, Step,
+};
 use meshmig_planner::Inventory;
 use thiserror::Error;
 
@@ -224,58 +227,7 @@ pub fn render(mm: &MeshMigration, color: bool) -> String {
         }
     }
     for ns in &st.namespaces {
-        let bar: String = Step::ALL
-            .into_iter()
-            .map(|s| {
-                let done = ns.phase == NamespacePhase::Completed || s < ns.step;
-                if done {
-                    c.p("32", "■")
-                } else if s == ns.step {
-                    match ns.phase {
-                        NamespacePhase::Failed => c.p("31", "■"),
-                        NamespacePhase::Waiting => c.p("33", "□"),
-                        _ => c.p("36", "■"),
-                    }
-                } else {
-                    c.p("2", "□")
-                }
-            })
-            .collect();
-        out.push_str(&format!(
-            "  {:<20} {bar} step {} {:<22} {:?}\n",
-            ns.name,
-            ns.step,
-            ns.step.name(),
-            ns.phase
-        ));
-        if let Some(m) = &ns.message {
-            out.push_str(&format!("  {:<20} {}\n", "", c.p("2", m)));
-        }
-        let rolling_back = matches!(
-            ns.phase,
-            NamespacePhase::RollingBack | NamespacePhase::RolledBack
-        );
-        if let Some(r) = st
-            .rollback
-            .as_ref()
-            .filter(|_| rolling_back && !ns.checks.is_empty())
-        {
-            out.push_str(&format!(
-                "  {:<20}   checks of the rollback to before step {}:\n",
-                "", r.target
-            ));
-        }
-        for chk in &ns.checks {
-            let mark = match chk.result {
-                CheckResult::Pass => c.p("32", "✓"),
-                CheckResult::Pending => c.p("33", "…"),
-                CheckResult::Fail => c.p("31", "✗"),
-            };
-            out.push_str(&format!(
-                "  {:<20}   {mark} {:<24} {}\n",
-                "", chk.name, chk.message
-            ));
-        }
+        render_namespace(&c, &st, ns, &mut out);
     }
     if !st.open_findings.is_empty() {
         out.push_str(&format!("  open findings: {}\n", st.open_findings.len()));
@@ -284,6 +236,62 @@ pub fn render(mm: &MeshMigration, color: bool) -> String {
         }
     }
     out
+}
+
+/// One namespace's line: a box per step, its message and its checks.
+fn render_namespace(c: &Paint, st: &MeshMigrationStatus, ns: &NamespaceStatus, out: &mut String) {
+    let bar: String = Step::ALL
+        .into_iter()
+        .map(|s| {
+            let done = ns.phase == NamespacePhase::Completed || s < ns.step;
+            if done {
+                c.p("32", "■")
+            } else if s == ns.step {
+                match ns.phase {
+                    NamespacePhase::Failed => c.p("31", "■"),
+                    NamespacePhase::Waiting => c.p("33", "□"),
+                    _ => c.p("36", "■"),
+                }
+            } else {
+                c.p("2", "□")
+            }
+        })
+        .collect();
+    out.push_str(&format!(
+        "  {:<20} {bar} step {} {:<22} {:?}\n",
+        ns.name,
+        ns.step,
+        ns.step.name(),
+        ns.phase
+    ));
+    if let Some(m) = &ns.message {
+        out.push_str(&format!("  {:<20} {}\n", "", c.p("2", m)));
+    }
+    let rolling_back = matches!(
+        ns.phase,
+        NamespacePhase::RollingBack | NamespacePhase::RolledBack
+    );
+    if let Some(r) = st
+        .rollback
+        .as_ref()
+        .filter(|_| rolling_back && !ns.checks.is_empty())
+    {
+        out.push_str(&format!(
+            "  {:<20}   checks of the rollback to before step {}:\n",
+            "", r.target
+        ));
+    }
+    for chk in &ns.checks {
+        let mark = match chk.result {
+            CheckResult::Pass => c.p("32", "✓"),
+            CheckResult::Pending => c.p("33", "…"),
+            CheckResult::Fail => c.p("31", "✗"),
+        };
+        out.push_str(&format!(
+            "  {:<20}   {mark} {:<24} {}\n",
+            "", chk.name, chk.message
+        ));
+    }
 }
 
 /// `meshmig status [NAME]`.

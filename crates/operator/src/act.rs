@@ -268,19 +268,7 @@ impl Actor {
                 self.merge_patch(o, a.patch.clone().unwrap_or(Value::Null))
                     .await
             }
-            Op::Create | Op::Apply => {
-                let manifest = match (a.manifest, &a.patch) {
-                    (Some(i), _) => plan.manifests.get(i).cloned(),
-                    (None, Some(p)) => Some(p.clone()),
-                    _ => None,
-                };
-                let mut manifest =
-                    manifest.ok_or_else(|| Error::Invalid(format!("no manifest for {o}")))?;
-                if o.kind == Kind::ZTunnel.name() {
-                    add_labels(&mut manifest, &plan.migration);
-                }
-                self.apply(&manifest).await
-            }
+            Op::Create | Op::Apply => self.apply_planned(plan, a).await,
             Op::Label => {
                 let key = a.key.clone().unwrap_or_default();
                 self.merge_patch(o, json!({"metadata": {"labels": {key: a.value}}}))
@@ -311,24 +299,43 @@ impl Actor {
                     .await
             }
             Op::Delete => self.delete(o).await,
-            Op::RemoveMeshGateway => {
-                let Some(vs) = self.get(o).await? else {
-                    return Ok(());
-                };
-                let gateways: Vec<Value> = vs
-                    .data
-                    .pointer("/spec/gateways")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                if !gateways.iter().any(|g| g == "mesh") {
-                    return Ok(());
-                }
-                let kept: Vec<Value> = gateways.into_iter().filter(|g| g != "mesh").collect();
-                self.merge_patch(o, json!({"spec": {"gateways": kept}}))
-                    .await
-            }
+            Op::RemoveMeshGateway => self.remove_mesh_gateway(o).await,
         }
+    }
+
+    /// Applies the manifest a create or apply action names (or carries).
+    async fn apply_planned(&self, plan: &Plan, a: &Action) -> Result<(), Error> {
+        let o = &a.object;
+        let manifest = match (a.manifest, &a.patch) {
+            (Some(i), _) => plan.manifests.get(i).cloned(),
+            (None, Some(p)) => Some(p.clone()),
+            _ => None,
+        };
+        let mut manifest =
+            manifest.ok_or_else(|| Error::Invalid(format!("no manifest for {o}")))?;
+        if o.kind == Kind::ZTunnel.name() {
+            add_labels(&mut manifest, &plan.migration);
+        }
+        self.apply(&manifest).await
+    }
+
+    /// Removes `mesh` from a VirtualService's gateways, if there.
+    async fn remove_mesh_gateway(&self, o: &ObjectRef) -> Result<(), Error> {
+        let Some(vs) = self.get(o).await? else {
+            return Ok(());
+        };
+        let gateways: Vec<Value> = vs
+            .data
+            .pointer("/spec/gateways")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if !gateways.iter().any(|g| g == "mesh") {
+            return Ok(());
+        }
+        let kept: Vec<Value> = gateways.into_iter().filter(|g| g != "mesh").collect();
+        self.merge_patch(o, json!({"spec": {"gateways": kept}}))
+            .await
     }
 
     async fn snapshot(
@@ -345,43 +352,15 @@ impl Actor {
             .to_string();
         let head = snapshot::config_map_name(&mm.name_any(), step);
         let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
-        match cms.get_opt(&head).await {
-            Ok(Some(existing)) => {
-                if owned_by(&existing, mm) {
-                    // Taken before this step changed anything; never overwritten.
-                    return Ok(());
-                }
-                // Left by an earlier MeshMigration of the same name that the garbage
-                // collector has not removed yet: it describes another run, so it goes.
-                for i in 0..snapshot::parts_of(&existing) {
-                    let name = snapshot::part_name(&head, i);
-                    self.delete(&ObjectRef::new(Kind::ConfigMap.name(), Some(&ns), &name))
-                        .await?;
-                }
-            }
-            Ok(None) => {}
-            Err(e) => return Err(Error::kube(format!("get snapshot {ns}/{head}"), e)),
-        }
-        let mut entries = Vec::new();
-        for a in actions {
-            if matches!(a.op, Op::Verify | Op::Prepare) {
-                continue;
-            }
-            let current = self
-                .get(&a.object)
-                .await?
-                .map(|c| serde_json::to_value(c).unwrap_or(Value::Null));
-            let manifest = a
-                .manifest
-                .and_then(|i| plan.manifests.get(i))
-                .or(a.patch.as_ref());
-            entries.extend(snapshot::entry(a, current.as_ref(), manifest));
+        if self.has_snapshot(&cms, mm, &ns, &head).await? {
+            // Taken before this step changed anything; never overwritten.
+            return Ok(());
         }
         let snap = Snapshot {
             migration: mm.name_any(),
             step,
             namespace: scope.namespace().map(str::to_string),
-            entries,
+            entries: self.entries_before(plan, actions).await?,
         };
         let owner = owner_ref(mm);
         let parts =
@@ -401,6 +380,52 @@ impl Actor {
         }
         info!(migration = %mm.name_any(), step = step.number(), namespace = %ns, entries = snap.entries.len(), "snapshot taken");
         Ok(())
+    }
+
+    /// Whether this MeshMigration's snapshot `head` exists. One left by an earlier
+    /// MeshMigration of the same name that the garbage collector has not removed yet
+    /// describes another run, so it is deleted.
+    async fn has_snapshot(
+        &self,
+        cms: &Api<ConfigMap>,
+        mm: &MeshMigration,
+        ns: &str,
+        head: &str,
+    ) -> Result<bool, Error> {
+        let existing = match cms.get_opt(head).await {
+            Ok(Some(existing)) => existing,
+            Ok(None) => return Ok(false),
+            Err(e) => return Err(Error::kube(format!("get snapshot {ns}/{head}"), e)),
+        };
+        if owned_by(&existing, mm) {
+            return Ok(true);
+        }
+        for i in 0..snapshot::parts_of(&existing) {
+            let name = snapshot::part_name(head, i);
+            self.delete(&ObjectRef::new(Kind::ConfigMap.name(), Some(ns), &name))
+                .await?;
+        }
+        Ok(false)
+    }
+
+    /// The snapshot entries of the objects `actions` change, as they are now.
+    async fn entries_before(&self, plan: &Plan, actions: &[Action]) -> Result<Vec<Entry>, Error> {
+        let mut entries = Vec::new();
+        for a in actions {
+            if matches!(a.op, Op::Verify | Op::Prepare) {
+                continue;
+            }
+            let current = self
+                .get(&a.object)
+                .await?
+                .map(|c| serde_json::to_value(c).unwrap_or(Value::Null));
+            let manifest = a
+                .manifest
+                .and_then(|i| plan.manifests.get(i))
+                .or(a.patch.as_ref());
+            entries.extend(snapshot::entry(a, current.as_ref(), manifest));
+        }
+        Ok(entries)
     }
 
     /// Reads a snapshot; `None` when its head does not exist.
@@ -463,26 +488,14 @@ impl Actor {
                 if *existed {
                     return Ok(());
                 }
-                // Only delete what meshmig created for this migration.
-                if let Some(obj) = self.get(object).await? {
-                    let labels = obj.labels();
-                    if labels.get(mn::LABEL_MANAGED_BY).map(String::as_str) == Some(mn::MANAGED_BY)
-                        && labels.get(mn::LABEL_MIGRATION) == Some(&mm.name_any())
-                    {
-                        self.delete(object).await?;
-                    }
-                }
-                Ok(())
+                self.delete_if_ours(mm, object).await
             }
             Entry::Label {
                 object,
                 key,
                 previous,
             } => {
-                if self.get(object).await?.is_none() {
-                    return Ok(());
-                }
-                self.merge_patch(object, json!({"metadata": {"labels": {key: previous}}}))
+                self.patch_if_present(object, json!({"metadata": {"labels": {key: previous}}}))
                     .await
             }
             Entry::TemplateLabel {
@@ -490,20 +503,14 @@ impl Actor {
                 key,
                 previous,
             } => {
-                if self.get(object).await?.is_none() {
-                    return Ok(());
-                }
-                self.merge_patch(
+                self.patch_if_present(
                     object,
                     json!({"spec": {"template": {"metadata": {"labels": {key: previous}}}}}),
                 )
                 .await
             }
             Entry::Restart { object, previous } => {
-                if self.get(object).await?.is_none() {
-                    return Ok(());
-                }
-                self.merge_patch(object, json!({"spec": {"template": {"metadata": {"annotations": {mn::ANNOTATION_RESTARTED_AT: previous}}}}}))
+                self.patch_if_present(object, json!({"spec": {"template": {"metadata": {"annotations": {mn::ANNOTATION_RESTARTED_AT: previous}}}}}))
                     .await
             }
             Entry::Delete { object, manifest } => {
@@ -517,41 +524,71 @@ impl Actor {
                 profile,
                 values,
             } => {
-                let Some(current) = self.get(object).await? else {
-                    return Ok(());
-                };
-                let mut ops = Vec::new();
-                for (path, prev) in [("/spec/profile", profile), ("/spec/values", values)] {
-                    let exists = current.data.pointer(path).is_some();
-                    match prev {
-                        Some(v) => ops.push(json!({"op": "add", "path": path, "value": v})),
-                        None if exists => ops.push(json!({"op": "remove", "path": path})),
-                        None => {}
-                    }
-                }
-                if ops.is_empty() {
-                    return Ok(());
-                }
-                let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))
-                    .map_err(|e| Error::Invalid(e.to_string()))?;
-                let pp = PatchParams {
-                    field_manager: Some(mn::FIELD_MANAGER.into()),
-                    ..Default::default()
-                };
-                self.api(object)?
-                    .patch(&object.name, &pp, &Patch::<()>::Json(patch))
+                self.restore_sail_spec(object, profile.as_ref(), values.as_ref())
                     .await
-                    .map(|_| ())
-                    .map_err(|e| Error::kube(format!("restore {object}"), e))
             }
             Entry::Gateways { object, previous } => {
-                if self.get(object).await?.is_none() {
-                    return Ok(());
-                }
-                self.merge_patch(object, json!({"spec": {"gateways": previous}}))
+                self.patch_if_present(object, json!({"spec": {"gateways": previous}}))
                     .await
             }
         }
+    }
+
+    /// Deletes an object meshmig created for this migration; leaves anything else.
+    async fn delete_if_ours(&self, mm: &MeshMigration, object: &ObjectRef) -> Result<(), Error> {
+        if let Some(obj) = self.get(object).await? {
+            let labels = obj.labels();
+            if labels.get(mn::LABEL_MANAGED_BY).map(String::as_str) == Some(mn::MANAGED_BY)
+                && labels.get(mn::LABEL_MIGRATION) == Some(&mm.name_any())
+            {
+                self.delete(object).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A merge patch of an object that still exists (a deleted one has nothing to restore).
+    async fn patch_if_present(&self, object: &ObjectRef, patch: Value) -> Result<(), Error> {
+        if self.get(object).await?.is_none() {
+            return Ok(());
+        }
+        self.merge_patch(object, patch).await
+    }
+
+    /// Puts a Sail resource's `spec.profile` and `spec.values` back as they were (absent ones
+    /// removed).
+    async fn restore_sail_spec(
+        &self,
+        object: &ObjectRef,
+        profile: Option<&Value>,
+        values: Option<&Value>,
+    ) -> Result<(), Error> {
+        let Some(current) = self.get(object).await? else {
+            return Ok(());
+        };
+        let mut ops = Vec::new();
+        for (path, prev) in [("/spec/profile", profile), ("/spec/values", values)] {
+            let exists = current.data.pointer(path).is_some();
+            match prev {
+                Some(v) => ops.push(json!({"op": "add", "path": path, "value": v})),
+                None if exists => ops.push(json!({"op": "remove", "path": path})),
+                None => {}
+            }
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let patch: json_patch::Patch =
+            serde_json::from_value(Value::Array(ops)).map_err(|e| Error::Invalid(e.to_string()))?;
+        let pp = PatchParams {
+            field_manager: Some(mn::FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        self.api(object)?
+            .patch(&object.name, &pp, &Patch::<()>::Json(patch))
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::kube(format!("restore {object}"), e))
     }
 }
 

@@ -113,6 +113,20 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every cause.
+    pub const ALL: [Reason; 10] = [
+        Reason::Modified,
+        Reason::Conflict,
+        Reason::Forbidden,
+        Reason::Throttled,
+        Reason::Server,
+        Reason::Api,
+        Reason::Unsupported,
+        Reason::Invalid,
+        Reason::Snapshot,
+        Reason::Plan,
+    ];
+
     /// The metric label (a lost race counts as a conflict).
     pub fn label(self) -> &'static str {
         match self {
