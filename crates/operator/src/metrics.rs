@@ -72,80 +72,73 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("meshmig");
         let r = &mut registry;
-        let reconciles = register(
-            r,
-            "reconciles",
-            "Reconciles of MeshMigrations",
-            Counter::default(),
-        );
-        let errors = register(
-            r,
-            "reconcile_errors",
-            "Failed reconciles by reason",
-            Family::<ReasonLabel, Counter>::default(),
-        );
-        let reconcile_seconds = register(
-            r,
-            "reconcile_duration_seconds",
-            "Reconcile duration",
-            Histogram::new(exponential_buckets(0.001, 2.0, 16)),
-        );
-        let phases = register(
-            r,
-            "migrations",
-            "MeshMigrations by phase",
-            Family::<PhaseLabel, Gauge>::default(),
-        );
-        let checks = register(
-            r,
-            "checkpoint_results",
-            "Checkpoint check results",
-            Family::<CheckLabel, Counter>::default(),
-        );
-        let requests = register(
-            r,
-            "api_requests",
-            "Kubernetes API requests by verb and resource",
-            Family::<RequestLabel, Counter>::default(),
-        );
-        let step_seconds = register(
-            r,
-            "step_duration_seconds",
-            "Duration of completed steps (start to checkpoint pass)",
-            Family::<StepLabel, Histogram>::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.5, 2.0, 14))
-            }),
-        );
-        let api_errors = register(
-            r,
-            "api_errors",
-            "Kubernetes API responses with an error status, by code",
-            Family::<CodeLabel, Counter>::default(),
-        );
+        let m = Self {
+            reconciles: register(
+                r,
+                "reconciles",
+                "Reconciles of MeshMigrations",
+                Counter::default(),
+            ),
+            errors: register(
+                r,
+                "reconcile_errors",
+                "Failed reconciles by reason",
+                Family::default(),
+            ),
+            reconcile_seconds: register(
+                r,
+                "reconcile_duration_seconds",
+                "Reconcile duration",
+                Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            ),
+            phases: register(
+                r,
+                "migrations",
+                "MeshMigrations by phase",
+                Family::default(),
+            ),
+            checks: register(
+                r,
+                "checkpoint_results",
+                "Checkpoint check results",
+                Family::default(),
+            ),
+            requests: register(
+                r,
+                "api_requests",
+                "Kubernetes API requests by verb and resource",
+                Family::default(),
+            ),
+            step_seconds: register(
+                r,
+                "step_duration_seconds",
+                "Duration of completed steps (start to checkpoint pass)",
+                Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.5, 2.0, 14))),
+            ),
+            api_errors: register(
+                r,
+                "api_errors",
+                "Kubernetes API responses with an error status, by code",
+                Family::default(),
+            ),
+            leader: register(
+                r,
+                "leader",
+                "1 when this replica holds the leader lease",
+                Gauge::default(),
+            ),
+            by_migration: Mutex::new(Default::default()),
+            registry: Mutex::new(Registry::default()),
+        };
         // Every reason exists from the start, so dashboards see zeros rather than gaps.
         for reason in Reason::ALL {
-            let _ = errors.get_or_create(&ReasonLabel {
+            let _ = m.errors.get_or_create(&ReasonLabel {
                 reason: reason.label().into(),
             });
         }
-        let leader = register(
-            r,
-            "leader",
-            "1 when this replica holds the leader lease",
-            Gauge::default(),
-        );
         Self {
             registry: Mutex::new(registry),
-            reconciles,
-            errors,
-            reconcile_seconds,
-            phases,
-            checks,
-            requests,
-            step_seconds,
-            leader,
-            api_errors,
-            by_migration: Mutex::new(Default::default()),
+            ..m
         }
     }
 }

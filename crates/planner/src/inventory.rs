@@ -1907,6 +1907,35 @@ data: {password: c2VjcmV0}
     }
 
     #[test]
+    fn compared_objects_are_found_by_kind_namespace_and_name() {
+        let mut inv = Inventory::default();
+        inv.load_str(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: shop}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: reviews, namespace: shop}\n",
+            "t",
+        )
+        .unwrap();
+        let svc = inv.compared_object(&ObjectRef::new("Service", Some("shop"), "reviews"));
+        assert_eq!(svc.unwrap().unwrap()["metadata"]["name"], "reviews");
+        assert_eq!(
+            inv.compared_object(&ObjectRef::new("Service", Some("other"), "reviews")),
+            Some(None)
+        );
+        // Deployments are held but not compared; ReferenceGrants not held at all.
+        assert_eq!(
+            inv.compared_object(&ObjectRef::new("Deployment", Some("shop"), "reviews")),
+            None
+        );
+        assert_eq!(
+            inv.compared_object(&ObjectRef::new("ReferenceGrant", Some("shop"), "g")),
+            None
+        );
+        assert!(
+            inv.find_typed(Kind::Deployment, Some("shop"), "reviews")
+                .is_some()
+        );
+    }
+
+    #[test]
     fn hbone_from_proxy_config() {
         assert!(proxy_config_enables_hbone(
             r#"{"proxyMetadata":{"ISTIO_META_ENABLE_HBONE":"true"}}"#
