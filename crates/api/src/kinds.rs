@@ -299,9 +299,14 @@ const TABLE: [KindInfo; Kind::ALL.len()] = [
     row(Kind::Istio, view!(Istio), "istios", scope!(Istio))
         .write()
         .listed(),
-    row(Kind::IstioCni, view!(IstioCni), "istiocnis", scope!(IstioCni))
-        .write()
-        .listed(),
+    row(
+        Kind::IstioCni,
+        view!(IstioCni),
+        "istiocnis",
+        scope!(IstioCni),
+    )
+    .write()
+    .listed(),
     row(Kind::ZTunnel, view!(ZTunnel), "ztunnels", scope!(ZTunnel))
         .write()
         .listed(),
@@ -570,7 +575,10 @@ mod tests {
             crate::MeshMigration
         );
         assert_eq!(checked, Kind::ALL.len());
-        assert_eq!(Kind::ReferenceGrant.api_version(), "gateway.networking.k8s.io/v1beta1");
+        assert_eq!(
+            Kind::ReferenceGrant.api_version(),
+            "gateway.networking.k8s.io/v1beta1"
+        );
     }
 
     /// The lists the registries held before they read the table.
@@ -584,17 +592,40 @@ mod tests {
         assert_eq!(
             with(|i| i.write),
             [
-                "AuthorizationPolicy", "ConfigMap", "DaemonSet", "Deployment", "DestinationRule",
-                "Gateway", "HTTPRoute", "Istio", "IstioCNI", "Namespace", "PeerAuthentication",
-                "Pod", "ReferenceGrant", "RequestAuthentication", "Service", "StatefulSet",
-                "Telemetry", "VirtualService", "WasmPlugin", "ZTunnel"
+                "AuthorizationPolicy",
+                "ConfigMap",
+                "DaemonSet",
+                "Deployment",
+                "DestinationRule",
+                "Gateway",
+                "HTTPRoute",
+                "Istio",
+                "IstioCNI",
+                "Namespace",
+                "PeerAuthentication",
+                "Pod",
+                "ReferenceGrant",
+                "RequestAuthentication",
+                "Service",
+                "StatefulSet",
+                "Telemetry",
+                "VirtualService",
+                "WasmPlugin",
+                "ZTunnel"
             ]
         );
         assert_eq!(
             with(|i| i.compared),
             [
-                "AuthorizationPolicy", "DestinationRule", "Gateway", "HTTPRoute",
-                "RequestAuthentication", "Service", "Telemetry", "VirtualService", "WasmPlugin"
+                "AuthorizationPolicy",
+                "DestinationRule",
+                "Gateway",
+                "HTTPRoute",
+                "RequestAuthentication",
+                "Service",
+                "Telemetry",
+                "VirtualService",
+                "WasmPlugin"
             ]
         );
         assert_eq!(
@@ -610,7 +641,10 @@ mod tests {
             Some(Kind::HttpRoute)
         );
         // An Istio Gateway is not the Gateway API's.
-        assert_eq!(Kind::from_group_kind("networking.istio.io", "Gateway"), None);
+        assert_eq!(
+            Kind::from_group_kind("networking.istio.io", "Gateway"),
+            None
+        );
         assert_eq!(Kind::writable("Secret"), None);
         assert_eq!(Kind::writable("ReferenceGrant"), Some(Kind::ReferenceGrant));
         assert_eq!(Kind::Pod.crd_name(), None);

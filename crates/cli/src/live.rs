@@ -41,24 +41,17 @@ pub enum LiveError {
     /// A MeshMigration cannot be read.
     #[error("cannot read MeshMigration {name}: {source}")]
     Read {
-        /// The MeshMigration.
         name: String,
-        /// The error.
         #[source]
         source: Box<kube::Error>,
     },
     /// No such MeshMigration.
     #[error("MeshMigration {name} not found; `meshmig status` lists them")]
-    NotFound {
-        /// The MeshMigration.
-        name: String,
-    },
+    NotFound { name: String },
     /// The annotation could not be written.
     #[error("cannot annotate MeshMigration {name}: {source}")]
     Annotate {
-        /// The MeshMigration.
         name: String,
-        /// The error.
         #[source]
         source: Box<kube::Error>,
     },
@@ -67,29 +60,17 @@ pub enum LiveError {
     List(#[source] Box<kube::Error>),
     /// `watch --until-done` gave up.
     #[error("MeshMigration {name} did not finish within {seconds}s")]
-    Timeout {
-        /// The MeshMigration.
-        name: String,
-        /// The timeout.
-        seconds: u64,
-    },
+    Timeout { name: String, seconds: u64 },
     /// The watch stream closed.
     #[error("the watch ended")]
     WatchEnded,
     /// `watch --until-done`: the MeshMigration stopped short of what was asked.
     #[error("MeshMigration {name} is {phase:?}")]
-    Stopped {
-        /// The MeshMigration.
-        name: String,
-        /// Where it stopped.
-        phase: MigrationPhase,
-    },
+    Stopped { name: String, phase: MigrationPhase },
     /// A kind cannot be listed for `plan --live`.
     #[error("cannot list {kind}: {source}")]
     ListKind {
-        /// The kind.
         kind: Kind,
-        /// The error.
         #[source]
         source: Box<kube::Error>,
     },

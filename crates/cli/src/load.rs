@@ -15,9 +15,7 @@ pub enum InputError {
     /// A file or directory cannot be read.
     #[error("{}: {source}", path.display())]
     Read {
-        /// The file or directory.
         path: PathBuf,
-        /// The error.
         #[source]
         source: std::io::Error,
     },
@@ -26,16 +24,10 @@ pub enum InputError {
     Stdin(#[source] std::io::Error),
     /// A text holds no documents: usually an export that failed.
     #[error("{name}: empty: no Kubernetes objects")]
-    Empty {
-        /// The input's name.
-        name: String,
-    },
+    Empty { name: String },
     /// A directory holds no manifests.
     #[error("{}: no .yaml, .yml or .json files in this directory", path.display())]
-    EmptyDirectory {
-        /// The directory.
-        path: PathBuf,
-    },
+    EmptyDirectory { path: PathBuf },
     /// A text does not load (the error names the file, line and object).
     #[error(transparent)]
     Load(#[from] LoadError),
@@ -48,7 +40,6 @@ pub enum InputError {
     Conflict {
         /// The conflict of the first such object.
         error: LoadError,
-        /// How many other objects conflict.
         others: usize,
     },
 }

@@ -25,13 +25,9 @@ use crate::load::{InputError, Loaded, load};
 pub struct UnknownAccepted {
     /// Where the MeshMigration is (`file:line: `), when known.
     pub at: String,
-    /// The MeshMigration.
     pub object: ObjectRef,
-    /// Index of the entry.
     pub index: usize,
-    /// The entry.
     pub entry: String,
-    /// Its finding id.
     pub id: String,
     /// What the user may have meant.
     pub hint: String,
@@ -43,7 +39,6 @@ pub enum PlanError {
     /// An `--accept` entry names no finding.
     #[error("unknown finding `{id}` in --accept; {hint}")]
     UnknownAccept {
-        /// The id given.
         id: String,
         /// What the user may have meant.
         hint: String,
@@ -53,10 +48,7 @@ pub enum PlanError {
     UnknownAccepted(Box<UnknownAccepted>),
     /// Several MeshMigrations and none chosen.
     #[error("the input holds {} MeshMigrations ({}); choose one with --name", names.len(), names.join(", "))]
-    AmbiguousMigration {
-        /// Their names.
-        names: Vec<String>,
-    },
+    AmbiguousMigration { names: Vec<String> },
     /// Nothing to migrate.
     #[error("no namespace has sidecar injection enabled; name the namespaces with --namespace")]
     NoInjectedNamespace,

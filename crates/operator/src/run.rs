@@ -65,9 +65,7 @@ pub enum RunError {
     /// The leader-election manager could not be set up.
     #[error("leader election: cannot use Lease {namespace}/{LEASE_NAME}: {source}")]
     Lease {
-        /// The operator's namespace.
         namespace: String,
-        /// The manager's error.
         #[source]
         source: kube_lease_manager::LeaseManagerError,
     },
@@ -79,18 +77,14 @@ pub enum RunError {
     /// CRDs could not be listed, after retries.
     #[error("cannot list customresourcedefinitions after {attempts} attempts: {source}")]
     Discovery {
-        /// How many lists were tried.
         attempts: u32,
-        /// The last error.
         #[source]
         source: kube::Error,
     },
     /// The health and metrics server cannot listen.
     #[error("bind {addr}: {source}")]
     Bind {
-        /// The address.
         addr: SocketAddr,
-        /// The listener's error.
         #[source]
         source: std::io::Error,
     },
