@@ -14,7 +14,6 @@ pub mod step;
 pub mod view;
 
 pub use enforcement::{Enforcer, RequestedBy, WindowKind};
-pub use kinds::Kind;
 pub use migration::*;
 pub use step::{CheckId, Step, StepError};
 
