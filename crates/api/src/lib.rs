@@ -5,6 +5,7 @@
 
 pub mod enforcement;
 pub mod istio;
+pub mod kinds;
 pub mod migration;
 pub mod names;
 pub mod sail;

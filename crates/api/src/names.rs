@@ -42,6 +42,14 @@ pub const ANNOTATION_ROLLBACK: &str = "meshmig.io/rollback";
 pub const ROLLBACK_ALL: &str = "all";
 /// Pod-template annotation meshmig sets to trigger a rollout restart.
 pub const ANNOTATION_RESTARTED_AT: &str = "meshmig.io/restartedAt";
+/// On a checkpoint probe Pod, `<namespace>/step<step>` (see [`validates`]): whose checkpoint
+/// it is, so a step cleans up only its own probes.
+pub const ANNOTATION_VALIDATES: &str = "meshmig.io/validates";
+
+/// The [`ANNOTATION_VALIDATES`] value of the probes of `namespace`'s checkpoint of `step`.
+pub fn validates(namespace: &str, step: crate::Step) -> String {
+    format!("{namespace}/step{step}")
+}
 
 /// kstatus condition: the migration finished and everything it promised holds.
 pub const CONDITION_READY: &str = "Ready";
@@ -102,6 +110,12 @@ pub mod istio {
         "AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY";
     /// Secret label marking a remote-cluster secret (multicluster).
     pub const MULTICLUSTER_SECRET: &str = "istio/multiCluster";
+    /// Label of Istio's gateway workloads; ingress gateways' value holds `ingressgateway`.
+    pub const GATEWAY_WORKLOAD: &str = "istio";
+    /// Part of a [`GATEWAY_WORKLOAD`] value that marks an ingress gateway.
+    pub const INGRESS_GATEWAY: &str = "ingressgateway";
+    /// Label the Gateway API controller sets on a Gateway's workloads, naming the Gateway.
+    pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
     /// Pod label set by SPIRE-managed identity.
     pub const SPIRE_IDENTITY: &str = "spiffe.io/spire-managed-identity";
 }

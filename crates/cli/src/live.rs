@@ -1,49 +1,139 @@
 //! Live commands: status, watch, pause, resume, approve, rollback, and `plan --live`.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
-use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
+use meshmig_api::kinds::{Held, Kind};
 use meshmig_api::names as mn;
-use meshmig_api::{CheckResult, MeshMigration, MigrationPhase, NamespacePhase, Step};
+use meshmig_api::{
+    CheckResult, MeshMigration, MeshMigrationStatus, MigrationPhase, NamespacePhase,
+    NamespaceStatus, Step,
+};
 use meshmig_planner::Inventory;
+use thiserror::Error;
+
+/// Why a live command failed; every message says what to do or which object it was about.
+#[derive(Debug, Error)]
+pub enum LiveError {
+    /// No async runtime.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// No kubeconfig or in-cluster configuration.
+    #[error(
+        "cannot reach a Kubernetes cluster ({0}); set KUBECONFIG or the current kubectl context"
+    )]
+    NoCluster(#[source] Box<kube::Error>),
+    /// The CRD is not installed.
+    #[error(
+        "the MeshMigration CRD is not installed in this cluster; install it with `meshmig crd | kubectl apply -f -` or the Helm chart"
+    )]
+    NoCrd,
+    /// The credentials may not list MeshMigrations (the API server's message).
+    #[error("not allowed to list MeshMigrations ({0}); check your credentials and RBAC")]
+    NotAllowed(String),
+    /// The API server does not answer.
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Unreachable(#[source] Box<kube::Error>),
+    /// A MeshMigration cannot be read.
+    #[error("cannot read MeshMigration {name}: {source}")]
+    Read {
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// No such MeshMigration.
+    #[error("MeshMigration {name} not found; `meshmig status` lists them")]
+    NotFound { name: String },
+    /// The annotation could not be written.
+    #[error("cannot annotate MeshMigration {name}: {source}")]
+    Annotate {
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// MeshMigrations cannot be listed.
+    #[error("cannot list MeshMigrations: {0}")]
+    List(#[source] Box<kube::Error>),
+    /// `watch --until-done` gave up.
+    #[error("MeshMigration {name} did not finish within {seconds}s")]
+    Timeout { name: String, seconds: u64 },
+    /// The watch stream closed.
+    #[error("the watch ended")]
+    WatchEnded,
+    /// `watch --until-done`: the MeshMigration stopped short of what was asked.
+    #[error("MeshMigration {name} is {phase:?}")]
+    Stopped { name: String, phase: MigrationPhase },
+    /// A kind cannot be listed for `plan --live`.
+    #[error("cannot list {kind}: {source}")]
+    ListKind {
+        kind: Kind,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// A listed object does not serialise.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// A listed object does not load into the inventory.
+    #[error(transparent)]
+    Load(#[from] meshmig_planner::LoadError),
+}
+
+impl LiveError {
+    /// Whether `watch --until-done` reports this as the migration's outcome (exit code 1)
+    /// rather than as a failure of the command: the MeshMigration timed out, stopped short,
+    /// or does not exist.
+    pub fn is_outcome(&self) -> bool {
+        matches!(
+            self,
+            LiveError::Timeout { .. } | LiveError::Stopped { .. } | LiveError::NotFound { .. }
+        )
+    }
+}
+
+/// A single-threaded runtime for one live command.
+pub fn runtime() -> Result<tokio::runtime::Runtime, LiveError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(LiveError::Runtime)
+}
 
 /// Connects, with an error that says what to do.
-pub async fn client() -> Result<Client, String> {
-    let client = Client::try_default().await.map_err(|e| {
-        format!(
-            "cannot reach a Kubernetes cluster ({e}); set KUBECONFIG or the current kubectl context"
-        )
-    })?;
+pub async fn client() -> Result<Client, LiveError> {
+    let client = Client::try_default()
+        .await
+        .map_err(|e| LiveError::NoCluster(e.into()))?;
     // Fail early with a clear message when the CRD is not installed.
     let api: Api<MeshMigration> = Api::all(client.clone());
     match api.list(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(client),
-        Err(kube::Error::Api(s)) if s.code == 404 => Err(
-            "the MeshMigration CRD is not installed in this cluster; install it with `meshmig crd | kubectl apply -f -` or the Helm chart".into(),
-        ),
-        Err(kube::Error::Api(s)) if s.code == 401 || s.code == 403 => Err(format!(
-            "not allowed to list MeshMigrations ({}); check your credentials and RBAC",
-            s.message
-        )),
-        Err(e) => Err(format!("cannot reach the Kubernetes API: {e}")),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(LiveError::NoCrd),
+        Err(kube::Error::Api(s)) if s.code == 401 || s.code == 403 => {
+            Err(LiveError::NotAllowed(s.message))
+        }
+        Err(e) => Err(LiveError::Unreachable(e.into())),
     }
 }
 
-async fn get(client: &Client, name: &str) -> Result<MeshMigration, String> {
+async fn get(client: &Client, name: &str) -> Result<MeshMigration, LiveError> {
     let api: Api<MeshMigration> = Api::all(client.clone());
     api.get_opt(name)
         .await
-        .map_err(|e| format!("cannot read MeshMigration {name}: {e}"))?
-        .ok_or_else(|| format!("MeshMigration {name} not found; `meshmig status` lists them"))
+        .map_err(|source| LiveError::Read {
+            name: name.to_string(),
+            source: source.into(),
+        })?
+        .ok_or_else(|| LiveError::NotFound {
+            name: name.to_string(),
+        })
 }
 
 /// Sets (or, with `None`, removes) an annotation.
-pub async fn annotate(name: &str, key: &str, value: Option<&str>) -> Result<(), String> {
+pub async fn annotate(name: &str, key: &str, value: Option<&str>) -> Result<(), LiveError> {
     let client = client().await?;
     get(&client, name).await?;
     set_annotation(client, name, key, value).await
@@ -51,7 +141,7 @@ pub async fn annotate(name: &str, key: &str, value: Option<&str>) -> Result<(), 
 
 /// Approves `step`: releases it from `pauseBefore`, or approves the next retry where a
 /// namespace failed at it (`"<step>/<n>"` once an approval was spent). Prints the value set.
-pub async fn approve(name: &str, step: Step) -> Result<(), String> {
+pub async fn approve(name: &str, step: Step) -> Result<(), LiveError> {
     let client = client().await?;
     let value = get(&client, name).await?.approval_for(step);
     set_annotation(client, name, mn::ANNOTATION_APPROVE, Some(&value)).await?;
@@ -67,13 +157,16 @@ async fn set_annotation(
     name: &str,
     key: &str,
     value: Option<&str>,
-) -> Result<(), String> {
+) -> Result<(), LiveError> {
     let api: Api<MeshMigration> = Api::all(client);
     let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map(|_| ())
-        .map_err(|e| format!("cannot annotate MeshMigration {name}: {e}"))
+        .map_err(|source| LiveError::Annotate {
+            name: name.to_string(),
+            source: source.into(),
+        })
 }
 
 struct Paint(bool);
@@ -115,58 +208,7 @@ pub fn render(mm: &MeshMigration, color: bool) -> String {
         }
     }
     for ns in &st.namespaces {
-        let bar: String = Step::ALL
-            .into_iter()
-            .map(|s| {
-                let done = ns.phase == NamespacePhase::Completed || s < ns.step;
-                if done {
-                    c.p("32", "■")
-                } else if s == ns.step {
-                    match ns.phase {
-                        NamespacePhase::Failed => c.p("31", "■"),
-                        NamespacePhase::Waiting => c.p("33", "□"),
-                        _ => c.p("36", "■"),
-                    }
-                } else {
-                    c.p("2", "□")
-                }
-            })
-            .collect();
-        out.push_str(&format!(
-            "  {:<20} {bar} step {} {:<22} {:?}\n",
-            ns.name,
-            ns.step,
-            ns.step.name(),
-            ns.phase
-        ));
-        if let Some(m) = &ns.message {
-            out.push_str(&format!("  {:<20} {}\n", "", c.p("2", m)));
-        }
-        let rolling_back = matches!(
-            ns.phase,
-            NamespacePhase::RollingBack | NamespacePhase::RolledBack
-        );
-        if let Some(r) = st
-            .rollback
-            .as_ref()
-            .filter(|_| rolling_back && !ns.checks.is_empty())
-        {
-            out.push_str(&format!(
-                "  {:<20}   checks of the rollback to before step {}:\n",
-                "", r.target
-            ));
-        }
-        for chk in &ns.checks {
-            let mark = match chk.result {
-                CheckResult::Pass => c.p("32", "✓"),
-                CheckResult::Pending => c.p("33", "…"),
-                CheckResult::Fail => c.p("31", "✗"),
-            };
-            out.push_str(&format!(
-                "  {:<20}   {mark} {:<24} {}\n",
-                "", chk.name, chk.message
-            ));
-        }
+        render_namespace(&c, &st, ns, &mut out);
     }
     if !st.open_findings.is_empty() {
         out.push_str(&format!("  open findings: {}\n", st.open_findings.len()));
@@ -177,8 +219,64 @@ pub fn render(mm: &MeshMigration, color: bool) -> String {
     out
 }
 
+/// One namespace's line: a box per step, its message and its checks.
+fn render_namespace(c: &Paint, st: &MeshMigrationStatus, ns: &NamespaceStatus, out: &mut String) {
+    let bar: String = Step::ALL
+        .into_iter()
+        .map(|s| {
+            let done = ns.phase == NamespacePhase::Completed || s < ns.step;
+            if done {
+                c.p("32", "■")
+            } else if s == ns.step {
+                match ns.phase {
+                    NamespacePhase::Failed => c.p("31", "■"),
+                    NamespacePhase::Waiting => c.p("33", "□"),
+                    _ => c.p("36", "■"),
+                }
+            } else {
+                c.p("2", "□")
+            }
+        })
+        .collect();
+    out.push_str(&format!(
+        "  {:<20} {bar} step {} {:<22} {:?}\n",
+        ns.name,
+        ns.step,
+        ns.step.name(),
+        ns.phase
+    ));
+    if let Some(m) = &ns.message {
+        out.push_str(&format!("  {:<20} {}\n", "", c.p("2", m)));
+    }
+    let rolling_back = matches!(
+        ns.phase,
+        NamespacePhase::RollingBack | NamespacePhase::RolledBack
+    );
+    if let Some(r) = st
+        .rollback
+        .as_ref()
+        .filter(|_| rolling_back && !ns.checks.is_empty())
+    {
+        out.push_str(&format!(
+            "  {:<20}   checks of the rollback to before step {}:\n",
+            "", r.target
+        ));
+    }
+    for chk in &ns.checks {
+        let mark = match chk.result {
+            CheckResult::Pass => c.p("32", "✓"),
+            CheckResult::Pending => c.p("33", "…"),
+            CheckResult::Fail => c.p("31", "✗"),
+        };
+        out.push_str(&format!(
+            "  {:<20}   {mark} {:<24} {}\n",
+            "", chk.name, chk.message
+        ));
+    }
+}
+
 /// `meshmig status [NAME]`.
-pub async fn status(name: Option<&str>, color: bool) -> Result<(), String> {
+pub async fn status(name: Option<&str>, color: bool) -> Result<(), LiveError> {
     let client = client().await?;
     match name {
         Some(n) => print!("{}", render(&get(&client, n).await?, color)),
@@ -187,7 +285,7 @@ pub async fn status(name: Option<&str>, color: bool) -> Result<(), String> {
             let list = api
                 .list(&ListParams::default())
                 .await
-                .map_err(|e| format!("cannot list MeshMigrations: {e}"))?;
+                .map_err(|e| LiveError::List(e.into()))?;
             if list.items.is_empty() {
                 println!(
                     "no MeshMigrations; create one with `kubectl apply -f` (see examples/bookinfo/30-migration.yaml)"
@@ -233,7 +331,7 @@ pub async fn watch(
     color: bool,
     until_done: bool,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), LiveError> {
     let client = client().await?;
     get(&client, name).await?;
     let api: Api<MeshMigration> = Api::all(client);
@@ -246,12 +344,12 @@ pub async fn watch(
         let next = tokio::time::timeout_at(deadline, stream.next()).await;
         let mm = match next {
             Err(_) => {
-                return Err(format!(
-                    "MeshMigration {name} did not finish within {}s",
-                    timeout.as_secs()
-                ));
+                return Err(LiveError::Timeout {
+                    name: name.to_string(),
+                    seconds: timeout.as_secs(),
+                });
             }
-            Ok(None) => return Err("the watch ended".into()),
+            Ok(None) => return Err(LiveError::WatchEnded),
             Ok(Some(Err(e))) => {
                 eprintln!("meshmig: watch error: {e}; retrying");
                 continue;
@@ -268,8 +366,11 @@ pub async fn watch(
                 Some(Ok(())) => return Ok(()),
                 // A failure already there when the watch began is what the user may just
                 // have approved or fixed: wait for the next change before giving up.
-                Some(Err(p)) if !first => {
-                    return Err(format!("MeshMigration {name} is {p:?}"));
+                Some(Err(phase)) if !first => {
+                    return Err(LiveError::Stopped {
+                        name: name.to_string(),
+                        phase,
+                    });
                 }
                 _ => {}
             }
@@ -278,123 +379,49 @@ pub async fn watch(
     }
 }
 
-/// The Inventory of the live cluster, read through the API (`plan --live`). Secrets are
+/// The Inventory of the live cluster, read through the API (`plan --live`): every kind the
+/// inventory lists (see [`Held::Listed`]), and the ConfigMaps it reads by name. Secrets are
 /// never read; kinds whose CRD is not installed are skipped.
-pub async fn inventory(client: &Client) -> Result<Inventory, String> {
-    let kinds: &[(&str, &str, &str, &str)] = &[
-        ("", "v1", "Namespace", "namespaces"),
-        ("", "v1", "Service", "services"),
-        ("", "v1", "Pod", "pods"),
-        ("apps", "v1", "Deployment", "deployments"),
-        ("apps", "v1", "StatefulSet", "statefulsets"),
-        ("apps", "v1", "DaemonSet", "daemonsets"),
-        ("apps", "v1", "ReplicaSet", "replicasets"),
-        (
-            "security.istio.io",
-            "v1",
-            "AuthorizationPolicy",
-            "authorizationpolicies",
-        ),
-        (
-            "security.istio.io",
-            "v1",
-            "PeerAuthentication",
-            "peerauthentications",
-        ),
-        (
-            "security.istio.io",
-            "v1",
-            "RequestAuthentication",
-            "requestauthentications",
-        ),
-        (
-            "networking.istio.io",
-            "v1",
-            "VirtualService",
-            "virtualservices",
-        ),
-        (
-            "networking.istio.io",
-            "v1",
-            "DestinationRule",
-            "destinationrules",
-        ),
-        ("networking.istio.io", "v1", "Sidecar", "sidecars"),
-        (
-            "networking.istio.io",
-            "v1alpha3",
-            "EnvoyFilter",
-            "envoyfilters",
-        ),
-        (
-            "networking.istio.io",
-            "v1",
-            "ServiceEntry",
-            "serviceentries",
-        ),
-        (
-            "networking.istio.io",
-            "v1",
-            "WorkloadEntry",
-            "workloadentries",
-        ),
-        (
-            "networking.istio.io",
-            "v1",
-            "WorkloadGroup",
-            "workloadgroups",
-        ),
-        ("telemetry.istio.io", "v1", "Telemetry", "telemetries"),
-        (
-            "extensions.istio.io",
-            "v1alpha1",
-            "WasmPlugin",
-            "wasmplugins",
-        ),
-        ("gateway.networking.k8s.io", "v1", "Gateway", "gateways"),
-        ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
-        ("sailoperator.io", "v1", "Istio", "istios"),
-        ("sailoperator.io", "v1", "IstioCNI", "istiocnis"),
-        ("sailoperator.io", "v1", "ZTunnel", "ztunnels"),
-        ("meshmig.io", "v1alpha1", "MeshMigration", "meshmigrations"),
-        (
-            "apiextensions.k8s.io",
-            "v1",
-            "CustomResourceDefinition",
-            "customresourcedefinitions",
-        ),
-    ];
+pub async fn inventory(client: &Client) -> Result<Inventory, LiveError> {
     let mut inv = Inventory::default();
-    let mut skipped: BTreeMap<String, String> = BTreeMap::new();
-    for (group, version, kind, plural) in kinds {
-        let ar =
-            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-        match api.list(&ListParams::default()).await {
-            Ok(list) => {
-                for mut o in list.items {
-                    o.types = Some(kube::core::TypeMeta {
-                        api_version: ar.api_version.clone(),
-                        kind: kind.to_string(),
-                    });
-                    let v = serde_json::to_value(&o).map_err(|e| e.to_string())?;
-                    inv.add_object(v, "cluster").map_err(|e| e.to_string())?;
-                }
-            }
-            Err(kube::Error::Api(s)) if s.code == 404 => {
-                skipped.insert(kind.to_string(), "CRD not installed".into());
-            }
-            Err(e) => return Err(format!("cannot list {kind}: {e}")),
-        }
+    for kind in Kind::ALL.into_iter().filter(|k| k.held() == Held::Listed) {
+        add_all(client, kind, &mut inv).await?;
     }
-    // The cilium config, if any (a single ConfigMap, not all of them).
-    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
-        Api::namespaced(client.clone(), "kube-system");
+    add_config_maps(client, &mut inv).await;
+    Ok(inv)
+}
+
+/// Adds every object of `kind`; none when its CRD is not installed.
+async fn add_all(client: &Client, kind: Kind, inv: &mut Inventory) -> Result<(), LiveError> {
+    let ar = kind.api_resource();
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    match api.list(&ListParams::default()).await {
+        Ok(list) => {
+            for mut o in list.items {
+                o.types = Some(kube::core::TypeMeta {
+                    api_version: ar.api_version.clone(),
+                    kind: kind.name().to_string(),
+                });
+                inv.add_object(serde_json::to_value(&o)?, "cluster")?;
+            }
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(source) => Err(LiveError::ListKind {
+            kind,
+            source: source.into(),
+        }),
+    }
+}
+
+/// The ConfigMaps the planner reads: the Cilium config, if any (a single ConfigMap, not all
+/// of them), and istiod's MeshConfig (trust domain and aliases), wherever istiod runs.
+async fn add_config_maps(client: &Client, inv: &mut Inventory) {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
     if let Ok(Some(cm)) = cms.get_opt("cilium-config").await {
         inv.config_maps.push(cm);
     }
-    // istiod's MeshConfig (trust domain and aliases), wherever istiod runs.
-    let all: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::all(client.clone());
+    let all: Api<ConfigMap> = Api::all(client.clone());
     let mesh = ListParams::default().fields(&format!(
         "metadata.name={}",
         meshmig_planner::cluster::MESH_CONFIG_MAP
@@ -402,7 +429,6 @@ pub async fn inventory(client: &Client) -> Result<Inventory, String> {
     if let Ok(list) = all.list(&mesh).await {
         inv.config_maps.extend(list.items);
     }
-    Ok(inv)
 }
 
 #[cfg(test)]

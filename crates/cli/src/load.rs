@@ -7,6 +7,57 @@ use std::path::{Path, PathBuf};
 
 use meshmig_planner::inventory::{Origin, locate};
 use meshmig_planner::{Inventory, LoadError, ObjectRef, documents};
+use thiserror::Error;
+
+/// Why the inputs cannot be loaded; every message names the file (and object).
+#[derive(Debug, Error)]
+pub enum InputError {
+    /// A file or directory cannot be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Standard input cannot be read.
+    #[error("standard input: {0}")]
+    Stdin(#[source] std::io::Error),
+    /// A text holds no documents: usually an export that failed.
+    #[error("{name}: empty: no Kubernetes objects")]
+    Empty { name: String },
+    /// A directory holds no manifests.
+    #[error("{}: no .yaml, .yml or .json files in this directory", path.display())]
+    EmptyDirectory { path: PathBuf },
+    /// A text does not load (the error names the file, line and object).
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Nothing the planner uses.
+    #[error("no Kubernetes objects meshmig uses were found in the input")]
+    NothingUsed,
+    /// An object given more than once with different contents (the error names every
+    /// copy), and how many other objects are in the same case.
+    #[error("{error}{}", others_too(*others))]
+    Conflict {
+        /// The conflict of the first such object.
+        error: LoadError,
+        others: usize,
+    },
+}
+
+fn others_too(others: usize) -> String {
+    match others {
+        0 => String::new(),
+        1 => " (1 other object too)".into(),
+        n => format!(" ({n} other objects too)"),
+    }
+}
+
+fn read_error(path: &Path) -> impl FnOnce(std::io::Error) -> InputError + '_ {
+    move |source| InputError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 /// The embedded bookinfo example (`examples/bookinfo`), used when no path is given.
 pub const BOOKINFO: &[(&str, &str)] = &[
@@ -35,8 +86,8 @@ fn is_manifest(p: &Path) -> bool {
     )
 }
 
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
-    let entries = fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), InputError> {
+    let entries = fs::read_dir(dir).map_err(read_error(dir))?;
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
     for p in paths {
@@ -104,18 +155,20 @@ impl Loaded {
 const STDIN: &str = "<stdin>";
 
 /// Loads one text, refusing an empty one: an empty file is usually an export that failed.
-fn load_text(inv: &mut Inventory, text: &str, name: &str) -> Result<(), String> {
+fn load_text(inv: &mut Inventory, text: &str, name: &str) -> Result<(), InputError> {
     if documents::is_blank(text) {
-        return Err(format!("{name}: empty: no Kubernetes objects"));
+        return Err(InputError::Empty {
+            name: name.to_string(),
+        });
     }
-    inv.load_str(text, name).map_err(|e| e.to_string())?;
+    inv.load_str(text, name)?;
     Ok(())
 }
 
 /// Loads every path (file, directory, or `-` for standard input). Errors are one line and
 /// name the file. An object given more than once is loaded once when the copies are
 /// identical, and is an error naming every copy when they are not.
-pub fn load(paths: &[PathBuf]) -> Result<Loaded, String> {
+pub fn load(paths: &[PathBuf]) -> Result<Loaded, InputError> {
     let mut inv = Inventory::default();
     let mut sources = Vec::new();
     if paths.is_empty() {
@@ -129,33 +182,30 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded, String> {
             let mut text = String::new();
             std::io::stdin()
                 .read_to_string(&mut text)
-                .map_err(|e| format!("standard input: {e}"))?;
+                .map_err(InputError::Stdin)?;
             load_text(&mut inv, &text, STDIN)?;
             sources.push(Source::Stdin(text));
             continue;
         }
-        let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let meta = fs::metadata(path).map_err(read_error(path))?;
         let files = if meta.is_dir() {
             let mut files = Vec::new();
             collect(path, &mut files)?;
             if files.is_empty() {
-                return Err(format!(
-                    "{}: no .yaml, .yml or .json files in this directory",
-                    path.display()
-                ));
+                return Err(InputError::EmptyDirectory { path: path.clone() });
             }
             files
         } else {
             vec![path.clone()]
         };
         for file in files {
-            let text = fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let text = fs::read_to_string(&file).map_err(read_error(&file))?;
             load_text(&mut inv, &text, &file.display().to_string())?;
             sources.push(Source::File(file));
         }
     }
     if inv.is_empty() {
-        return Err("no Kubernetes objects meshmig uses were found in the input".into());
+        return Err(InputError::NothingUsed);
     }
     let conflicts = inv.dedup();
     let loaded = Loaded { inv, sources };
@@ -167,19 +217,17 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded, String> {
 
 /// The error for an object given more than once with different contents, naming every
 /// copy, and how many other objects are in the same case.
-fn conflict_message(loaded: &Loaded, object: &ObjectRef, others: usize) -> String {
+fn conflict_message(loaded: &Loaded, object: &ObjectRef, others: usize) -> InputError {
     let origins = loaded
         .origins(std::slice::from_ref(object))
         .into_iter()
         .map(|(_, at)| at)
         .collect();
-    let error = LoadError::Conflict {
-        object: object.to_string(),
-        origins,
-    };
-    match others {
-        0 => error.to_string(),
-        1 => format!("{error} (1 other object too)"),
-        n => format!("{error} ({n} other objects too)"),
+    InputError::Conflict {
+        error: LoadError::Conflict {
+            object: object.to_string(),
+            origins,
+        },
+        others,
     }
 }

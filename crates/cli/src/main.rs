@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use kube::CustomResourceExt;
 use meshmig_api::MeshMigration;
+use thiserror::Error;
 
 /// Plan and drive Istio sidecar-to-ambient migrations.
 #[derive(Parser, Debug)]
@@ -113,75 +114,56 @@ impl ColorChoice {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))
+/// Why a command failed (exit code 2).
+#[derive(Debug, Error)]
+enum CliError {
+    #[error(transparent)]
+    Plan(#[from] plan_cmd::PlanError),
+    #[error(transparent)]
+    Live(#[from] live::LiveError),
+    #[error("rollback target must be a step 1..9 or `all`, not `{0}`")]
+    RollbackTarget(String),
+    #[error("cannot render the CRD: {0}")]
+    Crd(#[from] serde_saphyr::SerializeError),
 }
 
-fn live<F: std::future::Future<Output = Result<(), String>>>(f: F) -> Result<ExitCode, String> {
-    runtime()?.block_on(f).map(|()| ExitCode::SUCCESS)
+fn live<F: std::future::Future<Output = Result<(), live::LiveError>>>(
+    f: F,
+) -> Result<ExitCode, CliError> {
+    Ok(live::runtime()?.block_on(f).map(|()| ExitCode::SUCCESS)?)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     use meshmig_api::names as mn;
     let result = match cli.command {
-        Command::Plan(args) => plan_cmd::run(&args),
-        Command::Status { name, color } => live(live::status(name.as_deref(), color.enabled())),
+        Command::Plan(args) => plan_cmd::run(&args).map_err(CliError::from),
         Command::Watch {
             name,
             until_done,
             timeout,
             color,
-        } => {
-            match runtime().and_then(|rt| {
-                rt.block_on(live::watch(
-                    &name,
-                    color.enabled(),
-                    until_done,
-                    std::time::Duration::from_secs(timeout),
-                ))
-            }) {
-                Ok(()) => Ok(ExitCode::SUCCESS),
-                Err(e) if until_done && e.starts_with("MeshMigration") => {
-                    eprintln!("meshmig: {e}");
-                    Ok(ExitCode::from(1))
-                }
-                Err(e) => Err(e),
-            }
+        } => watch(
+            &name,
+            until_done,
+            std::time::Duration::from_secs(timeout),
+            color,
+        ),
+        Command::Crd => serde_saphyr::to_string(&MeshMigration::crd())
+            .map(|s| {
+                print!("{s}");
+                ExitCode::SUCCESS
+            })
+            .map_err(CliError::from),
+        Command::Findings { markdown } => {
+            findings(markdown);
+            Ok(ExitCode::SUCCESS)
         }
+        Command::Status { name, color } => live(live::status(name.as_deref(), color.enabled())),
         Command::Pause { name } => live(live::annotate(&name, mn::ANNOTATION_PAUSED, Some("true"))),
         Command::Resume { name } => live(live::annotate(&name, mn::ANNOTATION_PAUSED, None)),
         Command::Approve { name, step } => live(live::approve(&name, step)),
-        Command::Rollback { name, to } => {
-            let valid = to == mn::ROLLBACK_ALL || to.parse::<meshmig_api::Step>().is_ok();
-            if valid {
-                live(live::annotate(&name, mn::ANNOTATION_ROLLBACK, Some(&to)))
-            } else {
-                Err(format!(
-                    "rollback target must be a step 1..9 or `all`, not `{to}`"
-                ))
-            }
-        }
-        Command::Crd => match serde_saphyr::to_string(&MeshMigration::crd()) {
-            Ok(s) => {
-                print!("{s}");
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => Err(format!("cannot render the CRD: {e}")),
-        },
-        Command::Findings { markdown } => {
-            if markdown {
-                print!("{}", meshmig_planner::findings::catalogue_markdown());
-            } else {
-                for k in meshmig_planner::findings::CATALOGUE {
-                    println!("{:<8} {:<34} {}", k.severity.as_str(), k.id, k.title);
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Rollback { name, to } => rollback(&name, to),
     };
     match result {
         Ok(code) => code,
@@ -189,5 +171,45 @@ fn main() -> ExitCode {
             eprintln!("meshmig: {message}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// `meshmig watch`: with `--until-done`, a MeshMigration that stops short exits 1.
+fn watch(
+    name: &str,
+    until_done: bool,
+    timeout: std::time::Duration,
+    color: ColorChoice,
+) -> Result<ExitCode, CliError> {
+    let watched = live::runtime()
+        .and_then(|rt| rt.block_on(live::watch(name, color.enabled(), until_done, timeout)));
+    match watched {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if until_done && e.is_outcome() => {
+            eprintln!("meshmig: {e}");
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn findings(markdown: bool) {
+    if markdown {
+        print!("{}", meshmig_planner::findings::catalogue_markdown());
+    } else {
+        for k in meshmig_planner::findings::CATALOGUE {
+            println!("{:<8} {:<34} {}", k.severity.as_str(), k.id, k.title);
+        }
+    }
+}
+
+/// `meshmig rollback`: sets the rollback annotation to a step or `all`.
+fn rollback(name: &str, to: String) -> Result<ExitCode, CliError> {
+    use meshmig_api::names as mn;
+    let valid = to == mn::ROLLBACK_ALL || to.parse::<meshmig_api::Step>().is_ok();
+    if valid {
+        live(live::annotate(name, mn::ANNOTATION_ROLLBACK, Some(&to)))
+    } else {
+        Err(CliError::RollbackTarget(to))
     }
 }

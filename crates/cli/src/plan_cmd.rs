@@ -9,11 +9,62 @@ use meshmig_api::{
 };
 use meshmig_planner::plan::{injected_namespaces, plan};
 use meshmig_planner::report::{Style, render};
-use meshmig_planner::{ObjectRef, findings};
+use meshmig_planner::{Inventory, ObjectRef, findings};
 use serde_json::Value;
+use thiserror::Error;
 
 use crate::ColorChoice;
-use crate::load::{Loaded, load};
+use crate::live::LiveError;
+use crate::load::{InputError, Loaded, load};
+
+/// An entry of a MeshMigration's `spec.acceptedFindings` that names no finding.
+#[derive(Debug, Error)]
+#[error(
+    "{at}{object}: spec.acceptedFindings[{index}] is `{entry}`, but `{id}` is not a finding id (a misspelt id accepts nothing); {hint}"
+)]
+pub struct UnknownAccepted {
+    /// Where the MeshMigration is (`file:line: `), when known.
+    pub at: String,
+    pub object: ObjectRef,
+    pub index: usize,
+    pub entry: String,
+    pub id: String,
+    /// What the user may have meant.
+    pub hint: String,
+}
+
+/// Why `meshmig plan` failed.
+#[derive(Debug, Error)]
+pub enum PlanError {
+    /// An `--accept` entry names no finding.
+    #[error("unknown finding `{id}` in --accept; {hint}")]
+    UnknownAccept {
+        id: String,
+        /// What the user may have meant.
+        hint: String,
+    },
+    /// The MeshMigration's `spec.acceptedFindings` names no finding.
+    #[error(transparent)]
+    UnknownAccepted(Box<UnknownAccepted>),
+    /// Several MeshMigrations and none chosen.
+    #[error("the input holds {} MeshMigrations ({}); choose one with --name", names.len(), names.join(", "))]
+    AmbiguousMigration { names: Vec<String> },
+    /// Nothing to migrate.
+    #[error("no namespace has sidecar injection enabled; name the namespaces with --namespace")]
+    NoInjectedNamespace,
+    /// The input files.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// The cluster (`--live`).
+    #[error(transparent)]
+    Live(#[from] LiveError),
+    /// The plan does not serialise as JSON.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// A manifest does not serialise as YAML.
+    #[error("{0}")]
+    Yaml(#[from] serde_saphyr::SerializeError),
+}
 
 /// Output format.
 #[derive(Clone, Copy, Debug, ValueEnum, Default, PartialEq, Eq)]
@@ -103,10 +154,12 @@ pub enum Bypass {
 }
 
 /// Refuses `--accept` entries whose id is not a finding: they would accept nothing.
-fn check_accept_flags(accept: &[String]) -> Result<(), String> {
+fn check_accept_flags(accept: &[String]) -> Result<(), PlanError> {
     for entry in accept {
-        findings::check_accepted(entry)
-            .map_err(|u| format!("unknown finding `{}` in --accept; {}", u.id, u.hint()))?;
+        findings::check_accepted(entry).map_err(|u| PlanError::UnknownAccept {
+            id: u.id.clone(),
+            hint: u.hint(),
+        })?;
     }
     Ok(())
 }
@@ -114,7 +167,7 @@ fn check_accept_flags(accept: &[String]) -> Result<(), String> {
 /// Refuses a MeshMigration whose `spec.acceptedFindings` names an unknown finding, as the
 /// operator does (it stalls with reason UnknownFinding before changing anything): a plan of
 /// it would be one the operator refuses to start.
-fn check_accepted_findings(m: &MeshMigration, loaded: &Loaded) -> Result<(), String> {
+fn check_accepted_findings(m: &MeshMigration, loaded: &Loaded) -> Result<(), PlanError> {
     for (i, entry) in m.spec.accepted_findings.iter().enumerate() {
         let Err(u) = findings::check_accepted(entry) else {
             continue;
@@ -125,25 +178,24 @@ fn check_accepted_findings(m: &MeshMigration, loaded: &Loaded) -> Result<(), Str
             .first()
             .map(|(_, at)| format!("{at}: "))
             .unwrap_or_default();
-        return Err(format!(
-            "{at}{oref}: spec.acceptedFindings[{i}] is `{entry}`, but `{}` is not a finding id (a misspelt id accepts nothing); {}",
-            u.id,
-            u.hint()
-        ));
+        return Err(PlanError::UnknownAccepted(Box::new(UnknownAccepted {
+            at,
+            object: oref,
+            index: i,
+            entry: entry.clone(),
+            id: u.id.clone(),
+            hint: u.hint(),
+        })));
     }
     Ok(())
 }
 
 /// The inventory of the cluster (`--live`) or of the paths.
-fn inventory(args: &PlanArgs) -> Result<Loaded, String> {
+fn inventory(args: &PlanArgs) -> Result<Loaded, PlanError> {
     if !args.live {
-        return load(&args.paths);
+        return Ok(load(&args.paths)?);
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let inv = rt.block_on(async {
+    let inv = crate::live::runtime()?.block_on(async {
         let client = crate::live::client().await?;
         crate::live::inventory(&client).await
     })?;
@@ -151,35 +203,11 @@ fn inventory(args: &PlanArgs) -> Result<Loaded, String> {
 }
 
 /// Runs `meshmig plan`.
-pub fn run(args: &PlanArgs) -> Result<ExitCode, String> {
+pub fn run(args: &PlanArgs) -> Result<ExitCode, PlanError> {
     // Before reading the input, which can take long.
     check_accept_flags(&args.accept)?;
     let loaded = inventory(args)?;
-    let inv = &loaded.inv;
-    let found = match &args.name {
-        Some(name) => inv
-            .mesh_migrations
-            .iter()
-            .find(|m| m.metadata.name.as_deref() == Some(name)),
-        None if inv.mesh_migrations.len() == 1 => inv.mesh_migrations.first(),
-        None => None,
-    };
-    if found.is_none()
-        && args.name.is_none()
-        && args.namespaces.is_empty()
-        && inv.mesh_migrations.len() > 1
-    {
-        let names: Vec<&str> = inv
-            .mesh_migrations
-            .iter()
-            .filter_map(|m| m.metadata.name.as_deref())
-            .collect();
-        return Err(format!(
-            "the input holds {} MeshMigrations ({}); choose one with --name",
-            names.len(),
-            names.join(", ")
-        ));
-    }
+    let found = chosen_migration(args, &loaded.inv)?;
     if let Some(m) = found {
         check_accepted_findings(m, &loaded)?;
     }
@@ -193,19 +221,81 @@ pub fn run(args: &PlanArgs) -> Result<ExitCode, String> {
             MeshMigrationSpec::default(),
         ),
     };
+    choose_namespaces(args, &loaded.inv, &mut spec)?;
+    apply_overrides(args, &mut spec);
+    // Standard input's text is no longer needed for messages: free it before planning.
+    let inv = loaded.into_inventory();
+    let plan = plan(&inv, &spec, &name);
+    match args.output {
+        Output::Text => print!(
+            "{}",
+            render(
+                &plan,
+                Style {
+                    color: args.color.enabled()
+                },
+                args.verbose
+            )
+        ),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+        Output::Yaml => print!("{}", manifests_yaml(&plan.manifests)?),
+    }
+    if args.fail_on_blockers && plan.summary.blockers > 0 {
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The MeshMigration of the input to plan: the one named by `--name`, or the only one;
+/// several and no `--name` nor `--namespace` is an error.
+fn chosen_migration<'a>(
+    args: &PlanArgs,
+    inv: &'a Inventory,
+) -> Result<Option<&'a MeshMigration>, PlanError> {
+    let found = match &args.name {
+        Some(name) => inv
+            .mesh_migrations
+            .iter()
+            .find(|m| m.metadata.name.as_deref() == Some(name)),
+        None if inv.mesh_migrations.len() == 1 => inv.mesh_migrations.first(),
+        None => None,
+    };
+    if found.is_none()
+        && args.name.is_none()
+        && args.namespaces.is_empty()
+        && inv.mesh_migrations.len() > 1
+    {
+        let names = inv
+            .mesh_migrations
+            .iter()
+            .filter_map(|m| m.metadata.name.clone())
+            .collect();
+        return Err(PlanError::AmbiguousMigration { names });
+    }
+    Ok(found)
+}
+
+/// `--namespace` replaces the spec's namespaces; with neither, every injected namespace.
+fn choose_namespaces(
+    args: &PlanArgs,
+    inv: &Inventory,
+    spec: &mut MeshMigrationSpec,
+) -> Result<(), PlanError> {
     if !args.namespaces.is_empty() {
         spec.namespaces = Some(args.namespaces.clone());
         spec.namespace_selector = None;
     } else if spec.namespaces.is_none() && spec.namespace_selector.is_none() {
         let injected = injected_namespaces(inv);
         if injected.is_empty() {
-            return Err(
-                "no namespace has sidecar injection enabled; name the namespaces with --namespace"
-                    .into(),
-            );
+            return Err(PlanError::NoInjectedNamespace);
         }
         spec.namespaces = Some(injected);
     }
+    Ok(())
+}
+
+/// The flags that override the spec.
+fn apply_overrides(args: &PlanArgs, spec: &mut MeshMigrationSpec) {
     if let Some(m) = args.control_plane {
         spec.control_plane.mode = match m {
             CpMode::Sail => ControlPlaneMode::Sail,
@@ -229,38 +319,14 @@ pub fn run(args: &PlanArgs) -> Result<ExitCode, String> {
         spec.ordering = Some(Ordering::Auto);
     }
     spec.accepted_findings.extend(args.accept.iter().cloned());
-    // Standard input's text is no longer needed for messages: free it before planning.
-    let inv = loaded.into_inventory();
-    let plan = plan(&inv, &spec, &name);
-    match args.output {
-        Output::Text => print!(
-            "{}",
-            render(
-                &plan,
-                Style {
-                    color: args.color.enabled()
-                },
-                args.verbose
-            )
-        ),
-        Output::Json => {
-            let s = serde_json::to_string_pretty(&plan).map_err(|e| e.to_string())?;
-            println!("{s}");
-        }
-        Output::Yaml => print!("{}", manifests_yaml(&plan.manifests)?),
-    }
-    if args.fail_on_blockers && plan.summary.blockers > 0 {
-        return Ok(ExitCode::from(3));
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// The manifests as a multi-document YAML stream.
-pub fn manifests_yaml(manifests: &[Value]) -> Result<String, String> {
+pub fn manifests_yaml(manifests: &[Value]) -> Result<String, PlanError> {
     let mut out = String::new();
     for m in manifests {
         out.push_str("---\n");
-        out.push_str(&serde_saphyr::to_string(m).map_err(|e| e.to_string())?);
+        out.push_str(&serde_saphyr::to_string(m)?);
     }
     Ok(out)
 }

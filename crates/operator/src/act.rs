@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, Resource, ResourceExt};
+use meshmig_api::kinds::Kind;
 use meshmig_api::names as mn;
 use meshmig_api::{MeshMigration, Step};
 use meshmig_planner::ObjectRef;
@@ -28,38 +28,9 @@ pub struct Actor {
     pub operator_namespace: String,
 }
 
-/// Group, version, plural and scope of a kind meshmig acts on.
-pub fn resource_of(kind: &str) -> Option<(ApiResource, bool)> {
-    let (group, version, plural, namespaced) = match kind {
-        "Namespace" => ("", "v1", "namespaces", false),
-        "Service" => ("", "v1", "services", true),
-        "ConfigMap" => ("", "v1", "configmaps", true),
-        "Pod" => ("", "v1", "pods", true),
-        "Deployment" => ("apps", "v1", "deployments", true),
-        "StatefulSet" => ("apps", "v1", "statefulsets", true),
-        "DaemonSet" => ("apps", "v1", "daemonsets", true),
-        "AuthorizationPolicy" => ("security.istio.io", "v1", "authorizationpolicies", true),
-        "RequestAuthentication" => ("security.istio.io", "v1", "requestauthentications", true),
-        "PeerAuthentication" => ("security.istio.io", "v1", "peerauthentications", true),
-        "VirtualService" => ("networking.istio.io", "v1", "virtualservices", true),
-        "DestinationRule" => ("networking.istio.io", "v1", "destinationrules", true),
-        "Telemetry" => ("telemetry.istio.io", "v1", "telemetries", true),
-        "WasmPlugin" => ("extensions.istio.io", "v1alpha1", "wasmplugins", true),
-        "Gateway" => ("gateway.networking.k8s.io", "v1", "gateways", true),
-        "HTTPRoute" => ("gateway.networking.k8s.io", "v1", "httproutes", true),
-        "ReferenceGrant" => (
-            "gateway.networking.k8s.io",
-            "v1beta1",
-            "referencegrants",
-            true,
-        ),
-        "Istio" => ("sailoperator.io", "v1", "istios", false),
-        "IstioCNI" => ("sailoperator.io", "v1", "istiocnis", false),
-        "ZTunnel" => ("sailoperator.io", "v1", "ztunnels", false),
-        _ => return None,
-    };
-    let gvk = GroupVersionKind::gvk(group, version, kind);
-    Some((ApiResource::from_gvk_with_plural(&gvk, plural), namespaced))
+/// The kind named `kind` when meshmig may write it.
+pub fn resource_of(kind: &str) -> Option<Kind> {
+    Kind::writable(kind)
 }
 
 fn is_not_found(e: &kube::Error) -> bool {
@@ -75,9 +46,9 @@ fn is_already_exists(e: &kube::Error) -> bool {
 
 impl Actor {
     fn api(&self, o: &ObjectRef) -> Result<Api<DynamicObject>, Error> {
-        let (ar, namespaced) =
-            resource_of(&o.kind).ok_or_else(|| Error::Unsupported(o.to_string()))?;
-        Ok(if namespaced {
+        let kind = resource_of(&o.kind).ok_or_else(|| Error::Unsupported(o.to_string()))?;
+        let ar = kind.api_resource();
+        Ok(if kind.namespaced() {
             Api::namespaced_with(self.client.clone(), o.ns(), &ar)
         } else {
             Api::all_with(self.client.clone(), &ar)
@@ -168,75 +139,85 @@ impl Actor {
                 }
                 Ok(())
             }
-            Work::StartProbe(pod) => {
-                let ns = pod.metadata.namespace.clone().unwrap_or_default();
-                let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-                match api.create(&PostParams::default(), pod).await {
-                    Ok(_) => Ok(()),
-                    Err(e) if is_already_exists(&e) => Ok(()),
-                    Err(e) => Err(Error::kube(
-                        format!("create probe Pod {ns}/{}", pod.name_any()),
-                        e,
-                    )),
-                }
-            }
+            Work::StartProbe(pod) => self.start_probe(pod).await,
             Work::CleanupProbes { namespace, step } => {
                 self.cleanup_probes(mm, namespace, *step).await
             }
             Work::Undo { scope, step } => self.undo(mm, scope, *step).await,
-            Work::DeleteSnapshots { scope, step } => {
-                let ns = scope
-                    .namespace()
-                    .unwrap_or(&self.operator_namespace)
-                    .to_string();
-                let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
-                let selector = format!(
-                    "{}={},{}={step},{}=true",
-                    mn::LABEL_MIGRATION,
-                    mm.name_any(),
-                    mn::LABEL_STEP,
-                    mn::LABEL_SNAPSHOT
-                );
-                match api.list(&ListParams::default().labels(&selector)).await {
-                    Ok(list) => {
-                        // A MeshMigration re-created under the same name carries the same
-                        // labels: only this object's ConfigMaps are its to delete.
-                        for cm in list.into_iter().filter(|c| owned_by(c, mm)) {
-                            let o = ObjectRef::new("ConfigMap", Some(&ns), &cm.name_any());
-                            self.delete(&o).await?;
-                        }
-                        Ok(())
-                    }
-                    Err(e) if is_not_found(&e) => Ok(()),
-                    Err(e) => Err(Error::kube(format!("list snapshots in {ns}"), e)),
-                }
-            }
-            Work::DeletePlan => {
-                let name = crate::frozen::config_map_name(&mm.name_any());
-                let api: Api<ConfigMap> =
-                    Api::namespaced(self.client.clone(), &self.operator_namespace);
-                let heads = api
-                    .list(&ListParams::default().labels(&format!(
-                        "{}={}",
-                        mn::LABEL_MIGRATION,
-                        mm.name_any()
-                    )))
-                    .await
-                    .map_err(|e| Error::kube("list plan ConfigMaps", e))?;
-                for cm in heads
-                    .into_iter()
-                    .filter(|c| c.name_any().starts_with(&name) && owned_by(c, mm))
-                {
-                    self.delete(&ObjectRef::new(
-                        "ConfigMap",
-                        Some(&self.operator_namespace),
-                        &cm.name_any(),
-                    ))
-                    .await?;
+            Work::DeleteSnapshots { scope, step } => self.delete_snapshots(mm, scope, *step).await,
+            Work::DeletePlan => self.delete_plan(mm).await,
+        }
+    }
+
+    async fn start_probe(&self, pod: &Pod) -> Result<(), Error> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        match api.create(&PostParams::default(), pod).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_already_exists(&e) => Ok(()),
+            Err(e) => Err(Error::kube(
+                format!("create probe Pod {ns}/{}", pod.name_any()),
+                e,
+            )),
+        }
+    }
+
+    async fn delete_snapshots(
+        &self,
+        mm: &MeshMigration,
+        scope: &Scope,
+        step: Step,
+    ) -> Result<(), Error> {
+        let ns = scope
+            .namespace()
+            .unwrap_or(&self.operator_namespace)
+            .to_string();
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
+        let selector = format!(
+            "{}={},{}={step},{}=true",
+            mn::LABEL_MIGRATION,
+            mm.name_any(),
+            mn::LABEL_STEP,
+            mn::LABEL_SNAPSHOT
+        );
+        match api.list(&ListParams::default().labels(&selector)).await {
+            Ok(list) => {
+                // A MeshMigration re-created under the same name carries the same
+                // labels: only this object's ConfigMaps are its to delete.
+                for cm in list.into_iter().filter(|c| owned_by(c, mm)) {
+                    let o = ObjectRef::new(Kind::ConfigMap.name(), Some(&ns), &cm.name_any());
+                    self.delete(&o).await?;
                 }
                 Ok(())
             }
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(Error::kube(format!("list snapshots in {ns}"), e)),
         }
+    }
+
+    async fn delete_plan(&self, mm: &MeshMigration) -> Result<(), Error> {
+        let name = crate::frozen::config_map_name(&mm.name_any());
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.operator_namespace);
+        let heads = api
+            .list(&ListParams::default().labels(&format!(
+                "{}={}",
+                mn::LABEL_MIGRATION,
+                mm.name_any()
+            )))
+            .await
+            .map_err(|e| Error::kube("list plan ConfigMaps", e))?;
+        for cm in heads
+            .into_iter()
+            .filter(|c| c.name_any().starts_with(&name) && owned_by(c, mm))
+        {
+            self.delete(&ObjectRef::new(
+                Kind::ConfigMap.name(),
+                Some(&self.operator_namespace),
+                &cm.name_any(),
+            ))
+            .await?;
+        }
+        Ok(())
     }
 
     async fn cleanup_probes(
@@ -267,12 +248,12 @@ impl Actor {
                 Err(e) if is_not_found(&e) => continue,
                 Err(e) => return Err(Error::kube(format!("list probe Pods in {ns}"), e)),
             };
-            let marker = format!("{validated}/step{step}");
+            let marker = mn::validates(validated, step);
             for p in pods
                 .into_iter()
-                .filter(|p| p.annotations().get("meshmig.io/validates") == Some(&marker))
+                .filter(|p| p.annotations().get(mn::ANNOTATION_VALIDATES) == Some(&marker))
             {
-                self.delete(&ObjectRef::new("Pod", Some(ns), &p.name_any()))
+                self.delete(&ObjectRef::new(Kind::Pod.name(), Some(ns), &p.name_any()))
                     .await?;
             }
         }
@@ -288,19 +269,7 @@ impl Actor {
                 self.merge_patch(o, a.patch.clone().unwrap_or(Value::Null))
                     .await
             }
-            Op::Create | Op::Apply => {
-                let manifest = match (a.manifest, &a.patch) {
-                    (Some(i), _) => plan.manifests.get(i).cloned(),
-                    (None, Some(p)) => Some(p.clone()),
-                    _ => None,
-                };
-                let mut manifest =
-                    manifest.ok_or_else(|| Error::Invalid(format!("no manifest for {o}")))?;
-                if o.kind == "ZTunnel" {
-                    add_labels(&mut manifest, &plan.migration);
-                }
-                self.apply(&manifest).await
-            }
+            Op::Create | Op::Apply => self.apply_planned(plan, a).await,
             Op::Label => {
                 let key = a.key.clone().unwrap_or_default();
                 self.merge_patch(o, json!({"metadata": {"labels": {key: a.value}}}))
@@ -331,24 +300,43 @@ impl Actor {
                     .await
             }
             Op::Delete => self.delete(o).await,
-            Op::RemoveMeshGateway => {
-                let Some(vs) = self.get(o).await? else {
-                    return Ok(());
-                };
-                let gateways: Vec<Value> = vs
-                    .data
-                    .pointer("/spec/gateways")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                if !gateways.iter().any(|g| g == "mesh") {
-                    return Ok(());
-                }
-                let kept: Vec<Value> = gateways.into_iter().filter(|g| g != "mesh").collect();
-                self.merge_patch(o, json!({"spec": {"gateways": kept}}))
-                    .await
-            }
+            Op::RemoveMeshGateway => self.remove_mesh_gateway(o).await,
         }
+    }
+
+    /// Applies the manifest a create or apply action names (or carries).
+    async fn apply_planned(&self, plan: &Plan, a: &Action) -> Result<(), Error> {
+        let o = &a.object;
+        let manifest = match (a.manifest, &a.patch) {
+            (Some(i), _) => plan.manifests.get(i).cloned(),
+            (None, Some(p)) => Some(p.clone()),
+            _ => None,
+        };
+        let mut manifest =
+            manifest.ok_or_else(|| Error::Invalid(format!("no manifest for {o}")))?;
+        if o.kind == Kind::ZTunnel.name() {
+            add_labels(&mut manifest, &plan.migration);
+        }
+        self.apply(&manifest).await
+    }
+
+    /// Removes `mesh` from a VirtualService's gateways, if there.
+    async fn remove_mesh_gateway(&self, o: &ObjectRef) -> Result<(), Error> {
+        let Some(vs) = self.get(o).await? else {
+            return Ok(());
+        };
+        let gateways: Vec<Value> = vs
+            .data
+            .pointer("/spec/gateways")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if !gateways.iter().any(|g| g == "mesh") {
+            return Ok(());
+        }
+        let kept: Vec<Value> = gateways.into_iter().filter(|g| g != "mesh").collect();
+        self.merge_patch(o, json!({"spec": {"gateways": kept}}))
+            .await
     }
 
     async fn snapshot(
@@ -365,43 +353,15 @@ impl Actor {
             .to_string();
         let head = snapshot::config_map_name(&mm.name_any(), step);
         let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
-        match cms.get_opt(&head).await {
-            Ok(Some(existing)) => {
-                if owned_by(&existing, mm) {
-                    // Taken before this step changed anything; never overwritten.
-                    return Ok(());
-                }
-                // Left by an earlier MeshMigration of the same name that the garbage
-                // collector has not removed yet: it describes another run, so it goes.
-                for i in 0..snapshot::parts_of(&existing) {
-                    let name = snapshot::part_name(&head, i);
-                    self.delete(&ObjectRef::new("ConfigMap", Some(&ns), &name))
-                        .await?;
-                }
-            }
-            Ok(None) => {}
-            Err(e) => return Err(Error::kube(format!("get snapshot {ns}/{head}"), e)),
-        }
-        let mut entries = Vec::new();
-        for a in actions {
-            if matches!(a.op, Op::Verify | Op::Prepare) {
-                continue;
-            }
-            let current = self
-                .get(&a.object)
-                .await?
-                .map(|c| serde_json::to_value(c).unwrap_or(Value::Null));
-            let manifest = a
-                .manifest
-                .and_then(|i| plan.manifests.get(i))
-                .or(a.patch.as_ref());
-            entries.extend(snapshot::entry(a, current.as_ref(), manifest));
+        if self.has_snapshot(&cms, mm, &ns, &head).await? {
+            // Taken before this step changed anything; never overwritten.
+            return Ok(());
         }
         let snap = Snapshot {
             migration: mm.name_any(),
             step,
             namespace: scope.namespace().map(str::to_string),
-            entries,
+            entries: self.entries_before(plan, actions).await?,
         };
         let owner = owner_ref(mm);
         let parts =
@@ -421,6 +381,52 @@ impl Actor {
         }
         info!(migration = %mm.name_any(), step = step.number(), namespace = %ns, entries = snap.entries.len(), "snapshot taken");
         Ok(())
+    }
+
+    /// Whether this MeshMigration's snapshot `head` exists. One left by an earlier
+    /// MeshMigration of the same name that the garbage collector has not removed yet
+    /// describes another run, so it is deleted.
+    async fn has_snapshot(
+        &self,
+        cms: &Api<ConfigMap>,
+        mm: &MeshMigration,
+        ns: &str,
+        head: &str,
+    ) -> Result<bool, Error> {
+        let existing = match cms.get_opt(head).await {
+            Ok(Some(existing)) => existing,
+            Ok(None) => return Ok(false),
+            Err(e) => return Err(Error::kube(format!("get snapshot {ns}/{head}"), e)),
+        };
+        if owned_by(&existing, mm) {
+            return Ok(true);
+        }
+        for i in 0..snapshot::parts_of(&existing) {
+            let name = snapshot::part_name(head, i);
+            self.delete(&ObjectRef::new(Kind::ConfigMap.name(), Some(ns), &name))
+                .await?;
+        }
+        Ok(false)
+    }
+
+    /// The snapshot entries of the objects `actions` change, as they are now.
+    async fn entries_before(&self, plan: &Plan, actions: &[Action]) -> Result<Vec<Entry>, Error> {
+        let mut entries = Vec::new();
+        for a in actions {
+            if matches!(a.op, Op::Verify | Op::Prepare) {
+                continue;
+            }
+            let current = self
+                .get(&a.object)
+                .await?
+                .map(|c| serde_json::to_value(c).unwrap_or(Value::Null));
+            let manifest = a
+                .manifest
+                .and_then(|i| plan.manifests.get(i))
+                .or(a.patch.as_ref());
+            entries.extend(snapshot::entry(a, current.as_ref(), manifest));
+        }
+        Ok(entries)
     }
 
     /// Reads a snapshot; `None` when its head does not exist.
@@ -483,26 +489,14 @@ impl Actor {
                 if *existed {
                     return Ok(());
                 }
-                // Only delete what meshmig created for this migration.
-                if let Some(obj) = self.get(object).await? {
-                    let labels = obj.labels();
-                    if labels.get(mn::LABEL_MANAGED_BY).map(String::as_str) == Some(mn::MANAGED_BY)
-                        && labels.get(mn::LABEL_MIGRATION) == Some(&mm.name_any())
-                    {
-                        self.delete(object).await?;
-                    }
-                }
-                Ok(())
+                self.delete_if_ours(mm, object).await
             }
             Entry::Label {
                 object,
                 key,
                 previous,
             } => {
-                if self.get(object).await?.is_none() {
-                    return Ok(());
-                }
-                self.merge_patch(object, json!({"metadata": {"labels": {key: previous}}}))
+                self.patch_if_present(object, json!({"metadata": {"labels": {key: previous}}}))
                     .await
             }
             Entry::TemplateLabel {
@@ -510,20 +504,14 @@ impl Actor {
                 key,
                 previous,
             } => {
-                if self.get(object).await?.is_none() {
-                    return Ok(());
-                }
-                self.merge_patch(
+                self.patch_if_present(
                     object,
                     json!({"spec": {"template": {"metadata": {"labels": {key: previous}}}}}),
                 )
                 .await
             }
             Entry::Restart { object, previous } => {
-                if self.get(object).await?.is_none() {
-                    return Ok(());
-                }
-                self.merge_patch(object, json!({"spec": {"template": {"metadata": {"annotations": {mn::ANNOTATION_RESTARTED_AT: previous}}}}}))
+                self.patch_if_present(object, json!({"spec": {"template": {"metadata": {"annotations": {mn::ANNOTATION_RESTARTED_AT: previous}}}}}))
                     .await
             }
             Entry::Delete { object, manifest } => {
@@ -537,41 +525,71 @@ impl Actor {
                 profile,
                 values,
             } => {
-                let Some(current) = self.get(object).await? else {
-                    return Ok(());
-                };
-                let mut ops = Vec::new();
-                for (path, prev) in [("/spec/profile", profile), ("/spec/values", values)] {
-                    let exists = current.data.pointer(path).is_some();
-                    match prev {
-                        Some(v) => ops.push(json!({"op": "add", "path": path, "value": v})),
-                        None if exists => ops.push(json!({"op": "remove", "path": path})),
-                        None => {}
-                    }
-                }
-                if ops.is_empty() {
-                    return Ok(());
-                }
-                let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))
-                    .map_err(|e| Error::Invalid(e.to_string()))?;
-                let pp = PatchParams {
-                    field_manager: Some(mn::FIELD_MANAGER.into()),
-                    ..Default::default()
-                };
-                self.api(object)?
-                    .patch(&object.name, &pp, &Patch::<()>::Json(patch))
+                self.restore_sail_spec(object, profile.as_ref(), values.as_ref())
                     .await
-                    .map(|_| ())
-                    .map_err(|e| Error::kube(format!("restore {object}"), e))
             }
             Entry::Gateways { object, previous } => {
-                if self.get(object).await?.is_none() {
-                    return Ok(());
-                }
-                self.merge_patch(object, json!({"spec": {"gateways": previous}}))
+                self.patch_if_present(object, json!({"spec": {"gateways": previous}}))
                     .await
             }
         }
+    }
+
+    /// Deletes an object meshmig created for this migration; leaves anything else.
+    async fn delete_if_ours(&self, mm: &MeshMigration, object: &ObjectRef) -> Result<(), Error> {
+        if let Some(obj) = self.get(object).await? {
+            let labels = obj.labels();
+            if labels.get(mn::LABEL_MANAGED_BY).map(String::as_str) == Some(mn::MANAGED_BY)
+                && labels.get(mn::LABEL_MIGRATION) == Some(&mm.name_any())
+            {
+                self.delete(object).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A merge patch of an object that still exists (a deleted one has nothing to restore).
+    async fn patch_if_present(&self, object: &ObjectRef, patch: Value) -> Result<(), Error> {
+        if self.get(object).await?.is_none() {
+            return Ok(());
+        }
+        self.merge_patch(object, patch).await
+    }
+
+    /// Puts a Sail resource's `spec.profile` and `spec.values` back as they were (absent ones
+    /// removed).
+    async fn restore_sail_spec(
+        &self,
+        object: &ObjectRef,
+        profile: Option<&Value>,
+        values: Option<&Value>,
+    ) -> Result<(), Error> {
+        let Some(current) = self.get(object).await? else {
+            return Ok(());
+        };
+        let mut ops = Vec::new();
+        for (path, prev) in [("/spec/profile", profile), ("/spec/values", values)] {
+            let exists = current.data.pointer(path).is_some();
+            match prev {
+                Some(v) => ops.push(json!({"op": "add", "path": path, "value": v})),
+                None if exists => ops.push(json!({"op": "remove", "path": path})),
+                None => {}
+            }
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let patch: json_patch::Patch =
+            serde_json::from_value(Value::Array(ops)).map_err(|e| Error::Invalid(e.to_string()))?;
+        let pp = PatchParams {
+            field_manager: Some(mn::FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        self.api(object)?
+            .patch(&object.name, &pp, &Patch::<()>::Json(patch))
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::kube(format!("restore {object}"), e))
     }
 }
 

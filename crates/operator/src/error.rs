@@ -53,42 +53,100 @@ impl Error {
         }
     }
 
+    /// What went wrong, as far as retrying and the metric label care.
+    pub fn cause(&self) -> Reason {
+        match self {
+            Error::Kube { source, .. } => match source.as_ref() {
+                // Optimistic concurrency ("the object has been modified") clears on retry; a
+                // server-side apply conflict with another field manager needs someone to
+                // resolve it.
+                kube::Error::Api(s) if s.code == 409 && s.message.contains("has been modified") => {
+                    Reason::Modified
+                }
+                kube::Error::Api(s) if s.code == 409 => Reason::Conflict,
+                kube::Error::Api(s) if s.code == 403 => Reason::Forbidden,
+                kube::Error::Api(s) if s.code == 429 => Reason::Throttled,
+                kube::Error::Api(s) if s.code >= 500 => Reason::Server,
+                _ => Reason::Api,
+            },
+            Error::Unsupported(_) => Reason::Unsupported,
+            Error::Invalid(_) => Reason::Invalid,
+            Error::Snapshot(_) => Reason::Snapshot,
+            Error::Plan(_) => Reason::Plan,
+        }
+    }
+
     /// Metric label.
     pub fn reason(&self) -> &'static str {
-        match self {
-            Error::Kube { source, .. } if matches!(**source, kube::Error::Api(ref s) if s.code == 409) => {
-                "conflict"
-            }
-            Error::Kube { source, .. } if matches!(**source, kube::Error::Api(ref s) if s.code == 403) => {
-                "forbidden"
-            }
-            Error::Kube { source, .. } if matches!(**source, kube::Error::Api(ref s) if s.code == 429) => {
-                "throttled"
-            }
-            Error::Kube { source, .. } if matches!(**source, kube::Error::Api(ref s) if s.code >= 500) => {
-                "server"
-            }
-            Error::Kube { .. } => "api",
-            Error::Unsupported(_) => "unsupported",
-            Error::Invalid(_) => "invalid",
-            Error::Snapshot(_) => "snapshot",
-            Error::Plan(_) => "plan",
-        }
+        self.cause().label()
     }
 
     /// Whether retrying without a change can help.
     pub fn transient(&self) -> bool {
-        // A 409 from optimistic concurrency ("the object has been modified") clears on retry;
-        // a server-side apply conflict with another field manager needs someone to resolve it.
-        if let Error::Kube { source, .. } = self
-            && let kube::Error::Api(s) = source.as_ref()
-            && s.code == 409
-        {
-            return s.message.contains("has been modified");
+        self.cause().transient()
+    }
+}
+
+/// The cause of an [`Error`]: decides whether it is transient and its metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// A write lost an optimistic-concurrency race (HTTP 409, "has been modified").
+    Modified,
+    /// Any other HTTP 409: a server-side apply conflict with another field manager.
+    Conflict,
+    /// HTTP 403.
+    Forbidden,
+    /// HTTP 429.
+    Throttled,
+    /// HTTP 5xx.
+    Server,
+    /// Any other API or transport failure.
+    Api,
+    /// See [`Error::Unsupported`].
+    Unsupported,
+    /// See [`Error::Invalid`].
+    Invalid,
+    /// See [`Error::Snapshot`].
+    Snapshot,
+    /// See [`Error::Plan`].
+    Plan,
+}
+
+impl Reason {
+    /// Every cause.
+    pub const ALL: [Reason; 10] = [
+        Reason::Modified,
+        Reason::Conflict,
+        Reason::Forbidden,
+        Reason::Throttled,
+        Reason::Server,
+        Reason::Api,
+        Reason::Unsupported,
+        Reason::Invalid,
+        Reason::Snapshot,
+        Reason::Plan,
+    ];
+
+    /// The metric label (a lost race counts as a conflict).
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Modified | Reason::Conflict => "conflict",
+            Reason::Forbidden => "forbidden",
+            Reason::Throttled => "throttled",
+            Reason::Server => "server",
+            Reason::Api => "api",
+            Reason::Unsupported => "unsupported",
+            Reason::Invalid => "invalid",
+            Reason::Snapshot => "snapshot",
+            Reason::Plan => "plan",
         }
-        !matches!(
-            self.reason(),
-            "unsupported" | "invalid" | "forbidden" | "conflict" | "snapshot" | "plan"
+    }
+
+    /// Whether retrying without a change can help.
+    pub fn transient(self) -> bool {
+        matches!(
+            self,
+            Reason::Modified | Reason::Throttled | Reason::Server | Reason::Api
         )
     }
 }
@@ -112,5 +170,58 @@ mod tests {
             "patch Namespace//bookinfo: Internal error occurred: boom (HTTP 500 InternalError)"
         );
         assert!(e.transient());
+    }
+
+    fn api(code: u16, message: &str) -> Error {
+        Error::kube(
+            "apply x",
+            kube::Error::Api(
+                kube::core::Status::failure(message, "")
+                    .with_code(code)
+                    .boxed(),
+            ),
+        )
+    }
+
+    #[test]
+    fn the_cause_decides_label_and_retry() {
+        let modified = api(
+            409,
+            "the object has been modified; please apply your changes",
+        );
+        assert_eq!(
+            (modified.reason(), modified.transient()),
+            ("conflict", true)
+        );
+        let conflict = api(409, "Apply failed with 1 conflict");
+        assert_eq!(
+            (conflict.reason(), conflict.transient()),
+            ("conflict", false)
+        );
+        assert_eq!(
+            (api(403, "no").reason(), api(403, "no").transient()),
+            ("forbidden", false)
+        );
+        assert_eq!(
+            (api(429, "slow").reason(), api(429, "slow").transient()),
+            ("throttled", true)
+        );
+        assert_eq!(
+            (api(503, "down").reason(), api(503, "down").transient()),
+            ("server", true)
+        );
+        assert_eq!(
+            (api(404, "gone").reason(), api(404, "gone").transient()),
+            ("api", true)
+        );
+        for (e, label) in [
+            (Error::Unsupported("x".into()), "unsupported"),
+            (Error::Invalid("x".into()), "invalid"),
+            (Error::Snapshot("x".into()), "snapshot"),
+            (Error::Plan("x".into()), "plan"),
+        ] {
+            assert_eq!(e.reason(), label);
+            assert!(!e.transient());
+        }
     }
 }

@@ -9,9 +9,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
-use crate::error::Error;
+use crate::error::{Error, Reason};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
@@ -61,89 +61,84 @@ pub struct Metrics {
     by_migration: Mutex<std::collections::HashMap<String, String>>,
 }
 
+/// Registers `metric` and returns it (a metric is a handle: the clone registered and the one
+/// kept count together).
+fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("meshmig");
-        let reconciles = Counter::default();
-        let errors = Family::<ReasonLabel, Counter>::default();
-        let reconcile_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        let phases = Family::<PhaseLabel, Gauge>::default();
-        let checks = Family::<CheckLabel, Counter>::default();
-        registry.register(
-            "reconciles",
-            "Reconciles of MeshMigrations",
-            reconciles.clone(),
-        );
-        registry.register(
-            "reconcile_errors",
-            "Failed reconciles by reason",
-            errors.clone(),
-        );
-        registry.register(
-            "reconcile_duration_seconds",
-            "Reconcile duration",
-            reconcile_seconds.clone(),
-        );
-        registry.register("migrations", "MeshMigrations by phase", phases.clone());
-        registry.register(
-            "checkpoint_results",
-            "Checkpoint check results",
-            checks.clone(),
-        );
-        let requests = Family::<RequestLabel, Counter>::default();
-        registry.register(
-            "api_requests",
-            "Kubernetes API requests by verb and resource",
-            requests.clone(),
-        );
-        let step_seconds = Family::<StepLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.5, 2.0, 14))
-        });
-        registry.register(
-            "step_duration_seconds",
-            "Duration of completed steps (start to checkpoint pass)",
-            step_seconds.clone(),
-        );
-        let api_errors = Family::<CodeLabel, Counter>::default();
-        registry.register(
-            "api_errors",
-            "Kubernetes API responses with an error status, by code",
-            api_errors.clone(),
-        );
+        let r = &mut registry;
+        let m = Self {
+            reconciles: register(
+                r,
+                "reconciles",
+                "Reconciles of MeshMigrations",
+                Counter::default(),
+            ),
+            errors: register(
+                r,
+                "reconcile_errors",
+                "Failed reconciles by reason",
+                Family::default(),
+            ),
+            reconcile_seconds: register(
+                r,
+                "reconcile_duration_seconds",
+                "Reconcile duration",
+                Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            ),
+            phases: register(
+                r,
+                "migrations",
+                "MeshMigrations by phase",
+                Family::default(),
+            ),
+            checks: register(
+                r,
+                "checkpoint_results",
+                "Checkpoint check results",
+                Family::default(),
+            ),
+            requests: register(
+                r,
+                "api_requests",
+                "Kubernetes API requests by verb and resource",
+                Family::default(),
+            ),
+            step_seconds: register(
+                r,
+                "step_duration_seconds",
+                "Duration of completed steps (start to checkpoint pass)",
+                Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.5, 2.0, 14))),
+            ),
+            api_errors: register(
+                r,
+                "api_errors",
+                "Kubernetes API responses with an error status, by code",
+                Family::default(),
+            ),
+            leader: register(
+                r,
+                "leader",
+                "1 when this replica holds the leader lease",
+                Gauge::default(),
+            ),
+            by_migration: Mutex::new(Default::default()),
+            registry: Mutex::new(Registry::default()),
+        };
         // Every reason exists from the start, so dashboards see zeros rather than gaps.
-        for reason in [
-            "conflict",
-            "forbidden",
-            "throttled",
-            "server",
-            "api",
-            "unsupported",
-            "invalid",
-            "snapshot",
-            "plan",
-        ] {
-            let _ = errors.get_or_create(&ReasonLabel {
-                reason: reason.into(),
+        for reason in Reason::ALL {
+            let _ = m.errors.get_or_create(&ReasonLabel {
+                reason: reason.label().into(),
             });
         }
-        let leader = Gauge::default();
-        registry.register(
-            "leader",
-            "1 when this replica holds the leader lease",
-            leader.clone(),
-        );
         Self {
             registry: Mutex::new(registry),
-            reconciles,
-            errors,
-            reconcile_seconds,
-            phases,
-            checks,
-            requests,
-            step_seconds,
-            leader,
-            api_errors,
-            by_migration: Mutex::new(Default::default()),
+            ..m
         }
     }
 }

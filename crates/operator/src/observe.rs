@@ -1,7 +1,7 @@
 //! Observe: reflector stores for everything the steps wait for, and the Inventory built from
 //! them. Pods, ReplicaSets and CRDs are watched as metadata only.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use futures::{StreamExt, future};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -21,6 +22,7 @@ use meshmig_api::istio::{
     AuthorizationPolicy, DestinationRule, EnvoyFilter, PeerAuthentication, RequestAuthentication,
     ServiceEntry, Sidecar, Telemetry, VirtualService, WasmPlugin, WorkloadEntry, WorkloadGroup,
 };
+use meshmig_api::kinds::{Kind, Typed};
 use meshmig_api::names as mn;
 use meshmig_api::sail::{Istio, IstioCni, ZTunnel};
 use meshmig_api::{MeshMigration, MeshMigrationSpec};
@@ -95,8 +97,9 @@ pub struct Installed {
 }
 
 impl Installed {
-    fn has(&self, plural_group: &str) -> bool {
-        self.crds.contains(plural_group)
+    /// Whether `kind` is served: built in, or its CRD is installed.
+    fn has(&self, kind: Kind) -> bool {
+        kind.crd_name().is_none_or(|crd| self.crds.contains(&crd))
     }
 }
 
@@ -172,9 +175,9 @@ impl Stores {
         let c = client;
         let all = watcher::Config::default();
         macro_rules! opt {
-            ($ty:ty, $crd:literal) => {
+            ($ty:ty) => {
                 installed
-                    .has($crd)
+                    .has(<$ty as Typed>::KIND)
                     .then(|| watch(Api::<$ty>::all(c.clone()), all.clone(), &mut t))
             };
         }
@@ -211,29 +214,23 @@ impl Stores {
                 )),
                 &mut t,
             ),
-            authorization_policies: opt!(
-                AuthorizationPolicy,
-                "authorizationpolicies.security.istio.io"
-            ),
-            peer_authentications: opt!(PeerAuthentication, "peerauthentications.security.istio.io"),
-            request_authentications: opt!(
-                RequestAuthentication,
-                "requestauthentications.security.istio.io"
-            ),
-            virtual_services: opt!(VirtualService, "virtualservices.networking.istio.io"),
-            destination_rules: opt!(DestinationRule, "destinationrules.networking.istio.io"),
-            sidecars: opt!(Sidecar, "sidecars.networking.istio.io"),
-            envoy_filters: opt!(EnvoyFilter, "envoyfilters.networking.istio.io"),
-            telemetries: opt!(Telemetry, "telemetries.telemetry.istio.io"),
-            wasm_plugins: opt!(WasmPlugin, "wasmplugins.extensions.istio.io"),
-            workload_entries: opt!(WorkloadEntry, "workloadentries.networking.istio.io"),
-            workload_groups: opt!(WorkloadGroup, "workloadgroups.networking.istio.io"),
-            service_entries: opt!(ServiceEntry, "serviceentries.networking.istio.io"),
-            gateways: opt!(Gateway, "gateways.gateway.networking.k8s.io"),
-            http_routes: opt!(HTTPRoute, "httproutes.gateway.networking.k8s.io"),
-            istios: opt!(Istio, "istios.sailoperator.io"),
-            istio_cnis: opt!(IstioCni, "istiocnis.sailoperator.io"),
-            ztunnels: opt!(ZTunnel, "ztunnels.sailoperator.io"),
+            authorization_policies: opt!(AuthorizationPolicy),
+            peer_authentications: opt!(PeerAuthentication),
+            request_authentications: opt!(RequestAuthentication),
+            virtual_services: opt!(VirtualService),
+            destination_rules: opt!(DestinationRule),
+            sidecars: opt!(Sidecar),
+            envoy_filters: opt!(EnvoyFilter),
+            telemetries: opt!(Telemetry),
+            wasm_plugins: opt!(WasmPlugin),
+            workload_entries: opt!(WorkloadEntry),
+            workload_groups: opt!(WorkloadGroup),
+            service_entries: opt!(ServiceEntry),
+            gateways: opt!(Gateway),
+            http_routes: opt!(HTTPRoute),
+            istios: opt!(Istio),
+            istio_cnis: opt!(IstioCni),
+            ztunnels: opt!(ZTunnel),
             ready: Arc::new(AtomicBool::new(false)),
         };
         (stores, futures::stream::select_all(t).boxed())
@@ -333,25 +330,31 @@ impl Stores {
             cp.cni_namespace.as_str(),
             "kube-system",
         ]);
-        let ns_of = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-            m.namespace.clone().unwrap_or_default()
-        };
-        let keep = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-            relevant.contains(ns_of(m).as_str())
-        };
+        let keep = |m: &ObjectMeta| relevant.contains(m.namespace.as_deref().unwrap_or_default());
         let mut inv = Inventory::default();
         for n in self.namespaces.state() {
             if let Some(name) = n.metadata.name.clone() {
                 inv.namespaces.insert(name, (*n).clone());
             }
         }
-        inv.services = self
-            .services
+        self.copy_workloads(&mut inv, &keep);
+        inv.crds = Some(self.crd_infos());
+        inv.config_maps = self
+            .cilium
             .state()
             .iter()
-            .filter(|s| keep(&s.metadata))
-            .map(|s| (**s).clone())
+            .chain(self.mesh_configs.state().iter())
+            .map(|c| (**c).clone())
             .collect();
+        self.copy_mesh_config(&mut inv, &keep);
+        inv.sort();
+        inv
+    }
+
+    /// Services, Pods and the workload kinds of the kept namespaces; ingress gateway
+    /// Deployments of every namespace.
+    fn copy_workloads(&self, inv: &mut Inventory, keep: &dyn Fn(&ObjectMeta) -> bool) {
+        inv.services = kept(&self.services, keep);
         inv.pods = self
             .pods
             .state()
@@ -359,37 +362,15 @@ impl Stores {
             .filter(|p| keep(&p.metadata))
             .map(|p| PodInfo::from_meta(p.metadata.clone()))
             .collect();
-        let ingress = |d: &Deployment| {
-            d.spec
-                .as_ref()
-                .and_then(|s| s.template.metadata.as_ref())
-                .and_then(|m| m.labels.as_ref())
-                .is_some_and(|l| {
-                    l.get("istio").is_some_and(|v| v.contains("ingressgateway"))
-                        || l.contains_key("gateway.networking.k8s.io/gateway-name")
-                })
-        };
         inv.deployments = self
             .deployments
             .state()
             .iter()
-            .filter(|d| keep(&d.metadata) || ingress(d))
+            .filter(|d| keep(&d.metadata) || is_ingress_gateway(d))
             .map(|d| (**d).clone())
             .collect();
-        inv.stateful_sets = self
-            .stateful_sets
-            .state()
-            .iter()
-            .filter(|d| keep(&d.metadata))
-            .map(|d| (**d).clone())
-            .collect();
-        inv.daemon_sets = self
-            .daemon_sets
-            .state()
-            .iter()
-            .filter(|d| keep(&d.metadata))
-            .map(|d| (**d).clone())
-            .collect();
+        inv.stateful_sets = kept(&self.stateful_sets, keep);
+        inv.daemon_sets = kept(&self.daemon_sets, keep);
         inv.replica_sets = self
             .replica_sets
             .state()
@@ -400,7 +381,11 @@ impl Stores {
                 ..Default::default()
             })
             .collect();
-        let mut crds = std::collections::BTreeMap::new();
+    }
+
+    /// Every installed CRD by name.
+    fn crd_infos(&self) -> BTreeMap<String, CrdInfo> {
+        let mut crds = BTreeMap::new();
         for c in self.crds.state() {
             if let Some(name) = c.metadata.name.clone() {
                 let annotations = c.metadata.annotations.as_ref();
@@ -408,50 +393,39 @@ impl Stores {
                 crds.insert(name, info);
             }
         }
-        inv.crds = Some(crds);
-        inv.config_maps = self
-            .cilium
-            .state()
-            .iter()
-            .chain(self.mesh_configs.state().iter())
-            .map(|c| (**c).clone())
-            .collect();
+        crds
+    }
+
+    /// The Istio, Gateway API and Sail kinds whose CRDs are installed: routing and Sail
+    /// objects from everywhere, the rest from the kept namespaces.
+    fn copy_mesh_config(&self, inv: &mut Inventory, keep: &dyn Fn(&ObjectMeta) -> bool) {
+        let all = &|_: &ObjectMeta| true;
         macro_rules! copy {
-            ($field:ident, all) => {
-                if let Some(s) = &self.$field {
-                    inv.$field = s.state().iter().map(|o| (**o).clone()).collect();
-                }
-            };
-            ($field:ident) => {
-                if let Some(s) = &self.$field {
-                    inv.$field = s
-                        .state()
-                        .iter()
-                        .filter(|o| keep(&o.metadata))
-                        .map(|o| (**o).clone())
-                        .collect();
-                }
+            ($($field:ident: $keep:expr),* $(,)?) => {
+                $(if let Some(s) = &self.$field {
+                    inv.$field = kept(s, $keep);
+                })*
             };
         }
-        copy!(authorization_policies);
-        copy!(peer_authentications);
-        copy!(request_authentications);
-        copy!(virtual_services, all);
-        copy!(destination_rules, all);
-        copy!(sidecars);
-        copy!(envoy_filters);
-        copy!(telemetries);
-        copy!(wasm_plugins);
-        copy!(workload_entries);
-        copy!(workload_groups);
-        copy!(service_entries);
-        copy!(gateways);
-        copy!(http_routes);
-        copy!(istios, all);
-        copy!(istio_cnis, all);
-        copy!(ztunnels, all);
-        inv.sort();
-        inv
+        copy!(
+            authorization_policies: keep,
+            peer_authentications: keep,
+            request_authentications: keep,
+            virtual_services: all,
+            destination_rules: all,
+            sidecars: keep,
+            envoy_filters: keep,
+            telemetries: keep,
+            wasm_plugins: keep,
+            workload_entries: keep,
+            workload_groups: keep,
+            service_entries: keep,
+            gateways: keep,
+            http_routes: keep,
+            istios: all,
+            istio_cnis: all,
+            ztunnels: all,
+        );
     }
 
     /// Snapshot head ConfigMaps of this MeshMigration object (not of an earlier one of the
@@ -499,6 +473,33 @@ impl Stores {
     }
 }
 
+/// The objects of `store` whose metadata `keep` accepts.
+fn kept<K>(store: &Store<K>, keep: &dyn Fn(&ObjectMeta) -> bool) -> Vec<K>
+where
+    K: Resource + Clone,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    store
+        .state()
+        .iter()
+        .filter(|o| keep(o.meta()))
+        .map(|o| (**o).clone())
+        .collect()
+}
+
+/// Whether a Deployment runs an ingress gateway (Istio's or a Gateway API one).
+fn is_ingress_gateway(d: &Deployment) -> bool {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.as_ref())
+        .is_some_and(|l| {
+            l.get(mn::istio::GATEWAY_WORKLOAD)
+                .is_some_and(|v| v.contains(mn::istio::INGRESS_GATEWAY))
+                || l.contains_key(mn::istio::GATEWAY_NAME)
+        })
+}
+
 #[cfg(test)]
 mod slim_tests {
     use super::*;
@@ -521,5 +522,24 @@ mod slim_tests {
         assert!(!annotations.contains_key(LAST_APPLIED));
         assert!(annotations.contains_key("sidecar.istio.io/status"));
         assert_eq!(pod.metadata.labels.unwrap()["app"], "web");
+    }
+
+    #[test]
+    fn optional_kinds_are_watched_when_their_crd_is_installed() {
+        let installed = Installed {
+            crds: [
+                "authorizationpolicies.security.istio.io",
+                "httproutes.gateway.networking.k8s.io",
+                "ztunnels.sailoperator.io",
+            ]
+            .map(String::from)
+            .into(),
+        };
+        assert!(installed.has(Kind::AuthorizationPolicy));
+        assert!(installed.has(Kind::HttpRoute));
+        assert!(installed.has(Kind::ZTunnel));
+        assert!(!installed.has(Kind::Gateway));
+        assert!(!installed.has(Kind::EnvoyFilter));
+        assert!(installed.has(Kind::Deployment), "built in");
     }
 }

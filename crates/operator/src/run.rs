@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,11 +19,12 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use meshmig_api::MeshMigration;
+use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::act::Actor;
 use crate::metrics::Metrics;
-use crate::observe::{Installed, Stores};
+use crate::observe::{Installed, Stores, Trigger};
 use crate::reconcile::{self, Ctx};
 
 /// Operator settings.
@@ -40,13 +42,59 @@ pub struct Settings {
     pub lease_seconds: u64,
 }
 
-/// The leader flag and the lease manager's task.
-type LeaseState = (
-    tokio::sync::watch::Receiver<bool>,
-    tokio::task::JoinHandle<
+/// A held lease: the leader flag and the lease manager's task.
+struct Lease {
+    leader: tokio::sync::watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<
         Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
     >,
-);
+}
+
+impl Lease {
+    /// Closing the channel makes the lease manager release the lease, so a standby takes over
+    /// at once instead of after the lease expires.
+    async fn release(self) {
+        drop(self.leader);
+        let _ = self.task.await;
+    }
+}
+
+/// Why the operator could not start or stopped.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// The leader-election manager could not be set up.
+    #[error("leader election: cannot use Lease {namespace}/{LEASE_NAME}: {source}")]
+    Lease {
+        namespace: String,
+        #[source]
+        source: kube_lease_manager::LeaseManagerError,
+    },
+    /// The operator may not list CRDs.
+    #[error(
+        "cannot list customresourcedefinitions ({0}): the operator's ClusterRole must grant list on apiextensions.k8s.io/customresourcedefinitions"
+    )]
+    DiscoveryForbidden(String),
+    /// CRDs could not be listed, after retries.
+    #[error("cannot list customresourcedefinitions after {attempts} attempts: {source}")]
+    Discovery {
+        attempts: u32,
+        #[source]
+        source: kube::Error,
+    },
+    /// The health and metrics server cannot listen.
+    #[error("bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The lease manager stopped while this replica waited for the lease.
+    #[error("leader election stopped")]
+    LeaderElectionStopped,
+    /// Another replica took the lease: this one restarts with fresh state.
+    #[error("lost the leader lease")]
+    LostLease,
+}
 
 /// Name of the leader-election Lease in the operator's namespace.
 pub const LEASE_NAME: &str = "meshmig-operator";
@@ -63,7 +111,7 @@ pub async fn lease_manager(
     namespace: &str,
     identity: &str,
     lease_seconds: u64,
-) -> Result<kube_lease_manager::LeaseManager, String> {
+) -> Result<kube_lease_manager::LeaseManager, RunError> {
     let duration = lease_seconds.max(2);
     kube_lease_manager::LeaseManagerBuilder::new(client, LEASE_NAME)
         .with_namespace(namespace)
@@ -75,7 +123,10 @@ pub async fn lease_manager(
         .with_field_manager(lease_field_manager(identity))
         .build()
         .await
-        .map_err(|e| format!("leader election: cannot use Lease {namespace}/{LEASE_NAME}: {e}"))
+        .map_err(|source| RunError::Lease {
+            namespace: namespace.to_string(),
+            source,
+        })
 }
 
 /// The field manager a replica writes the Lease with: ours, qualified by the identity, within
@@ -89,7 +140,7 @@ pub fn lease_field_manager(identity: &str) -> String {
 }
 
 /// Names of the installed CRDs.
-pub async fn discover(client: &Client) -> Result<Installed, String> {
+pub async fn discover(client: &Client) -> Result<Installed, RunError> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut attempt = 0u32;
     loop {
@@ -105,10 +156,7 @@ pub async fn discover(client: &Client) -> Result<Installed, String> {
             }
             // Without permission, retrying cannot help: say which grant is missing.
             Err(kube::Error::Api(s)) if s.code == 401 || s.code == 403 => {
-                return Err(format!(
-                    "cannot list customresourcedefinitions ({}): the operator's ClusterRole must grant list on apiextensions.k8s.io/customresourcedefinitions",
-                    s.message
-                ));
+                return Err(RunError::DiscoveryForbidden(s.message));
             }
             // Starting without the Istio, Gateway API and Sail watches would leave the
             // operator blind to them for its whole life, so a transient failure is retried
@@ -119,11 +167,11 @@ pub async fn discover(client: &Client) -> Result<Installed, String> {
                 tokio::time::sleep(wait).await;
                 attempt += 1;
             }
-            Err(e) => {
-                return Err(format!(
-                    "cannot list customresourcedefinitions after {} attempts: {e}",
-                    attempt + 1
-                ));
+            Err(source) => {
+                return Err(RunError::Discovery {
+                    attempts: attempt + 1,
+                    source,
+                });
             }
         }
     }
@@ -175,7 +223,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow_free::Result {
+) -> Result<(), RunError> {
     let installed = discover(&client).await?;
     let (stores, trigger) = Stores::start(&client, &installed);
     {
@@ -185,27 +233,76 @@ pub async fn run(
             info!("caches synced");
         });
     }
-    let health = Health {
-        stores: stores.clone(),
-        metrics: metrics.clone(),
+    serve_health(settings.http_addr, stores.clone(), metrics.clone()).await?;
+    let wake_rx = relay_changes(trigger);
+    let stop_rx = relay_shutdown(shutdown);
+    let lease = if settings.leader_election {
+        match acquire_lease(&client, &settings, stop_rx.clone()).await? {
+            Some(lease) => Some(lease),
+            // Shut down while waiting for the lease.
+            None => return Ok(()),
+        }
+    } else {
+        None
     };
+    metrics.set_leader(true);
+    let lost = Arc::new(AtomicBool::new(false));
+    let stopped = until_stopped(
+        lease.as_ref().map(|l| l.leader.clone()),
+        stop_rx,
+        lost.clone(),
+    );
+    let controller = controller(&client);
+    let ctx = Arc::new(Ctx {
+        actor: Actor {
+            client: client.clone(),
+            operator_namespace: settings.namespace.clone(),
+        },
+        stores,
+        migrations: controller.store(),
+        recorder: recorder(&client, &settings),
+        metrics: metrics.clone(),
+        frozen: Mutex::new(HashMap::new()),
+        errors: Mutex::new(HashMap::new()),
+    });
+    run_controller(controller, ctx, wake_rx, stopped).await;
+    info!("controller stopped");
+    metrics.set_leader(false);
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
+    if lost.load(AtomicOrdering::SeqCst) {
+        return Err(RunError::LostLease);
+    }
+    Ok(())
+}
+
+/// Serves /healthz, /readyz and /metrics in the background.
+async fn serve_health(
+    addr: SocketAddr,
+    stores: Stores,
+    metrics: Arc<Metrics>,
+) -> Result<(), RunError> {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
-        .with_state(health);
-    let listener = tokio::net::TcpListener::bind(settings.http_addr)
+        .with_state(Health { stores, metrics });
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("bind {}: {e}", settings.http_addr))?;
-    info!(addr = %settings.http_addr, "serving /healthz, /readyz, /metrics");
+        .map_err(|source| RunError::Bind { addr, source })?;
+    info!(addr = %addr, "serving /healthz, /readyz, /metrics");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             warn!(error = %e, "health server stopped");
         }
     });
+    Ok(())
+}
 
-    // Keep the caches fed in every replica (a standby takes over with warm caches); the
-    // controller, when running, wakes on the coalesced notifications.
+/// Keeps the caches fed in every replica (a standby takes over with warm caches); the
+/// controller, when running, wakes on the coalesced notifications.
+fn relay_changes(trigger: Trigger) -> tokio::sync::mpsc::Receiver<()> {
     let (wake_tx, wake_rx) = tokio::sync::mpsc::channel::<()>(1);
     tokio::spawn(async move {
         let mut trigger = trigger;
@@ -213,82 +310,108 @@ pub async fn run(
             let _ = wake_tx.try_send(());
         }
     });
+    wake_rx
+}
 
-    // A shutdown signal, observable from several places.
+/// A shutdown signal, observable from several places.
+fn relay_shutdown(
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::sync::watch::Receiver<bool> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    stop_rx
+}
 
-    let mut lease_state: Option<LeaseState> = None;
-    if settings.leader_election {
-        let identity = format!("{}-{}", settings.instance, std::process::id());
-        let manager = lease_manager(
-            client.clone(),
-            &settings.namespace,
-            &identity,
-            settings.lease_seconds,
-        )
-        .await?;
-        let (mut leader_rx, task) = manager.watch().await;
-        info!(identity = %identity, "waiting for the leader lease");
-        let mut stop = stop_rx.clone();
-        loop {
-            if *leader_rx.borrow() {
-                break;
+/// Waits for the leader lease; `None` when shut down first.
+async fn acquire_lease(
+    client: &Client,
+    settings: &Settings,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<Lease>, RunError> {
+    let identity = format!("{}-{}", settings.instance, std::process::id());
+    let manager = lease_manager(
+        client.clone(),
+        &settings.namespace,
+        &identity,
+        settings.lease_seconds,
+    )
+    .await?;
+    let (mut leader, task) = manager.watch().await;
+    info!(identity = %identity, "waiting for the leader lease");
+    while !*leader.borrow() {
+        tokio::select! {
+            r = leader.changed() => {
+                if r.is_err() {
+                    return Err(RunError::LeaderElectionStopped);
+                }
             }
-            tokio::select! {
-                r = leader_rx.changed() => {
-                    if r.is_err() {
-                        return Err("leader election stopped".into());
-                    }
-                }
-                _ = stop.changed() => {
-                    drop(leader_rx);
-                    let _ = task.await;
-                    return Ok(());
-                }
+            _ = stop.changed() => {
+                drop(leader);
+                let _ = task.await;
+                return Ok(None);
             }
         }
-        info!(identity = %identity, "acquired the leader lease");
-        metrics.set_leader(true);
-        lease_state = Some((leader_rx, task));
-    } else {
-        metrics.set_leader(true);
     }
-    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut leader_watch = lease_state.as_ref().map(|(rx, _)| rx.clone());
-    let lost_flag = lost.clone();
-    let mut stop = stop_rx.clone();
-    let stopped = async move {
-        match leader_watch.as_mut() {
-            Some(rx) => loop {
-                tokio::select! {
-                    r = rx.changed() => {
-                        if r.is_err() || !*rx.borrow() {
-                            lost_flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                            warn!("lost the leader lease; stopping");
-                            break;
-                        }
-                    }
-                    _ = stop.changed() => break,
-                }
-            },
-            None => {
-                let _ = stop.changed().await;
-            }
-        }
-    };
+    info!(identity = %identity, "acquired the leader lease");
+    Ok(Some(Lease { leader, task }))
+}
 
+/// Resolves on shutdown or, under leader election, when the lease is lost (setting `lost`).
+async fn until_stopped(
+    mut leader: Option<tokio::sync::watch::Receiver<bool>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    lost: Arc<AtomicBool>,
+) {
+    match leader.as_mut() {
+        Some(rx) => loop {
+            tokio::select! {
+                r = rx.changed() => {
+                    if r.is_err() || !*rx.borrow() {
+                        lost.store(true, AtomicOrdering::SeqCst);
+                        warn!("lost the leader lease; stopping");
+                        break;
+                    }
+                }
+                _ = stop.changed() => break,
+            }
+        },
+        None => {
+            let _ = stop.changed().await;
+        }
+    }
+}
+
+fn recorder(client: &Client, settings: &Settings) -> Recorder {
+    Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "meshmig-operator".into(),
+            instance: Some(settings.instance.clone()),
+        },
+    )
+}
+
+fn controller(client: &Client) -> Controller<MeshMigration> {
     let api: Api<MeshMigration> = Api::all(client.clone());
-    let controller = Controller::new(api, watcher::Config::default()).with_config(
+    Controller::new(api, watcher::Config::default()).with_config(
         ControllerConfig::default()
             .debounce(Duration::from_millis(250))
             .concurrency(4),
-    );
-    let migrations = controller.store();
-    let mm_store = migrations.clone();
+    )
+}
+
+/// Runs the controller until `stopped` resolves. Besides MeshMigration events, every
+/// change in the watched stores wakes a reconcile of every MeshMigration.
+async fn run_controller(
+    controller: Controller<MeshMigration>,
+    ctx: Arc<Ctx>,
+    wake_rx: tokio::sync::mpsc::Receiver<()>,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let mm_store = controller.store();
     let wake_stream =
         futures::stream::unfold(
             wake_rx,
@@ -301,25 +424,6 @@ pub async fn run(
             .map(|m| ObjectRef::from_obj(&**m))
             .collect();
         futures::stream::iter(refs)
-    });
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "meshmig-operator".into(),
-            instance: Some(settings.instance.clone()),
-        },
-    );
-    let ctx = Arc::new(Ctx {
-        actor: Actor {
-            client: client.clone(),
-            operator_namespace: settings.namespace.clone(),
-        },
-        stores,
-        migrations,
-        recorder,
-        metrics: metrics.clone(),
-        frozen: Mutex::new(HashMap::new()),
-        errors: Mutex::new(HashMap::new()),
     });
     // The controller wants a Sync shutdown future; relay through a channel.
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -339,24 +443,6 @@ pub async fn run(
             }
         })
         .await;
-    info!("controller stopped");
-    metrics.set_leader(false);
-    if let Some((rx, task)) = lease_state {
-        // Closing the channel makes the lease manager release the lease, so a standby takes
-        // over at once instead of after the lease expires.
-        drop(rx);
-        let _ = task.await;
-    }
-    if lost.load(std::sync::atomic::Ordering::SeqCst) {
-        return Err("lost the leader lease".into());
-    }
-    Ok(())
-}
-
-/// A tiny result alias with a string error, to keep `main` free of extra dependencies.
-pub mod anyhow_free {
-    /// Result with a message.
-    pub type Result = std::result::Result<(), String>;
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use meshmig_api::istio::{
     AuthorizationPolicy, DestinationRule, EnvoyFilter, PeerAuthentication, RequestAuthentication,
     ServiceEntry, Sidecar, Telemetry, VirtualService, WasmPlugin, WorkloadEntry, WorkloadGroup,
 };
+use meshmig_api::kinds::{Held, Kind};
 use meshmig_api::names::istio as n;
 use meshmig_api::sail::{Istio, IstioCni, ZTunnel};
 use serde_json::Value;
@@ -495,6 +496,39 @@ macro_rules! object_lists {
     };
 }
 
+/// Calls `$m!` with every [`Kind`] the inventory holds as a list of its typed objects, and
+/// that list: loading, writing out, finding and deduplicating them read this one list.
+macro_rules! typed_lists {
+    ($m:ident) => {
+        $m!(
+            Service: services,
+            Deployment: deployments,
+            StatefulSet: stateful_sets,
+            DaemonSet: daemon_sets,
+            ReplicaSet: replica_sets,
+            AuthorizationPolicy: authorization_policies,
+            PeerAuthentication: peer_authentications,
+            RequestAuthentication: request_authentications,
+            VirtualService: virtual_services,
+            DestinationRule: destination_rules,
+            Sidecar: sidecars,
+            EnvoyFilter: envoy_filters,
+            Telemetry: telemetries,
+            WasmPlugin: wasm_plugins,
+            WorkloadEntry: workload_entries,
+            WorkloadGroup: workload_groups,
+            ServiceEntry: service_entries,
+            Istio: istios,
+            IstioCni: istio_cnis,
+            ZTunnel: ztunnels,
+            Gateway: gateways,
+            HttpRoute: http_routes,
+            ConfigMap: config_maps,
+            MeshMigration: mesh_migrations
+        )
+    };
+}
+
 impl Inventory {
     /// Loads every Kubernetes object of a (multi-document) YAML or JSON text. `kind: List`
     /// and `*List` documents (`kubectl get … -o yaml`) are expanded; kinds the planner does not
@@ -690,33 +724,21 @@ impl Inventory {
 
     /// Adds one object given as JSON.
     pub fn add_object(&mut self, mut obj: Value, source_name: &str) -> Result<(), LoadError> {
-        // Exports (`kubectl get -o yaml`) carry managed fields and kubectl's last-applied copy,
-        // often larger than the rest of the object; the planner reads neither.
-        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.remove("managedFields");
-            if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
-                a.remove(meshmig_api::names::ANNOTATION_LAST_APPLIED);
-            }
-        }
-        let kind = obj
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let api_version = obj
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
-        let meta = |o: &Value, f: &str| -> String {
-            o.get("metadata")
-                .and_then(|m| m.get(f))
+        strip_unread_metadata(&mut obj);
+        let str_at = |o: &Value, p: &str| {
+            o.pointer(p)
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string()
         };
-        let object = format!("{kind}/{}/{}", meta(&obj, "namespace"), meta(&obj, "name"));
+        let kind_name = str_at(&obj, "/kind");
+        let api_version = str_at(&obj, "/apiVersion");
+        let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+        let object = format!(
+            "{kind_name}/{}/{}",
+            str_at(&obj, "/metadata/namespace"),
+            str_at(&obj, "/metadata/name")
+        );
         // No Kubernetes name holds a brace: this is a chart's template, not its output.
         if object.contains("{{") {
             return Err(LoadError::HelmTemplate {
@@ -730,81 +752,61 @@ impl Inventory {
             object: object.clone(),
             message: e.to_string(),
         };
-        macro_rules! push {
-            ($vec:expr) => {
-                $vec.push(decode(obj).map_err(invalid)?)
-            };
-        }
-        match (group, kind.as_str()) {
-            ("", "Namespace") => {
-                let ns: Namespace = decode(obj).map_err(invalid)?;
-                self.insert_namespace(ns);
-            }
-            ("", "Service") => push!(self.services),
-            ("", "Pod") => {
-                let pod: Pod = decode(obj).map_err(invalid)?;
-                self.pods.push(PodInfo::from_pod(&pod));
-            }
-            // No status to decode.
-            ("", "ConfigMap") => self
-                .config_maps
-                .push(serde_json::from_value(obj).map_err(invalid)?),
-            ("", "Secret") => {
-                // Only the metadata of remote-cluster secrets is kept; data never enters.
-                let meta: ObjectMeta = obj
-                    .get("metadata")
-                    .cloned()
-                    .map(serde_json::from_value)
-                    .transpose()
-                    .map_err(invalid)?
-                    .unwrap_or_default();
-                if label(&meta, n::MULTICLUSTER_SECRET) == Some("true") {
-                    self.multicluster_secrets.push(ObjectMeta {
-                        name: meta.name,
-                        namespace: meta.namespace,
-                        labels: meta.labels,
-                        ..Default::default()
-                    });
-                } else {
-                    *self.skipped.entry("Secret".into()).or_default() += 1;
-                }
-            }
-            ("apps", "Deployment") => push!(self.deployments),
-            ("apps", "StatefulSet") => push!(self.stateful_sets),
-            ("apps", "DaemonSet") => push!(self.daemon_sets),
-            ("apps", "ReplicaSet") => push!(self.replica_sets),
-            ("security.istio.io", "AuthorizationPolicy") => push!(self.authorization_policies),
-            ("security.istio.io", "PeerAuthentication") => push!(self.peer_authentications),
-            ("security.istio.io", "RequestAuthentication") => push!(self.request_authentications),
-            ("networking.istio.io", "VirtualService") => push!(self.virtual_services),
-            ("networking.istio.io", "DestinationRule") => push!(self.destination_rules),
-            ("networking.istio.io", "Sidecar") => push!(self.sidecars),
-            ("networking.istio.io", "EnvoyFilter") => push!(self.envoy_filters),
-            ("networking.istio.io", "ServiceEntry") => push!(self.service_entries),
-            ("networking.istio.io", "WorkloadEntry") => push!(self.workload_entries),
-            ("networking.istio.io", "WorkloadGroup") => push!(self.workload_groups),
-            ("telemetry.istio.io", "Telemetry") => push!(self.telemetries),
-            ("extensions.istio.io", "WasmPlugin") => push!(self.wasm_plugins),
-            ("gateway.networking.k8s.io", "Gateway") => push!(self.gateways),
-            ("gateway.networking.k8s.io", "HTTPRoute") => push!(self.http_routes),
-            ("sailoperator.io", "Istio") => push!(self.istios),
-            ("sailoperator.io", "IstioCNI") => push!(self.istio_cnis),
-            ("sailoperator.io", "ZTunnel") => push!(self.ztunnels),
-            ("meshmig.io", "MeshMigration") => push!(self.mesh_migrations),
-            ("apiextensions.k8s.io", "CustomResourceDefinition") => {
-                let name = meta(&obj, "name");
-                let annotations = obj.get("metadata").and_then(|m| m.get("annotations"));
-                let info = CrdInfo::from_annotations(|k| annotations?.get(k)?.as_str());
-                self.insert_crd(name, info);
-            }
+        match Kind::from_group_kind(group, &kind_name) {
+            Some(kind) if kind.held() != Held::Not => self.add_held(kind, obj).map_err(invalid),
             _ => {
                 let key = if group.is_empty() {
-                    kind
+                    kind_name
                 } else {
-                    format!("{group}/{kind}")
+                    format!("{group}/{kind_name}")
                 };
                 *self.skipped.entry(key).or_default() += 1;
+                Ok(())
             }
+        }
+    }
+
+    /// Adds an object of a kind the inventory holds.
+    fn add_held(&mut self, kind: Kind, obj: Value) -> Result<(), serde_json::Error> {
+        macro_rules! typed {
+            ($($k:ident: $v:ident),*) => {
+                match kind {
+                    $(Kind::$k => self.$v.push(decode(obj)?),)*
+                    Kind::Namespace => self.insert_namespace(decode(obj)?),
+                    Kind::Pod => self.pods.push(PodInfo::from_pod(&decode(obj)?)),
+                    Kind::Secret => self.add_secret(&obj)?,
+                    Kind::CustomResourceDefinition => {
+                        let name = obj.pointer("/metadata/name").and_then(Value::as_str);
+                        let name = name.unwrap_or_default().to_string();
+                        let annotations = obj.pointer("/metadata/annotations");
+                        let info = CrdInfo::from_annotations(|k| annotations?.get(k)?.as_str());
+                        self.insert_crd(name, info);
+                    }
+                    Kind::ReferenceGrant => {}
+                }
+            };
+        }
+        typed_lists!(typed);
+        Ok(())
+    }
+
+    /// Keeps the metadata of a remote-cluster Secret; data never enters.
+    fn add_secret(&mut self, obj: &Value) -> Result<(), serde_json::Error> {
+        let meta: ObjectMeta = obj
+            .get("metadata")
+            .cloned()
+            .map(serde_json::from_value)
+            .transpose()?
+            .unwrap_or_default();
+        if label(&meta, n::MULTICLUSTER_SECRET) == Some("true") {
+            self.multicluster_secrets.push(ObjectMeta {
+                name: meta.name,
+                namespace: meta.namespace,
+                labels: meta.labels,
+                ..Default::default()
+            });
+        } else {
+            *self.skipped.entry(Kind::Secret.name().into()).or_default() += 1;
         }
         Ok(())
     }
@@ -842,41 +844,21 @@ impl Inventory {
         self.sort();
         let mut conflicts = std::mem::take(&mut self.conflicts);
         macro_rules! dedup_lists {
-            ($($v:ident: $kind:expr),*) => {
-                $( dedup_sorted(&mut self.$v, |o| &o.metadata, $kind, &mut conflicts); )*
+            ($($k:ident: $v:ident),*) => {
+                $( dedup_sorted(&mut self.$v, |o| &o.metadata, Kind::$k.name(), &mut conflicts); )*
             };
         }
-        dedup_lists!(
-            services: "Service",
-            pods: "Pod",
-            deployments: "Deployment",
-            stateful_sets: "StatefulSet",
-            daemon_sets: "DaemonSet",
-            replica_sets: "ReplicaSet",
-            authorization_policies: AuthorizationPolicy::KIND,
-            peer_authentications: PeerAuthentication::KIND,
-            request_authentications: RequestAuthentication::KIND,
-            virtual_services: VirtualService::KIND,
-            destination_rules: DestinationRule::KIND,
-            sidecars: Sidecar::KIND,
-            envoy_filters: EnvoyFilter::KIND,
-            telemetries: Telemetry::KIND,
-            wasm_plugins: WasmPlugin::KIND,
-            workload_entries: WorkloadEntry::KIND,
-            workload_groups: WorkloadGroup::KIND,
-            service_entries: ServiceEntry::KIND,
-            gateways: "Gateway",
-            http_routes: "HTTPRoute",
-            istios: Istio::KIND,
-            istio_cnis: IstioCni::KIND,
-            ztunnels: ZTunnel::KIND,
-            config_maps: "ConfigMap",
-            mesh_migrations: "MeshMigration"
+        typed_lists!(dedup_lists);
+        dedup_sorted(
+            &mut self.pods,
+            |o| &o.metadata,
+            Kind::Pod.name(),
+            &mut conflicts,
         );
         dedup_sorted(
             &mut self.multicluster_secrets,
             |m| m,
-            "Secret",
+            Kind::Secret.name(),
             &mut conflicts,
         );
         conflicts.sort();
@@ -952,140 +934,148 @@ impl Inventory {
     /// ([`Inventory::add_object`]) gives an inventory that plans identically. Used to freeze
     /// the inventory a migration was planned from.
     pub fn to_objects(&self) -> Vec<Value> {
-        fn with_type<T: serde::Serialize>(o: &T, api_version: &str, kind: &str) -> Value {
-            let mut v = serde_json::to_value(o).unwrap_or(Value::Null);
-            if let Some(m) = v.as_object_mut() {
-                let missing = |m: &serde_json::Map<String, Value>, k: &str| {
-                    m.get(k).and_then(Value::as_str).is_none_or(str::is_empty)
-                };
-                if missing(m, "apiVersion") {
-                    m.insert("apiVersion".into(), api_version.into());
-                }
-                if missing(m, "kind") {
-                    m.insert("kind".into(), kind.into());
-                }
-            }
-            v
-        }
         let mut out = Vec::with_capacity(self.len());
-        out.extend(
-            self.namespaces
-                .values()
-                .map(|o| with_type(o, "v1", "Namespace")),
-        );
-        out.extend(self.services.iter().map(|o| with_type(o, "v1", "Service")));
-        for p in &self.pods {
-            let mut containers: Vec<Value> = p
-                .containers
-                .iter()
-                .flatten()
-                .map(|c| serde_json::json!({"name": c}))
-                .collect();
-            if p.proxy_hbone == Some(true) {
-                let proxy = serde_json::json!({"name": n::PROXY_CONTAINER, "env": [{
-                    "name": n::PROXY_CONFIG_ENV,
-                    "value": serde_json::json!({"proxyMetadata": {n::ENABLE_HBONE: "true"}}).to_string(),
-                }]});
-                containers.retain(|c| c["name"] != n::PROXY_CONTAINER);
-                containers.push(proxy);
-            }
-            let mut pod = serde_json::json!({
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": serde_json::to_value(&p.metadata).unwrap_or(Value::Null),
-            });
-            if p.containers.is_some() || p.host_network.is_some() {
-                pod["spec"] = serde_json::json!({"hostNetwork": p.host_network.unwrap_or(false), "containers": containers});
-            }
-            if let Some(phase) = &p.phase {
-                pod["status"] = serde_json::json!({"phase": phase});
-            }
-            out.push(pod);
+        for kind in Kind::ALL {
+            self.objects_of(kind, &mut out);
         }
-        out.extend(
-            self.deployments
-                .iter()
-                .map(|o| with_type(o, "apps/v1", "Deployment")),
-        );
-        out.extend(
-            self.stateful_sets
-                .iter()
-                .map(|o| with_type(o, "apps/v1", "StatefulSet")),
-        );
-        out.extend(
-            self.daemon_sets
-                .iter()
-                .map(|o| with_type(o, "apps/v1", "DaemonSet")),
-        );
-        out.extend(
-            self.replica_sets
-                .iter()
-                .map(|o| with_type(o, "apps/v1", "ReplicaSet")),
-        );
-        macro_rules! views {
-            ($($vec:ident: $t:ty),*) => {
-                $(out.extend(self.$vec.iter().map(|o| {
-                    with_type(o, &format!("{}/{}", <$t>::GROUP, <$t>::VERSION), <$t>::KIND)
-                }));)*
+        out
+    }
+
+    /// Adds the objects of `kind` to `out`, as [`Inventory::to_objects`] writes them.
+    fn objects_of(&self, kind: Kind, out: &mut Vec<Value>) {
+        let api_version = kind.api_version();
+        let name = kind.name();
+        macro_rules! typed {
+            ($($k:ident: $v:ident),*) => {
+                match kind {
+                    $(Kind::$k => out.extend(self.$v.iter().map(|o| with_type(o, &api_version, name))),)*
+                    Kind::Namespace => {
+                        out.extend(self.namespaces.values().map(|o| with_type(o, &api_version, name)))
+                    }
+                    Kind::Pod => out.extend(self.pods.iter().map(pod_object)),
+                    Kind::Secret => out.extend(self.multicluster_secrets.iter().map(|m| {
+                        serde_json::json!({"apiVersion": api_version, "kind": name, "metadata": serde_json::to_value(m).unwrap_or(Value::Null)})
+                    })),
+                    Kind::CustomResourceDefinition => out.extend(
+                        self.crds.iter().flatten().map(|(name, info)| crd_object(name, info)),
+                    ),
+                    Kind::ReferenceGrant => {}
+                }
             };
         }
-        views!(
-            authorization_policies: AuthorizationPolicy,
-            peer_authentications: PeerAuthentication,
-            request_authentications: RequestAuthentication,
-            virtual_services: VirtualService,
-            destination_rules: DestinationRule,
-            sidecars: Sidecar,
-            envoy_filters: EnvoyFilter,
-            telemetries: Telemetry,
-            wasm_plugins: WasmPlugin,
-            workload_entries: WorkloadEntry,
-            workload_groups: WorkloadGroup,
-            service_entries: ServiceEntry,
-            istios: Istio,
-            istio_cnis: IstioCni,
-            ztunnels: ZTunnel
-        );
-        out.extend(
-            self.gateways
-                .iter()
-                .map(|o| with_type(o, "gateway.networking.k8s.io/v1", "Gateway")),
-        );
-        out.extend(
-            self.http_routes
-                .iter()
-                .map(|o| with_type(o, "gateway.networking.k8s.io/v1", "HTTPRoute")),
-        );
-        out.extend(
-            self.config_maps
-                .iter()
-                .map(|o| with_type(o, "v1", "ConfigMap")),
-        );
-        out.extend(self.multicluster_secrets.iter().map(|m| {
-            serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": serde_json::to_value(m).unwrap_or(Value::Null)})
-        }));
-        for (name, info) in self.crds.iter().flatten() {
-            let mut meta = serde_json::json!({"name": name});
-            let mut annotations = serde_json::Map::new();
-            for (k, v) in [
-                (CrdInfo::CHANNEL, &info.channel),
-                (CrdInfo::BUNDLE_VERSION, &info.bundle_version),
-            ] {
-                if let Some(v) = v {
-                    annotations.insert(k.into(), v.clone().into());
-                }
-            }
-            if !annotations.is_empty() {
-                meta["annotations"] = Value::Object(annotations);
-            }
-            out.push(serde_json::json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": meta}));
+        typed_lists!(typed);
+    }
+
+    /// The object `o` as JSON, for the kinds checks compare with the live cluster
+    /// ([`meshmig_api::kinds::KindInfo::compared`]): `Some(None)` when the inventory has no
+    /// such object, `None` for other kinds.
+    pub fn compared_object(&self, o: &ObjectRef) -> Option<Option<Value>> {
+        let kind = Kind::from_name(&o.kind).filter(|k| k.compared())?;
+        Some(self.find_typed(kind, o.namespace.as_deref(), &o.name))
+    }
+
+    /// An object of a kind held as a typed list (see `typed_lists!`), as JSON; `None` when
+    /// there is no such object or the kind is held otherwise.
+    pub fn find_typed(&self, kind: Kind, namespace: Option<&str>, name: &str) -> Option<Value> {
+        fn find<T: serde::Serialize>(
+            list: &[T],
+            meta: impl Fn(&T) -> &ObjectMeta,
+            namespace: Option<&str>,
+            name: &str,
+        ) -> Option<Value> {
+            list.iter()
+                .find(|x| {
+                    let m = meta(x);
+                    m.namespace.as_deref() == namespace && m.name.as_deref() == Some(name)
+                })
+                .and_then(|x| serde_json::to_value(x).ok())
         }
-        out.extend(
-            self.mesh_migrations
-                .iter()
-                .map(|o| with_type(o, "meshmig.io/v1alpha1", "MeshMigration")),
-        );
-        out
+        macro_rules! typed {
+            ($($k:ident: $v:ident),*) => {
+                match kind {
+                    $(Kind::$k => find(&self.$v, |x| &x.metadata, namespace, name),)*
+                    _ => None,
+                }
+            };
+        }
+        typed_lists!(typed)
+    }
+}
+
+/// An object as JSON, with the given `apiVersion` and `kind` where it has none.
+fn with_type<T: serde::Serialize>(o: &T, api_version: &str, kind: &str) -> Value {
+    let mut v = serde_json::to_value(o).unwrap_or(Value::Null);
+    if let Some(m) = v.as_object_mut() {
+        let missing = |m: &serde_json::Map<String, Value>, k: &str| {
+            m.get(k).and_then(Value::as_str).is_none_or(str::is_empty)
+        };
+        if missing(m, "apiVersion") {
+            m.insert("apiVersion".into(), api_version.into());
+        }
+        if missing(m, "kind") {
+            m.insert("kind".into(), kind.into());
+        }
+    }
+    v
+}
+
+/// A Pod as much as its [`PodInfo`] knows of it, such that loading it back gives the same.
+fn pod_object(p: &PodInfo) -> Value {
+    let mut containers: Vec<Value> = p
+        .containers
+        .iter()
+        .flatten()
+        .map(|c| serde_json::json!({"name": c}))
+        .collect();
+    if p.proxy_hbone == Some(true) {
+        let proxy = serde_json::json!({"name": n::PROXY_CONTAINER, "env": [{
+            "name": n::PROXY_CONFIG_ENV,
+            "value": serde_json::json!({"proxyMetadata": {n::ENABLE_HBONE: "true"}}).to_string(),
+        }]});
+        containers.retain(|c| c["name"] != n::PROXY_CONTAINER);
+        containers.push(proxy);
+    }
+    let mut pod = serde_json::json!({
+        "apiVersion": Kind::Pod.api_version(),
+        "kind": Kind::Pod.name(),
+        "metadata": serde_json::to_value(&p.metadata).unwrap_or(Value::Null),
+    });
+    if p.containers.is_some() || p.host_network.is_some() {
+        pod["spec"] = serde_json::json!({"hostNetwork": p.host_network.unwrap_or(false), "containers": containers});
+    }
+    if let Some(phase) = &p.phase {
+        pod["status"] = serde_json::json!({"phase": phase});
+    }
+    pod
+}
+
+/// A CRD as much as its [`CrdInfo`] knows of it.
+fn crd_object(name: &str, info: &CrdInfo) -> Value {
+    let mut meta = serde_json::json!({"name": name});
+    let mut annotations = serde_json::Map::new();
+    for (k, v) in [
+        (CrdInfo::CHANNEL, &info.channel),
+        (CrdInfo::BUNDLE_VERSION, &info.bundle_version),
+    ] {
+        if let Some(v) = v {
+            annotations.insert(k.into(), v.clone().into());
+        }
+    }
+    if !annotations.is_empty() {
+        meta["annotations"] = Value::Object(annotations);
+    }
+    let kind = Kind::CustomResourceDefinition;
+    serde_json::json!({"apiVersion": kind.api_version(), "kind": kind.name(), "metadata": meta})
+}
+
+/// Drops what the planner never reads: exports (`kubectl get -o yaml`) carry managed fields
+/// and kubectl's last-applied copy, often larger than the rest of the object.
+fn strip_unread_metadata(obj: &mut Value) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+        if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            a.remove(meshmig_api::names::ANNOTATION_LAST_APPLIED);
+        }
     }
 }
 
@@ -1093,6 +1083,11 @@ impl Inventory {
 trait WithStatus: serde::de::DeserializeOwned {
     /// Sets the status from its JSON; `None` when it does not decode.
     fn set_status(&mut self, status: Value);
+}
+
+// A ConfigMap has no status.
+impl WithStatus for ConfigMap {
+    fn set_status(&mut self, _: Value) {}
 }
 
 macro_rules! with_status {
@@ -1909,6 +1904,35 @@ data: {password: c2VjcmV0}
         assert_eq!(back.authorization_policies, inv.authorization_policies);
         assert_eq!(back.istios, inv.istios);
         assert_eq!(back.deployments, inv.deployments);
+    }
+
+    #[test]
+    fn compared_objects_are_found_by_kind_namespace_and_name() {
+        let mut inv = Inventory::default();
+        inv.load_str(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: shop}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: reviews, namespace: shop}\n",
+            "t",
+        )
+        .unwrap();
+        let svc = inv.compared_object(&ObjectRef::new("Service", Some("shop"), "reviews"));
+        assert_eq!(svc.unwrap().unwrap()["metadata"]["name"], "reviews");
+        assert_eq!(
+            inv.compared_object(&ObjectRef::new("Service", Some("other"), "reviews")),
+            Some(None)
+        );
+        // Deployments are held but not compared; ReferenceGrants not held at all.
+        assert_eq!(
+            inv.compared_object(&ObjectRef::new("Deployment", Some("shop"), "reviews")),
+            None
+        );
+        assert_eq!(
+            inv.compared_object(&ObjectRef::new("ReferenceGrant", Some("shop"), "g")),
+            None
+        );
+        assert!(
+            inv.find_typed(Kind::Deployment, Some("shop"), "reviews")
+                .is_some()
+        );
     }
 
     #[test]
