@@ -45,6 +45,8 @@ pub const ANNOTATION_RESTARTED_AT: &str = "meshmig.io/restartedAt";
 /// On a checkpoint probe Pod, `<namespace>/step<step>` (see [`validates`]): whose checkpoint
 /// it is, so a step cleans up only its own probes.
 pub const ANNOTATION_VALIDATES: &str = "meshmig.io/validates";
+/// On the head ConfigMap of a rollback snapshot: how many ConfigMaps the snapshot spans.
+pub const ANNOTATION_SNAPSHOT_PARTS: &str = "meshmig.io/snapshot-parts";
 
 /// The [`ANNOTATION_VALIDATES`] value of the probes of `namespace`'s checkpoint of `step`.
 pub fn validates(namespace: &str, step: crate::Step) -> String {
@@ -116,6 +118,10 @@ pub mod istio {
     pub const INGRESS_GATEWAY: &str = "ingressgateway";
     /// Label the Gateway API controller sets on a Gateway's workloads, naming the Gateway.
     pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
+    /// Label istiod puts on the Deployment it runs for a Gateway: which controller manages it.
+    pub const GATEWAY_MANAGED: &str = "gateway.istio.io/managed";
+    /// The [`GATEWAY_MANAGED`] value of waypoints, which are not ingress gateways.
+    pub const MESH_CONTROLLER: &str = "istio.io-mesh-controller";
     /// Pod label set by SPIRE-managed identity.
     pub const SPIRE_IDENTITY: &str = "spiffe.io/spire-managed-identity";
 }

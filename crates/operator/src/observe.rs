@@ -487,17 +487,12 @@ where
         .collect()
 }
 
-/// Whether a Deployment runs an ingress gateway (Istio's or a Gateway API one).
 fn is_ingress_gateway(d: &Deployment) -> bool {
     d.spec
         .as_ref()
         .and_then(|s| s.template.metadata.as_ref())
         .and_then(|m| m.labels.as_ref())
-        .is_some_and(|l| {
-            l.get(mn::istio::GATEWAY_WORKLOAD)
-                .is_some_and(|v| v.contains(mn::istio::INGRESS_GATEWAY))
-                || l.contains_key(mn::istio::GATEWAY_NAME)
-        })
+        .is_some_and(meshmig_planner::model::is_ingress_gateway)
 }
 
 #[cfg(test)]

@@ -119,8 +119,8 @@ pub fn pod(migration: &str, probe: &ProbeSpec, validated: &str, step: Step, atte
             namespace: Some(probe.from_namespace.clone()),
             labels: Some(labels),
             annotations: Some(BTreeMap::from([(
-                "meshmig.io/validates".to_string(),
-                format!("{validated}/step{step}"),
+                mn::ANNOTATION_VALIDATES.to_string(),
+                mn::validates(validated, step),
             )])),
             ..Default::default()
         },

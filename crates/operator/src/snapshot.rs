@@ -17,8 +17,6 @@ use meshmig_planner::plan::{Action, Op};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Annotation on the head ConfigMap: how many parts the snapshot has.
-pub const PARTS_ANNOTATION: &str = "meshmig.io/snapshot-parts";
 const DATA_KEY: &str = "snapshot.json";
 const GZ_KEY: &str = "snapshot.json.gz";
 /// Above this size the JSON is gzip'd.
@@ -285,7 +283,10 @@ pub fn encode(
         labels.insert(mn::LABEL_SNAPSHOT.to_string(), "true".to_string());
         let mut annotations = BTreeMap::new();
         if i == 0 {
-            annotations.insert(PARTS_ANNOTATION.to_string(), count.to_string());
+            annotations.insert(
+                meshmig_api::names::ANNOTATION_SNAPSHOT_PARTS.to_string(),
+                count.to_string(),
+            );
         }
         let mut cm = ConfigMap {
             metadata: ObjectMeta {
@@ -336,7 +337,7 @@ pub fn decode(parts: &[Option<ConfigMap>]) -> Result<Snapshot, DecodeError> {
         .metadata
         .annotations
         .as_ref()
-        .and_then(|a| a.get(PARTS_ANNOTATION))
+        .and_then(|a| a.get(meshmig_api::names::ANNOTATION_SNAPSHOT_PARTS))
         .and_then(|c| c.parse().ok())
         .unwrap_or(1);
     let mut payload = Vec::new();
@@ -381,7 +382,7 @@ pub fn parts_of(head: &ConfigMap) -> usize {
     head.metadata
         .annotations
         .as_ref()
-        .and_then(|a| a.get(PARTS_ANNOTATION))
+        .and_then(|a| a.get(meshmig_api::names::ANNOTATION_SNAPSHOT_PARTS))
         .and_then(|c| c.parse().ok())
         .unwrap_or(1)
 }

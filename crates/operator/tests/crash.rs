@@ -58,7 +58,7 @@ async fn snapshots(rig: &Rig) -> BTreeMap<String, Value> {
             ))
             .or_default() += usize::from(
             cm.annotations()
-                .contains_key(meshmig_operator::snapshot::PARTS_ANNOTATION),
+                .contains_key(meshmig_api::names::ANNOTATION_SNAPSHOT_PARTS),
         );
     }
     let mut out = BTreeMap::new();

@@ -231,13 +231,14 @@ impl<'a> Workload<'a> {
 /// istiod runs for a Gateway API Gateway other than a waypoint (waypoints are managed by
 /// the mesh controller).
 pub fn is_ingress_gateway(pod_labels: &BTreeMap<String, String>) -> bool {
+    use meshmig_api::names::istio;
     pod_labels
-        .get("istio")
-        .is_some_and(|v| v.contains("ingressgateway"))
-        || pod_labels.contains_key("gateway.networking.k8s.io/gateway-name")
+        .get(istio::GATEWAY_WORKLOAD)
+        .is_some_and(|v| v.contains(istio::INGRESS_GATEWAY))
+        || pod_labels.contains_key(istio::GATEWAY_NAME)
             && pod_labels
-                .get("gateway.istio.io/managed")
-                .is_some_and(|v| v != "istio.io-mesh-controller")
+                .get(istio::GATEWAY_MANAGED)
+                .is_some_and(|v| v != istio::MESH_CONTROLLER)
 }
 
 /// The controller workload a pod's owner reference leads to.
