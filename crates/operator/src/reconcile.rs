@@ -30,20 +30,22 @@ mod resolve;
 
 /// Shared state of the controller.
 pub struct Ctx {
-    /// Act layer.
     pub actor: Actor,
-    /// Reflector stores.
     pub stores: Stores,
     /// MeshMigrations (the controller's own store).
     pub migrations: Store<MeshMigration>,
-    /// Event recorder.
     pub recorder: Recorder,
-    /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Frozen inventories by (uid, resourceVersion of the head ConfigMap).
-    pub frozen: Mutex<HashMap<String, (String, Arc<Inventory>)>>,
+    /// Decoded frozen inventories, by MeshMigration uid.
+    pub frozen: Mutex<HashMap<String, CachedFrozen>>,
     /// Consecutive errors per object, for backoff.
     pub errors: Mutex<HashMap<String, u32>>,
+}
+
+/// A decoded frozen inventory, valid while its head ConfigMap keeps this resourceVersion.
+pub struct CachedFrozen {
+    resource_version: String,
+    inventory: Arc<Inventory>,
 }
 
 fn now() -> Timestamp {
@@ -168,10 +170,10 @@ impl Ctx {
         let uid = mm.uid().unwrap_or_default();
         let rv = head.resource_version().unwrap_or_default();
         if let Ok(cache) = self.frozen.lock()
-            && let Some((cached_rv, inv)) = cache.get(&uid)
-            && *cached_rv == rv
+            && let Some(c) = cache.get(&uid)
+            && c.resource_version == rv
         {
-            return Ok(inv.clone());
+            return Ok(c.inventory.clone());
         }
         let count = frozen::parts_of(&head);
         let mut parts = vec![head];
@@ -188,7 +190,13 @@ impl Ctx {
         }
         let inv = Arc::new(frozen::decode(&parts).map_err(Error::Plan)?);
         if let Ok(mut cache) = self.frozen.lock() {
-            cache.insert(uid, (rv, inv.clone()));
+            cache.insert(
+                uid,
+                CachedFrozen {
+                    resource_version: rv,
+                    inventory: inv.clone(),
+                },
+            );
         }
         Ok(inv)
     }

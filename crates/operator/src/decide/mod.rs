@@ -45,7 +45,6 @@ pub enum Scope {
 }
 
 impl Scope {
-    /// Namespace for `Scope::Namespace`.
     pub fn namespace(&self) -> Option<&str> {
         match self {
             Scope::Cluster => None,
@@ -93,9 +92,7 @@ pub enum Work {
 pub struct Decision {
     /// Status to write once every work item succeeded.
     pub status: MeshMigrationStatus,
-    /// Work, in order.
     pub work: Vec<Work>,
-    /// Events to publish.
     pub events: Vec<EventNote>,
     /// Whether more progress is possible right away (requeue immediately) or only after a
     /// change (the watches wake the controller; a slow safety-net requeue still applies).
@@ -109,11 +106,8 @@ pub struct Decision {
 /// Inputs of [`decide`].
 pub struct Input<'a> {
     pub mm: &'a MeshMigration,
-    /// Its frozen plan.
     pub plan: &'a Plan,
-    /// The live cluster view.
     pub live: &'a Inventory,
-    /// Probe Pods of this migration.
     pub probe_pods: &'a [Pod],
     pub now: Timestamp,
     /// Token identifying this migration run (restart annotation values derive from it).
@@ -286,7 +280,6 @@ fn step_actions(ns: &NamespacePlan, step: Step) -> Vec<Action> {
         .unwrap_or_default()
 }
 
-/// Scope of a step's changes.
 pub fn scope_of(step: Step, ns: &str) -> Scope {
     if step == Step::ControlPlane {
         Scope::Cluster
