@@ -175,19 +175,7 @@ impl Ctx {
         {
             return Ok(c.inventory.clone());
         }
-        let count = frozen::parts_of(&head);
-        let mut parts = vec![head];
-        for i in 1..count {
-            let name = format!("{}-p{i}", plan_ref.config_map);
-            // Parts are read once per head (the decoded plan is cached by the head's
-            // resourceVersion), from the API: a watched part could be a leftover.
-            let part = api
-                .get_opt(&name)
-                .await
-                .map_err(|e| Error::kube(format!("get {name}"), e))?
-                .ok_or_else(|| Error::Plan(format!("part {name} of the frozen plan is missing")))?;
-            parts.push(part);
-        }
+        let parts = read_parts(&api, &plan_ref.config_map, head).await?;
         let inv = Arc::new(frozen::decode(&parts).map_err(Error::Plan)?);
         if let Ok(mut cache) = self.frozen.lock() {
             cache.insert(
@@ -326,6 +314,27 @@ impl Ctx {
             "could not remove the finalizer after 5 conflicts".into(),
         ))
     }
+}
+
+/// The head and every part of a frozen plan. Parts are read once per head (the decoded plan
+/// is cached by the head's resourceVersion), from the API: a watched part could be a leftover.
+async fn read_parts(
+    api: &Api<ConfigMap>,
+    head_name: &str,
+    head: ConfigMap,
+) -> Result<Vec<ConfigMap>, Error> {
+    let count = frozen::parts_of(&head);
+    let mut parts = vec![head];
+    for i in 1..count {
+        let name = format!("{head_name}-p{i}");
+        let part = api
+            .get_opt(&name)
+            .await
+            .map_err(|e| Error::kube(format!("get {name}"), e))?
+            .ok_or_else(|| Error::Plan(format!("part {name} of the frozen plan is missing")))?;
+        parts.push(part);
+    }
+    Ok(parts)
 }
 
 /// Reconciles one MeshMigration.
