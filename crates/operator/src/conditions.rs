@@ -6,18 +6,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 /// A desired condition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Desired {
-    /// Type, e.g. `Ready`.
+    /// e.g. `Ready`.
     pub type_: &'static str,
-    /// True or False.
     pub status: bool,
     /// CamelCase reason.
     pub reason: &'static str,
-    /// Human message.
     pub message: String,
 }
 
 impl Desired {
-    /// A condition.
     pub fn new(
         type_: &'static str,
         status: bool,

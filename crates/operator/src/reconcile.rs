@@ -26,22 +26,26 @@ use crate::metrics::Metrics;
 use crate::observe::Stores;
 use crate::validate;
 
+mod resolve;
+
 /// Shared state of the controller.
 pub struct Ctx {
-    /// Act layer.
     pub actor: Actor,
-    /// Reflector stores.
     pub stores: Stores,
     /// MeshMigrations (the controller's own store).
     pub migrations: Store<MeshMigration>,
-    /// Event recorder.
     pub recorder: Recorder,
-    /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Frozen inventories by (uid, resourceVersion of the head ConfigMap).
-    pub frozen: Mutex<HashMap<String, (String, Arc<Inventory>)>>,
+    /// Decoded frozen inventories, by MeshMigration uid.
+    pub frozen: Mutex<HashMap<String, CachedFrozen>>,
     /// Consecutive errors per object, for backoff.
     pub errors: Mutex<HashMap<String, u32>>,
+}
+
+/// A decoded frozen inventory, valid while its head ConfigMap keeps this resourceVersion.
+pub struct CachedFrozen {
+    resource_version: String,
+    inventory: Arc<Inventory>,
 }
 
 fn now() -> Timestamp {
@@ -89,9 +93,7 @@ impl Ctx {
                 },
                 reason: e.reason.into(),
                 note: Some(e.note.chars().take(1000).collect()),
-                // The recorder folds events with the same reason and action into one series, so
-                // the action carries what the event is about (e.g. the step).
-                action: event_action(&e.note),
+                action: e.action(),
                 secondary: None,
             };
             if let Err(err) = self.recorder.publish(&ev, &reference).await {
@@ -168,27 +170,21 @@ impl Ctx {
         let uid = mm.uid().unwrap_or_default();
         let rv = head.resource_version().unwrap_or_default();
         if let Ok(cache) = self.frozen.lock()
-            && let Some((cached_rv, inv)) = cache.get(&uid)
-            && *cached_rv == rv
+            && let Some(c) = cache.get(&uid)
+            && c.resource_version == rv
         {
-            return Ok(inv.clone());
+            return Ok(c.inventory.clone());
         }
-        let count = frozen::parts_of(&head);
-        let mut parts = vec![head];
-        for i in 1..count {
-            let name = format!("{}-p{i}", plan_ref.config_map);
-            // Parts are read once per head (the decoded plan is cached by the head's
-            // resourceVersion), from the API: a watched part could be a leftover.
-            let part = api
-                .get_opt(&name)
-                .await
-                .map_err(|e| Error::kube(format!("get {name}"), e))?
-                .ok_or_else(|| Error::Plan(format!("part {name} of the frozen plan is missing")))?;
-            parts.push(part);
-        }
+        let parts = read_parts(&api, &plan_ref.config_map, head).await?;
         let inv = Arc::new(frozen::decode(&parts).map_err(Error::Plan)?);
         if let Ok(mut cache) = self.frozen.lock() {
-            cache.insert(uid, (rv, inv.clone()));
+            cache.insert(
+                uid,
+                CachedFrozen {
+                    resource_version: rv,
+                    inventory: inv.clone(),
+                },
+            );
         }
         Ok(inv)
     }
@@ -320,18 +316,25 @@ impl Ctx {
     }
 }
 
-/// Machine-readable action of an event: `Step<N>` when the note is about a step.
-fn event_action(note: &str) -> String {
-    let step = note
-        .split("step ")
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .filter(|d| !d.is_empty());
-    let ns = note.split(':').next().unwrap_or_default();
-    match step {
-        Some(d) => format!("Step{d}/{}", ns.chars().take(63).collect::<String>()),
-        None => "Reconcile".into(),
+/// The head and every part of a frozen plan. Parts are read once per head (the decoded plan
+/// is cached by the head's resourceVersion), from the API: a watched part could be a leftover.
+async fn read_parts(
+    api: &Api<ConfigMap>,
+    head_name: &str,
+    head: ConfigMap,
+) -> Result<Vec<ConfigMap>, Error> {
+    let count = frozen::parts_of(&head);
+    let mut parts = vec![head];
+    for i in 1..count {
+        let name = format!("{head_name}-p{i}");
+        let part = api
+            .get_opt(&name)
+            .await
+            .map_err(|e| Error::kube(format!("get {name}"), e))?
+            .ok_or_else(|| Error::Plan(format!("part {name} of the frozen plan is missing")))?;
+        parts.push(part);
     }
+    Ok(parts)
 }
 
 /// Reconciles one MeshMigration.
@@ -384,149 +387,234 @@ pub async fn reconcile(mm: Arc<MeshMigration>, ctx: Arc<Ctx>) -> Result<Action, 
     result
 }
 
+/// The frozen plan status records, or else one found in the cluster (see
+/// [`Ctx::unrecorded_frozen`]).
+struct PlanRefs {
+    /// What the reconcile goes on with.
+    current: Option<PlanRef>,
+    /// Found in the cluster, not in status.
+    adopted: Option<PlanRef>,
+}
+
 async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error> {
     if !ctx.stores.ready() {
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
-    let name = mm.name_any();
-    let op_ns = ctx.actor.operator_namespace.clone();
-    let deleting = mm.meta().deletion_timestamp.is_some();
-    // Work is carried out before the status write that records it. When that write is lost
-    // right after the plan was frozen, the cluster may already carry step 2: planning again
-    // from it would plan a different migration, so the stored plan is taken up instead.
+    let refs = plan_refs(mm, ctx).await?;
+    if let Some(done) = finalizer(mm, ctx, refs.current.as_ref()).await? {
+        return Ok(done);
+    }
+    let op_ns = &ctx.actor.operator_namespace;
+    let targets = ctx.stores.targets(&mm.spec, op_ns);
+    if let Some(held) = validated(mm, ctx, &targets, refs.current.is_some()).await? {
+        return Ok(held);
+    }
+    let live = ctx.stores.inventory(&mm.spec, &targets);
+    let hash = frozen::spec_hash(&mm.spec);
+    let (plan, frozen_inv) =
+        match resolve_plan(mm, ctx, refs.current.as_ref(), &hash, &live).await? {
+            resolve::Resolution::Planned { plan, frozen } => (*plan, frozen),
+            resolve::Resolution::Stalled(stall) => {
+                let status = Ctx::stalled(mm, stall.reason, stall.message);
+                ctx.write_status(mm, &status).await?;
+                return Ok(Action::await_change());
+            }
+        };
+    let observed = Observed::read(mm, ctx).await?;
+    let run_token = run_token(mm, &hash);
+    let input = Input {
+        mm,
+        plan: &plan,
+        live: &live,
+        probe_pods: &observed.probe_pods,
+        now: now(),
+        run_token: &run_token,
+        deleting_with_rollback: mm.meta().deletion_timestamp.is_some(),
+        operator_namespace: op_ns,
+        present_snapshots: Some(&observed.present),
+        frozen: frozen_inv.as_deref(),
+        rollback_snapshots: observed.rollback_snapshots.as_deref(),
+    };
+    let mut decision: Decision = decide::decide(&input);
+    let status = &mut decision.status;
+    match resolve::record(refs.current.as_ref(), refs.adopted.as_ref(), &plan, status) {
+        resolve::Record::Keep => {}
+        resolve::Record::Adopt(pr) => status.plan = Some(pr),
+        resolve::Record::Freeze => status.plan = Some(freeze(mm, ctx, &live, &hash, &plan).await?),
+    }
+    carry_out(mm, ctx, &plan, &decision).await?;
+    next(mm, ctx, &decision).await
+}
+
+/// The plan references of this MeshMigration. Work is carried out before the status write
+/// that records it. When that write is lost right after the plan was frozen, the cluster may
+/// already carry step 2: planning again from it would plan a different migration, so the
+/// stored plan is taken up instead.
+async fn plan_refs(mm: &MeshMigration, ctx: &Ctx) -> Result<PlanRefs, Error> {
     let recorded = mm.status.as_ref().and_then(|s| s.plan.clone());
     let adopted = match mm.status.as_ref() {
         Some(s) if s.plan.is_some() || s.rollback.is_some() => None,
         _ => ctx.unrecorded_frozen(mm).await?,
     };
     if let Some(pr) = &adopted {
-        info!(migration = %name, config_map = %pr.config_map, "status does not record the frozen plan of this MeshMigration (a lost status write, or a cached copy older than it): resuming with the stored plan");
+        info!(migration = %mm.name_any(), config_map = %pr.config_map, "status does not record the frozen plan of this MeshMigration (a lost status write, or a cached copy older than it): resuming with the stored plan");
     }
-    let plan_ref = recorded.or_else(|| adopted.clone());
-    if deleting {
-        let rolled_back = mm
-            .status
-            .as_ref()
-            .and_then(|s| s.rollback.as_ref())
-            .is_some_and(|r| r.completed && r.target <= Step::Prerequisites);
-        if mm.spec.on_delete.unwrap_or_default() == OnDelete::Retain
-            || plan_ref.is_none()
-            || rolled_back
-        {
-            ctx.remove_finalizer(mm).await?;
-            return Ok(Action::await_change());
-        }
-    } else {
-        ctx.ensure_finalizer(mm).await?;
-    }
+    Ok(PlanRefs {
+        current: recorded.or_else(|| adopted.clone()),
+        adopted,
+    })
+}
 
-    // ---- validate
-    let targets = ctx.stores.targets(&mm.spec, &op_ns);
-    if let Some(p) = validate::validate(mm, &targets, &op_ns) {
+/// Whether a MeshMigration being deleted can go at once: it keeps what it did, never
+/// started, or has rolled back everything.
+fn releasable(mm: &MeshMigration, plan_ref: Option<&PlanRef>) -> bool {
+    let rolled_back = mm
+        .status
+        .as_ref()
+        .and_then(|s| s.rollback.as_ref())
+        .is_some_and(|r| r.completed && r.target <= Step::Prerequisites);
+    mm.spec.on_delete.unwrap_or_default() == OnDelete::Retain || plan_ref.is_none() || rolled_back
+}
+
+/// Adds the finalizer, or removes it from a MeshMigration being deleted that can go (then
+/// there is nothing more to do).
+async fn finalizer(
+    mm: &MeshMigration,
+    ctx: &Ctx,
+    plan_ref: Option<&PlanRef>,
+) -> Result<Option<Action>, Error> {
+    if mm.meta().deletion_timestamp.is_none() {
+        ctx.ensure_finalizer(mm).await?;
+        return Ok(None);
+    }
+    if releasable(mm, plan_ref) {
+        ctx.remove_finalizer(mm).await?;
+        return Ok(Some(Action::await_change()));
+    }
+    Ok(None)
+}
+
+/// Validates the spec (and, before the migration started, the cluster and the claims of
+/// other migrations); a problem is reported as Stalled and holds the reconcile.
+async fn validated(
+    mm: &MeshMigration,
+    ctx: &Ctx,
+    targets: &[String],
+    started: bool,
+) -> Result<Option<Action>, Error> {
+    let op_ns = &ctx.actor.operator_namespace;
+    if let Some(p) = validate::validate(mm, targets, op_ns) {
         let status = Ctx::stalled(mm, p.reason, p.message);
         ctx.write_status(mm, &status).await?;
-        return Ok(Action::await_change());
+        return Ok(Some(Action::await_change()));
     }
-    let started = plan_ref.is_some();
-    if !started && !deleting {
-        let namespaces: std::collections::BTreeSet<String> = ctx
-            .stores
-            .namespaces
-            .state()
-            .iter()
-            .filter_map(|n| n.metadata.name.clone())
-            .collect();
-        let wanted = validate::probe_service_accounts(mm, &namespaces);
-        let facts = validate::ClusterFacts {
-            sail_istios: ctx.stores.istios.as_ref().map(|s| {
-                s.state()
-                    .iter()
-                    .filter_map(|i| i.metadata.name.clone())
-                    .collect()
-            }),
-            missing_service_accounts: ctx.actor.missing_service_accounts(&wanted).await?,
-            namespaces,
-        };
-        if let Some(p) = validate::validate_before_start(mm, &facts) {
-            let status = Ctx::stalled(mm, p.reason, p.message);
-            ctx.write_status(mm, &status).await?;
-            // Service accounts are not watched: look again in a while.
-            return Ok(Action::requeue(Duration::from_secs(30)));
-        }
+    let deleting = mm.meta().deletion_timestamp.is_some();
+    if !started
+        && !deleting
+        && let Some(p) = validate_cluster(mm, ctx).await?
+    {
+        let status = Ctx::stalled(mm, p.reason, p.message);
+        ctx.write_status(mm, &status).await?;
+        // Service accounts are not watched: look again in a while.
+        return Ok(Some(Action::requeue(Duration::from_secs(30))));
     }
     let others: Vec<(MeshMigration, Vec<String>)> = ctx
         .migrations
         .state()
         .iter()
-        .map(|o| ((**o).clone(), ctx.stores.targets(&o.spec, &op_ns)))
+        .map(|o| ((**o).clone(), ctx.stores.targets(&o.spec, op_ns)))
         .collect();
-    if !started && let Some(msg) = validate::claimed_by(mm, &others, &targets) {
+    if !started && let Some(msg) = validate::claimed_by(mm, &others, targets) {
         let status = Ctx::stalled(mm, validate::CLAIMED_REASON, msg);
         ctx.write_status(mm, &status).await?;
-        return Ok(Action::requeue(Duration::from_secs(30)));
+        return Ok(Some(Action::requeue(Duration::from_secs(30))));
     }
+    Ok(None)
+}
 
-    // ---- plan: frozen once the migration left step 1, live before
-    let hash = frozen::spec_hash(&mm.spec);
-    let live = ctx.stores.inventory(&mm.spec, &targets);
-    let mut frozen_inv: Option<Arc<Inventory>> = None;
-    let plan: Plan = match &plan_ref {
-        Some(pr) => {
-            let rollback_requested = mm.requested_rollback().is_some() || deleting;
-            if pr.spec_hash != hash && !rollback_requested {
-                let status = Ctx::stalled(
-                    mm,
-                    "SpecChanged",
-                    format!(
-                        "spec.namespaces, namespaceSelector, ordering, controlPlane, waypoint or bypassProtection changed after the migration started; restore them, or roll back with {}: all and then delete and re-create the MeshMigration to plan with the new spec",
-                        mn::ANNOTATION_ROLLBACK
-                    ),
-                );
-                ctx.write_status(mm, &status).await?;
-                return Ok(Action::await_change());
-            }
-            let fully_rolled_back = mm
-                .status
-                .as_ref()
-                .and_then(|s| s.rollback.as_ref())
-                .is_some_and(|r| r.completed && r.target <= Step::ControlPlane);
-            match ctx.load_frozen(mm, pr).await {
-                Ok(inv) => {
-                    let p = meshmig_planner::plan(&inv, &mm.spec, &name);
-                    if let Some(frozen_hash) = &pr.plan_hash
-                        && *frozen_hash != frozen::plan_hash(&p)
-                        && !rollback_requested
-                    {
-                        let status = Ctx::stalled(
-                            mm,
-                            "PlanChanged",
-                            format!(
-                                "this operator version would carry out a different plan than the one this migration started with (an operator upgrade during the migration); roll back with {}: all, or run the earlier operator version until the migration completes",
-                                mn::ANNOTATION_ROLLBACK
-                            ),
-                        );
-                        ctx.write_status(mm, &status).await?;
-                        return Ok(Action::await_change());
-                    }
-                    frozen_inv = Some(inv);
-                    p
-                }
-                // The plan was deleted by the rollback that just finished (this object is
-                // older than that status write).
-                // Undoing needs only the snapshots; the live inventory gives the namespace
-                // order when the frozen one is gone.
-                Err(Error::Plan(_)) if fully_rolled_back || rollback_requested => {
-                    meshmig_planner::plan(&live, &mm.spec, &name)
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        None => meshmig_planner::plan(&live, &mm.spec, &name),
+/// What the cluster must offer before a migration starts.
+async fn validate_cluster(
+    mm: &MeshMigration,
+    ctx: &Ctx,
+) -> Result<Option<validate::SpecProblem>, Error> {
+    let namespaces: std::collections::BTreeSet<String> = ctx
+        .stores
+        .namespaces
+        .state()
+        .iter()
+        .filter_map(|n| n.metadata.name.clone())
+        .collect();
+    let wanted = validate::probe_service_accounts(mm, &namespaces);
+    let facts = validate::ClusterFacts {
+        sail_istios: ctx.stores.istios.as_ref().map(|s| {
+            s.state()
+                .iter()
+                .filter_map(|i| i.metadata.name.clone())
+                .collect()
+        }),
+        missing_service_accounts: ctx.actor.missing_service_accounts(&wanted).await?,
+        namespaces,
     };
-    let probe_pods = ctx.stores.probe_pods_of(&name);
+    Ok(validate::validate_before_start(mm, &facts))
+}
+
+/// The plan to carry out: frozen once the migration left step 1, live before.
+async fn resolve_plan(
+    mm: &MeshMigration,
+    ctx: &Ctx,
+    plan_ref: Option<&PlanRef>,
+    spec_hash: &str,
+    live: &Inventory,
+) -> Result<resolve::Resolution, Error> {
+    let r = resolve::Resolve {
+        mm,
+        plan_ref,
+        spec_hash,
+        rollback_requested: mm.requested_rollback().is_some()
+            || mm.meta().deletion_timestamp.is_some(),
+    };
+    match resolve::source(&r) {
+        resolve::Source::Live => Ok(resolve::live_plan(mm, live)),
+        resolve::Source::Stalled(stall) => Ok(resolve::Resolution::Stalled(stall)),
+        resolve::Source::Frozen(pr) => {
+            let loaded = ctx.load_frozen(mm, pr).await;
+            resolve::plan(&r, pr, loaded, live)
+        }
+    }
+}
+
+/// What the decision reads besides the plan and the live inventory.
+struct Observed {
+    probe_pods: Vec<k8s_openapi::api::core::v1::Pod>,
+    /// Snapshot ConfigMaps that exist, as `namespace/name`.
+    present: std::collections::BTreeSet<String>,
+    rollback_snapshots: Option<Vec<crate::snapshot::Snapshot>>,
+}
+
+impl Observed {
+    async fn read(mm: &MeshMigration, ctx: &Ctx) -> Result<Self, Error> {
+        let probe_pods = ctx.stores.probe_pods_of(&mm.name_any());
+        let present = present_snapshots(mm, ctx).await?;
+        let rollback_snapshots = match decide::rollback_snapshots_to_verify(mm) {
+            Some(wanted) => Some(ctx.read_snapshots(mm, &wanted).await?),
+            None => None,
+        };
+        Ok(Self {
+            probe_pods,
+            present,
+            rollback_snapshots,
+        })
+    }
+}
+
+/// The snapshot ConfigMaps of this migration that exist. The cache may not have seen a
+/// snapshot written a moment ago: absences are confirmed with the API before the migration
+/// is held for them.
+async fn present_snapshots(
+    mm: &MeshMigration,
+    ctx: &Ctx,
+) -> Result<std::collections::BTreeSet<String>, Error> {
     let mut present = ctx.stores.snapshot_heads(mm);
-    // The cache may not have seen a snapshot written a moment ago: confirm absences with
-    // the API before holding the migration for them.
     let refs: Vec<(String, String)> = mm
         .status
         .iter()
@@ -546,71 +634,54 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
             present.insert(format!("{ns}/{cm}"));
         }
     }
-    let rollback_snapshots = match decide::rollback_snapshots_to_verify(mm) {
-        Some(wanted) => Some(ctx.read_snapshots(mm, &wanted).await?),
-        None => None,
-    };
-    let run_token = format!(
-        "{}-{}",
-        mm.uid()
-            .unwrap_or_default()
-            .chars()
-            .take(8)
-            .collect::<String>(),
-        hash
-    );
-    let input = Input {
-        mm,
-        plan: &plan,
-        live: &live,
-        probe_pods: &probe_pods,
-        now: now(),
-        run_token: &run_token,
-        deleting_with_rollback: deleting,
-        operator_namespace: &op_ns,
-        present_snapshots: Some(&present),
-        frozen: frozen_inv.as_deref(),
-        rollback_snapshots: rollback_snapshots.as_deref(),
-    };
-    let mut decision: Decision = decide::decide(&input);
+    Ok(present)
+}
 
-    if let Some(mut pr) = adopted
-        && decision.status.plan.is_none()
-        && !decision
-            .status
-            .rollback
-            .as_ref()
-            .is_some_and(|r| r.completed && r.target <= Step::ControlPlane)
-    {
-        pr.plan_hash = Some(frozen::plan_hash(&plan));
-        decision.status.plan = Some(pr);
-    }
-    // Freeze the inventory before the first change.
-    if plan_ref.is_none()
-        && decision
-            .status
-            .namespaces
-            .iter()
-            .any(|s| s.step >= Step::ControlPlane)
-        && decision.status.rollback.is_none()
-    {
-        let mut pr = ctx.store_frozen(mm, &live, &hash).await?;
-        pr.plan_hash = Some(frozen::plan_hash(&plan));
-        info!(migration = %name, config_map = %pr.config_map, "plan frozen");
-        decision.status.plan = Some(pr);
-    }
+/// Token of this migration run: restart annotation values derive from it.
+fn run_token(mm: &MeshMigration, spec_hash: &str) -> String {
+    let uid: String = mm.uid().unwrap_or_default().chars().take(8).collect();
+    format!("{uid}-{spec_hash}")
+}
 
+/// Freezes the live inventory the plan was made from, before the first change.
+async fn freeze(
+    mm: &MeshMigration,
+    ctx: &Ctx,
+    live: &Inventory,
+    spec_hash: &str,
+    plan: &Plan,
+) -> Result<PlanRef, Error> {
+    let mut pr = ctx.store_frozen(mm, live, spec_hash).await?;
+    pr.plan_hash = Some(frozen::plan_hash(plan));
+    info!(migration = %mm.name_any(), config_map = %pr.config_map, "plan frozen");
+    Ok(pr)
+}
+
+/// Carries out the decided work, then writes the status, publishes the events and records
+/// the metrics.
+async fn carry_out(
+    mm: &MeshMigration,
+    ctx: &Ctx,
+    plan: &Plan,
+    decision: &Decision,
+) -> Result<(), Error> {
     for w in &decision.work {
-        ctx.actor.run(mm, &plan, w).await?;
+        ctx.actor.run(mm, plan, w).await?;
     }
     ctx.write_status(mm, &decision.status).await?;
     ctx.publish(mm, &decision.events).await;
-    ctx.metrics.observe_status(&name, &decision.status);
+    ctx.metrics.observe_status(&mm.name_any(), &decision.status);
     for (_, outcomes) in &decision.evaluated {
         ctx.metrics.checks_evaluated(outcomes);
     }
+    record_step_durations(mm, ctx, &decision.status);
+    Ok(())
+}
+
+/// Steps this decision completed, with how long they took.
+fn record_step_durations(mm: &MeshMigration, ctx: &Ctx, status: &MeshMigrationStatus) {
     let old_status = mm.status.clone().unwrap_or_default();
-    for ns in &decision.status.namespaces {
+    for ns in &status.namespaces {
         for h in &ns.history {
             let was_done = old_status
                 .namespaces
@@ -624,8 +695,11 @@ async fn reconcile_inner(mm: &MeshMigration, ctx: &Ctx) -> Result<Action, Error>
             }
         }
     }
+}
 
-    if deleting {
+/// When to reconcile again (a deleted MeshMigration whose rollback completed is let go).
+async fn next(mm: &MeshMigration, ctx: &Ctx, decision: &Decision) -> Result<Action, Error> {
+    if mm.meta().deletion_timestamp.is_some() {
         if decision
             .status
             .rollback
