@@ -47,6 +47,10 @@ pub const ANNOTATION_RESTARTED_AT: &str = "meshmig.io/restartedAt";
 pub const ANNOTATION_VALIDATES: &str = "meshmig.io/validates";
 /// On the head ConfigMap of a rollback snapshot: how many ConfigMaps the snapshot spans.
 pub const ANNOTATION_SNAPSHOT_PARTS: &str = "meshmig.io/snapshot-parts";
+/// On the head ConfigMap of a frozen plan inventory: how many ConfigMaps it spans.
+pub const ANNOTATION_FROZEN_PARTS: &str = "meshmig.io/parts";
+/// On the head ConfigMap of a frozen plan inventory: the hash of the spec it was planned for.
+pub const ANNOTATION_SPEC_HASH: &str = "meshmig.io/spec-hash";
 
 /// The [`ANNOTATION_VALIDATES`] value of the probes of `namespace`'s checkpoint of `step`.
 pub fn validates(namespace: &str, step: crate::Step) -> String {

@@ -18,8 +18,6 @@ use sha2::{Digest, Sha256};
 
 const KEY: &str = "inventory.json.gz";
 const PART: usize = 900 * 1024;
-const PARTS_ANNOTATION: &str = "meshmig.io/parts";
-const HASH_ANNOTATION: &str = "meshmig.io/spec-hash";
 
 /// Name of the head ConfigMap.
 pub fn config_map_name(migration: &str) -> String {
@@ -79,9 +77,15 @@ pub fn encode(
         .into_iter()
         .enumerate()
         .map(|(i, c)| {
-            let mut annotations = BTreeMap::from([(HASH_ANNOTATION.to_string(), hash.to_string())]);
+            let mut annotations = BTreeMap::from([(
+                meshmig_api::names::ANNOTATION_SPEC_HASH.to_string(),
+                hash.to_string(),
+            )]);
             if i == 0 {
-                annotations.insert(PARTS_ANNOTATION.to_string(), count.to_string());
+                annotations.insert(
+                    meshmig_api::names::ANNOTATION_FROZEN_PARTS.to_string(),
+                    count.to_string(),
+                );
             }
             ConfigMap {
                 metadata: ObjectMeta {
@@ -111,7 +115,7 @@ pub fn parts_of(head: &ConfigMap) -> usize {
     head.metadata
         .annotations
         .as_ref()
-        .and_then(|a| a.get(PARTS_ANNOTATION))
+        .and_then(|a| a.get(meshmig_api::names::ANNOTATION_FROZEN_PARTS))
         .and_then(|p| p.parse().ok())
         .unwrap_or(1)
 }
@@ -124,7 +128,11 @@ pub fn adopt(head: &ConfigMap, mm: &MeshMigration) -> Option<PlanRef> {
     if !crate::act::owned_by(head, mm) {
         return None;
     }
-    let spec_hash = head.metadata.annotations.as_ref()?.get(HASH_ANNOTATION)?;
+    let spec_hash = head
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(meshmig_api::names::ANNOTATION_SPEC_HASH)?;
     Some(PlanRef {
         namespace: head.metadata.namespace.clone()?,
         config_map: head.metadata.name.clone()?,
