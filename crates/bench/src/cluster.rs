@@ -118,7 +118,6 @@ pub struct Rss {
     pub create_s: f64,
     /// Seconds after /readyz before sampling.
     pub settle_s: u64,
-    /// Runs.
     pub runs: Vec<RssRun>,
 }
 
@@ -187,7 +186,6 @@ impl From<StepTime> for (f64, u64) {
 /// `migrate` results.
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct Migrate {
-    /// Runs.
     pub runs: Vec<MigrateRun>,
 }
 

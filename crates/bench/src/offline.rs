@@ -53,14 +53,12 @@ pub struct Args {
 /// Load-and-plan runs of one size.
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct PlanSize {
-    /// Namespaces.
     pub namespaces: usize,
     /// Format of the corpus file: `YAML` (one document per object) or `JSON` (one List).
     #[serde(default = "yaml")]
     pub format: String,
     /// Corpus file.
     pub file: String,
-    /// Runs.
     pub runs: Vec<PlanRun>,
 }
 

@@ -43,7 +43,6 @@ const MIB: f64 = 1048576.0;
 pub struct Row {
     /// What.
     pub figure: String,
-    /// Median.
     pub median: String,
     /// Min – max.
     pub range: String,

@@ -146,7 +146,6 @@ impl FaultConfig {
 /// Requests and faults of one call (`verb resource`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CallStats {
-    /// Requests.
     pub requests: u64,
     /// Faults injected into them.
     pub faults: u64,
@@ -208,17 +207,12 @@ pub struct WriteRecord {
     pub seq: u64,
     /// When it arrived, since the proxy started.
     pub at: Duration,
-    /// HTTP method.
     pub method: String,
-    /// Request path.
     pub path: String,
-    /// Query string.
     pub query: Option<String>,
-    /// Kubernetes verb.
     pub verb: &'static str,
     /// Resource (with subresource).
     pub resource: String,
-    /// Namespace.
     pub namespace: Option<String>,
     /// Object name: from the path, or `metadata.name` of a POST body.
     pub name: Option<String>,

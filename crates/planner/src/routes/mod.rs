@@ -70,15 +70,12 @@ pub fn has_gateways(vs: &VirtualService) -> bool {
 /// A per-version Service the conversion needs, for subset `subset` of `service`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PerVersion {
-    /// Namespace.
     pub namespace: String,
     /// Parent Service name.
     pub service: String,
-    /// Subset name.
     pub subset: String,
     /// Name of the per-version Service.
     pub name: String,
-    /// Subset labels.
     pub labels: BTreeMap<String, String>,
     /// Effective traffic policy (subset over top-level), if any remains relevant.
     pub traffic_policy: Option<TrafficPolicy>,
@@ -97,7 +94,6 @@ pub struct Conversion {
     pub per_version: Vec<PerVersion>,
     /// ReferenceGrants needed for cross-namespace backends.
     pub grants: Vec<Value>,
-    /// Findings.
     pub findings: Vec<Finding>,
     /// Whether the VS also serves gateways (it is patched, not deleted, in step 7).
     pub keeps_gateways: bool,

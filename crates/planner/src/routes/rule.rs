@@ -76,11 +76,7 @@ pub(super) fn convert_rule(ctx: &mut Ctx<'_, '_>, r: &HttpRoute, i: usize) -> Co
         .map(|(k, group)| {
             let mut rule = base.clone();
             if split {
-                rule.name = Some(dns_label(&[
-                    r.name.as_deref().unwrap_or("rule"),
-                    &i.to_string(),
-                    &k.to_string(),
-                ]));
+                rule.name = Some(split_rule_name(r, i, k));
             }
             let mut fs = filters.clone();
             if let Some(rw) = rewrite {
@@ -92,6 +88,15 @@ pub(super) fn convert_rule(ctx: &mut Ctx<'_, '_>, r: &HttpRoute, i: usize) -> Co
         })
         .collect();
     ConvertedRule { rules, retry }
+}
+
+/// The name of the `k`th rule a rewrite split route `i` into.
+fn split_rule_name(r: &HttpRoute, i: usize, k: usize) -> String {
+    dns_label(&[
+        r.name.as_deref().unwrap_or("rule"),
+        &i.to_string(),
+        &k.to_string(),
+    ])
 }
 
 fn unconverted_field_findings(ctx: &mut Ctx<'_, '_>, r: &HttpRoute, where_: &str) {
