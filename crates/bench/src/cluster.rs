@@ -22,7 +22,7 @@ use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{CustomResourceExt, Resource, ResourceExt};
-use meshmig_api::{MeshMigration, MigrationPhase, NamespacePhase};
+use meshmig_api::{MeshMigration, MigrationPhase, NamespacePhase, Step};
 use meshmig_e2e_harness::{Mesh, Pending, TestEnv, wait_for};
 use meshmig_planner::plan::Op;
 use serde::{Deserialize, Serialize};
@@ -118,7 +118,6 @@ pub struct Rss {
     pub create_s: f64,
     /// Seconds after /readyz before sampling.
     pub settle_s: u64,
-    /// Runs.
     pub runs: Vec<RssRun>,
 }
 
@@ -159,15 +158,34 @@ pub struct MigrateRun {
     /// Reconciles during the migration.
     pub reconciles: u64,
     /// `meshmig_step_duration_seconds` sum and count by step.
-    pub step_seconds: BTreeMap<u8, (f64, u64)>,
+    pub step_seconds: BTreeMap<Step, StepTime>,
     /// The minimum writes the frozen plan needs, by kind of write.
     pub minimum: BTreeMap<String, u64>,
+}
+
+/// The operator's time in one step, summed over namespaces (written as `[sum, count]`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+#[serde(from = "(f64, u64)", into = "(f64, u64)")]
+pub struct StepTime {
+    pub sum_s: f64,
+    pub count: u64,
+}
+
+impl From<(f64, u64)> for StepTime {
+    fn from((sum_s, count): (f64, u64)) -> Self {
+        Self { sum_s, count }
+    }
+}
+
+impl From<StepTime> for (f64, u64) {
+    fn from(t: StepTime) -> Self {
+        (t.sum_s, t.count)
+    }
 }
 
 /// `migrate` results.
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct Migrate {
-    /// Runs.
     pub runs: Vec<MigrateRun>,
 }
 
@@ -193,9 +211,22 @@ fn bookinfo_in(text: &str, ns: &str) -> String {
         .replace("ns/bookinfo/", &format!("ns/{ns}/"))
 }
 
-/// A fresh API server with the mesh (the real istiod and the simulator beside it), the
-/// operator's namespace and the Sail control plane in sidecar mode.
-async fn start_env(work_dir: &Path) -> Result<(TestEnv, Mesh), Error> {
+/// An API server with the mesh (the real istiod and the simulator beside it).
+struct Cluster {
+    env: TestEnv,
+    mesh: Mesh,
+}
+
+impl Cluster {
+    async fn stop(self) {
+        self.mesh.stop().await;
+        self.env.stop().await;
+    }
+}
+
+/// A fresh API server with the mesh, the operator's namespace and the Sail control plane in
+/// sidecar mode.
+async fn start_env(work_dir: &Path) -> Result<Cluster, Error> {
     let crds = work_dir.join("crds");
     std::fs::create_dir_all(&crds).map_err(|e| Error::io(&crds, e))?;
     let crd = serde_json::to_string(&MeshMigration::crd()).map_err(|e| e.to_string())?;
@@ -208,7 +239,7 @@ async fn start_env(work_dir: &Path) -> Result<(TestEnv, Mesh), Error> {
     ))
     .await?;
     env.apply_yaml(CONTROL_PLANE).await?;
-    Ok((env, mesh))
+    Ok(Cluster { env, mesh })
 }
 
 /// Deploys bookinfo copies into `namespaces` and waits until every Deployment is available,
@@ -378,8 +409,15 @@ async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), Error> 
     Ok((code, body.to_string()))
 }
 
-/// Samples of a Prometheus text exposition: `(name, labels, value)`.
-pub fn parse_metrics(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
+/// One sample of a Prometheus text exposition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
     let mut out = Vec::new();
     for line in text.lines() {
         if line.starts_with('#') || line.trim().is_empty() {
@@ -402,7 +440,11 @@ pub fn parse_metrics(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)>
                 map.insert(k.trim().to_string(), v.trim_matches('"').to_string());
             }
         }
-        out.push((name.to_string(), map, value));
+        out.push(Sample {
+            name: name.to_string(),
+            labels: map,
+            value,
+        });
     }
     out
 }
@@ -410,14 +452,11 @@ pub fn parse_metrics(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)>
 /// `meshmig_api_requests_total` by `verb resource`.
 pub fn request_counts(metrics: &str) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
-    for (name, labels, value) in parse_metrics(metrics) {
-        if name == "meshmig_api_requests_total" {
-            let key = format!(
-                "{} {}",
-                labels.get("verb").map(String::as_str).unwrap_or("?"),
-                labels.get("resource").map(String::as_str).unwrap_or("?")
-            );
-            *out.entry(key).or_default() += value as u64;
+    for sample in parse_metrics(metrics) {
+        if sample.name == "meshmig_api_requests_total" {
+            let label = |k: &str| sample.labels.get(k).map(String::as_str).unwrap_or("?");
+            let key = format!("{} {}", label("verb"), label("resource"));
+            *out.entry(key).or_default() += sample.value as u64;
         }
     }
     out
@@ -426,8 +465,8 @@ pub fn request_counts(metrics: &str) -> BTreeMap<String, u64> {
 fn metric_value(metrics: &str, wanted: &str) -> f64 {
     parse_metrics(metrics)
         .into_iter()
-        .filter(|(n, _, _)| n == wanted)
-        .map(|(_, _, v)| v)
+        .filter(|s| s.name == wanted)
+        .map(|s| s.value)
         .sum()
 }
 
@@ -565,10 +604,11 @@ async fn pending_pods(env: &TestEnv) -> Result<usize, Error> {
 
 async fn rss_async(args: &RssArgs) -> Result<Rss, Error> {
     std::fs::create_dir_all(&args.work_dir).map_err(|e| Error::io(&args.work_dir, e))?;
-    let (env, mesh) = start_env(&args.work_dir).await?;
+    let cluster = start_env(&args.work_dir).await?;
+    let env = &cluster.env;
     // A migration of one bookinfo, so the operator reconciles as it normally does.
     let bookinfo = vec!["bookinfo".to_string()];
-    deploy_bookinfo(&env, &bookinfo).await?;
+    deploy_bookinfo(env, &bookinfo).await?;
     let mut out = Rss {
         namespaces: args.namespaces,
         pods: args.pods,
@@ -576,52 +616,55 @@ async fn rss_async(args: &RssArgs) -> Result<Rss, Error> {
         ..Default::default()
     };
     let t = Instant::now();
-    create_pods(&env, args).await?;
+    create_pods(env, args).await?;
     out.create_s = t.elapsed().as_secs_f64();
     eprintln!(
         "cluster-rss: created {} Pods in {} namespaces in {:.1} s",
         args.pods, args.namespaces, out.create_s
     );
-    let pending = pending_pods(&env).await?;
+    let pending = pending_pods(env).await?;
     if pending < args.pods {
         return Err(Error::Msg(format!(
             "{pending} of the {} Pods created are Pending unscheduled; something scheduled the rest",
             args.pods
         )));
     }
-    apply_migration(&env, "bookinfo", &bookinfo).await?;
+    apply_migration(env, "bookinfo", &bookinfo).await?;
     for r in 0..args.runs.max(1) {
-        let log = args.work_dir.join(format!("operator-rss-{}.log", r + 1));
-        let mut op = Operator::start(&args.operator, &env, log).await?;
-        let ready_s = op.wait_ready(Duration::from_secs(300)).await?;
-        tokio::time::sleep(Duration::from_secs(args.settle_seconds)).await;
-        let pid = op.pid.to_string();
-        let mut rss = Vec::new();
-        for s in 0..args.samples.max(1) {
-            if s > 0 {
-                tokio::time::sleep(Duration::from_secs(args.sample_interval)).await;
-            }
-            rss.push(proc_status_bytes(&pid, "VmRSS"));
-        }
-        let hwm = proc_status_bytes(&pid, "VmHWM");
-        eprintln!(
-            "cluster-rss: run {}: ready after {ready_s:.1} s, VmRSS {:?} MiB, VmHWM {} MiB",
-            r + 1,
-            rss.iter().map(|b| b / 1048576).collect::<Vec<_>>(),
-            hwm / 1048576
-        );
-        if rss.contains(&0) {
-            return Err(Error::Msg(format!(
-                "operator {pid} is gone:\n{}",
-                op.log_tail()
-            )));
-        }
-        out.runs.push(RssRun { ready_s, rss, hwm });
-        op.stop().await;
+        out.runs.push(rss_run(args, env, r + 1).await?);
     }
-    mesh.stop().await;
-    env.stop().await;
+    cluster.stop().await;
     Ok(out)
+}
+
+/// One operator process: started, settled, sampled, stopped.
+async fn rss_run(args: &RssArgs, env: &TestEnv, run: usize) -> Result<RssRun, Error> {
+    let log = args.work_dir.join(format!("operator-rss-{run}.log"));
+    let mut op = Operator::start(&args.operator, env, log).await?;
+    let ready_s = op.wait_ready(Duration::from_secs(300)).await?;
+    tokio::time::sleep(Duration::from_secs(args.settle_seconds)).await;
+    let pid = op.pid.to_string();
+    let mut rss = Vec::new();
+    for s in 0..args.samples.max(1) {
+        if s > 0 {
+            tokio::time::sleep(Duration::from_secs(args.sample_interval)).await;
+        }
+        rss.push(proc_status_bytes(&pid, "VmRSS"));
+    }
+    let hwm = proc_status_bytes(&pid, "VmHWM");
+    eprintln!(
+        "cluster-rss: run {run}: ready after {ready_s:.1} s, VmRSS {:?} MiB, VmHWM {} MiB",
+        rss.iter().map(|b| b / 1048576).collect::<Vec<_>>(),
+        hwm / 1048576
+    );
+    if rss.contains(&0) {
+        return Err(Error::Msg(format!(
+            "operator {pid} is gone:\n{}",
+            op.log_tail()
+        )));
+    }
+    op.stop().await;
+    Ok(RssRun { ready_s, rss, hwm })
 }
 
 /// Runs `cluster-rss`.
@@ -637,8 +680,14 @@ pub fn rss(args: &RssArgs) -> Result<(), Error> {
 /// Busy intervals of objects, recorded from watch events.
 struct Tracker {
     t0: Instant,
-    open: HashMap<String, (String, f64)>,
+    open: HashMap<String, Opened>,
     done: Vec<Busy>,
+}
+
+/// A busy interval that has not ended yet.
+struct Opened {
+    namespace: String,
+    start: f64,
 }
 
 impl Tracker {
@@ -646,10 +695,16 @@ impl Tracker {
         let now = self.t0.elapsed().as_secs_f64();
         match (busy, self.open.contains_key(&object)) {
             (true, false) => {
-                self.open.insert(object, (namespace, now));
+                self.open.insert(
+                    object,
+                    Opened {
+                        namespace,
+                        start: now,
+                    },
+                );
             }
             (false, true) => {
-                if let Some((namespace, start)) = self.open.remove(&object) {
+                if let Some(Opened { namespace, start }) = self.open.remove(&object) {
                     self.done.push(Busy {
                         object,
                         namespace,
@@ -664,7 +719,7 @@ impl Tracker {
 
     fn finish(&mut self, end: f64) -> Vec<Busy> {
         let mut out = std::mem::take(&mut self.done);
-        for (object, (namespace, start)) in self.open.drain() {
+        for (object, Opened { namespace, start }) in self.open.drain() {
             out.push(Busy {
                 object,
                 namespace,
@@ -812,7 +867,8 @@ pub fn minimum_writes(plan: &meshmig_planner::Plan, frozen_parts: u64) -> BTreeM
         }
     }
     out.insert("frozen-inventory".into(), frozen_parts);
-    out.insert("status".into(), 2 * 9);
+    // Started and passed, for each step.
+    out.insert("status".into(), 2 * Step::ALL.len() as u64);
     out
 }
 
@@ -831,24 +887,37 @@ async fn minimum_of(env: &TestEnv, name: &str) -> Result<BTreeMap<String, u64>, 
     Ok(minimum_writes(&plan, n as u64))
 }
 
-fn step_of(ns: &meshmig_api::NamespaceStatus) -> usize {
-    // Index into step_starts: 0..8 for steps 1..9, 9 for completed.
+/// Slots of `MigrateRun::step_starts`: one per step, in order, then completion.
+const STEP_SLOTS: usize = Step::ALL.len() + 1;
+
+/// The slot of `step_starts` a namespace has reached.
+fn step_slot(ns: &meshmig_api::NamespaceStatus) -> usize {
     if ns.phase == NamespacePhase::Completed {
-        9
+        Step::ALL.len()
     } else {
-        (ns.step as usize).clamp(1, 9) - 1
+        Step::ALL.iter().position(|s| *s == ns.step).unwrap_or(0)
     }
 }
 
-async fn migrate_once(args: &MigrateArgs, run: usize) -> Result<MigrateRun, Error> {
+/// A migration's environment, ready: bookinfo copies deployed and the operator settled.
+struct MigrationSetup {
+    cluster: Cluster,
+    namespaces: Vec<String>,
+    op: Operator,
+    /// The operator's metrics before the migration.
+    before: String,
+    setup_s: f64,
+}
+
+async fn set_up_migration(args: &MigrateArgs, run: usize) -> Result<MigrationSetup, Error> {
     let t_setup = Instant::now();
-    let (env, mesh) = start_env(&args.work_dir).await?;
+    let cluster = start_env(&args.work_dir).await?;
     let namespaces: Vec<String> = (1..=args.namespaces)
         .map(|i| format!("bench-{i:02}"))
         .collect();
-    deploy_bookinfo(&env, &namespaces).await?;
+    deploy_bookinfo(&cluster.env, &namespaces).await?;
     let log = args.work_dir.join(format!("operator-migrate-{run}.log"));
-    let mut op = Operator::start(&args.operator, &env, log).await?;
+    let mut op = Operator::start(&args.operator, &cluster.env, log).await?;
     op.wait_ready(Duration::from_secs(120)).await?;
     // Let it take the lease and settle, so start-up requests are not counted as migration.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -858,14 +927,20 @@ async fn migrate_once(args: &MigrateArgs, run: usize) -> Result<MigrateRun, Erro
         "migrate: run {run}: {} bookinfo copies ready in {setup_s:.1} s",
         namespaces.len()
     );
+    Ok(MigrationSetup {
+        cluster,
+        namespaces,
+        op,
+        before,
+        setup_s,
+    })
+}
 
-    let t0 = Instant::now();
-    let tracker = Arc::new(Mutex::new(Tracker {
-        t0,
-        open: HashMap::new(),
-        done: Vec::new(),
-    }));
-    let client = env.client();
+/// Watches of everything outside the operator that can be busy.
+fn start_trackers(
+    client: &kube::Client,
+    tracker: &Arc<Mutex<Tracker>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let sail = |kind: &str, plural: &str| {
         let ar = ApiResource::from_gvk_with_plural(
             &GroupVersionKind::gvk("sailoperator.io", "v1", kind),
@@ -877,7 +952,7 @@ async fn migrate_once(args: &MigrateArgs, run: usize) -> Result<MigrateRun, Erro
         &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "Gateway"),
         "gateways",
     );
-    let tasks = vec![
+    vec![
         track(
             Api::<Deployment>::all(client.clone()),
             "Deployment",
@@ -909,18 +984,31 @@ async fn migrate_once(args: &MigrateArgs, run: usize) -> Result<MigrateRun, Erro
             sail_busy,
             tracker.clone(),
         ),
-    ];
-    // The watches' initial lists land before the migration starts.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let t0_off = t0.elapsed().as_secs_f64();
-    apply_migration(&env, "fleet", &namespaces).await?;
+    ]
+}
 
-    // Step timeline from the MeshMigration's status, at watch-event precision.
-    let mut step_starts: BTreeMap<String, Vec<Option<f64>>> = namespaces
-        .iter()
-        .map(|n| (n.clone(), vec![None; 10]))
-        .collect();
-    let mm_api: Api<MeshMigration> = env.api();
+/// The clock of a migration: `t0` started the trackers, the migration was applied
+/// `offset` s later; times in the results count from then.
+struct Clock {
+    t0: Instant,
+    offset: f64,
+}
+
+impl Clock {
+    fn now(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64()
+    }
+}
+
+/// Follows the MeshMigration's status until phase Completed, recording when each namespace
+/// entered each step at watch-event precision; returns the clock time it completed.
+async fn watch_until_completed(
+    args: &MigrateArgs,
+    setup: &MigrationSetup,
+    clock: &Clock,
+    step_starts: &mut BTreeMap<String, Vec<Option<f64>>>,
+) -> Result<f64, Error> {
+    let mm_api: Api<MeshMigration> = setup.cluster.env.api();
     let mut events = watcher(
         mm_api,
         watcher::Config::default().fields("metadata.name=fleet"),
@@ -930,7 +1018,7 @@ async fn migrate_once(args: &MigrateArgs, run: usize) -> Result<MigrateRun, Erro
     .boxed();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
     let mut last = String::new();
-    let wall_end = loop {
+    loop {
         let ev = match tokio::time::timeout_at(deadline, events.next()).await {
             Ok(Some(Ok(mm))) => mm,
             Ok(Some(Err(_))) => continue,
@@ -938,87 +1026,134 @@ async fn migrate_once(args: &MigrateArgs, run: usize) -> Result<MigrateRun, Erro
             Err(_) => {
                 return Err(Error::Msg(format!(
                     "migration of {} namespaces not completed after {} s: {last}\noperator log:\n{}",
-                    namespaces.len(),
+                    setup.namespaces.len(),
                     args.timeout,
-                    op.log_tail()
+                    setup.op.log_tail()
                 )));
             }
         };
-        let now = t0.elapsed().as_secs_f64();
+        let now = clock.now();
         let st = ev.status.clone().unwrap_or_default();
         for ns in &st.namespaces {
-            if let Some(v) = step_starts.get_mut(&ns.name) {
-                let i = step_of(ns);
-                // A namespace seen at step k has started every step up to k.
-                for slot in v.iter_mut().take(i + 1) {
-                    if slot.is_none() {
-                        *slot = Some(now - t0_off);
-                    }
-                }
-            }
-            if ns.phase == NamespacePhase::Failed {
-                return Err(Error::Msg(format!(
-                    "namespace {} failed at step {}: {}",
-                    ns.name,
-                    ns.step,
-                    ns.message.clone().unwrap_or_default()
-                )));
-            }
+            record_step_starts(step_starts, ns, now - clock.offset)?;
         }
         last = format!("phase {:?}", st.phase);
         if st.phase == Some(MigrationPhase::Completed) {
-            break now;
+            return Ok(now);
         }
-    };
-    let wall_s = wall_end - t0_off;
-    let after = op.metrics().await?;
-    for t in &tasks {
-        t.abort();
     }
-    let busy: Vec<Busy> = match tracker.lock() {
+}
+
+/// A namespace seen at step k has started every step up to k; a failed one ends the run.
+fn record_step_starts(
+    step_starts: &mut BTreeMap<String, Vec<Option<f64>>>,
+    ns: &meshmig_api::NamespaceStatus,
+    at: f64,
+) -> Result<(), Error> {
+    if let Some(v) = step_starts.get_mut(&ns.name) {
+        let i = step_slot(ns);
+        for slot in v.iter_mut().take(i + 1) {
+            if slot.is_none() {
+                *slot = Some(at);
+            }
+        }
+    }
+    if ns.phase == NamespacePhase::Failed {
+        return Err(Error::Msg(format!(
+            "namespace {} failed at step {}: {}",
+            ns.name,
+            ns.step,
+            ns.message.clone().unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
+/// The busy intervals, on the migration's clock, up to its end.
+fn busy_intervals(tracker: &Mutex<Tracker>, clock: &Clock, wall_end: f64) -> Vec<Busy> {
+    match tracker.lock() {
         Ok(mut t) => t
             .finish(wall_end)
             .into_iter()
             .map(|b| Busy {
-                start: (b.start - t0_off).max(0.0),
-                end: b.end - t0_off,
+                start: (b.start - clock.offset).max(0.0),
+                end: b.end - clock.offset,
                 ..b
             })
             .filter(|b| b.end > 0.0)
             .collect(),
         Err(_) => Vec::new(),
-    };
-    let spans: Vec<(f64, f64)> = busy.iter().map(|b| (b.start, b.end)).collect();
-    let external_s = union_len(&spans, 0.0, wall_s);
-    let mut step_seconds = BTreeMap::new();
-    for (name, labels, value) in parse_metrics(&after) {
-        let Some(step) = labels.get("step").and_then(|s| s.parse::<u8>().ok()) else {
+    }
+}
+
+/// `meshmig_step_duration_seconds` sum and count, by step.
+fn step_times(metrics: &str) -> BTreeMap<Step, StepTime> {
+    let mut out: BTreeMap<Step, StepTime> = BTreeMap::new();
+    for sample in parse_metrics(metrics) {
+        let Some(step) = sample
+            .labels
+            .get("step")
+            .and_then(|s| s.parse::<Step>().ok())
+        else {
             continue;
         };
-        let e: &mut (f64, u64) = step_seconds.entry(step).or_default();
-        match name.as_str() {
-            "meshmig_step_duration_seconds_sum" => e.0 = value,
-            "meshmig_step_duration_seconds_count" => e.1 = value as u64,
+        let e = out.entry(step).or_default();
+        match sample.name.as_str() {
+            "meshmig_step_duration_seconds_sum" => e.sum_s = sample.value,
+            "meshmig_step_duration_seconds_count" => e.count = sample.value as u64,
             _ => {}
         }
     }
-    let startup_requests = request_counts(&before);
+    out
+}
+
+async fn migrate_once(args: &MigrateArgs, run: usize) -> Result<MigrateRun, Error> {
+    let setup = set_up_migration(args, run).await?;
+    let t0 = Instant::now();
+    let tracker = Arc::new(Mutex::new(Tracker {
+        t0,
+        open: HashMap::new(),
+        done: Vec::new(),
+    }));
+    let tasks = start_trackers(&setup.cluster.env.client(), &tracker);
+    // The watches' initial lists land before the migration starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let clock = Clock {
+        t0,
+        offset: t0.elapsed().as_secs_f64(),
+    };
+    apply_migration(&setup.cluster.env, "fleet", &setup.namespaces).await?;
+    let mut step_starts: BTreeMap<String, Vec<Option<f64>>> = setup
+        .namespaces
+        .iter()
+        .map(|n| (n.clone(), vec![None; STEP_SLOTS]))
+        .collect();
+    let wall_end = watch_until_completed(args, &setup, &clock, &mut step_starts).await?;
+    let wall_s = wall_end - clock.offset;
+    let after = setup.op.metrics().await?;
+    for t in &tasks {
+        t.abort();
+    }
+    let busy = busy_intervals(&tracker, &clock, wall_end);
+    let spans: Vec<(f64, f64)> = busy.iter().map(|b| (b.start, b.end)).collect();
+    let external_s = union_len(&spans, 0.0, wall_s);
+    let before = &setup.before;
+    let startup_requests = request_counts(before);
     let requests = delta(&request_counts(&after), &startup_requests);
     let reconciles = (metric_value(&after, "meshmig_reconciles_total")
-        - metric_value(&before, "meshmig_reconciles_total"))
+        - metric_value(before, "meshmig_reconciles_total"))
     .max(0.0) as u64;
-    let minimum = minimum_of(&env, "fleet").await?;
+    let minimum = minimum_of(&setup.cluster.env, "fleet").await?;
+    let namespaces = setup.namespaces.len();
     eprintln!(
-        "migrate: run {run}: {} namespaces in {wall_s:.1} s (external {external_s:.1} s), {} requests, {reconciles} reconciles",
-        namespaces.len(),
+        "migrate: run {run}: {namespaces} namespaces in {wall_s:.1} s (external {external_s:.1} s), {} requests, {reconciles} reconciles",
         requests.values().sum::<u64>()
     );
-    op.stop().await;
-    mesh.stop().await;
-    env.stop().await;
+    setup.op.stop().await;
+    setup.cluster.stop().await;
     Ok(MigrateRun {
-        namespaces: namespaces.len(),
-        setup_s,
+        namespaces,
+        setup_s: setup.setup_s,
         wall_s,
         external_s,
         busy,
@@ -1026,7 +1161,7 @@ async fn migrate_once(args: &MigrateArgs, run: usize) -> Result<MigrateRun, Erro
         requests,
         startup_requests,
         reconciles,
-        step_seconds,
+        step_seconds: step_times(&after),
         minimum,
     })
 }
@@ -1075,6 +1210,37 @@ mod tests {
         assert_eq!(d["patch deployments"], 10);
         assert_eq!(d["list pods"], 3);
         assert_eq!(metric_value(text, "meshmig_reconciles_total"), 7.0);
+    }
+
+    #[test]
+    fn step_times_are_keyed_by_step_number_on_the_wire() {
+        let text = "meshmig_step_duration_seconds_sum{step=\"3\"} 4.5\n\
+            meshmig_step_duration_seconds_count{step=\"3\"} 2\n";
+        let times = step_times(text);
+        assert_eq!(
+            times[&Step::HboneSidecars],
+            StepTime {
+                sum_s: 4.5,
+                count: 2
+            }
+        );
+        let wire = serde_json::to_value(&times).unwrap();
+        assert_eq!(wire, json!({"3": [4.5, 2]}));
+        let back: BTreeMap<Step, StepTime> = serde_json::from_value(wire).unwrap();
+        assert_eq!(back, times);
+    }
+
+    #[test]
+    fn step_slots_follow_the_steps_then_completion() {
+        let mut ns = meshmig_api::NamespaceStatus {
+            step: Step::Prerequisites,
+            ..Default::default()
+        };
+        assert_eq!(step_slot(&ns), 0);
+        ns.step = Step::SidecarRemoval;
+        assert_eq!(step_slot(&ns), STEP_SLOTS - 2);
+        ns.phase = NamespacePhase::Completed;
+        assert_eq!(step_slot(&ns), STEP_SLOTS - 1);
     }
 
     #[test]

@@ -53,14 +53,12 @@ pub struct Args {
 /// Load-and-plan runs of one size.
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct PlanSize {
-    /// Namespaces.
     pub namespaces: usize,
     /// Format of the corpus file: `YAML` (one document per object) or `JSON` (one List).
     #[serde(default = "yaml")]
     pub format: String,
     /// Corpus file.
     pub file: String,
-    /// Runs.
     pub runs: Vec<PlanRun>,
 }
 
@@ -182,13 +180,8 @@ fn write_json_list(path: &Path, objects: Vec<Value>) -> Result<u64, Error> {
 }
 
 /// Load-and-plan runs of one corpus file, each in a child process.
-fn plan_runs(
-    exe: &Path,
-    args: &Args,
-    n: usize,
-    format: &str,
-    file: &Path,
-) -> Result<PlanSize, Error> {
+fn plan_runs(b: &Bench<'_>, n: usize, corpus: &Corpus<'_>) -> Result<PlanSize, Error> {
+    let (args, format, file) = (b.args, corpus.format, corpus.file);
     let mut size = PlanSize {
         namespaces: n,
         format: format.to_string(),
@@ -198,7 +191,7 @@ fn plan_runs(
     let mut runs = args.runs.max(1);
     let mut i = 0;
     while i < runs {
-        let out = output(Command::new(exe).arg("plan-run").arg(file))?;
+        let out = output(Command::new(b.exe).arg("plan-run").arg(file))?;
         let r: PlanRun = parse("plan-run", &out)?;
         eprintln!(
             "offline:   {format} run {}: load {:.3} s, plan {:.3} s, peak RSS {:.0} MiB",
@@ -216,44 +209,97 @@ fn plan_runs(
     Ok(size)
 }
 
+/// What every benchmark run needs: this binary (runs are its child processes) and the
+/// arguments.
+struct Bench<'a> {
+    exe: &'a Path,
+    args: &'a Args,
+}
+
+/// One corpus file and its format.
+struct Corpus<'a> {
+    format: &'a str,
+    file: &'a Path,
+}
+
 /// Runs the offline benchmarks and writes their results.
 pub fn run(args: &Args) -> Result<(), Error> {
     std::fs::create_dir_all(&args.work_dir).map_err(|e| Error::io(&args.work_dir, e))?;
     let exe = self_exe()?;
+    let b = Bench { exe: &exe, args };
     let mut result = Offline {
         seed: args.seed,
         ..Default::default()
     };
     for &n in &args.sizes {
-        let file = args.work_dir.join(format!("corpus-{n}.yaml"));
-        let json_file = args.work_dir.join(format!("corpus-{n}.json"));
-        let opts = Options {
-            namespaces: n,
-            seed: args.seed,
-            variant: Variant::Mesh,
-        };
-        let t = Instant::now();
-        let objects = synth::corpus(&opts);
-        let bytes = write_yaml(&file, &objects)?;
-        eprintln!(
-            "offline: {n} namespaces: {} ({:.1} MB, generated in {:.1} s)",
-            file.display(),
-            bytes as f64 / 1e6,
-            t.elapsed().as_secs_f64()
-        );
-        // The same objects as `kubectl get … -o json` prints them: one List.
-        let bytes = write_json_list(&json_file, objects)?;
-        eprintln!(
-            "offline: {n} namespaces: {} ({:.1} MB)",
-            json_file.display(),
-            bytes as f64 / 1e6
-        );
-        for (format, file) in [("YAML", &file), ("JSON", &json_file)] {
-            result.plan.push(plan_runs(&exe, args, n, format, file)?);
-        }
+        result.plan.extend(plan_size(&b, n)?);
     }
+    result.convert = Some(conversion(&b)?);
+    let text = serde_json::to_string_pretty(&result).map_err(|e| Error::Msg(e.to_string()))?;
+    if let Some(parent) = args.results.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    std::fs::write(&args.results, text).map_err(|e| Error::io(&args.results, e))?;
+    eprintln!("offline: results in {}", args.results.display());
+    Ok(())
+}
 
-    // ---- conversion
+/// The corpus of `n` namespaces as YAML and as a JSON List, each planned.
+fn plan_size(b: &Bench<'_>, n: usize) -> Result<[PlanSize; 2], Error> {
+    let args = b.args;
+    let file = args.work_dir.join(format!("corpus-{n}.yaml"));
+    let json_file = args.work_dir.join(format!("corpus-{n}.json"));
+    let opts = Options {
+        namespaces: n,
+        seed: args.seed,
+        variant: Variant::Mesh,
+    };
+    let t = Instant::now();
+    let objects = synth::corpus(&opts);
+    let bytes = write_yaml(&file, &objects)?;
+    eprintln!(
+        "offline: {n} namespaces: {} ({:.1} MB, generated in {:.1} s)",
+        file.display(),
+        bytes as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+    // The same objects as `kubectl get … -o json` prints them: one List.
+    let bytes = write_json_list(&json_file, objects)?;
+    eprintln!(
+        "offline: {n} namespaces: {} ({:.1} MB)",
+        json_file.display(),
+        bytes as f64 / 1e6
+    );
+    let yaml = plan_runs(
+        b,
+        n,
+        &Corpus {
+            format: "YAML",
+            file: &file,
+        },
+    )?;
+    let json = plan_runs(
+        b,
+        n,
+        &Corpus {
+            format: "JSON",
+            file: &json_file,
+        },
+    )?;
+    Ok([yaml, json])
+}
+
+/// The files both converters read: meshmig the mesh routes with their Services and
+/// DestinationRules, ingress2gateway the same routes bound to Istio Gateways.
+struct ConversionInputs {
+    routes_file: PathBuf,
+    gw_file: PathBuf,
+    virtual_services: usize,
+    meshmig_bytes: u64,
+    i2gw_bytes: u64,
+}
+
+fn conversion_inputs(args: &Args) -> Result<ConversionInputs, Error> {
     let n = args.convert_size;
     let opts = Options {
         namespaces: n,
@@ -266,82 +312,100 @@ pub fn run(args: &Args) -> Result<(), Error> {
         .into_iter()
         .filter(|o| keep.iter().any(|k| o["kind"] == *k))
         .collect();
-    let vs_count = mesh
+    let virtual_services = mesh
         .iter()
         .filter(|o| o["kind"] == "VirtualService")
         .count();
-    let meshmig_input_bytes = write_yaml(&routes_file, &mesh)?;
+    let meshmig_bytes = write_yaml(&routes_file, &mesh)?;
     let gw_file = args.work_dir.join(format!("routes-gateway-{n}.yaml"));
-    let i2gw_input_bytes = write_yaml(
+    let i2gw_bytes = write_yaml(
         &gw_file,
         &synth::corpus(&Options {
             variant: Variant::Gateway,
-            ..opts.clone()
+            ..opts
         }),
     )?;
+    Ok(ConversionInputs {
+        routes_file,
+        gw_file,
+        virtual_services,
+        meshmig_bytes,
+        i2gw_bytes,
+    })
+}
+
+fn conversion(b: &Bench<'_>) -> Result<Convert, Error> {
+    let args = b.args;
+    let inputs = conversion_inputs(args)?;
     let mut convert = Convert {
-        namespaces: n,
-        meshmig_input_bytes,
-        i2gw_input_bytes,
+        namespaces: args.convert_size,
+        meshmig_input_bytes: inputs.meshmig_bytes,
+        i2gw_input_bytes: inputs.i2gw_bytes,
         ..Default::default()
     };
     let repeats = args.convert_repeats.to_string();
     // In-process, one after the other (one run).
     let out = output(
-        Command::new(&exe)
+        Command::new(b.exe)
             .arg("convert-run")
-            .arg(&routes_file)
+            .arg(&inputs.routes_file)
             .args(["--repeat", &repeats]),
     )?;
     convert.meshmig = parse("convert-run", &out)?;
     eprintln!(
-        "offline: conversion of {vs_count} VirtualServices: meshmig {:?}",
-        convert.meshmig.repeats_s
+        "offline: conversion of {} VirtualServices: meshmig {:?}",
+        inputs.virtual_services, convert.meshmig.repeats_s
     );
     if let Some(home) = &args.i2gw_home {
-        let bench = home.join("bin/i2gwbench");
-        let cli = home.join("bin/ingress2gateway");
-        let out = output(
-            Command::new(&bench)
-                .arg("-input-file")
-                .arg(&gw_file)
-                .args(["-repeat", &repeats])
-                .args(["-virtual-services", &vs_count.to_string()]),
-        )?;
-        let r: I2gwRun = parse("i2gwbench", &out)?;
-        eprintln!("offline: ingress2gateway {:?}", r.repeats_s);
-        convert.i2gw = Some(r);
-        convert.i2gw_version = std::fs::read_to_string(home.join("SOURCES"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("ingress2gateway ").map(str::to_string))
-            });
-        // End to end, as a user runs them: interleaved process runs.
-        for _ in 0..args.e2e_runs.max(1) {
-            convert.meshmig_process_s.push(timed(
-                Command::new(&exe)
-                    .arg("convert-run")
-                    .arg(&routes_file)
-                    .args(["--repeat", "1", "--print"]),
-            )?);
-            convert.i2gw_process_s.push(timed(
-                Command::new(&cli)
-                    .args(["print", "--providers=istio", "--input-file"])
-                    .arg(&gw_file),
-            )?);
-        }
-        eprintln!(
-            "offline: process wall time: meshmig {:?}, ingress2gateway {:?}",
-            convert.meshmig_process_s, convert.i2gw_process_s
-        );
+        ingress2gateway(b, home, &inputs, &mut convert)?;
     }
-    result.convert = Some(convert);
-    let text = serde_json::to_string_pretty(&result).map_err(|e| Error::Msg(e.to_string()))?;
-    if let Some(parent) = args.results.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    Ok(convert)
+}
+
+/// ingress2gateway in-process, then both command lines end to end.
+fn ingress2gateway(
+    b: &Bench<'_>,
+    home: &Path,
+    inputs: &ConversionInputs,
+    convert: &mut Convert,
+) -> Result<(), Error> {
+    let args = b.args;
+    let repeats = args.convert_repeats.to_string();
+    let bench = home.join("bin/i2gwbench");
+    let cli = home.join("bin/ingress2gateway");
+    let out = output(
+        Command::new(&bench)
+            .arg("-input-file")
+            .arg(&inputs.gw_file)
+            .args(["-repeat", &repeats])
+            .args(["-virtual-services", &inputs.virtual_services.to_string()]),
+    )?;
+    let r: I2gwRun = parse("i2gwbench", &out)?;
+    eprintln!("offline: ingress2gateway {:?}", r.repeats_s);
+    convert.i2gw = Some(r);
+    convert.i2gw_version = std::fs::read_to_string(home.join("SOURCES"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("ingress2gateway ").map(str::to_string))
+        });
+    // End to end, as a user runs them: interleaved process runs.
+    for _ in 0..args.e2e_runs.max(1) {
+        convert.meshmig_process_s.push(timed(
+            Command::new(b.exe)
+                .arg("convert-run")
+                .arg(&inputs.routes_file)
+                .args(["--repeat", "1", "--print"]),
+        )?);
+        convert.i2gw_process_s.push(timed(
+            Command::new(&cli)
+                .args(["print", "--providers=istio", "--input-file"])
+                .arg(&inputs.gw_file),
+        )?);
     }
-    std::fs::write(&args.results, text).map_err(|e| Error::io(&args.results, e))?;
-    eprintln!("offline: results in {}", args.results.display());
+    eprintln!(
+        "offline: process wall time: meshmig {:?}, ingress2gateway {:?}",
+        convert.meshmig_process_s, convert.i2gw_process_s
+    );
     Ok(())
 }

@@ -6,10 +6,12 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use meshmig_api::Step;
+
 use crate::Error;
-use crate::cluster::{Migrate, MigrateRun, Rss};
+use crate::cluster::{Migrate, MigrateRun, Rss, StepTime};
 use crate::measure::{PlanRun, max, median, min};
-use crate::offline::Offline;
+use crate::offline::{Convert, I2gwRun, Offline, PlanSize};
 
 /// Arguments of `meshmig-bench report`.
 #[derive(clap::Args, Debug)]
@@ -41,7 +43,6 @@ const MIB: f64 = 1048576.0;
 pub struct Row {
     /// What.
     pub figure: String,
-    /// Median.
     pub median: String,
     /// Min – max.
     pub range: String,
@@ -196,10 +197,26 @@ fn mib(x: f64) -> String {
     format!("{:.0} MiB", x / MIB)
 }
 
-fn plan_rows(off: &Offline, rows: &mut Vec<Row>, md: &mut String) {
-    let _ = writeln!(
-        md,
-        "## 1. Planning: time and peak memory\n\n\
+/// The summary table and the report's sections, built up together.
+#[derive(Default)]
+struct Sections {
+    rows: Vec<Row>,
+    md: String,
+}
+
+/// The 5,000-namespace size is the one the targets are set for.
+const TARGET_NAMESPACES: usize = 5000;
+
+/// Steps of a migration, as a divisor.
+fn steps() -> usize {
+    Step::ALL.len()
+}
+
+impl Sections {
+    fn plan(&mut self, off: &Offline) {
+        let _ = writeln!(
+            self.md,
+            "## 1. Planning: time and peak memory\n\n\
          Method: `meshmig-bench gen` writes a synthetic sidecar-mode mesh (seed {}) as one YAML \
          file per size: per namespace about 10 Services with versions, 20 Pods, Deployments \
          with sidecars, 5 AuthorizationPolicies (mixed L4/L7, not-forms, `when` keys), 2 \
@@ -215,18 +232,46 @@ fn plan_rows(off: &Offline, rows: &mut Vec<Row>, md: &mut String) {
          bypass-protection policies.\n\n\
          | namespaces | format | objects | size | load (median) | plan (median) | load + plan (median, min – max) | peak RSS (median, min – max) | actions | notNamespaces entries | runs |\n\
          |--:|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
-        off.seed
-    );
-    for size in &off.plan {
+            off.seed
+        );
+        for size in &off.plan {
+            self.plan_size(size);
+        }
+        // Only said when a 5,000-namespace target is missed in this run.
+        let missed = off
+            .plan
+            .iter()
+            .filter(|s| s.namespaces == TARGET_NAMESPACES)
+            .any(|s| {
+                let median_of =
+                    |f: fn(&PlanRun) -> f64| median(&s.runs.iter().map(f).collect::<Vec<_>>());
+                median_of(|r| r.plan_s) >= 3.0 || median_of(|r| r.peak_rss as f64) / MIB >= 1024.0
+            });
+        if missed {
+            self.why_targets_missed(off);
+        }
+        if !off.plan.iter().any(|s| s.namespaces == TARGET_NAMESPACES) {
+            self.rows.push(Row {
+                figure: "plan 5000 ns: load + plan, peak RSS".into(),
+                median: "not measured".into(),
+                range: String::new(),
+                runs: "0".into(),
+                target: "< 3 s, < 1024 MiB: NOT VERIFIED (size not run)".into(),
+            });
+        }
+        self.md.push('\n');
+    }
+
+    fn plan_size(&mut self, size: &PlanSize) {
         let load: Vec<f64> = size.runs.iter().map(|r| r.load_s).collect();
         let plan: Vec<f64> = size.runs.iter().map(|r| r.plan_s).collect();
         let total: Vec<f64> = size.runs.iter().map(|r| r.load_s + r.plan_s).collect();
         let rss: Vec<f64> = size.runs.iter().map(|r| r.peak_rss as f64).collect();
         let Some(first) = size.runs.first() else {
-            continue;
+            return;
         };
         let _ = writeln!(
-            md,
+            self.md,
             "| {} | {} | {} | {:.1} MB | {} | {} | {} ({} – {}) | {} ({} – {}) | {} | {} | {} |",
             size.namespaces,
             size.format,
@@ -244,32 +289,28 @@ fn plan_rows(off: &Offline, rows: &mut Vec<Row>, md: &mut String) {
             first.not_namespaces_entries,
             size.runs.len()
         );
-        let big = size.namespaces == 5000;
+        let big = size.namespaces == TARGET_NAMESPACES;
         let what = format!("plan {} ns {}", size.namespaces, size.format);
         let mut r = Row::new(format!("{what}: load + plan"), &total, secs);
         if big {
             r = r.target(verdict(median(&total), 3.0, "s"));
         }
-        rows.push(r);
+        self.rows.push(r);
         let mut r = Row::new(format!("{what}: plan() alone"), &plan, secs);
         if big {
             r = r.target(verdict(median(&plan), 3.0, "s"));
         }
-        rows.push(r);
+        self.rows.push(r);
         let mut r = Row::new(format!("{what}: peak RSS"), &rss, mib);
         if big {
             r = r.target(verdict(median(&rss) / MIB, 1024.0, "MiB"));
         }
-        rows.push(r);
+        self.rows.push(r);
     }
-    // Only said when a 5,000-namespace target is missed in this run.
-    let missed = off.plan.iter().filter(|s| s.namespaces == 5000).any(|s| {
-        let median_of = |f: fn(&PlanRun) -> f64| median(&s.runs.iter().map(f).collect::<Vec<_>>());
-        median_of(|r| r.plan_s) >= 3.0 || median_of(|r| r.peak_rss as f64) / MIB >= 1024.0
-    });
-    if missed {
+
+    fn why_targets_missed(&mut self, off: &Offline) {
         let _ = writeln!(
-            md,
+            self.md,
             "\nWhy 5,000 namespaces miss the targets: (1) parsing — serde-saphyr reads YAML at \
              6–8 MB/s per core on this machine, so the 237 MB YAML corpus alone takes longer \
              than 3 s on 2 cores; the same objects as a JSON List load several times faster; \
@@ -292,28 +333,18 @@ fn plan_rows(off: &Offline, rows: &mut Vec<Row>, md: &mut String) {
                 .unwrap_or_else(|| " ".into())
         );
     }
-    if !off.plan.iter().any(|s| s.namespaces == 5000) {
-        rows.push(Row {
-            figure: "plan 5000 ns: load + plan, peak RSS".into(),
-            median: "not measured".into(),
-            range: String::new(),
-            runs: "0".into(),
-            target: "< 3 s, < 1024 MiB: NOT VERIFIED (size not run)".into(),
-        });
-    }
-    md.push('\n');
-}
 
-fn convert_rows(off: &Offline, rows: &mut Vec<Row>, md: &mut String) {
-    let Some(c) = &off.convert else {
-        md.push_str("## 2. VirtualService → HTTPRoute conversion\n\nnot measured\n\n");
-        return;
-    };
-    let vs = c.meshmig.virtual_services as f64;
-    let m = median(&c.meshmig.repeats_s);
-    let _ = writeln!(
-        md,
-        "## 2. VirtualService → HTTPRoute conversion\n\n\
+    fn convert(&mut self, off: &Offline) {
+        let Some(c) = &off.convert else {
+            self.md
+                .push_str("## 2. VirtualService → HTTPRoute conversion\n\nnot measured\n\n");
+            return;
+        };
+        let vs = c.meshmig.virtual_services as f64;
+        let m = median(&c.meshmig.repeats_s);
+        let _ = writeln!(
+            self.md,
+            "## 2. VirtualService → HTTPRoute conversion\n\n\
          Method: the mesh VirtualServices of the {}-namespace corpus ({} VirtualServices, with \
          their Services and DestinationRules, {:.1} MB) are converted by meshmig \
          (`meshmig_planner::routes::convert`, in-process, model built once outside the \
@@ -323,34 +354,44 @@ fn convert_rows(off: &Offline, rows: &mut Vec<Row>, md: &mut String) {
          MB). Each tool converts the whole corpus {} times in one run; ratios are of the \
          medians of that run. The end-to-end row times both command lines as a user runs \
          them (read YAML, convert, print YAML), interleaved, {} runs.\n",
-        c.namespaces,
-        c.meshmig.virtual_services,
-        c.meshmig_input_bytes as f64 / 1e6,
-        c.i2gw_input_bytes as f64 / 1e6,
-        c.meshmig.repeats_s.len(),
-        c.meshmig_process_s.len(),
-    );
-    rows.push(Row::new(
-        format!("convert {} VS: meshmig", c.meshmig.virtual_services),
-        &c.meshmig.repeats_s,
-        secs,
-    ));
-    let _ = writeln!(
-        md,
-        "| tool | VirtualServices | HTTPRoutes | conversion (median, min – max) | throughput (VS/s) | end to end (median) |\n|---|--:|--:|--:|--:|--:|\n\
-         | meshmig | {} | {} | {} ({} – {}) | {:.0} | {} |",
-        c.meshmig.virtual_services,
-        c.meshmig.routes,
-        secs(m),
-        secs(min(&c.meshmig.repeats_s)),
-        secs(max(&c.meshmig.repeats_s)),
-        vs / m.max(1e-12),
-        secs(median(&c.meshmig_process_s)),
-    );
-    if let Some(i) = &c.i2gw {
+            c.namespaces,
+            c.meshmig.virtual_services,
+            c.meshmig_input_bytes as f64 / 1e6,
+            c.i2gw_input_bytes as f64 / 1e6,
+            c.meshmig.repeats_s.len(),
+            c.meshmig_process_s.len(),
+        );
+        self.rows.push(Row::new(
+            format!("convert {} VS: meshmig", c.meshmig.virtual_services),
+            &c.meshmig.repeats_s,
+            secs,
+        ));
+        let _ = writeln!(
+            self.md,
+            "| tool | VirtualServices | HTTPRoutes | conversion (median, min – max) | throughput (VS/s) | end to end (median) |\n|---|--:|--:|--:|--:|--:|\n\
+             | meshmig | {} | {} | {} ({} – {}) | {:.0} | {} |",
+            c.meshmig.virtual_services,
+            c.meshmig.routes,
+            secs(m),
+            secs(min(&c.meshmig.repeats_s)),
+            secs(max(&c.meshmig.repeats_s)),
+            vs / m.max(1e-12),
+            secs(median(&c.meshmig_process_s)),
+        );
+        match &c.i2gw {
+            Some(i) => self.ingress2gateway(c, i, m),
+            None => self
+                .md
+                .push_str("\ningress2gateway was not measured (no build).\n"),
+        }
+        self.md.push('\n');
+    }
+
+    /// ingress2gateway's row of the conversion table, and how meshmig compares.
+    fn ingress2gateway(&mut self, c: &Convert, i: &I2gwRun, meshmig_median: f64) {
         let g = median(&i.repeats_s);
         let _ = writeln!(
-            md,
+            self.md,
             "| ingress2gateway {} | {} | {} | {} ({} – {}) | {:.0} | {} |",
             c.i2gw_version.as_deref().unwrap_or(""),
             i.virtual_services,
@@ -361,14 +402,14 @@ fn convert_rows(off: &Offline, rows: &mut Vec<Row>, md: &mut String) {
             i.virtual_services as f64 / g.max(1e-12),
             secs(median(&c.i2gw_process_s)),
         );
-        rows.push(Row::new(
+        self.rows.push(Row::new(
             format!("convert {} VS: ingress2gateway", i.virtual_services),
             &i.repeats_s,
             secs,
         ));
-        let ratio = g / m.max(1e-12);
+        let ratio = g / meshmig_median.max(1e-12);
         let e2e = median(&c.i2gw_process_s) / median(&c.meshmig_process_s).max(1e-12);
-        rows.push(Row {
+        self.rows.push(Row {
             figure: "convert: meshmig speed-up over ingress2gateway".into(),
             median: format!("{ratio:.1}×"),
             range: format!("end to end {e2e:.1}×"),
@@ -376,48 +417,62 @@ fn convert_rows(off: &Offline, rows: &mut Vec<Row>, md: &mut String) {
             target: "ratio from one run".into(),
         });
         let _ = writeln!(
-            md,
+            self.md,
             "\nmeshmig converts {ratio:.1}× as fast in-process and {e2e:.1}× end to end \
              (ingress2gateway errors reported: {}). meshmig also converts what \
              ingress2gateway leaves out (subsets via per-version Services, retries, rewrites \
              on mesh routes).",
             i.errors
         );
-    } else {
-        md.push_str("\ningress2gateway was not measured (no build).\n");
     }
-    md.push('\n');
-}
 
-fn rss_rows(rss: Option<&Rss>, rows: &mut Vec<Row>, md: &mut String) {
-    md.push_str("## 3. Operator memory while watching Pods\n\n");
-    let Some(r) = rss else {
-        md.push_str("not measured\n\n");
-        rows.push(Row {
-            figure: "operator RSS watching 20,000 Pods".into(),
-            median: "not measured".into(),
-            range: String::new(),
-            runs: "0".into(),
-            target: String::new(),
-        });
-        return;
-    };
-    let per_run: Vec<f64> = r
-        .runs
-        .iter()
-        .map(|x| median(&x.rss.iter().map(|&b| b as f64).collect::<Vec<_>>()))
-        .collect();
-    let all: Vec<f64> = r
-        .runs
-        .iter()
-        .flat_map(|x| x.rss.iter().map(|&b| b as f64))
-        .collect();
-    let hwm: Vec<f64> = r.runs.iter().map(|x| x.hwm as f64).collect();
-    let ready: Vec<f64> = r.runs.iter().map(|x| x.ready_s).collect();
-    let samples = r.runs.first().map(|x| x.rss.len()).unwrap_or(0);
-    let _ = writeln!(
-        md,
-        "Method: a fresh e2e environment (real kube-apiserver, controller-manager, scheduler, \
+    fn rss(&mut self, rss: Option<&Rss>) {
+        self.md
+            .push_str("## 3. Operator memory while watching Pods\n\n");
+        let Some(r) = rss else {
+            self.md.push_str("not measured\n\n");
+            self.rows.push(Row {
+                figure: "operator RSS watching 20,000 Pods".into(),
+                median: "not measured".into(),
+                range: String::new(),
+                runs: "0".into(),
+                target: String::new(),
+            });
+            return;
+        };
+        self.rss_method_and_runs(r);
+        let per_run: Vec<f64> = r
+            .runs
+            .iter()
+            .map(|x| median(&x.rss.iter().map(|&b| b as f64).collect::<Vec<_>>()))
+            .collect();
+        let all: Vec<f64> = r
+            .runs
+            .iter()
+            .flat_map(|x| x.rss.iter().map(|&b| b as f64))
+            .collect();
+        let hwm: Vec<f64> = r.runs.iter().map(|x| x.hwm as f64).collect();
+        let ready: Vec<f64> = r.runs.iter().map(|x| x.ready_s).collect();
+        let mut row = Row::new(
+            format!("operator VmRSS, {} Pods / {} ns", r.pods, r.namespaces),
+            &per_run,
+            mib,
+        )
+        .target(verdict(median(&per_run) / MIB, 150.0, "MiB"));
+        row.range = format!("{} – {}", mib(min(&all)), mib(max(&all)));
+        self.rows.push(row);
+        self.rows.push(Row::new("operator VmHWM (peak)", &hwm, mib));
+        self.rows
+            .push(Row::new("operator start to caches synced", &ready, |x| {
+                format!("{x:.1} s")
+            }));
+    }
+
+    fn rss_method_and_runs(&mut self, r: &Rss) {
+        let samples = r.runs.first().map(|x| x.rss.len()).unwrap_or(0);
+        let _ = writeln!(
+            self.md,
+            "Method: a fresh e2e environment (real kube-apiserver, controller-manager, scheduler, \
          2 fake nodes; the real istiod with the mesh simulator beside it) with bookinfo and a \
          MeshMigration of it, plus {} \
          Pods in {} namespaces created directly (metadata of injected sidecar Pods: 6 labels, \
@@ -429,70 +484,56 @@ fn rss_rows(rss: Option<&Rss>, rows: &mut Vec<Row>, md: &mut String) {
          `/readyz` (caches synced), settles {} s, and its VmRSS is read {} times, 2 s apart. \
          The figure is the median of the per-run medians; min and max are over all samples.\n\n\
          | run | ready after | VmRSS samples | VmHWM |\n|--:|--:|---|--:|",
-        r.pods,
-        r.namespaces,
-        r.create_s,
-        r.runs.len(),
-        r.settle_s,
-        samples
-    );
-    for (i, x) in r.runs.iter().enumerate() {
-        let _ = writeln!(
-            md,
-            "| {} | {:.1} s | {} | {} |",
-            i + 1,
-            x.ready_s,
-            x.rss
-                .iter()
-                .map(|&b| mib(b as f64))
-                .collect::<Vec<_>>()
-                .join(", "),
-            mib(x.hwm as f64)
+            r.pods,
+            r.namespaces,
+            r.create_s,
+            r.runs.len(),
+            r.settle_s,
+            samples
         );
+        for (i, x) in r.runs.iter().enumerate() {
+            let _ = writeln!(
+                self.md,
+                "| {} | {:.1} s | {} | {} |",
+                i + 1,
+                x.ready_s,
+                x.rss
+                    .iter()
+                    .map(|&b| mib(b as f64))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                mib(x.hwm as f64)
+            );
+        }
+        self.md.push('\n');
     }
-    md.push('\n');
-    let mut row = Row::new(
-        format!("operator VmRSS, {} Pods / {} ns", r.pods, r.namespaces),
-        &per_run,
-        mib,
-    )
-    .target(verdict(median(&per_run) / MIB, 150.0, "MiB"));
-    row.range = format!("{} – {}", mib(min(&all)), mib(max(&all)));
-    rows.push(row);
-    rows.push(Row::new("operator VmHWM (peak)", &hwm, mib));
-    rows.push(Row::new("operator start to caches synced", &ready, |x| {
-        format!("{x:.1} s")
-    }));
-}
 
-/// Requests of a run, migration only, per namespace.
-fn per_ns(run: &MigrateRun) -> f64 {
-    run.requests.values().sum::<u64>() as f64 / run.namespaces.max(1) as f64
-}
+    fn migrate(&mut self, m: Option<&Migrate>) {
+        self.md
+            .push_str("## 4. API requests per migrated namespace\n\n");
+        let Some(m) = m.filter(|m| !m.runs.is_empty()) else {
+            self.md
+                .push_str("not measured\n\n## 5. Operator overhead\n\nnot measured\n\n");
+            return;
+        };
+        self.requests(m);
+        self.overhead_section(m);
+        self.step_timeline(m);
+    }
 
-/// Operator overhead of a run (s): wall time minus the union of busy intervals.
-fn overhead(run: &MigrateRun) -> f64 {
-    (run.wall_s - run.external_s).max(0.0)
-}
-
-fn migrate_rows(m: Option<&Migrate>, rows: &mut Vec<Row>, md: &mut String) {
-    md.push_str("## 4. API requests per migrated namespace\n\n");
-    let Some(m) = m.filter(|m| !m.runs.is_empty()) else {
-        md.push_str("not measured\n\n## 5. Operator overhead\n\nnot measured\n\n");
-        return;
-    };
-    let n = m.runs[0].namespaces;
-    let req: Vec<f64> = m.runs.iter().map(per_ns).collect();
-    let totals: Vec<f64> = m
-        .runs
-        .iter()
-        .map(|r| r.requests.values().sum::<u64>() as f64)
-        .collect();
-    let minimum: u64 = m.runs[0].minimum.values().sum();
-    let min_per_ns = minimum as f64 / n.max(1) as f64;
-    let _ = writeln!(
-        md,
-        "Method: a fresh e2e environment with {n} bookinfo copies in sidecar mode (6 \
+    fn requests(&mut self, m: &Migrate) {
+        let n = m.runs[0].namespaces;
+        let req: Vec<f64> = m.runs.iter().map(per_ns).collect();
+        let totals: Vec<f64> = m
+            .runs
+            .iter()
+            .map(|r| r.requests.values().sum::<u64>() as f64)
+            .collect();
+        let minimum: u64 = m.runs[0].minimum.values().sum();
+        let min_per_ns = minimum as f64 / n.max(1) as f64;
+        let _ = writeln!(
+            self.md,
+            "Method: a fresh e2e environment with {n} bookinfo copies in sidecar mode (6 \
          Deployments, 4 Services, 3 AuthorizationPolicies, VirtualService and \
          DestinationRules each) and one MeshMigration of all {n} namespaces (Sail control \
          plane, no checkpoint probes), run by the release `meshmig-operator` to phase \
@@ -508,67 +549,72 @@ fn migrate_rows(m: Option<&Migrate>, rows: &mut Vec<Row>, md: &mut String) {
          migration (started, passed; all namespaces batched). Reads need no requests beyond \
          the watches, which are a fixed cost, not per namespace.\n\n\
          Minimum for this migration: {} writes ({}), {:.1} per namespace.\n",
-        m.runs.len(),
-        minimum,
-        m.runs[0]
-            .minimum
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        min_per_ns
-    );
-    rows.push(
-        Row::new(format!("API requests per namespace ({n} ns)"), &req, |x| {
-            format!("{x:.1}")
-        })
-        .target(format!(
-            "minimum {min_per_ns:.1}: {:.1}× it",
-            median(&req) / min_per_ns.max(1e-9)
-        )),
-    );
-    rows.push(Row::new(
-        format!("API requests in all ({n} ns)"),
-        &totals,
-        |x| format!("{x:.0}"),
-    ));
-    // Breakdown of the median run.
-    let mut order: Vec<usize> = (0..m.runs.len()).collect();
-    order.sort_by(|&a, &b| totals[a].total_cmp(&totals[b]));
-    let mid = &m.runs[order[order.len() / 2]];
-    let _ = writeln!(
-        md,
-        "Requests of the median run by verb and resource:\n\n| verb resource | requests | per namespace |\n|---|--:|--:|"
-    );
-    let mut by: Vec<(&String, &u64)> = mid.requests.iter().collect();
-    by.sort_by(|a, b| b.1.cmp(a.1));
-    for (k, v) in by {
+            m.runs.len(),
+            minimum,
+            m.runs[0]
+                .minimum
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            min_per_ns
+        );
+        self.rows.push(
+            Row::new(format!("API requests per namespace ({n} ns)"), &req, |x| {
+                format!("{x:.1}")
+            })
+            .target(format!(
+                "minimum {min_per_ns:.1}: {:.1}× it",
+                median(&req) / min_per_ns.max(1e-9)
+            )),
+        );
+        self.rows.push(Row::new(
+            format!("API requests in all ({n} ns)"),
+            &totals,
+            |x| format!("{x:.0}"),
+        ));
+        let mut order: Vec<usize> = (0..m.runs.len()).collect();
+        order.sort_by(|&a, &b| totals[a].total_cmp(&totals[b]));
+        self.median_run_requests(&m.runs[order[order.len() / 2]]);
+    }
+
+    fn median_run_requests(&mut self, mid: &MigrateRun) {
         let _ = writeln!(
-            md,
-            "| {k} | {v} | {:.1} |",
-            *v as f64 / mid.namespaces.max(1) as f64
+            self.md,
+            "Requests of the median run by verb and resource:\n\n| verb resource | requests | per namespace |\n|---|--:|--:|"
+        );
+        let mut by: Vec<(&String, &u64)> = mid.requests.iter().collect();
+        by.sort_by(|a, b| b.1.cmp(a.1));
+        for (k, v) in by {
+            let _ = writeln!(
+                self.md,
+                "| {k} | {v} | {:.1} |",
+                *v as f64 / mid.namespaces.max(1) as f64
+            );
+        }
+        let _ = writeln!(
+            self.md,
+            "\nReconciles during that migration: {} ({:.1} per namespace and step).\n",
+            mid.reconciles,
+            mid.reconciles as f64 / (steps() * mid.namespaces.max(1)) as f64
         );
     }
-    let _ = writeln!(
-        md,
-        "\nReconciles during that migration: {} ({:.1} per namespace and step).\n",
-        mid.reconciles,
-        mid.reconciles as f64 / (9 * mid.namespaces.max(1)) as f64
-    );
 
-    // ---- overhead
-    let over: Vec<f64> = m.runs.iter().map(overhead).collect();
-    let per_step_ns: Vec<f64> = m
-        .runs
-        .iter()
-        .map(|r| overhead(r) / (9 * r.namespaces.max(1)) as f64)
-        .collect();
-    let per_step: Vec<f64> = m.runs.iter().map(|r| overhead(r) / 9.0).collect();
-    let wall: Vec<f64> = m.runs.iter().map(|r| r.wall_s).collect();
-    let ext: Vec<f64> = m.runs.iter().map(|r| r.external_s).collect();
-    let _ = writeln!(
-        md,
-        "## 5. Operator overhead\n\n\
+    fn overhead_section(&mut self, m: &Migrate) {
+        let n = m.runs[0].namespaces;
+        let steps = steps();
+        let over: Vec<f64> = m.runs.iter().map(overhead).collect();
+        let per_step_ns: Vec<f64> = m
+            .runs
+            .iter()
+            .map(|r| overhead(r) / (steps * r.namespaces.max(1)) as f64)
+            .collect();
+        let per_step: Vec<f64> = m.runs.iter().map(|r| overhead(r) / steps as f64).collect();
+        let wall: Vec<f64> = m.runs.iter().map(|r| r.wall_s).collect();
+        let ext: Vec<f64> = m.runs.iter().map(|r| r.external_s).collect();
+        let _ = writeln!(
+            self.md,
+            "## 5. Operator overhead\n\n\
          Method: the same migrations. Wall time runs from applying the MeshMigration to the \
          watch event that shows phase Completed. While it runs, the bench watches every \
          Deployment, DaemonSet, Gateway and Sail resource (Istio, IstioCNI, ZTunnel) and \
@@ -579,73 +625,84 @@ fn migrate_rows(m: Option<&Migrate>, rows: &mut Vec<Row>, md: &mut String) {
          controllers, the node agent, istiod and the simulator working (rollouts and \
          readiness). \
          Overhead = wall time − length of the union of those intervals: the time in which \
-         nothing but the operator was working. It is shown per step and namespace (÷ 9·{n}) — \
-         the target — and per step on the critical path (÷ 9, namespaces run concurrently).\n"
-    );
-    rows.push(Row::new(
-        format!("migration wall time ({n} ns)"),
-        &wall,
-        |x| format!("{x:.1} s"),
-    ));
-    rows.push(Row::new("  of which rollouts and readiness", &ext, |x| {
-        format!("{x:.1} s")
-    }));
-    rows.push(Row::new("  operator overhead", &over, |x| {
-        format!("{x:.1} s")
-    }));
-    rows.push(
-        Row::new(
-            "operator overhead per step per namespace",
-            &per_step_ns,
+         nothing but the operator was working. It is shown per step and namespace (÷ {steps}·{n}) — \
+         the target — and per step on the critical path (÷ {steps}, namespaces run concurrently).\n"
+        );
+        let seconds = |x: f64| format!("{x:.1} s");
+        self.rows.push(Row::new(
+            format!("migration wall time ({n} ns)"),
+            &wall,
+            seconds,
+        ));
+        self.rows
+            .push(Row::new("  of which rollouts and readiness", &ext, seconds));
+        self.rows
+            .push(Row::new("  operator overhead", &over, seconds));
+        self.rows.push(
+            Row::new(
+                "operator overhead per step per namespace",
+                &per_step_ns,
+                secs,
+            )
+            .target(verdict(median(&per_step_ns), 1.0, "s")),
+        );
+        self.rows.push(Row::new(
+            "operator overhead per step (critical path)",
+            &per_step,
             secs,
-        )
-        .target(verdict(median(&per_step_ns), 1.0, "s")),
-    );
-    rows.push(Row::new(
-        "operator overhead per step (critical path)",
-        &per_step,
-        secs,
-    ));
-    // Step timeline: median across namespaces (all runs) of each step's duration.
-    let _ = writeln!(
-        md,
-        "Steps as seen in the MeshMigration status (median over namespaces and runs of the \
+        ));
+    }
+
+    /// Median across namespaces (all runs) of each step's duration.
+    fn step_timeline(&mut self, m: &Migrate) {
+        let _ = writeln!(
+            self.md,
+            "Steps as seen in the MeshMigration status (median over namespaces and runs of the \
          time from a namespace entering the step to entering the next), and the operator's \
          own `meshmig_step_duration_seconds` (mean):\n\n\
          | step | duration (median) | min – max | operator metric (mean) |\n|--:|--:|--:|--:|"
-    );
-    for k in 0..9usize {
-        let mut d = Vec::new();
-        for r in &m.runs {
-            for starts in r.step_starts.values() {
-                if let (Some(Some(a)), Some(Some(b))) = (starts.get(k), starts.get(k + 1)) {
-                    d.push(b - a);
+        );
+        for (slot, step) in Step::ALL.into_iter().enumerate() {
+            let mut d = Vec::new();
+            for r in &m.runs {
+                for starts in r.step_starts.values() {
+                    if let (Some(Some(a)), Some(Some(b))) = (starts.get(slot), starts.get(slot + 1))
+                    {
+                        d.push(b - a);
+                    }
                 }
             }
-        }
-        let mut sums = (0.0, 0u64);
-        for r in &m.runs {
-            if let Some((s, c)) = r.step_seconds.get(&((k + 1) as u8)) {
-                sums.0 += s;
-                sums.1 += c;
+            let mut total = StepTime::default();
+            for t in m.runs.iter().filter_map(|r| r.step_seconds.get(&step)) {
+                total.sum_s += t.sum_s;
+                total.count += t.count;
             }
+            let metric = if total.count > 0 {
+                format!("{:.2} s", total.sum_s / total.count as f64)
+            } else {
+                "–".into()
+            };
+            let _ = writeln!(
+                self.md,
+                "| {step} | {:.2} s | {:.2} – {:.2} s | {} |",
+                median(&d),
+                min(&d),
+                max(&d),
+                metric
+            );
         }
-        let metric = if sums.1 > 0 {
-            format!("{:.2} s", sums.0 / sums.1 as f64)
-        } else {
-            "–".into()
-        };
-        let _ = writeln!(
-            md,
-            "| {} | {:.2} s | {:.2} – {:.2} s | {} |",
-            k + 1,
-            median(&d),
-            min(&d),
-            max(&d),
-            metric
-        );
+        self.md.push('\n');
     }
-    md.push('\n');
+}
+
+/// Requests of a run, migration only, per namespace.
+fn per_ns(run: &MigrateRun) -> f64 {
+    run.requests.values().sum::<u64>() as f64 / run.namespaces.max(1) as f64
+}
+
+/// Operator overhead of a run (s): wall time minus the union of busy intervals.
+fn overhead(run: &MigrateRun) -> f64 {
+    (run.wall_s - run.external_s).max(0.0)
 }
 
 /// Runs `report`: prints the table and writes BENCHMARKS.md.
@@ -653,19 +710,19 @@ pub fn run(args: &Args) -> Result<(), Error> {
     let off: Option<Offline> = read(&args.offline);
     let rss: Option<Rss> = read(&args.rss);
     let mig: Option<Migrate> = read(&args.migrate);
-    let mut rows = Vec::new();
-    let mut body = String::new();
+    let mut sections = Sections::default();
     match &off {
         Some(o) => {
-            plan_rows(o, &mut rows, &mut body);
-            convert_rows(o, &mut rows, &mut body);
+            sections.plan(o);
+            sections.convert(o);
         }
-        None => {
-            body.push_str("## 1. Planning\n\nnot measured\n\n## 2. Conversion\n\nnot measured\n\n")
-        }
+        None => sections
+            .md
+            .push_str("## 1. Planning\n\nnot measured\n\n## 2. Conversion\n\nnot measured\n\n"),
     }
-    rss_rows(rss.as_ref(), &mut rows, &mut body);
-    migrate_rows(mig.as_ref(), &mut rows, &mut body);
+    sections.rss(rss.as_ref());
+    sections.migrate(mig.as_ref());
+    let Sections { rows, md: body } = sections;
 
     let now = chrono::Utc::now();
     let wall = args

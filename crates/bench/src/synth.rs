@@ -241,7 +241,8 @@ fn sidecar_status() -> String {
     .to_string()
 }
 
-/// The objects of the i-th namespace (mesh variant).
+/// The objects of the i-th namespace (mesh variant). The PRNG stream is drawn in a fixed
+/// order (namespace, workloads, PeerAuthentication, policies), so a seed gives one corpus.
 pub fn namespace_objects(opts: &Options, i: usize) -> Vec<Value> {
     let Shape {
         ns,
@@ -251,78 +252,140 @@ pub fn namespace_objects(opts: &Options, i: usize) -> Vec<Value> {
     } = shape(opts, i);
     let ns = ns.as_str();
     let mut out = Vec::with_capacity(80);
+    out.push(namespace_object(ns, i, &mut rng));
+    out.extend(service_objects(ns, &services));
+    out.extend(workload_objects(ns, &services, &mut rng));
+    out.push(peer_authentication(ns, &services, blocker, &mut rng));
+    // AuthorizationPolicies (5): L4 identity, L7, notNamespaces DENY, `when`, ports
+    out.extend(authorization_policies(ns, i, &services, &mut rng));
+    out.extend(destination_rules(ns, &services));
+    out.extend(virtual_services(ns, &services, blocker, None));
+    // Blockers that are extra objects
+    if blocker == 1 {
+        out.push(
+            json!({"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+            "metadata": {"name": "add-header", "namespace": ns},
+            "spec": {"workloadSelector": {"labels": {"app": services[0].name}},
+                "configPatches": [{"applyTo": "HTTP_FILTER",
+                    "match": {"context": "SIDECAR_INBOUND"},
+                    "patch": {"operation": "INSERT_BEFORE",
+                        "value": {"name": "envoy.lua"}}}]}}),
+        );
+    }
+    out
+}
+
+fn namespace_object(ns: &str, i: usize, rng: &mut Rng) -> Value {
     let mut ns_labels = json!({FLEET_LABEL: "true", "team": format!("team-{}", i % 37)});
     if rng.one_in(10) {
         ns_labels["istio.io/rev"] = "default".into();
     } else {
         ns_labels["istio-injection"] = "enabled".into();
     }
-    out.push(json!({"apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": ns, "labels": ns_labels}}));
+    json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": ns, "labels": ns_labels}})
+}
 
-    // ---- Services, Deployments, ReplicaSets, Pods
-    let deployments: Vec<(&Svc, &str)> = services
+fn service_objects(ns: &str, services: &[Svc]) -> Vec<Value> {
+    services
         .iter()
-        .flat_map(|s| s.versions.iter().map(move |v| (s, *v)))
-        .collect();
-    // 20 Pods over 13 Deployments: the first 7 run 2 replicas.
-    for s in &services {
-        out.push(json!({"apiVersion": "v1", "kind": "Service",
+        .map(|s| {
+            json!({"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": s.name, "namespace": ns,
                 "labels": {"app": s.name, "service": s.name}},
             "spec": {"selector": {"app": s.name},
                 "ports": [{"name": "http", "port": 8080, "targetPort": 8080, "protocol": "TCP"},
-                          {"name": "grpc-admin", "port": 9090, "targetPort": 9090, "protocol": "TCP"}]}}));
-    }
-    let status = sidecar_status();
-    for (k, (s, version)) in deployments.iter().enumerate() {
-        let name = format!("{}-{version}", s.name);
-        let replicas = if k < 7 { 2 } else { 1 };
-        let labels = json!({"app": s.name, "version": version});
-        let hash = rng.suffix(10);
-        let container = json!({"name": s.name,
-            "image": format!("registry.example.com/{}/{}:{}", ns, s.name, version),
-            "ports": [{"containerPort": 8080}, {"containerPort": 9090}]});
-        out.push(json!({"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "namespace": ns, "labels": labels,
-                "annotations": {"deployment.kubernetes.io/revision": "1"}},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
-                "template": {"metadata": {"labels": labels},
-                    "spec": {"serviceAccountName": s.name, "containers": [container]}}},
-            "status": {"replicas": replicas, "readyReplicas": replicas,
-                "availableReplicas": replicas, "updatedReplicas": replicas}}));
-        let rs = format!("{name}-{hash}");
-        out.push(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
-            "metadata": {"name": rs, "namespace": ns,
-                "labels": {"app": s.name, "version": version, "pod-template-hash": hash},
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name,
-                    "uid": format!("{:032x}", rng.next_u64()), "controller": true}]},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": labels}}}));
-        for _ in 0..replicas {
-            let pod = format!("{rs}-{}", rng.suffix(5));
-            out.push(json!({"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": pod, "namespace": ns,
-                    "labels": {"app": s.name, "version": version, "pod-template-hash": hash,
-                        "security.istio.io/tlsMode": "istio",
-                        "service.istio.io/canonical-name": s.name,
-                        "service.istio.io/canonical-revision": version},
-                    "annotations": {"sidecar.istio.io/status": status,
-                        "kubectl.kubernetes.io/default-container": s.name,
-                        "prometheus.io/path": "/stats/prometheus", "prometheus.io/port": "15020",
-                        "prometheus.io/scrape": "true"},
-                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs,
-                        "uid": format!("{:032x}", rng.next_u64()), "controller": true}]},
-                "spec": {"serviceAccountName": s.name,
-                    "nodeName": format!("node-{}", rng.below(10)),
-                    "containers": [
-                        {"name": s.name, "image": format!("registry.example.com/{}/{}:{}", ns, s.name, version)},
-                        {"name": "istio-proxy", "image": PROXY_IMAGE,
-                         "args": ["proxy", "sidecar", "--domain", format!("{ns}.svc.cluster.local")]}]},
-                "status": {"phase": "Running"}}));
-        }
-    }
+                          {"name": "grpc-admin", "port": 9090, "targetPort": 9090, "protocol": "TCP"}]}})
+        })
+        .collect()
+}
 
-    // ---- PeerAuthentication
+/// One version of a Service: a Deployment, its ReplicaSet and Pods.
+struct Workload<'a> {
+    ns: &'a str,
+    svc: &'a Svc,
+    version: &'a str,
+    replicas: u64,
+    /// The injected sidecar's `sidecar.istio.io/status` annotation.
+    sidecar_status: &'a str,
+}
+
+/// Deployments, ReplicaSets and Pods: 20 Pods over 13 Deployments, the first 7 run 2
+/// replicas.
+fn workload_objects(ns: &str, services: &[Svc], rng: &mut Rng) -> Vec<Value> {
+    let status = sidecar_status();
+    let mut out = Vec::new();
+    let versions = services
+        .iter()
+        .flat_map(|s| s.versions.iter().map(move |v| (s, *v)));
+    for (k, (svc, version)) in versions.enumerate() {
+        let w = Workload {
+            ns,
+            svc,
+            version,
+            replicas: if k < 7 { 2 } else { 1 },
+            sidecar_status: &status,
+        };
+        out.extend(workload(&w, rng));
+    }
+    out
+}
+
+fn workload(w: &Workload<'_>, rng: &mut Rng) -> Vec<Value> {
+    let (ns, s, version, replicas) = (w.ns, w.svc, w.version, w.replicas);
+    let mut out = Vec::new();
+    let name = format!("{}-{version}", s.name);
+    let labels = json!({"app": s.name, "version": version});
+    let hash = rng.suffix(10);
+    let container = json!({"name": s.name,
+        "image": format!("registry.example.com/{}/{}:{}", ns, s.name, version),
+        "ports": [{"containerPort": 8080}, {"containerPort": 9090}]});
+    out.push(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns, "labels": labels,
+            "annotations": {"deployment.kubernetes.io/revision": "1"}},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels},
+                "spec": {"serviceAccountName": s.name, "containers": [container]}}},
+        "status": {"replicas": replicas, "readyReplicas": replicas,
+            "availableReplicas": replicas, "updatedReplicas": replicas}}));
+    let rs = format!("{name}-{hash}");
+    out.push(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": rs, "namespace": ns,
+            "labels": {"app": s.name, "version": version, "pod-template-hash": hash},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name,
+                "uid": format!("{:032x}", rng.next_u64()), "controller": true}]},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": labels}}}));
+    for _ in 0..replicas {
+        out.push(pod(w, &rs, &hash, rng));
+    }
+    out
+}
+
+fn pod(w: &Workload<'_>, rs: &str, hash: &str, rng: &mut Rng) -> Value {
+    let (ns, s, version, status) = (w.ns, w.svc, w.version, w.sidecar_status);
+    let pod = format!("{rs}-{}", rng.suffix(5));
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod, "namespace": ns,
+            "labels": {"app": s.name, "version": version, "pod-template-hash": hash,
+                "security.istio.io/tlsMode": "istio",
+                "service.istio.io/canonical-name": s.name,
+                "service.istio.io/canonical-revision": version},
+            "annotations": {"sidecar.istio.io/status": status,
+                "kubectl.kubernetes.io/default-container": s.name,
+                "prometheus.io/path": "/stats/prometheus", "prometheus.io/port": "15020",
+                "prometheus.io/scrape": "true"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs,
+                "uid": format!("{:032x}", rng.next_u64()), "controller": true}]},
+        "spec": {"serviceAccountName": s.name,
+            "nodeName": format!("node-{}", rng.below(10)),
+            "containers": [
+                {"name": s.name, "image": format!("registry.example.com/{}/{}:{}", ns, s.name, version)},
+                {"name": "istio-proxy", "image": PROXY_IMAGE,
+                 "args": ["proxy", "sidecar", "--domain", format!("{ns}.svc.cluster.local")]}]},
+        "status": {"phase": "Running"}})
+}
+
+fn peer_authentication(ns: &str, services: &[Svc], blocker: u64, rng: &mut Rng) -> Value {
     let mut pa = json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
         "metadata": {"name": "default", "namespace": ns},
         "spec": {"mtls": {"mode": if rng.one_in(5) { "PERMISSIVE" } else { "STRICT" }}}});
@@ -330,13 +393,12 @@ pub fn namespace_objects(opts: &Options, i: usize) -> Vec<Value> {
         pa["spec"]["selector"] = json!({"matchLabels": {"app": services[9].name}});
         pa["spec"]["portLevelMtls"] = json!({"9090": {"mode": "DISABLE"}});
     }
-    out.push(pa);
+    pa
+}
 
-    // ---- AuthorizationPolicies (5): L4 identity, L7, notNamespaces DENY, `when`, ports
-    out.extend(authorization_policies(ns, i, &services, &mut rng));
-
-    // ---- DestinationRules: subsets (+ traffic policy) for versioned Services; TLS-only
-    // rules for two more.
+/// Subsets (and a traffic policy) for the versioned Services; TLS-only rules for two more.
+fn destination_rules(ns: &str, services: &[Svc]) -> Vec<Value> {
+    let mut out = Vec::new();
     for (k, s) in services.iter().enumerate().take(3) {
         let subsets: Vec<Value> = s
             .versions
@@ -374,23 +436,6 @@ pub fn namespace_objects(opts: &Options, i: usize) -> Vec<Value> {
         );
     }
 
-    // ---- VirtualServices (2)
-    for vs in virtual_services(ns, &services, blocker, None) {
-        out.push(vs);
-    }
-
-    // ---- Blockers that are extra objects
-    if blocker == 1 {
-        out.push(
-            json!({"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
-            "metadata": {"name": "add-header", "namespace": ns},
-            "spec": {"workloadSelector": {"labels": {"app": services[0].name}},
-                "configPatches": [{"applyTo": "HTTP_FILTER",
-                    "match": {"context": "SIDECAR_INBOUND"},
-                    "patch": {"operation": "INSERT_BEFORE",
-                        "value": {"name": "envoy.lua"}}}]}}),
-        );
-    }
     out
 }
 

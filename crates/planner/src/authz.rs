@@ -55,7 +55,6 @@ use crate::cluster::IstioVersion;
 pub enum Action {
     /// ALLOW (also the default when `action` is absent).
     Allow,
-    /// DENY.
     Deny,
     /// AUDIT (waypoint only).
     Audit,
@@ -216,7 +215,6 @@ pub struct ZtunnelRisk {
 /// Classification of an AuthorizationPolicy.
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
 pub struct PolicyClass {
-    /// Action.
     pub action: Action,
     /// Per-rule classification.
     pub rules: Vec<RuleClass>,
@@ -720,15 +718,12 @@ pub struct ZtunnelMatch {
     pub service_accounts: Vec<ServiceAccountRef>,
     /// Negated service accounts.
     pub not_service_accounts: Vec<ServiceAccountRef>,
-    /// Source IPs.
     pub source_ips: Vec<IpNet>,
     /// Negated source IPs.
     pub not_source_ips: Vec<IpNet>,
-    /// Destination IPs.
     pub destination_ips: Vec<IpNet>,
     /// Negated destination IPs.
     pub not_destination_ips: Vec<IpNet>,
-    /// Destination ports.
     pub destination_ports: Vec<u16>,
     /// Negated destination ports.
     pub not_destination_ports: Vec<u16>,
@@ -842,9 +837,7 @@ pub enum ZtunnelScope {
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum ZtunnelAction {
-    /// ALLOW.
     Allow,
-    /// DENY.
     Deny,
 }
 
@@ -855,9 +848,7 @@ pub struct ZtunnelAuthorization {
     pub name: String,
     /// Policy namespace.
     pub namespace: String,
-    /// Scope.
     pub scope: ZtunnelScope,
-    /// Action.
     pub action: ZtunnelAction,
     /// Groups (OR-ed), one per rule istiod kept; none matches nothing.
     pub groups: Vec<ZtunnelGroup>,
@@ -917,11 +908,8 @@ impl ZtunnelView {
 /// A peer's SPIFFE identity.
 #[derive(Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PeerIdentity {
-    /// Trust domain.
     pub trust_domain: String,
-    /// Namespace.
     pub namespace: String,
-    /// Service account.
     pub service_account: String,
 }
 
@@ -951,9 +939,7 @@ pub struct L4Request {
     pub source: Option<PeerIdentity>,
     /// Source IP (canonical: no IPv4-mapped IPv6).
     pub source_ip: IpAddr,
-    /// Destination IP.
     pub destination_ip: IpAddr,
-    /// Destination port.
     pub destination_port: u16,
 }
 
@@ -1003,7 +989,6 @@ struct Item {
     l4: ZtunnelMatch,
     /// `trustDomains` (full semantics only: istiod removes them).
     trust_domains: Vec<StringMatch>,
-    /// `notTrustDomains`.
     not_trust_domains: Vec<StringMatch>,
     /// Holds an attribute L4 cannot evaluate (HTTP, unknown, not converted): the sidecar's
     /// verdict depends on the HTTP request, and istiod drops an ALLOW rule holding it.
@@ -1406,7 +1391,6 @@ pub fn ztunnel_view(policy: &AuthorizationPolicy, sem: &ZtunnelSemantics) -> Ztu
 /// A request on which an effect shows.
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
 pub struct ZtunnelWitness {
-    /// The effect.
     pub effect: ZtunnelEffect,
     /// A request where ztunnel and the sidecar differ that way (for `DenyNarrowed`, also one
     /// where ztunnel's DENY still fires).

@@ -16,11 +16,8 @@ use crate::object::ObjectRef;
 /// A parsed Istio version.
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct IstioVersion {
-    /// Major.
     pub major: u32,
-    /// Minor.
     pub minor: u32,
-    /// Patch.
     pub patch: u32,
 }
 
@@ -305,8 +302,22 @@ pub fn analyze(inv: &Inventory, spec: &MeshMigrationSpec) -> (ControlPlaneFacts,
             ),
         ));
     }
+    findings.extend(version_finding(&seen, mode, cp));
+    findings.extend(multicluster_findings(inv, &seen, cp));
+    findings.extend(vm_findings(inv));
+    findings.extend(cni_findings(inv));
+    findings.extend(crd_findings(inv));
+    (facts(inv, cp, mode, seen), findings)
+}
+
+/// A control plane that is missing, or whose version is unknown or too old.
+fn version_finding(
+    seen: &ControlPlaneSeen,
+    mode: ControlPlaneMode,
+    cp: &ControlPlaneSpec,
+) -> Option<Finding> {
     match (&seen.object, &seen.version) {
-        (None, _) => findings.push(Finding::new(
+        (None, _) => Some(Finding::new(
             f::CONTROL_PLANE_NOT_FOUND,
             match mode {
                 ControlPlaneMode::Sail => ObjectRef::new("Istio", None, &cp.istio),
@@ -316,28 +327,39 @@ pub fn analyze(inv: &Inventory, spec: &MeshMigrationSpec) -> (ControlPlaneFacts,
             },
             "no matching control plane object in the inventory",
         )),
-        (Some(obj), None) => findings.push(Finding::new(f::ISTIO_VERSION_UNKNOWN, obj.clone(), "")),
+        (Some(obj), None) => Some(Finding::new(f::ISTIO_VERSION_UNKNOWN, obj.clone(), "")),
         (Some(obj), Some(v)) => match parse_version(v) {
-            Some(parsed) if parsed < MIN_VERSION => findings.push(Finding::new(
+            Some(parsed) if parsed < MIN_VERSION => Some(Finding::new(
                 f::ISTIO_VERSION_UNSUPPORTED,
                 obj.clone(),
                 format!("version {v}"),
             )),
-            Some(_) => {}
-            None => findings.push(Finding::new(
+            Some(_) => None,
+            None => Some(Finding::new(
                 f::ISTIO_VERSION_UNKNOWN,
                 obj.clone(),
                 format!("cannot parse version `{v}`"),
             )),
         },
     }
-    for s in &inv.multicluster_secrets {
-        findings.push(Finding::new(
-            f::MULTICLUSTER,
-            ObjectRef::from_meta("Secret", s),
-            "remote-cluster secret",
-        ));
-    }
+}
+
+fn multicluster_findings(
+    inv: &Inventory,
+    seen: &ControlPlaneSeen,
+    cp: &ControlPlaneSpec,
+) -> Vec<Finding> {
+    let mut findings: Vec<Finding> = inv
+        .multicluster_secrets
+        .iter()
+        .map(|s| {
+            Finding::new(
+                f::MULTICLUSTER,
+                ObjectRef::from_meta("Secret", s),
+                "remote-cluster secret",
+            )
+        })
+        .collect();
     if seen.multicluster {
         findings.push(Finding::new(
             f::MULTICLUSTER,
@@ -345,20 +367,27 @@ pub fn analyze(inv: &Inventory, spec: &MeshMigrationSpec) -> (ControlPlaneFacts,
             "values.global.multiCluster.enabled is true",
         ));
     }
-    for we in &inv.workload_entries {
-        findings.push(Finding::new(
-            f::VM_WORKLOADS,
-            ObjectRef::from_meta("WorkloadEntry", &we.metadata),
-            "",
-        ));
-    }
-    for wg in &inv.workload_groups {
-        findings.push(Finding::new(
-            f::VM_WORKLOADS,
-            ObjectRef::from_meta("WorkloadGroup", &wg.metadata),
-            "",
-        ));
-    }
+    findings
+}
+
+fn vm_findings(inv: &Inventory) -> Vec<Finding> {
+    let entries = inv
+        .workload_entries
+        .iter()
+        .map(|we| ObjectRef::from_meta("WorkloadEntry", &we.metadata));
+    let groups = inv
+        .workload_groups
+        .iter()
+        .map(|wg| ObjectRef::from_meta("WorkloadGroup", &wg.metadata));
+    entries
+        .chain(groups)
+        .map(|obj| Finding::new(f::VM_WORKLOADS, obj, ""))
+        .collect()
+}
+
+/// Cilium settings that break istio-cni's traffic redirection.
+fn cni_findings(inv: &Inventory) -> Vec<Finding> {
+    let mut findings = Vec::new();
     for cm in &inv.config_maps {
         if cm.metadata.name.as_deref() == Some("cilium-config") {
             let data = cm.data.as_ref();
@@ -372,8 +401,12 @@ pub fn analyze(inv: &Inventory, spec: &MeshMigrationSpec) -> (ControlPlaneFacts,
             }
         }
     }
-    match &inv.crds {
-        None => findings.push(Finding::new(
+    findings
+}
+
+fn crd_findings(inv: &Inventory) -> Vec<Finding> {
+    let Some(crds) = &inv.crds else {
+        return vec![Finding::new(
             f::CRDS_NOT_INSPECTED,
             ObjectRef::new(
                 "CustomResourceDefinition",
@@ -381,25 +414,33 @@ pub fn analyze(inv: &Inventory, spec: &MeshMigrationSpec) -> (ControlPlaneFacts,
                 "gateways.gateway.networking.k8s.io",
             ),
             "",
-        )),
-        Some(crds) => {
-            for name in [
-                "gateways.gateway.networking.k8s.io",
-                "httproutes.gateway.networking.k8s.io",
-            ] {
-                if !crds.contains_key(name) {
-                    findings.push(Finding::new(
-                        f::GATEWAY_API_CRDS_MISSING,
-                        ObjectRef::new("CustomResourceDefinition", None, name),
-                        format!("CRD {name} is not installed"),
-                    ));
-                }
-            }
-        }
-    }
+        )];
+    };
+    [
+        "gateways.gateway.networking.k8s.io",
+        "httproutes.gateway.networking.k8s.io",
+    ]
+    .into_iter()
+    .filter(|name| !crds.contains_key(*name))
+    .map(|name| {
+        Finding::new(
+            f::GATEWAY_API_CRDS_MISSING,
+            ObjectRef::new("CustomResourceDefinition", None, name),
+            format!("CRD {name} is not installed"),
+        )
+    })
+    .collect()
+}
+
+fn facts(
+    inv: &Inventory,
+    cp: &ControlPlaneSpec,
+    mode: ControlPlaneMode,
+    seen: ControlPlaneSeen,
+) -> ControlPlaneFacts {
     // The running config first: Sail's values may omit what its profile sets.
     let mesh = MeshSettings::of_config_map(inv, &cp.istio_namespace).or(seen.mesh);
-    let facts = ControlPlaneFacts {
+    ControlPlaneFacts {
         mode,
         version: seen.version,
         trust_domain: cp
@@ -414,8 +455,7 @@ pub fn analyze(inv: &Inventory, spec: &MeshMigrationSpec) -> (ControlPlaneFacts,
             .root_namespace
             .unwrap_or_else(|| cp.istio_namespace.clone()),
         dry_run_authz_flag: seen.dry_run_authz_flag,
-    };
-    (facts, findings)
+    }
 }
 
 /// SPIRE-managed pods and PeerAuthentication checks for one namespace are in the namespace

@@ -36,7 +36,6 @@ impl Severity {
 pub struct FindingKind {
     /// Stable slug id.
     pub id: &'static str,
-    /// Severity.
     pub severity: Severity,
     /// One-line summary.
     pub title: &'static str,
@@ -317,7 +316,6 @@ catalogue! {
 pub struct Finding {
     /// Stable id (see [`CATALOGUE`]).
     pub id: &'static str,
-    /// Severity.
     pub severity: Severity,
     /// The object concerned.
     pub object: ObjectRef,

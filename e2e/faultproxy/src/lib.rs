@@ -146,7 +146,6 @@ impl FaultConfig {
 /// Requests and faults of one call (`verb resource`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CallStats {
-    /// Requests.
     pub requests: u64,
     /// Faults injected into them.
     pub faults: u64,
@@ -208,17 +207,12 @@ pub struct WriteRecord {
     pub seq: u64,
     /// When it arrived, since the proxy started.
     pub at: Duration,
-    /// HTTP method.
     pub method: String,
-    /// Request path.
     pub path: String,
-    /// Query string.
     pub query: Option<String>,
-    /// Kubernetes verb.
     pub verb: &'static str,
     /// Resource (with subresource).
     pub resource: String,
-    /// Namespace.
     pub namespace: Option<String>,
     /// Object name: from the path, or `metadata.name` of a POST body.
     pub name: Option<String>,
@@ -255,7 +249,13 @@ struct Target {
     port: u16,
     /// Path prefix of the server URL (usually empty).
     base_path: String,
-    tls: Option<(TlsConnector, ServerName<'static>)>,
+    tls: Option<Tls>,
+}
+
+/// How to reach an https API server.
+struct Tls {
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
 }
 
 struct Shared {
@@ -284,35 +284,13 @@ impl FaultProxy {
     /// Starts a proxy for the API server of `upstream_kubeconfig` (its current context) on
     /// an ephemeral port of 127.0.0.1, and writes the kubeconfig for clients.
     pub async fn start(upstream_kubeconfig: &Path, config: FaultConfig) -> Result<Self, Error> {
-        let bad = |message: String| Error::Kubeconfig {
-            path: upstream_kubeconfig.to_path_buf(),
-            message,
-        };
-        let text = std::fs::read_to_string(upstream_kubeconfig)
-            .map_err(io(format!("reading {}", upstream_kubeconfig.display())))?;
-        let mut kubeconfig: Value =
-            serde_saphyr::from_str(&text).map_err(|e| bad(format!("not YAML: {e}")))?;
-        let index = cluster_index(&kubeconfig).map_err(bad)?;
-        let cluster = kubeconfig["clusters"][index]["cluster"].clone();
-        let target = target(&cluster, upstream_kubeconfig).map_err(|e| match e {
-            Error::Kubeconfig { message, .. } => bad(message),
-            other => other,
-        })?;
-
+        let mut upstream = UpstreamKubeconfig::read(upstream_kubeconfig)?;
+        let target = upstream.target()?;
         let listener = TcpListener::bind(("127.0.0.1", 0))
             .await
             .map_err(io("binding 127.0.0.1"))?;
         let addr = listener.local_addr().map_err(io("local address"))?;
-        kubeconfig["clusters"][index]["cluster"] = json!({"server": format!("http://{addr}")});
-        let dir = tempfile::Builder::new()
-            .prefix("meshmig-faultproxy-")
-            .tempdir()
-            .map_err(io("creating a temporary directory"))?;
-        let path = dir.path().join("kubeconfig");
-        let body = serde_json::to_string_pretty(&kubeconfig)
-            .map_err(|e| bad(format!("re-encoding: {e}")))?;
-        std::fs::write(&path, body).map_err(io(format!("writing {}", path.display())))?;
-
+        let client = upstream.write_for_clients(addr)?;
         let shared = Arc::new(Shared {
             target,
             state: Mutex::new(State {
@@ -329,11 +307,11 @@ impl FaultProxy {
         debug!(%addr, "fault proxy listening");
         Ok(FaultProxy {
             addr,
-            kubeconfig: path,
+            kubeconfig: client.path,
             shared,
             token,
             task,
-            _dir: dir,
+            _dir: client.dir,
         })
     }
 
@@ -395,6 +373,69 @@ impl Drop for FaultProxy {
     }
 }
 
+/// The kubeconfig the proxy forwards to, parsed.
+struct UpstreamKubeconfig<'a> {
+    path: &'a Path,
+    kubeconfig: Value,
+    /// Index in `clusters` of the cluster of its current context.
+    cluster: usize,
+}
+
+/// The kubeconfig written for clients, in a directory that lives as long as the proxy.
+struct ClientKubeconfig {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl<'a> UpstreamKubeconfig<'a> {
+    fn bad(&self, message: String) -> Error {
+        Error::Kubeconfig {
+            path: self.path.to_path_buf(),
+            message,
+        }
+    }
+
+    fn read(path: &'a Path) -> Result<Self, Error> {
+        let bad = |message: String| Error::Kubeconfig {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(io(format!("reading {}", path.display())))?;
+        let kubeconfig: Value =
+            serde_saphyr::from_str(&text).map_err(|e| bad(format!("not YAML: {e}")))?;
+        let cluster = cluster_index(&kubeconfig).map_err(bad)?;
+        Ok(Self {
+            path,
+            kubeconfig,
+            cluster,
+        })
+    }
+
+    fn target(&self) -> Result<Target, Error> {
+        let cluster = &self.kubeconfig["clusters"][self.cluster]["cluster"];
+        target(cluster, self.path).map_err(|e| match e {
+            Error::Kubeconfig { message, .. } => self.bad(message),
+            other => other,
+        })
+    }
+
+    /// The same kubeconfig with the server replaced by the proxy at `addr`.
+    fn write_for_clients(&mut self, addr: SocketAddr) -> Result<ClientKubeconfig, Error> {
+        self.kubeconfig["clusters"][self.cluster]["cluster"] =
+            json!({"server": format!("http://{addr}")});
+        let dir = tempfile::Builder::new()
+            .prefix("meshmig-faultproxy-")
+            .tempdir()
+            .map_err(io("creating a temporary directory"))?;
+        let path = dir.path().join("kubeconfig");
+        let body = serde_json::to_string_pretty(&self.kubeconfig)
+            .map_err(|e| self.bad(format!("re-encoding: {e}")))?;
+        std::fs::write(&path, body).map_err(io(format!("writing {}", path.display())))?;
+        Ok(ClientKubeconfig { dir, path })
+    }
+}
+
 /// Index in `clusters` of the current context's cluster (or the only cluster).
 fn cluster_index(kubeconfig: &Value) -> Result<usize, String> {
     let clusters = kubeconfig["clusters"]
@@ -448,42 +489,7 @@ fn target(cluster: &Value, kubeconfig: &Path) -> Result<Target, Error> {
         .unwrap_or_else(|| format!("{host}:{port}"));
     let base_path = uri.path().trim_end_matches('/').to_string();
     let tls = if https {
-        let pem = match (
-            cluster["certificate-authority-data"].as_str(),
-            cluster["certificate-authority"].as_str(),
-        ) {
-            (Some(data), _) => base64::engine::general_purpose::STANDARD
-                .decode(data.trim())
-                .map_err(|e| bad(format!("certificate-authority-data: {e}")))?,
-            (None, Some(file)) => {
-                let file = kubeconfig
-                    .parent()
-                    .map_or_else(|| PathBuf::from(file), |d| d.join(file));
-                std::fs::read(&file).map_err(io(format!("reading {}", file.display())))?
-            }
-            (None, None) => return Err(bad("https server without a CA".into())),
-        };
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| Error::Tls(format!("CA certificate: {e}")))?;
-            roots
-                .add(cert)
-                .map_err(|e| Error::Tls(format!("CA certificate: {e}")))?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Tls(format!("protocol versions: {e}")))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let name = cluster["tls-server-name"]
-            .as_str()
-            .unwrap_or(&host)
-            .to_string();
-        let server_name = ServerName::try_from(name.clone())
-            .map_err(|e| bad(format!("server name {name}: {e}")))?;
-        Some((TlsConnector::from(Arc::new(config)), server_name))
+        Some(tls(cluster, kubeconfig, &host)?)
     } else {
         None
     };
@@ -496,30 +502,86 @@ fn target(cluster: &Value, kubeconfig: &Path) -> Result<Target, Error> {
     })
 }
 
+/// The client TLS configuration trusting the cluster's CA.
+fn tls(cluster: &Value, kubeconfig: &Path, host: &str) -> Result<Tls, Error> {
+    let bad = |message: String| Error::Kubeconfig {
+        path: kubeconfig.to_path_buf(),
+        message,
+    };
+    let pem = ca_pem(cluster, kubeconfig)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| Error::Tls(format!("CA certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| Error::Tls(format!("CA certificate: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(format!("protocol versions: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = cluster["tls-server-name"]
+        .as_str()
+        .unwrap_or(host)
+        .to_string();
+    let server_name =
+        ServerName::try_from(name.clone()).map_err(|e| bad(format!("server name {name}: {e}")))?;
+    Ok(Tls {
+        connector: TlsConnector::from(Arc::new(config)),
+        server_name,
+    })
+}
+
+/// The cluster's CA certificates (PEM), inline or from a file beside the kubeconfig.
+fn ca_pem(cluster: &Value, kubeconfig: &Path) -> Result<Vec<u8>, Error> {
+    let bad = |message: String| Error::Kubeconfig {
+        path: kubeconfig.to_path_buf(),
+        message,
+    };
+    match (
+        cluster["certificate-authority-data"].as_str(),
+        cluster["certificate-authority"].as_str(),
+    ) {
+        (Some(data), _) => base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .map_err(|e| bad(format!("certificate-authority-data: {e}"))),
+        (None, Some(file)) => {
+            let file = kubeconfig
+                .parent()
+                .map_or_else(|| PathBuf::from(file), |d| d.join(file));
+            std::fs::read(&file).map_err(io(format!("reading {}", file.display())))
+        }
+        (None, None) => Err(bad("https server without a CA".into())),
+    }
+}
+
 async fn connect(target: &Target) -> Result<SendRequest<Full<Bytes>>, BoxError> {
     let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
     let _ = tcp.set_nodelay(true);
     match &target.tls {
-        Some((connector, name)) => {
-            let tls = connector.connect(name.clone(), tcp).await?;
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    debug!(error = %e, "upstream connection ended");
-                }
-            });
-            Ok(sender)
+        Some(tls) => {
+            let stream = tls.connector.connect(tls.server_name.clone(), tcp).await?;
+            handshake(stream).await
         }
-        None => {
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    debug!(error = %e, "upstream connection ended");
-                }
-            });
-            Ok(sender)
-        }
+        None => handshake(tcp).await,
     }
+}
+
+/// An HTTP/1.1 client connection over `stream`, driven by a task of its own.
+async fn handshake<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, BoxError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 async fn serve(listener: TcpListener, shared: Arc<Shared>, token: CancellationToken) {
@@ -693,37 +755,15 @@ async fn handle(
     let info = RequestInfo::parse(&parts.method, parts.uri.path(), parts.uri.query());
     let body = body.collect().await?.to_bytes();
     let d = decide(&shared, &info);
-    let mut rec = info.is_write().then(|| WriteRecord {
-        seq: d.seq,
-        at,
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_string(),
-        query: parts.uri.query().map(str::to_string),
-        verb: info.verb,
-        resource: info.resource.clone(),
-        namespace: info.namespace.clone(),
-        name: info.name.clone().or_else(|| body_name(&body)),
-        body_sha256: matches!(parts.method, http::Method::POST | http::Method::PATCH)
-            .then(|| format!("{:x}", Sha256::digest(&body))),
-        fault: d.fault,
-        forwarded: false,
-        status: None,
-    });
-    if let Some(kind) = d.fault {
-        if let Some((code, reason, message)) = fault::injected_error(kind, &info) {
-            record(&shared, rec);
-            return Ok(status_response(code, reason, &message, &info));
-        }
-        match kind {
-            FaultKind::DropBefore => {
-                record(&shared, rec);
-                return Err(Dropped.into());
-            }
-            FaultKind::Slow => tokio::time::sleep(d.delay).await,
-            _ => {}
-        }
+    let mut rec = info
+        .is_write()
+        .then(|| write_record(&parts, &info, &body, &d, at));
+    if let Some(kind) = d.fault
+        && let Some(early) = fault_before_forwarding(kind, &info, &d).await
+    {
+        record(&shared, rec);
+        return early;
     }
-
     let resp = match forward(&shared.target, &upstream, &parts, body).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -746,40 +786,111 @@ async fn handle(
         r.forwarded = true;
         r.status = Some(resp.status().as_u16());
     }
-    let (rparts, rbody) = resp.into_parts();
-    let mut out = Response::builder()
-        .status(rparts.status)
-        .version(http::Version::HTTP_11);
-    if let Some(h) = out.headers_mut() {
-        copy_headers(&rparts.headers, h);
+    let answered = Answered {
+        shared: &shared,
+        info: &info,
+        decision: &d,
+        rec,
+    };
+    answered.respond(resp).await
+}
+
+fn write_record(
+    parts: &http::request::Parts,
+    info: &RequestInfo,
+    body: &Bytes,
+    d: &Decision,
+    at: Duration,
+) -> WriteRecord {
+    WriteRecord {
+        seq: d.seq,
+        at,
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().map(str::to_string),
+        verb: info.verb,
+        resource: info.resource.clone(),
+        namespace: info.namespace.clone(),
+        name: info.name.clone().or_else(|| body_name(body)),
+        body_sha256: matches!(parts.method, http::Method::POST | http::Method::PATCH)
+            .then(|| format!("{:x}", Sha256::digest(body))),
+        fault: d.fault,
+        forwarded: false,
+        status: None,
     }
-    if info.watch && rparts.status.is_success() {
-        record(&shared, rec);
-        let body: ProxyBody = match d.cut {
+}
+
+/// The outcome of a fault that keeps the request from the API server (an error response,
+/// or a dropped connection); `None` when it is still forwarded (after the delay of a slow
+/// one).
+async fn fault_before_forwarding(
+    kind: FaultKind,
+    info: &RequestInfo,
+    d: &Decision,
+) -> Option<Result<Response<ProxyBody>, BoxError>> {
+    if let Some((code, reason, message)) = fault::injected_error(kind, info) {
+        return Some(Ok(status_response(code, reason, &message, info)));
+    }
+    match kind {
+        FaultKind::DropBefore => Some(Err(Dropped.into())),
+        FaultKind::Slow => {
+            tokio::time::sleep(d.delay).await;
+            None
+        }
+        _ => None,
+    }
+}
+
+/// A request the API server answered, on its way back to the client.
+struct Answered<'a> {
+    shared: &'a Arc<Shared>,
+    info: &'a RequestInfo,
+    decision: &'a Decision,
+    rec: Option<WriteRecord>,
+}
+
+impl Answered<'_> {
+    async fn respond(self, resp: Response<Incoming>) -> Result<Response<ProxyBody>, BoxError> {
+        let (rparts, rbody) = resp.into_parts();
+        let mut out = Response::builder()
+            .status(rparts.status)
+            .version(http::Version::HTTP_11);
+        if let Some(h) = out.headers_mut() {
+            copy_headers(&rparts.headers, h);
+        }
+        if self.info.watch && rparts.status.is_success() {
+            let body = self.watch_body(rbody);
+            return Ok(out.body(body)?);
+        }
+        let bytes = match rbody.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                record(self.shared, self.rec);
+                return Err(e.into());
+            }
+        };
+        record(self.shared, self.rec);
+        if self.decision.fault == Some(FaultKind::DropAfter) {
+            return Err(Dropped.into());
+        }
+        Ok(out.body(full(bytes))?)
+    }
+
+    /// A watch stream, streamed through (and cut when its time was drawn).
+    fn watch_body(self, rbody: Incoming) -> ProxyBody {
+        record(self.shared, self.rec);
+        match self.decision.cut {
             Some(after) => CutBody {
                 inner: rbody,
                 deadline: Box::pin(tokio::time::sleep(after)),
-                shared: shared.clone(),
-                call: info.call(),
+                shared: self.shared.clone(),
+                call: self.info.call(),
                 done: false,
             }
             .boxed(),
             None => rbody.map_err(BoxError::from).boxed(),
-        };
-        return Ok(out.body(body)?);
-    }
-    let bytes = match rbody.collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            record(&shared, rec);
-            return Err(e.into());
         }
-    };
-    record(&shared, rec);
-    if d.fault == Some(FaultKind::DropAfter) {
-        return Err(Dropped.into());
     }
-    Ok(out.body(full(bytes))?)
 }
 
 async fn forward(
