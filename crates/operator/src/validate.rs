@@ -22,20 +22,30 @@ pub fn validate(
     targets: &[String],
     operator_namespace: &str,
 ) -> Option<SpecProblem> {
-    let spec = &mm.spec;
-    let name = mm.metadata.name.as_deref().unwrap_or_default();
+    name_problem(mm.metadata.name.as_deref().unwrap_or_default())
+        .or_else(|| targets_problem(mm, targets, operator_namespace))
+        .or_else(|| probe_url_problem(mm))
+}
+
+fn name_problem(name: &str) -> Option<SpecProblem> {
     // The name becomes a label value on every object meshmig writes; the CRD refuses longer
     // names, but an older CRD may not.
-    if name.len() > 63 {
-        return Some(SpecProblem {
-            field: "metadata.name".into(),
-            message: format!(
-                "metadata.name has {} characters; meshmig uses it as a label value, which holds at most 63: re-create the MeshMigration with a shorter name",
-                name.len()
-            ),
-            reason: "InvalidName",
-        });
-    }
+    (name.len() > 63).then(|| SpecProblem {
+        field: "metadata.name".into(),
+        message: format!(
+            "metadata.name has {} characters; meshmig uses it as a label value, which holds at most 63: re-create the MeshMigration with a shorter name",
+            name.len()
+        ),
+        reason: "InvalidName",
+    })
+}
+
+fn targets_problem(
+    mm: &MeshMigration,
+    targets: &[String],
+    operator_namespace: &str,
+) -> Option<SpecProblem> {
+    let spec = &mm.spec;
     let field = if spec.namespaces.is_some() {
         "spec.namespaces"
     } else {
@@ -51,39 +61,37 @@ pub fn validate(
         });
     }
     let cp = &spec.control_plane;
-    for t in targets {
-        let forbidden = if t == operator_namespace {
-            Some("the operator's own namespace")
+    targets.iter().find_map(|t| {
+        let what = if t == operator_namespace {
+            "the operator's own namespace"
         } else if *t == cp.istio_namespace {
-            Some("the Istio control-plane namespace")
+            "the Istio control-plane namespace"
         } else if *t == cp.ztunnel_namespace {
-            Some("the ztunnel namespace")
+            "the ztunnel namespace"
         } else if *t == cp.cni_namespace {
-            Some("the istio-cni namespace")
+            "the istio-cni namespace"
         } else {
-            None
+            return None;
         };
-        if let Some(what) = forbidden {
-            return Some(SpecProblem {
-                field: field.into(),
-                message: format!("{field} contains {t}, {what}; remove it"),
-                reason: "ForbiddenNamespace",
-            });
-        }
-    }
-    if spec
+        Some(SpecProblem {
+            field: field.into(),
+            message: format!("{field} contains {t}, {what}; remove it"),
+            reason: "ForbiddenNamespace",
+        })
+    })
+}
+
+fn probe_url_problem(mm: &MeshMigration) -> Option<SpecProblem> {
+    mm.spec
         .checkpoints
         .probes
         .iter()
         .any(|p| p.url.contains(char::is_whitespace))
-    {
-        return Some(SpecProblem {
+        .then(|| SpecProblem {
             field: "spec.checkpoints.probes[].url".into(),
             message: "a probe URL contains whitespace".into(),
             reason: "InvalidProbe",
-        });
-    }
-    None
+        })
 }
 
 /// What the checks before a migration starts need to know about the cluster.
@@ -121,8 +129,13 @@ pub fn probe_service_accounts(
 /// after changes, as failures that do not name the field): the control plane, the probes'
 /// namespaces and service accounts, and the accepted findings refer to things that exist.
 pub fn validate_before_start(mm: &MeshMigration, facts: &ClusterFacts) -> Option<SpecProblem> {
-    let spec = &mm.spec;
-    let cp = &spec.control_plane;
+    control_plane_problem(mm, facts)
+        .or_else(|| probes_problem(mm, facts))
+        .or_else(|| accepted_findings_problem(mm))
+}
+
+fn control_plane_problem(mm: &MeshMigration, facts: &ClusterFacts) -> Option<SpecProblem> {
+    let cp = &mm.spec.control_plane;
     if !facts.namespaces.contains(&cp.istio_namespace) {
         return Some(SpecProblem {
             field: "spec.controlPlane.istioNamespace".into(),
@@ -133,28 +146,30 @@ pub fn validate_before_start(mm: &MeshMigration, facts: &ClusterFacts) -> Option
             reason: "ControlPlaneNotFound",
         });
     }
-    if cp.mode == ControlPlaneMode::Sail
-        && let Some(istios) = &facts.sail_istios
-        && !istios.contains(&cp.istio)
-    {
-        let have = if istios.is_empty() {
-            "there are none; for a control plane installed by Helm or istioctl set spec.controlPlane.mode: External".to_string()
-        } else {
-            format!(
-                "existing: {}",
-                istios.iter().cloned().collect::<Vec<_>>().join(", ")
-            )
-        };
-        return Some(SpecProblem {
-            field: "spec.controlPlane.istio".into(),
-            message: format!(
-                "spec.controlPlane.istio names the Sail Istio {}, which does not exist ({have})",
-                cp.istio
-            ),
-            reason: "ControlPlaneNotFound",
-        });
+    let istios = facts.sail_istios.as_ref()?;
+    if cp.mode != ControlPlaneMode::Sail || istios.contains(&cp.istio) {
+        return None;
     }
-    for (i, p) in spec.checkpoints.probes.iter().enumerate() {
+    let have = if istios.is_empty() {
+        "there are none; for a control plane installed by Helm or istioctl set spec.controlPlane.mode: External".to_string()
+    } else {
+        format!(
+            "existing: {}",
+            istios.iter().cloned().collect::<Vec<_>>().join(", ")
+        )
+    };
+    Some(SpecProblem {
+        field: "spec.controlPlane.istio".into(),
+        message: format!(
+            "spec.controlPlane.istio names the Sail Istio {}, which does not exist ({have})",
+            cp.istio
+        ),
+        reason: "ControlPlaneNotFound",
+    })
+}
+
+fn probes_problem(mm: &MeshMigration, facts: &ClusterFacts) -> Option<SpecProblem> {
+    mm.spec.checkpoints.probes.iter().enumerate().find_map(|(i, p)| {
         if !facts.namespaces.contains(&p.from_namespace) {
             return Some(SpecProblem {
                 field: format!("spec.checkpoints.probes[{i}].fromNamespace"),
@@ -165,34 +180,31 @@ pub fn validate_before_start(mm: &MeshMigration, facts: &ClusterFacts) -> Option
                 reason: "InvalidProbe",
             });
         }
-        if facts
-            .missing_service_accounts
-            .contains(&(p.from_namespace.clone(), p.service_account.clone()))
-        {
-            return Some(SpecProblem {
-                field: format!("spec.checkpoints.probes[{i}].serviceAccount"),
-                message: format!(
-                    "spec.checkpoints.probes[{i}].serviceAccount is {}, which does not exist in namespace {}; create it or name an existing one",
-                    p.service_account, p.from_namespace
-                ),
-                reason: "InvalidProbe",
-            });
-        }
-    }
-    for (i, accepted) in spec.accepted_findings.iter().enumerate() {
-        if let Err(u) = meshmig_planner::findings::check_accepted(accepted) {
-            return Some(SpecProblem {
-                field: format!("spec.acceptedFindings[{i}]"),
-                message: format!(
-                    "spec.acceptedFindings[{i}] is {accepted}, but {} is not a finding id (a misspelt id accepts nothing); {}",
-                    u.id,
-                    u.hint()
-                ),
-                reason: "UnknownFinding",
-            });
-        }
-    }
-    None
+        let account = (p.from_namespace.clone(), p.service_account.clone());
+        facts.missing_service_accounts.contains(&account).then(|| SpecProblem {
+            field: format!("spec.checkpoints.probes[{i}].serviceAccount"),
+            message: format!(
+                "spec.checkpoints.probes[{i}].serviceAccount is {}, which does not exist in namespace {}; create it or name an existing one",
+                p.service_account, p.from_namespace
+            ),
+            reason: "InvalidProbe",
+        })
+    })
+}
+
+fn accepted_findings_problem(mm: &MeshMigration) -> Option<SpecProblem> {
+    mm.spec.accepted_findings.iter().enumerate().find_map(|(i, accepted)| {
+        let u = meshmig_planner::findings::check_accepted(accepted).err()?;
+        Some(SpecProblem {
+            field: format!("spec.acceptedFindings[{i}]"),
+            message: format!(
+                "spec.acceptedFindings[{i}] is {accepted}, but {} is not a finding id (a misspelt id accepts nothing); {}",
+                u.id,
+                u.hint()
+            ),
+            reason: "UnknownFinding",
+        })
+    })
 }
 
 /// Whether another active MeshMigration already claims one of the targets. A migration that
